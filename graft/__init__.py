@@ -1,0 +1,3 @@
+"""Graft: a Kubernetes-native transfer-learning operator."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""The TransferJob API: models, validation and the generated CRD."""

@@ -1,0 +1,218 @@
+"""Generate the TransferJob CustomResourceDefinition from the pydantic models.
+
+The API server wants a *structural* OpenAPI v3.0 schema: no `$ref`, `nullable` rather than
+`anyOf: [X, null]`, booleans for `exclusiveMinimum`, no `const`, every field declared (undeclared
+fields, status ones included, are pruned silently). Pydantic emits JSON Schema 2020-12; this module
+translates.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from graft.api import models as m
+
+#: The committed copy the Helm chart installs; a test holds it equal to `build_crd()`.
+COMMITTED_CRD = Path(__file__).resolve().parents[2] / "helm" / "graft" / "files" / "transferjobs.graft.dev.yaml"
+
+_DROP_KEYS = {"title", "default", "discriminator"}
+
+
+def _resolve(node: Any, defs: dict[str, Any]) -> Any:
+    if isinstance(node, dict):
+        if "$ref" in node:
+            target = copy.deepcopy(defs[node["$ref"].split("/")[-1]])
+            extra = {k: v for k, v in node.items() if k != "$ref"}
+            target.update(extra)
+            return _resolve(target, defs)
+        return {k: _resolve(v, defs) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_resolve(v, defs) for v in node]
+    return node
+
+
+def _merge_union(branches: list[dict[str, Any]]) -> dict[str, Any]:
+    """One object schema for a discriminated union: every branch's fields declared, `type` an enum."""
+    props: dict[str, Any] = {}
+    descriptions: dict[str, list[str]] = {}
+    kinds: list[str] = []
+    for b in branches:
+        kind = b["properties"]["type"]["const"]
+        kinds.append(kind)
+        for name, schema in b["properties"].items():
+            if name == "type":
+                continue
+            desc = schema.get("description")
+            if desc:
+                descriptions.setdefault(name, [])
+                if all(desc != d.split(": ", 1)[-1] for d in descriptions[name]):
+                    descriptions[name].append(f"{kind}: {desc}")
+            props.setdefault(name, schema)
+    for name, descs in descriptions.items():
+        props[name] = dict(props[name])
+        props[name]["description"] = descs[0].split(": ", 1)[1] if len(descs) == 1 else " | ".join(descs)
+    type_desc = "Stage type: " + ", ".join(kinds) + "."
+    merged = {
+        "type": "object",
+        "description": "One stage of the job. Fields apply to the stage types named in their descriptions.",
+        "required": ["type"],
+        "properties": {"type": {"type": "string", "enum": kinds, "description": type_desc}, **props},
+    }
+    # Per-type required fields, enforced by the API server with CEL (jsonschema cannot evaluate these).
+    rules = []
+    for b in branches:
+        kind = b["properties"]["type"]["const"]
+        for req in b.get("required", []):
+            if req != "type":
+                rules.append({"rule": f"self.type != '{kind}' || has(self.{req})", "message": f"{kind} needs {req}"})
+    if rules:
+        merged["x-kubernetes-validations"] = rules
+    return merged
+
+
+def _structural(node: Any) -> Any:
+    if isinstance(node, list):
+        return [_structural(v) for v in node]
+    if not isinstance(node, dict):
+        return node
+    node = {k: v for k, v in node.items() if k not in _DROP_KEYS}
+    if "oneOf" in node and all("properties" in b for b in node["oneOf"]):
+        desc = node.get("description")
+        node = _merge_union(node["oneOf"])
+        if desc:
+            node["description"] = desc
+    for key in ("anyOf", "oneOf"):
+        if key in node:
+            options = node.pop(key)
+            non_null = [o for o in options if o.get("type") != "null"]
+            if len(non_null) < len(options):
+                node["nullable"] = True
+            if len(non_null) == 1:
+                inner = {k: v for k, v in non_null[0].items()}
+                inner.update({k: v for k, v in node.items()})
+                node = inner
+            else:
+                node[key] = non_null
+    if isinstance(node.get("description"), str):
+        node["description"] = " ".join(node["description"].split())
+    if "const" in node:
+        node["enum"] = [node.pop("const")]
+    for bound, plain in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        if bound in node and not isinstance(node[bound], bool):
+            node[plain] = node.pop(bound)
+            node[bound] = True
+    if node.get("x-kubernetes-int-or-string"):
+        node.pop("type", None)
+        node.pop("pattern", None)
+    if node.get("type") == "object" and "properties" in node:
+        node.pop("additionalProperties", None)  # pruning, not additionalProperties, drops unknown fields
+    out = {}
+    for k, v in node.items():
+        if k == "properties":
+            out[k] = {name: _structural(s) for name, s in v.items()}
+        elif k in ("items", "additionalProperties") and isinstance(v, dict):
+            out[k] = _structural(v)
+        else:
+            out[k] = v
+    return out
+
+
+def openapi_schema(model: type, description: str | None = None) -> dict[str, Any]:
+    """The structural OpenAPI v3.0 schema of one pydantic model."""
+    raw = model.model_json_schema(by_alias=True, mode="validation")
+    defs = raw.pop("$defs", {})
+    schema = _structural(_resolve(raw, defs))
+    if description:
+        schema["description"] = description
+    return schema
+
+
+def build_crd() -> dict[str, Any]:
+    """The TransferJob CustomResourceDefinition."""
+    spec_schema = openapi_schema(m.TransferJobSpec)
+    status_schema = openapi_schema(m.TransferJobStatus)
+    root = {
+        "type": "object",
+        "description": (m.TransferJob.__doc__ or "").strip(),
+        "required": ["spec"],
+        "properties": {
+            "apiVersion": {"type": "string", "description": "graft.dev/v1alpha1"},
+            "kind": {"type": "string", "description": "TransferJob"},
+            "metadata": {"type": "object"},
+            "spec": spec_schema,
+            "status": status_schema,
+        },
+    }
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": f"{m.PLURAL}.{m.GROUP}",
+            "labels": {"app.kubernetes.io/name": "graft", "app.kubernetes.io/component": "crd"},
+        },
+        "spec": {
+            "group": m.GROUP,
+            "names": {
+                "kind": m.KIND,
+                "listKind": f"{m.KIND}List",
+                "plural": m.PLURAL,
+                "singular": m.SINGULAR,
+                "shortNames": list(m.SHORT_NAMES),
+                "categories": list(m.CATEGORIES),
+            },
+            "scope": "Namespaced",
+            "versions": [
+                {
+                    "name": m.VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": [
+                        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+                        {"name": "Stage", "type": "string", "jsonPath": ".status.stage"},
+                        {"name": "Progress", "type": "string", "jsonPath": ".status.progress"},
+                        {"name": "Backbone", "type": "string", "jsonPath": ".spec.model.backbone", "priority": 1},
+                        {"name": "RayJob", "type": "string", "jsonPath": ".status.rayJobName", "priority": 1},
+                        {"name": "Model", "type": "string", "jsonPath": ".status.modelURI", "priority": 1},
+                        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+                    ],
+                    "schema": {"openAPIV3Schema": root},
+                }
+            ],
+        },
+    }
+
+
+def crd_yaml() -> str:
+    """The CRD as the YAML `graft crd` prints and the chart ships."""
+    header = "# Generated by `graft crd` from graft/api/models.py. Do not edit by hand.\n"
+    return header + yaml.safe_dump(build_crd(), sort_keys=False, width=100)
+
+
+def jsonschema_for(schema: dict[str, Any], strict_fields: bool = True) -> dict[str, Any]:
+    """Translate an openAPIV3Schema into plain JSON Schema (draft 4) to check objects the way the
+    API server would. `strict_fields` rejects unknown fields like `kubectl apply --validate=strict`."""
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        if not isinstance(node, dict):
+            return node
+        node = {k: walk(v) for k, v in node.items() if not k.startswith("x-kubernetes-validations")}
+        if node.pop("x-kubernetes-int-or-string", False):
+            node["type"] = ["integer", "string"]
+        if node.pop("nullable", False) and "type" in node:
+            t = node["type"]
+            node["type"] = ([*t] if isinstance(t, list) else [t]) + ["null"]
+            if "enum" in node:
+                node["enum"] = [*node["enum"], None]
+        if strict_fields and node.get("type") in ("object", ["object", "null"]) and "properties" in node:
+            if node["properties"] and "additionalProperties" not in node:
+                node["additionalProperties"] = False
+        return node
+
+    return walk(schema)

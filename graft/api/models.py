@@ -1,0 +1,649 @@
+"""The TransferJob resource (graft.dev/v1alpha1): spec and status as pydantic models.
+
+These models are the single source of truth. The CRD's openAPIV3Schema is generated from them
+(`graft crd`), `graft validate` and the operator validate with them, and the trainer reads its job
+from them. Every field's docstring becomes its description in the CRD, so `kubectl explain` shows it.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import Enum
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+GROUP = "graft.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "TransferJob"
+PLURAL = "transferjobs"
+SINGULAR = "transferjob"
+SHORT_NAMES = ["tj"]
+CATEGORIES = ["graft"]
+
+#: Backbones the trainer knows how to build, with the width of their pooled features.
+BACKBONES: dict[str, int] = {
+    "smallcnn": 64,
+    "resnet18": 512,
+    "resnet50": 2048,
+    "mobilenet_v3_large": 960,
+    "efficientnet_b0": 1280,
+    "convnext_tiny": 768,
+    "vit_b_16": 768,
+}
+
+#: URI schemes accepted for data, weights and storage. A bare path is a local path.
+DATA_SCHEMES = ("s3://", "file://", "builtin:")
+WEIGHTS_SCHEMES = ("s3://", "file://", "torchvision:")
+STORAGE_SCHEMES = ("s3://", "file://")
+BUILTIN_DATASETS = ("digits", "digits-noisy", "digits-clean")
+
+_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_QUANTITY = re.compile(r"^([+]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$")
+_URI_USERINFO = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^/@]*:[^/@]*@")
+# Things that look like secrets wherever they appear in a spec (AWS key ids, PEM blocks).
+_SECRET_VALUE = re.compile(r"(?:^|[^A-Z0-9])(AKIA|ASIA)[A-Z0-9]{16}(?:$|[^A-Z0-9])|-----BEGIN [A-Z ]*PRIVATE KEY")
+_SECRET_FIELD = re.compile(
+    r"(?i)^(aws_?)?(access_?key(_?id)?|secret(_?access)?_?key|password|passwd|token|session_?token|api_?key)$"
+)
+
+MAX_REPLICAS = 512
+MAX_EPOCHS = 10_000
+
+
+class _Model(BaseModel):
+    """Base for every API object: camelCase on the wire, unknown fields rejected."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        use_attribute_docstrings=True,
+        validate_default=True,
+    )
+
+
+def _check_uri(value: str, schemes: tuple[str, ...], *, allow_local: bool = True) -> str:
+    """Accept a URI with one of `schemes`, or a local path when `allow_local`; never credentials."""
+    if not value or not value.strip():
+        raise ValueError("must not be empty")
+    if _URI_USERINFO.match(value):
+        raise ValueError("credentials must not be inline in a URI; use storage.credentialsSecret")
+    if value.startswith(schemes):
+        if value.startswith("s3://") and not re.match(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/|$)", value):
+            raise ValueError(f"{value!r} is not a valid s3:// URI (s3://<bucket>/<prefix>)")
+        if value.startswith("builtin:") and value[len("builtin:") :] not in BUILTIN_DATASETS:
+            raise ValueError(f"unknown built-in data set {value!r}; known: {', '.join(BUILTIN_DATASETS)}")
+        return value
+    if "://" in value or (":" in value.split("/")[0] and not allow_local):
+        raise ValueError(f"unsupported URI scheme in {value!r}; allowed: {', '.join(schemes)} or a local path")
+    if not allow_local:
+        raise ValueError(f"{value!r} is not a URI; allowed: {', '.join(schemes)}")
+    if ":" in value.split("/")[0]:
+        raise ValueError(f"unsupported URI scheme in {value!r}; allowed: {', '.join(schemes)} or a local path")
+    return value
+
+
+# --------------------------------------------------------------------------------------------- model
+
+
+class ModelSpec(_Model):
+    """The network to transfer from."""
+
+    backbone: Literal[
+        "smallcnn", "resnet18", "resnet50", "mobilenet_v3_large", "efficientnet_b0", "convnext_tiny", "vit_b_16"
+    ]
+    """Backbone architecture. torchvision names, or `smallcnn` for tiny images (e.g. builtin:digits)."""
+
+    weights: str | None = None
+    """Pretrained weights: `torchvision:<WEIGHTS_ENUM>` (e.g. `torchvision:IMAGENET1K_V2`, downloaded when the
+    network allows), a `s3://` or local state_dict file, or empty for random initialisation (then the
+    job should start with a `Pretrain` stage)."""
+
+    num_classes: int = Field(ge=2, le=100_000)
+    """Number of target classes; the classifier head is replaced to have this many outputs."""
+
+    @field_validator("weights")
+    @classmethod
+    def _weights_uri(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if v.startswith("torchvision:"):
+            if not re.match(r"^torchvision:[A-Za-z0-9_]+$", v):
+                raise ValueError(f"{v!r}: expected torchvision:<WEIGHTS_NAME>, e.g. torchvision:IMAGENET1K_V1")
+            return v
+        return _check_uri(v, WEIGHTS_SCHEMES)
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+class DataSpec(_Model):
+    """The target data set."""
+
+    train: str
+    """Training images: an ImageFolder tree (one sub-folder per class) at a local path, `file://` or
+    `s3://` prefix, or a built-in offline data set (`builtin:digits`, `builtin:digits-noisy`)."""
+
+    validation: str | None = None
+    """Validation images, same forms as `train`. When empty, `validationSplit` of `train` is held out."""
+
+    validation_split: float = Field(default=0.2, gt=0.0, lt=1.0)
+    """Fraction of `train` held out for validation when `validation` is empty. Default 0.2."""
+
+    image_size: int = Field(default=224, ge=8, le=1024)
+    """Side of the square input images in pixels after preprocessing. Default 224."""
+
+    shots_per_class: int | None = Field(default=None, ge=1, le=1_000_000)
+    """Use only this many training images per class (few-shot); all of them when empty."""
+
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    """Seed for the validation split, few-shot sampling and weight initialisation. Default 0."""
+
+    @field_validator("train", "validation")
+    @classmethod
+    def _data_uri(cls, v: str | None) -> str | None:
+        return v if v is None else _check_uri(v, DATA_SCHEMES)
+
+
+# -------------------------------------------------------------------------------------------- stages
+
+
+class _StageBase(_Model):
+    epochs: int = Field(default=10, ge=1, le=MAX_EPOCHS)
+    """Passes over the training data."""
+
+    batch_size: int = Field(default=64, ge=1, le=65_536)
+    """Global batch size, split across workers."""
+
+
+class PretrainStage(_StageBase):
+    """Train the backbone from scratch on a large labelled source set (DDP), for users who have one."""
+
+    type: Literal["Pretrain"]
+    """Stage type."""
+
+    data: str
+    """Labelled source images (same forms as `spec.data.train`)."""
+
+    num_classes: int = Field(ge=2, le=100_000)
+    """Number of classes in the source set."""
+
+    epochs: int = Field(default=30, ge=1, le=MAX_EPOCHS)
+    """Passes over the source data. Default 30."""
+
+    batch_size: int = Field(default=256, ge=1, le=65_536)
+    """Global batch size. Default 256 (torchvision reference recipe)."""
+
+    lr: float = Field(default=0.1, gt=0, le=10)
+    """Peak learning rate (SGD with momentum, cosine schedule). Default 0.1 (torchvision recipe)."""
+
+    weight_decay: float = Field(default=1e-4, ge=0, le=1)
+    """Weight decay. Default 1e-4."""
+
+    label_smoothing: float = Field(default=0.1, ge=0, lt=1)
+    """Label smoothing of the cross-entropy loss. Default 0.1."""
+
+    @field_validator("data")
+    @classmethod
+    def _data_uri(cls, v: str) -> str:
+        return _check_uri(v, DATA_SCHEMES)
+
+
+class FrozenFeaturesStage(_Model):
+    """Run the frozen backbone once over train and validation data and store pooled features."""
+
+    type: Literal["FrozenFeatures"]
+    """Stage type."""
+
+    batch_size: int = Field(default=256, ge=1, le=65_536)
+    """Images per inference batch. Default 256."""
+
+    actors: int | None = Field(default=None, ge=1, le=MAX_REPLICAS)
+    """Size of the Ray Data actor pool; one per worker when empty."""
+
+
+class HeadStage(_StageBase):
+    """Train a new classifier head on the stored features (linear probe); the backbone never runs."""
+
+    type: Literal["Head"]
+    """Stage type."""
+
+    epochs: int = Field(default=100, ge=1, le=MAX_EPOCHS)
+    """Passes over the stored features. Default 100 (features are cheap to revisit)."""
+
+    batch_size: int = Field(default=256, ge=1, le=65_536)
+    """Global batch size. Default 256."""
+
+    lr: float = Field(default=1e-2, gt=0, le=10)
+    """Learning rate (AdamW, cosine schedule). Default 1e-2."""
+
+    weight_decay: float = Field(default=1e-4, ge=0, le=1)
+    """Weight decay. Default 1e-4."""
+
+
+class FullFineTuneStage(_StageBase):
+    """Unfreeze the whole network and fine-tune it, starting the head from the `Head` result (LP-FT)."""
+
+    type: Literal["FullFineTune"]
+    """Stage type."""
+
+    epochs: int = Field(default=10, ge=1, le=MAX_EPOCHS)
+    """Passes over the training data. Default 10."""
+
+    lr: float = Field(default=1e-3, gt=0, le=10)
+    """Peak learning rate of the head (AdamW). Default 1e-3."""
+
+    backbone_lr_scale: float = Field(default=0.1, gt=0, le=1)
+    """The backbone's learning rate is `lr` times this (discriminative learning rate). Default 0.1."""
+
+    weight_decay: float = Field(default=0.05, ge=0, le=1)
+    """AdamW weight decay. Default 0.05 (timm fine-tuning recipes)."""
+
+    warmup_epochs: float = Field(default=1.0, ge=0, le=MAX_EPOCHS)
+    """Linear warm-up before the cosine decay, in epochs. Default 1."""
+
+    label_smoothing: float = Field(default=0.1, ge=0, lt=1)
+    """Label smoothing of the cross-entropy loss. Default 0.1."""
+
+    grad_clip_norm: float | None = Field(default=1.0, gt=0, le=1e6)
+    """Clip the global gradient norm to this value; no clipping when empty. Default 1.0."""
+
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    """`auto` uses bf16 autocast on GPU and fp32 on CPU."""
+
+    channels_last: bool = True
+    """Use the channels_last memory format on GPU (faster convolutions)."""
+
+    keep_checkpoints: int = Field(default=2, ge=1, le=100)
+    """Keep this many best checkpoints by validation accuracy. Default 2."""
+
+    augment: bool = True
+    """Train-time augmentation (random resized crop, horizontal flip where it suits the data)."""
+
+
+Stage = Annotated[
+    Union[PretrainStage, FrozenFeaturesStage, HeadStage, FullFineTuneStage],  # noqa: UP007
+    Field(discriminator="type"),
+]
+STAGE_TYPES = ("Pretrain", "FrozenFeatures", "Head", "FullFineTune")
+
+
+# --------------------------------------------------------------------------------- workers & storage
+
+
+def _check_quantity(v: str | int | float | None) -> str | None:
+    if v is None:
+        return None
+    s = str(v)
+    m = _QUANTITY.match(s)
+    if not m or s.startswith("-"):
+        raise ValueError(f"{s!r} is not a Kubernetes quantity (e.g. 500m, 2, 16Gi)")
+    try:
+        number = float(m.group(1))
+    except ValueError:
+        raise ValueError(f"{s!r} is not a Kubernetes quantity (e.g. 500m, 2, 16Gi)") from None
+    if number <= 0:
+        raise ValueError(f"{s!r} must be greater than zero")
+    return s
+
+
+class WorkersSpec(_Model):
+    """The Ray Train worker group: how many workers and what each one gets."""
+
+    replicas: int = Field(default=1, ge=1, le=MAX_REPLICAS)
+    """Number of Ray Train workers (one pod each on a cluster). Default 1."""
+
+    gpus: int = Field(default=0, ge=0, le=16)
+    """GPUs per worker (`nvidia.com/gpu`). Default 0 (CPU)."""
+
+    cpus: str = Field(default="1", json_schema_extra={"x-kubernetes-int-or-string": True})
+    """CPUs per worker, as a Kubernetes quantity (e.g. `4`, `500m`). Default 1."""
+
+    memory: str = Field(default="4Gi", json_schema_extra={"x-kubernetes-int-or-string": True})
+    """Memory per worker, as a Kubernetes quantity (e.g. `16Gi`). Default 4Gi."""
+
+    @field_validator("cpus", "memory", mode="before")
+    @classmethod
+    def _quantity(cls, v: Any) -> Any:
+        return _check_quantity(v)
+
+
+class SecretReference(_Model):
+    """A Secret in the TransferJob's namespace holding object-storage credentials."""
+
+    name: str = Field(min_length=1, max_length=253)
+    """Name of the Secret."""
+
+    access_key_id_key: str = "AWS_ACCESS_KEY_ID"
+    """Key in the Secret holding the access key id. Default AWS_ACCESS_KEY_ID."""
+
+    secret_access_key_key: str = "AWS_SECRET_ACCESS_KEY"  # noqa: S105 (a key name, not a secret)
+    """Key in the Secret holding the secret access key. Default AWS_SECRET_ACCESS_KEY."""
+
+
+class StorageSpec(_Model):
+    """Where checkpoints, features, the ledger and the final model are written."""
+
+    uri: str
+    """Root URI (`s3://bucket/prefix` or a local path / `file://`); the job writes under `<uri>/<job uid>/`."""
+
+    endpoint: str | None = None
+    """S3 endpoint URL for S3-compatible stores (MinIO, Ceph); AWS when empty."""
+
+    region: str | None = None
+    """S3 region; the client's default when empty."""
+
+    credentials_secret: SecretReference | None = None
+    """Secret with the S3 credentials. Credentials are never accepted inline in the spec."""
+
+    @field_validator("uri")
+    @classmethod
+    def _storage_uri(cls, v: str) -> str:
+        return _check_uri(v, STORAGE_SCHEMES)
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if _URI_USERINFO.match(v):
+            raise ValueError("credentials must not be inline in a URI; use storage.credentialsSecret")
+        if not re.match(r"^https?://[^/\s]+(/\S*)?$", v):
+            raise ValueError(f"{v!r} is not an http(s) URL")
+        return v
+
+
+class RunPolicy(_Model):
+    """How the job runs, retries and is cleaned up (the Kubernetes Job / Kubeflow conventions)."""
+
+    suspend: bool = False
+    """Suspend the job: its Ray cluster is deleted, progress is kept, and `false` resumes it."""
+
+    active_deadline_seconds: int | None = Field(default=None, ge=1, le=31_536_000)
+    """Fail the job (reason DeadlineExceeded) when it has run this long; no deadline when empty."""
+
+    backoff_limit: int = Field(default=3, ge=0, le=100)
+    """Failed attempts retried (each resuming from the ledger) before the job fails. Default 3."""
+
+    ttl_seconds_after_finished: int | None = Field(default=None, ge=0, le=31_536_000)
+    """Delete the RayJob and its cluster this long after the job finishes; the TransferJob and its
+    status stay. Never when empty."""
+
+
+class Toleration(_Model):
+    """A Kubernetes toleration (core/v1 Toleration)."""
+
+    key: str | None = None
+    """Taint key the toleration applies to; empty matches all keys (with operator Exists)."""
+
+    operator: Literal["Exists", "Equal"] | None = None
+    """`Exists` or `Equal` (the default)."""
+
+    value: str | None = None
+    """Taint value to match with operator Equal."""
+
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    """Taint effect to match; all effects when empty."""
+
+    toleration_seconds: int | None = None
+    """How long a NoExecute taint is tolerated."""
+
+
+class SchedulingSpec(_Model):
+    """Passed through to every pod of the job's Ray cluster."""
+
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    """Node labels the pods must match."""
+
+    tolerations: list[Toleration] = Field(default_factory=list)
+    """Taints the pods tolerate."""
+
+    priority_class_name: str | None = None
+    """PriorityClass of the pods."""
+
+    queue_name: str | None = None
+    """Kueue LocalQueue; set as the `kueue.x-k8s.io/queue-name` label on the RayJob."""
+
+
+DEFAULT_IMAGE = "ghcr.io/graft-dev/graft-trainer:0.1.0"
+
+
+class TransferJobSpec(_Model):
+    """What to transfer, from which data, through which stages, on what resources."""
+
+    model: ModelSpec
+    """The network to transfer from."""
+
+    data: DataSpec
+    """The target data set."""
+
+    stages: list[Stage] = Field(min_length=1, max_length=8)
+    """Stages, run in order. Usual: FrozenFeatures, Head, FullFineTune (LP-FT)."""
+
+    workers: WorkersSpec = Field(default_factory=WorkersSpec)
+    """The Ray Train workers."""
+
+    image: str = DEFAULT_IMAGE
+    """Container image of the Ray head and workers (the Graft trainer image)."""
+
+    storage: StorageSpec | None = None
+    """Object storage for checkpoints and the model. Required on a cluster; `graft run` uses a local
+    folder when empty."""
+
+    run_policy: RunPolicy = Field(default_factory=RunPolicy)
+    """Suspension, deadline, retries and clean-up."""
+
+    scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec)
+    """Pod scheduling pass-through."""
+
+    @model_validator(mode="after")
+    def _stage_order(self) -> TransferJobSpec:
+        types = [s.type for s in self.stages]
+        for i, t in enumerate(types):
+            if t in types[:i]:
+                raise ValueError(f"stages[{i}]: duplicate stage type {t!r}; each type may appear once")
+        order = {t: STAGE_TYPES.index(t) for t in types}
+        for i in range(1, len(types)):
+            if order[types[i]] < order[types[i - 1]]:
+                raise ValueError(
+                    f"stages[{i}]: {types[i]!r} cannot come after {types[i - 1]!r}; "
+                    f"the order is {' -> '.join(STAGE_TYPES)}"
+                )
+        if "Head" in types and "FrozenFeatures" not in types:
+            raise ValueError(f"stages[{types.index('Head')}]: 'Head' needs a preceding 'FrozenFeatures' stage")
+        if self.model.weights is None and "Pretrain" not in types and "FrozenFeatures" in types:
+            raise ValueError(
+                "model.weights: features of a random backbone are meaningless; give weights or add a "
+                "'Pretrain' stage before 'FrozenFeatures'"
+            )
+        return self
+
+
+# -------------------------------------------------------------------------------------------- status
+
+
+class Phase(str, Enum):
+    PENDING = "Pending"
+    SUSPENDED = "Suspended"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+class Condition(_Model):
+    """A status condition (the shape of metav1.Condition)."""
+
+    type: str
+    """Condition type: Created, Running, Suspended, Succeeded, Failed, Reconciling, Stalled."""
+
+    status: Literal["True", "False", "Unknown"]
+    """True, False or Unknown."""
+
+    reason: str
+    """One CamelCase word saying why."""
+
+    message: str = ""
+    """Human-readable detail."""
+
+    last_transition_time: str
+    """When the status last changed (RFC 3339)."""
+
+    observed_generation: int | None = None
+    """The spec generation this condition was set for."""
+
+
+class StageState(str, Enum):
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SKIPPED = "Skipped"
+
+
+class StageStatus(_Model):
+    """Progress of one stage, projected from the ledger."""
+
+    type: str
+    """Stage type."""
+
+    state: StageState = StageState.PENDING
+    """Pending, Running, Succeeded, Failed or Skipped."""
+
+    start_time: str | None = None
+    """When the stage started (RFC 3339)."""
+
+    end_time: str | None = None
+    """When the stage ended (RFC 3339)."""
+
+    epoch: int | None = None
+    """Last finished epoch (1-based)."""
+
+    epochs: int | None = None
+    """Epochs planned."""
+
+    metrics: dict[str, float] = Field(default_factory=dict)
+    """Latest metrics, e.g. train_loss, val_accuracy."""
+
+    checkpoint: str | None = None
+    """URI of the stage's latest (or best) checkpoint."""
+
+    message: str | None = None
+    """Why the stage failed, when it did."""
+
+
+class TransferJobStatus(_Model):
+    """Observed state, written only by the operator."""
+
+    observed_generation: int | None = None
+    """The spec generation the status was computed from."""
+
+    conditions: list[Condition] = Field(default_factory=list)
+    """Conditions, the source of truth of the job's state."""
+
+    phase: Phase | None = None
+    """Derived from the conditions for `kubectl get`: Pending, Suspended, Running, Succeeded, Failed."""
+
+    stage: str | None = None
+    """The stage running now (or the last one run)."""
+
+    progress: str | None = None
+    """Stages finished out of all, e.g. `2/3`."""
+
+    stages: list[StageStatus] = Field(default_factory=list)
+    """Per-stage progress."""
+
+    ray_job_name: str | None = None
+    """Name of the RayJob running this job (recorded before it is created)."""
+
+    job_deployment_status: str | None = None
+    """The RayJob's jobDeploymentStatus."""
+
+    job_status: str | None = None
+    """The RayJob's jobStatus (the Ray job's own state)."""
+
+    dashboard_url: str | None = Field(default=None, alias="dashboardURL")
+    """The Ray dashboard of the job's cluster."""
+
+    model_uri: str | None = Field(default=None, alias="modelURI")
+    """URI of the exported final model."""
+
+    storage_uri: str | None = Field(default=None, alias="storageURI")
+    """Where this job writes: `<storage.uri>/<job uid>/`."""
+
+    attempts: int | None = None
+    """Attempts started so far (1 on the first run)."""
+
+    start_time: str | None = None
+    """When the job started running."""
+
+    completion_time: str | None = None
+    """When the job finished."""
+
+    reason: str | None = None
+    """Short reason of the latest transition."""
+
+    message: str | None = None
+    """Human-readable detail of the latest transition."""
+
+
+# ------------------------------------------------------------------------------------------ document
+
+
+class ObjectMeta(BaseModel):
+    """The parts of metadata Graft reads; everything else is kept as is."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    name: str | None = Field(default=None, max_length=63)
+    namespace: str | None = None
+    uid: str | None = None
+    generation: int | None = None
+    labels: dict[str, str] | None = None
+    annotations: dict[str, str] | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str | None) -> str | None:
+        if v is not None and not _DNS1123_LABEL.match(v):
+            raise ValueError(
+                f"{v!r} is not a valid name: lower-case letters, digits and '-', starting and ending "
+                "with a letter or digit"
+            )
+        return v
+
+
+class TransferJob(_Model):
+    """A transfer-learning job: a pretrained backbone adapted to a target data set in stages."""
+
+    api_version: Literal["graft.dev/v1alpha1"] = Field(alias="apiVersion")
+    kind: Literal["TransferJob"]
+    metadata: ObjectMeta
+    spec: TransferJobSpec
+    status: TransferJobStatus | None = None
+
+    @model_validator(mode="after")
+    def _named(self) -> TransferJob:
+        if not self.metadata.name and not (self.metadata.model_extra or {}).get("generateName"):
+            raise ValueError("metadata.name: a TransferJob needs a name")
+        return self
+
+
+def find_inline_credentials(obj: Any, path: str = "") -> list[tuple[str, str]]:
+    """Paths in a raw spec that look like credentials: secret-named fields or secret-looking values."""
+    found: list[tuple[str, str]] = []
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            p = f"{path}.{k}" if path else str(k)
+            if isinstance(k, str) and _SECRET_FIELD.match(k) and v not in (None, ""):
+                found.append((p, "credentials must not be in the spec; use storage.credentialsSecret"))
+            else:
+                found.extend(find_inline_credentials(v, p))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            found.extend(find_inline_credentials(v, f"{path}[{i}]"))
+    elif isinstance(obj, str) and _SECRET_VALUE.search(obj):
+        found.append((path, "looks like a credential; use storage.credentialsSecret, never inline keys"))
+    return found

@@ -1,0 +1,153 @@
+"""The ledger: the durable record of a job's progress, at `<storage.uri>/<job uid>/ledger.json`.
+
+The trainer writes it (after every epoch and stage); the operator and `graft status` read it. It is
+what a retried or resumed run consults to skip finished stages and resume the running one.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from graft import storage
+from graft.api.models import StageState
+
+LEDGER_FILE = "ledger.json"
+LEDGER_VERSION = 1
+
+
+def now() -> str:
+    """The current time in RFC 3339, as Kubernetes writes it."""
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def job_root(storage_uri: str, uid: str) -> str:
+    """Where a job writes: `<storage.uri>/<job uid>`."""
+    return storage.join(storage_uri, uid)
+
+
+class StageRecord(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: str
+    state: StageState = StageState.PENDING
+    run_name: str | None = None
+    start_time: str | None = None
+    end_time: str | None = None
+    epoch: int = 0
+    epochs: int | None = None
+    metrics: dict[str, float] = Field(default_factory=dict)
+    history: list[dict[str, float]] = Field(default_factory=list)
+    checkpoint: str | None = None
+    output: str | None = None
+    message: str | None = None
+    seconds: float | None = None
+
+
+class Ledger(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    version: int = LEDGER_VERSION
+    job_uid: str
+    job_name: str | None = None
+    stages: list[StageRecord]
+    model_uri: str | None = None
+    attempt: int = 0
+    updated_at: str = Field(default_factory=now)
+    message: str | None = None
+
+    # -- queries ------------------------------------------------------------------------------
+
+    def stage(self, type_: str) -> StageRecord:
+        for s in self.stages:
+            if s.type == type_:
+                return s
+        raise KeyError(type_)
+
+    @property
+    def current(self) -> StageRecord | None:
+        """The running stage, else the first not finished, else the last."""
+        for s in self.stages:
+            if s.state == StageState.RUNNING:
+                return s
+        for s in self.stages:
+            if s.state not in (StageState.SUCCEEDED, StageState.SKIPPED):
+                return s
+        return self.stages[-1] if self.stages else None
+
+    @property
+    def done(self) -> bool:
+        return all(s.state in (StageState.SUCCEEDED, StageState.SKIPPED) for s in self.stages)
+
+    @property
+    def failed(self) -> StageRecord | None:
+        return next((s for s in self.stages if s.state == StageState.FAILED), None)
+
+    def progress(self) -> str:
+        finished = sum(s.state in (StageState.SUCCEEDED, StageState.SKIPPED) for s in self.stages)
+        return f"{finished}/{len(self.stages)}"
+
+    # -- I/O -----------------------------------------------------------------------------------
+
+    @staticmethod
+    def uri(root: str) -> str:
+        return storage.join(root, LEDGER_FILE)
+
+    @classmethod
+    def load(cls, root: str) -> Ledger | None:
+        """The ledger under a job root, or None when the job has not written one yet."""
+        try:
+            data = storage.read_json(cls.uri(root))
+        except FileNotFoundError:
+            return None
+        return cls.model_validate(data)
+
+    def save(self, root: str) -> None:
+        """Write atomically: a concurrent reader sees the previous or this version, whole."""
+        self.updated_at = now()
+        storage.write_json(self.uri(root), self.model_dump(mode="json"))
+
+    @classmethod
+    def create(cls, uid: str, name: str | None, stage_types: list[str]) -> Ledger:
+        return cls(job_uid=uid, job_name=name, stages=[StageRecord(type=t) for t in stage_types])
+
+    @classmethod
+    def load_or_create(cls, root: str, uid: str, name: str | None, stage_types: list[str]) -> Ledger:
+        """Load the ledger, checking it belongs to this job's stages, or start a new one."""
+        existing = cls.load(root)
+        if existing is None:
+            return cls.create(uid, name, stage_types)
+        if [s.type for s in existing.stages] != stage_types:
+            raise ValueError(
+                f"{cls.uri(root)}: the ledger lists stages {[s.type for s in existing.stages]} but the job has "
+                f"{stage_types}; a job's stages cannot change once it has started"
+            )
+        return existing
+
+    def to_status(self) -> dict[str, Any]:
+        """The per-stage part of a TransferJob status (camelCase, as the CRD declares it)."""
+        out = []
+        for s in self.stages:
+            entry: dict[str, Any] = {"type": s.type, "state": s.state.value}
+            for key, value in (
+                ("startTime", s.start_time),
+                ("endTime", s.end_time),
+                ("epoch", s.epoch or None),
+                ("epochs", s.epochs),
+                ("checkpoint", s.checkpoint),
+                ("message", s.message),
+            ):
+                if value is not None:
+                    entry[key] = value
+            if s.metrics:
+                entry["metrics"] = dict(s.metrics)
+            out.append(entry)
+        cur = self.current
+        return {
+            "stages": out,
+            "stage": cur.type if cur else None,
+            "progress": self.progress(),
+            "modelURI": self.model_uri,
+        }

@@ -1,0 +1,223 @@
+"""Object storage for checkpoints, features, the ledger and models: `s3://` and local paths.
+
+Built on pyarrow.fs. S3 settings come from the environment, as in a RayJob pod whose credentials
+arrive from a Secret: `AWS_ENDPOINT_URL` (or `AWS_ENDPOINT_URL_S3`), `AWS_ACCESS_KEY_ID`,
+`AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_REGION` / `AWS_DEFAULT_REGION`.
+
+Writes are atomic: a reader sees the old object or the new one, never half of one. On S3 an object
+becomes visible only when its upload completes; locally a temporary file is renamed into place.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import posixpath
+import uuid
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import pyarrow.fs as pafs
+
+
+class StorageError(RuntimeError):
+    """Object storage could not be read or written; the message names the URI and the cause."""
+
+    def __init__(self, uri: str, cause: str):
+        self.uri = uri
+        self.cause = cause
+        super().__init__(f"{uri}: {cause}")
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    endpoint: str | None = None
+    region: str | None = None
+
+
+def _env_s3_settings() -> S3Settings:
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    return S3Settings(endpoint=endpoint, region=region)
+
+
+@lru_cache(maxsize=8)
+def _s3_filesystem(endpoint: str | None, region: str | None, key_fingerprint: str) -> pafs.S3FileSystem:
+    kwargs: dict[str, Any] = {"region": region or "us-east-1"}
+    if endpoint:
+        parsed = urlparse(endpoint)
+        kwargs["endpoint_override"] = parsed.netloc or parsed.path
+        kwargs["scheme"] = parsed.scheme or "https"
+    key, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
+    if key and secret:
+        kwargs.update(access_key=key, secret_key=secret, session_token=os.environ.get("AWS_SESSION_TOKEN"))
+    # Retries with backoff are pyarrow's own (AWS standard strategy); a few is enough for transient
+    # errors without hiding a wrong endpoint for minutes.
+    kwargs["retry_strategy"] = pafs.AwsStandardS3RetryStrategy(max_attempts=3)
+    kwargs["connect_timeout"] = 5
+    kwargs["request_timeout"] = 30
+    return pafs.S3FileSystem(**kwargs)
+
+
+def is_s3(uri: str) -> bool:
+    return uri.startswith("s3://")
+
+
+def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    """The filesystem for a URI and the path inside it (`bucket/key` for S3, absolute for local)."""
+    if is_s3(uri):
+        settings = _env_s3_settings()
+        fingerprint = str(hash((os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY"))))
+        fs = _s3_filesystem(settings.endpoint, settings.region, fingerprint)
+        return fs, uri[len("s3://") :].rstrip("/")
+    path = uri[len("file://") :] if uri.startswith("file://") else uri
+    return pafs.LocalFileSystem(), str(Path(path).expanduser().resolve())
+
+
+def join(uri: str, *parts: str) -> str:
+    """Join path parts onto a URI with '/' (local paths too)."""
+    if is_s3(uri) or uri.startswith("file://"):
+        scheme, _, rest = uri.partition("://")
+        return f"{scheme}://" + posixpath.join(rest.rstrip("/"), *parts)
+    return str(Path(uri).joinpath(*parts))
+
+
+def _explain(uri: str, exc: BaseException) -> StorageError:
+    text = str(exc)
+    lowered = text.lower()
+    if "nosuchbucket" in lowered or "bucket does not exist" in lowered or "bucket not found" in lowered:
+        cause = "bucket does not exist"
+    elif "access denied" in lowered or "accessdenied" in lowered or "forbidden" in lowered:
+        cause = "access denied (check the credentials Secret and the bucket policy)"
+    elif "invalidaccesskeyid" in lowered or "signaturedoesnotmatch" in lowered or "credentials" in lowered:
+        cause = "credentials rejected (check the credentials Secret)"
+    elif isinstance(exc, FileNotFoundError) or "path does not exist" in lowered or "not found" in lowered:
+        cause = "not found"
+    elif "connect" in lowered or "curl" in lowered or "timeout" in lowered:
+        cause = f"cannot reach the storage endpoint ({text.splitlines()[0]})"
+    else:
+        cause = text.splitlines()[0] if text else type(exc).__name__
+    return StorageError(uri, cause)
+
+
+def read_bytes(uri: str) -> bytes:
+    """Read a whole object. Raises FileNotFoundError when it does not exist, StorageError otherwise."""
+    fs, path = filesystem(uri)
+    try:
+        info = fs.get_file_info(path)
+        if info.type == pafs.FileType.NotFound:
+            raise FileNotFoundError(uri)
+        with fs.open_input_stream(path) as f:
+            return f.read()
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise _explain(uri, exc) from exc
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write a whole object atomically."""
+    fs, path = filesystem(uri)
+    try:
+        if is_s3(uri):
+            # A single S3 PUT (or a completed multipart upload) is atomic for readers.
+            with fs.open_output_stream(path) as f:
+                f.write(data)
+            return
+        parent = posixpath.dirname(path)
+        fs.create_dir(parent, recursive=True)
+        tmp = posixpath.join(parent, f".{posixpath.basename(path)}.{uuid.uuid4().hex}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    except OSError as exc:
+        raise _explain(uri, exc) from exc
+
+
+def read_json(uri: str) -> Any:
+    return json.loads(read_bytes(uri))
+
+
+def write_json(uri: str, obj: Any) -> None:
+    write_bytes(uri, json.dumps(obj, indent=2, sort_keys=True).encode())
+
+
+def exists(uri: str) -> bool:
+    fs, path = filesystem(uri)
+    try:
+        return fs.get_file_info(path).type != pafs.FileType.NotFound
+    except OSError as exc:
+        raise _explain(uri, exc) from exc
+
+
+def list_dir(uri: str, recursive: bool = False) -> list[str]:
+    """URIs of the files below a prefix (empty when it does not exist)."""
+    fs, path = filesystem(uri)
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(path, recursive=recursive, allow_not_found=True))
+    except OSError as exc:
+        raise _explain(uri, exc) from exc
+    base = uri.rstrip("/")
+    out = []
+    for info in infos:
+        if info.type == pafs.FileType.File:
+            rel = posixpath.relpath(info.path, path)
+            out.append(join(base, *rel.split("/")))
+    return sorted(out)
+
+
+def upload_dir(local_dir: str | Path, uri: str) -> None:
+    """Copy a local folder to a URI (each file written atomically)."""
+    local_dir = Path(local_dir)
+    for file in sorted(p for p in local_dir.rglob("*") if p.is_file()):
+        write_bytes(join(uri, *file.relative_to(local_dir).parts), file.read_bytes())
+
+
+def download_dir(uri: str, local_dir: str | Path) -> Path:
+    """Copy everything under a URI into a local folder."""
+    local_dir = Path(local_dir)
+    prefix = uri.rstrip("/")
+    for file_uri in list_dir(prefix, recursive=True):
+        rel = file_uri[len(prefix) :].lstrip("/")
+        target = local_dir / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(read_bytes(file_uri))
+    return local_dir
+
+
+def delete_tree(uri: str) -> None:
+    """Delete everything under a URI (used for a stage's partial outputs, never for finished ones)."""
+    fs, path = filesystem(uri)
+    try:
+        info = fs.get_file_info(path)
+        if info.type == pafs.FileType.Directory:
+            fs.delete_dir(path)
+        elif info.type == pafs.FileType.File:
+            fs.delete_file(path)
+    except OSError as exc:
+        raise _explain(uri, exc) from exc
+
+
+def open_read(uri: str) -> io.BytesIO:
+    return io.BytesIO(read_bytes(uri))
+
+
+def ray_storage(uri: str) -> tuple[str, pafs.FileSystem | None]:
+    """`(storage_path, storage_filesystem)` for Ray Train's RunConfig.
+
+    With an explicit S3 filesystem Ray wants the path without a scheme (`bucket/prefix`)."""
+    if is_s3(uri):
+        fs, path = filesystem(uri)
+        return path, fs
+    _, path = filesystem(uri)
+    return path, None

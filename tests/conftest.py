@@ -1,0 +1,37 @@
+"""Shared fixtures. Services the tests need are started here, by the tests themselves."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+from support.s3 import TEST_CREDENTIALS, make_bucket, moto_server
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A moto S3 server on 127.0.0.1 for the whole session; AWS_* variables point at it."""
+    with moto_server() as endpoint:
+        mp = pytest.MonkeyPatch()
+        for key, value in {**TEST_CREDENTIALS, "AWS_ENDPOINT_URL": endpoint}.items():
+            mp.setenv(key, value)
+        try:
+            yield endpoint
+        finally:
+            mp.undo()
+
+
+@pytest.fixture()
+def s3_bucket(s3_endpoint):
+    """A fresh, empty bucket; returns its `s3://name` URI."""
+    name = f"graft-test-{uuid.uuid4().hex[:12]}"
+    make_bucket(s3_endpoint, name)
+    return f"s3://{name}"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _quiet_ray():
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    yield

@@ -1,0 +1,1 @@
+"""Test support: services the tests start themselves (moto S3 server, emulated Kubernetes API)."""

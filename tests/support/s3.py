@@ -1,0 +1,78 @@
+"""A real S3-protocol server (moto) on 127.0.0.1, started as a separate process."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+TEST_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "graft-test-key",
+    "AWS_SECRET_ACCESS_KEY": "graft-test-secret",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_REGION": "us-east-1",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def moto_server() -> Iterator[str]:
+    """Run `moto.server` in a child process; yields its endpoint URL."""
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1)  # noqa: S310 (loopback)
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("moto server did not start") from None
+                time.sleep(0.2)
+        yield endpoint
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def s3_env(endpoint: str) -> dict[str, str]:
+    """Environment a process needs to reach the test S3 server (what a RayJob pod gets from its Secret)."""
+    return {**TEST_CREDENTIALS, "AWS_ENDPOINT_URL": endpoint}
+
+
+def make_bucket(endpoint: str, name: str) -> None:
+    import boto3
+
+    client = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=TEST_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=TEST_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        region_name="us-east-1",
+    )
+    client.create_bucket(Bucket=name)
+
+
+def apply_env(env: dict[str, str]) -> dict[str, str | None]:
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    return old
