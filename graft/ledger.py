@@ -96,10 +96,12 @@ class Ledger(BaseModel):
         return storage.join(root, LEDGER_FILE)
 
     @classmethod
-    def load(cls, root: str) -> Ledger | None:
-        """The ledger under a job root, or None when the job has not written one yet."""
+    def load(cls, root: str, options: storage.S3Options | None = None) -> Ledger | None:
+        """The ledger under a job root, or None when the job has not written one yet.
+
+        `options` carries explicit S3 settings (the operator's, from the job's Secret) instead of the environment's."""
         try:
-            data = storage.read_json(cls.uri(root))
+            data = storage.read_json(cls.uri(root), options)
         except FileNotFoundError:
             return None
         return cls.model_validate(data)

@@ -15,7 +15,7 @@ import json
 import os
 import posixpath
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -67,8 +67,42 @@ def is_s3(uri: str) -> bool:
     return uri.startswith("s3://")
 
 
-def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
-    """The filesystem for a URI and the path inside it (`bucket/key` for S3, absolute for local)."""
+@dataclass(frozen=True)
+class S3Options:
+    """S3 settings passed explicitly (the operator reads them from a Secret) instead of from the environment.
+
+    `repr` never shows the keys, so an options object can appear in a log line or traceback safely."""
+
+    endpoint: str | None = None
+    region: str | None = None
+    access_key_id: str | None = field(default=None, repr=False)
+    secret_access_key: str | None = field(default=None, repr=False)
+    session_token: str | None = field(default=None, repr=False)
+
+
+@lru_cache(maxsize=64)
+def _s3_filesystem_explicit(options: S3Options) -> pafs.S3FileSystem:
+    kwargs: dict[str, Any] = {"region": options.region or "us-east-1"}
+    if options.endpoint:
+        parsed = urlparse(options.endpoint)
+        kwargs["endpoint_override"] = parsed.netloc or parsed.path
+        kwargs["scheme"] = parsed.scheme or "https"
+    if options.access_key_id and options.secret_access_key:
+        kwargs.update(
+            access_key=options.access_key_id, secret_key=options.secret_access_key, session_token=options.session_token
+        )
+    kwargs["retry_strategy"] = pafs.AwsStandardS3RetryStrategy(max_attempts=3)
+    kwargs["connect_timeout"] = 5
+    kwargs["request_timeout"] = 30
+    return pafs.S3FileSystem(**kwargs)
+
+
+def filesystem(uri: str, options: S3Options | None = None) -> tuple[pafs.FileSystem, str]:
+    """The filesystem for a URI and the path inside it (`bucket/key` for S3, absolute for local).
+
+    `options` replaces the environment's S3 settings (endpoint, region, keys) for this call."""
+    if is_s3(uri) and options is not None:
+        return _s3_filesystem_explicit(options), uri[len("s3://") :].rstrip("/")
     if is_s3(uri):
         settings = _env_s3_settings()
         fingerprint = str(hash((os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY"))))
@@ -104,9 +138,9 @@ def _explain(uri: str, exc: BaseException) -> StorageError:
     return StorageError(uri, cause)
 
 
-def read_bytes(uri: str) -> bytes:
+def read_bytes(uri: str, options: S3Options | None = None) -> bytes:
     """Read a whole object. Raises FileNotFoundError when it does not exist, StorageError otherwise."""
-    fs, path = filesystem(uri)
+    fs, path = filesystem(uri, options)
     try:
         info = fs.get_file_info(path)
         if info.type == pafs.FileType.NotFound:
@@ -144,8 +178,8 @@ def write_bytes(uri: str, data: bytes) -> None:
         raise _explain(uri, exc) from exc
 
 
-def read_json(uri: str) -> Any:
-    return json.loads(read_bytes(uri))
+def read_json(uri: str, options: S3Options | None = None) -> Any:
+    return json.loads(read_bytes(uri, options))
 
 
 def write_json(uri: str, obj: Any) -> None:
