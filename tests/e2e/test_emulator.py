@@ -1,0 +1,285 @@
+"""The emulated API server behaves like kube-apiserver where the operator and its tests rely on it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import kubernetes
+import pytest
+import yaml
+from kubernetes.client.exceptions import ApiException
+from support.kube import emulated_api, label_selector_matches
+
+from graft.api.crd import COMMITTED_CRD
+
+NS = "emu"
+G, V, P = "graft.dev", "v1alpha1", "transferjobs"
+
+
+def transferjob(name: str, **spec_overrides) -> dict:
+    spec = {
+        "model": {"backbone": "smallcnn", "numClasses": 10},
+        "data": {"train": "builtin:digits", "imageSize": 8},
+        "stages": [{"type": "FrozenFeatures"}, {"type": "Head", "epochs": 2}],
+        "storage": {"uri": "file:///tmp/graft-emulator-test"},
+    }
+    spec.update(spec_overrides)
+    return {"apiVersion": f"{G}/{V}", "kind": "TransferJob", "metadata": {"name": name}, "spec": spec}
+
+
+@pytest.fixture(scope="module")
+def api():
+    with emulated_api(namespaces=[NS]) as api:
+        api.apply_crd(COMMITTED_CRD)
+        yield api
+
+
+@pytest.fixture()
+def client(api):
+    with api.client() as c:
+        yield c
+
+
+def test_create_answers_201_with_the_filled_in_object(api, client):
+    core = kubernetes.client.CoreV1Api(client)
+    cm, status, _ = core.create_namespaced_config_map_with_http_info(NS, {"metadata": {"generateName": "cm-"}})
+    assert status == 201
+    assert cm.metadata.name.startswith("cm-") and len(cm.metadata.name) == len("cm-") + 5
+    assert cm.metadata.namespace == NS  # from the URL
+    assert cm.metadata.uid and cm.metadata.resource_version and cm.metadata.creation_timestamp
+    with pytest.raises(ApiException) as e:
+        core.create_namespaced_config_map(NS, {"metadata": {"name": cm.metadata.name}})
+    assert e.value.status == 409
+    with pytest.raises(ApiException) as e:
+        core.create_namespaced_config_map("no-such-namespace", {"metadata": {"name": "x"}})
+    assert e.value.status == 404
+    assert [n.metadata.name for n in core.list_namespace().items] == ["default", NS]
+
+
+def test_crd_applied_through_the_api_is_discovered_with_its_status_subresource(api, client):
+    resources = kubernetes.client.CustomObjectsApi(client).get_api_resources(G, V).resources
+    names = {r.name: r for r in resources}
+    assert set(names) == {"transferjobs", "transferjobs/status"}
+    assert names["transferjobs"].kind == "TransferJob" and names["transferjobs"].namespaced
+    core_names = {r.name for r in kubernetes.client.CoreV1Api(client).get_api_resources().resources}
+    assert {"namespaces", "events", "configmaps", "secrets"} <= core_names
+    groups = {g.name for g in kubernetes.client.ApisApi(client).get_api_versions().groups}
+    assert {"graft.dev", "ray.io", "apiextensions.k8s.io", "events.k8s.io"} <= groups
+
+
+def test_schema_validation_rejects_bad_specs_and_prunes_unknown_fields(client):
+    co = kubernetes.client.CustomObjectsApi(client)
+    bad = transferjob("bad", model={"backbone": "smallcnn", "numClasses": 1})
+    with pytest.raises(ApiException) as e:
+        co.create_namespaced_custom_object(G, V, NS, P, bad)
+    assert e.value.status == 422
+    assert "spec.model.numClasses" in json.loads(e.value.body)["message"]
+    extra = transferjob("pruned")
+    extra["spec"]["model"]["colour"] = "blue"
+    extra["status"] = {"phase": "Succeeded"}
+    created = co.create_namespaced_custom_object(G, V, NS, P, extra)
+    assert "colour" not in created["spec"]["model"]
+    assert "status" not in created  # the status subresource owns it
+
+
+def test_status_subresource_and_generation(client):
+    co = kubernetes.client.CustomObjectsApi(client)
+    tj = co.create_namespaced_custom_object(G, V, NS, P, transferjob("gen"))
+    assert tj["metadata"]["generation"] == 1
+    # Status writes go only through /status and never bump the generation.
+    s = co.patch_namespaced_custom_object_status(G, V, NS, P, "gen", {"status": {"phase": "Running"},
+                                                                      "spec": {"image": "ignored"}})
+    assert s["status"]["phase"] == "Running" and "image" not in s["spec"] and s["metadata"]["generation"] == 1
+    # Main-resource patches never touch status; spec changes bump the generation, metadata ones do not.
+    m = co.patch_namespaced_custom_object(G, V, NS, P, "gen", {"status": {"phase": "Failed"},
+                                                               "metadata": {"labels": {"a": "b"}}})
+    assert m["status"]["phase"] == "Running" and m["metadata"]["generation"] == 1
+    m = co.patch_namespaced_custom_object(G, V, NS, P, "gen", {"spec": {"image": "graft:2"}})
+    assert m["metadata"]["generation"] == 2 and m["status"]["phase"] == "Running"
+    # A no-op write leaves the resourceVersion alone.
+    again = co.patch_namespaced_custom_object(G, V, NS, P, "gen", {"spec": {"image": "graft:2"}})
+    assert again["metadata"]["resourceVersion"] == m["metadata"]["resourceVersion"]
+    # PUT works, and a stale resourceVersion is a conflict.
+    m["spec"]["image"] = "graft:3"
+    put = co.replace_namespaced_custom_object(G, V, NS, P, "gen", m)
+    assert put["spec"]["image"] == "graft:3" and put["metadata"]["generation"] == 3
+    with pytest.raises(ApiException) as e:
+        co.replace_namespaced_custom_object(G, V, NS, P, "gen", m)
+    assert e.value.status == 409
+    # Invalid status is refused like an invalid spec.
+    with pytest.raises(ApiException) as e:
+        co.patch_namespaced_custom_object_status(G, V, NS, P, "gen", {"status": {"phase": "Exploded"}})
+    assert e.value.status == 422
+
+
+def test_strategic_merge_patch_is_refused_on_custom_resources(api, client):
+    import urllib.request
+
+    kubernetes.client.CustomObjectsApi(client).create_namespaced_custom_object(G, V, NS, P, transferjob("smp"))
+    req = urllib.request.Request(  # noqa: S310 (loopback)
+        f"{api.url}/apis/{G}/{V}/namespaces/{NS}/{P}/smp", method="PATCH", data=b"{}",
+        headers={"Content-Type": "application/strategic-merge-patch+json", "Authorization": "Bearer admin"})
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req)  # noqa: S310 (loopback)
+    assert e.value.code == 415
+
+
+@pytest.mark.parametrize(
+    ("selector", "labels", "matches"),
+    [
+        ("a=b", {"a": "b"}, True),
+        ("a=b", {"a": "c"}, False),
+        ("a==b,c!=d", {"a": "b", "c": "e"}, True),
+        ("a in (x, y)", {"a": "y"}, True),
+        ("a notin (x,y),b", {"a": "z", "b": ""}, True),
+        ("!a", {"a": "1"}, False),
+        ("", {}, True),
+    ],
+    ids=["eq", "eq-miss", "eq-and-neq", "in", "notin-and-exists", "not-exists", "empty"],
+)
+def test_label_selectors(selector, labels, matches):
+    assert label_selector_matches(selector, labels) is matches
+
+
+def test_list_filters_by_label_selector(client):
+    core = kubernetes.client.CoreV1Api(client)
+    core.create_namespaced_config_map(NS, {"metadata": {"name": "sel-1", "labels": {"app": "graft", "n": "1"}}})
+    core.create_namespaced_config_map(NS, {"metadata": {"name": "sel-2", "labels": {"app": "graft", "n": "2"}}})
+    names = [c.metadata.name for c in core.list_namespaced_config_map(NS, label_selector="app=graft,n!=1").items]
+    assert names == ["sel-2"]
+
+
+def test_watch_streams_changes_and_resumes_from_a_resource_version(client):
+    co = kubernetes.client.CustomObjectsApi(client)
+    listed = co.list_namespaced_custom_object(G, V, NS, P)
+    since = listed["metadata"]["resourceVersion"]
+    co.create_namespaced_custom_object(G, V, NS, P, transferjob("watched"))
+    co.patch_namespaced_custom_object_status(G, V, NS, P, "watched", {"status": {"phase": "Running"}})
+    w = kubernetes.watch.Watch()
+    seen = []
+    for event in w.stream(co.list_namespaced_custom_object, G, V, NS, P, resource_version=since, timeout_seconds=2):
+        obj = event["object"]
+        seen.append((event["type"], obj["metadata"]["name"], obj.get("status", {}).get("phase")))
+        if len(seen) == 2:
+            w.stop()
+    assert seen == [("ADDED", "watched", None), ("MODIFIED", "watched", "Running")]
+
+    # A live watch sees a change made while it is open.
+    got: list[str] = []
+
+    def follow():
+        w2 = kubernetes.watch.Watch()
+        for event in w2.stream(co.list_namespaced_custom_object, G, V, NS, P,
+                               resource_version=co.list_namespaced_custom_object(G, V, NS, P)["metadata"][
+                                   "resourceVersion"], timeout_seconds=5):
+            got.append(event["type"])
+            w2.stop()
+
+    t = threading.Thread(target=follow)
+    t.start()
+    time.sleep(0.5)
+    co.delete_namespaced_custom_object(G, V, NS, P, "watched")
+    t.join(10)
+    assert got == ["DELETED"]
+
+
+def test_finalizers_and_owner_garbage_collection(client):
+    co = kubernetes.client.CustomObjectsApi(client)
+    core = kubernetes.client.CoreV1Api(client)
+    owner = co.create_namespaced_custom_object(
+        G, V, NS, P, {**transferjob("owner"), "metadata": {"name": "owner", "finalizers": ["test/hold"]}})
+    ref = {"apiVersion": f"{G}/{V}", "kind": "TransferJob", "name": "owner", "uid": owner["metadata"]["uid"],
+           "controller": True, "blockOwnerDeletion": True}
+    core.create_namespaced_config_map(NS, {"metadata": {"name": "child", "ownerReferences": [ref]}})
+    co.create_namespaced_custom_object("ray.io", "v1", NS, "rayjobs",
+                                       {"metadata": {"name": "child", "ownerReferences": [ref]}, "spec": {}})
+    deleting = co.delete_namespaced_custom_object(G, V, NS, P, "owner")
+    assert deleting["metadata"]["deletionTimestamp"]  # held by the finalizer
+    assert core.read_namespaced_config_map("child", NS)
+    co.patch_namespaced_custom_object(G, V, NS, P, "owner", {"metadata": {"finalizers": None}})
+    for read in (lambda: co.get_namespaced_custom_object(G, V, NS, P, "owner"),
+                 lambda: core.read_namespaced_config_map("child", NS),
+                 lambda: co.get_namespaced_custom_object("ray.io", "v1", NS, "rayjobs", "child")):
+        with pytest.raises(ApiException) as e:
+            read()
+        assert e.value.status == 404
+
+
+def test_request_log_names_user_verb_and_resource(api):
+    with api.client(user="auditor") as c:
+        co = kubernetes.client.CustomObjectsApi(c)
+        co.list_namespaced_custom_object(G, V, NS, P)
+        co.patch_namespaced_custom_object_status(G, V, NS, P, "gen", {"status": {"phase": "Pending"}})
+    log = [(r.verb, r.group, r.rbac_resource, r.namespace) for r in api.requests_by("auditor")]
+    assert log == [("list", G, P, NS), ("patch", G, f"{P}/status", NS)]
+
+
+KOPF_OPERATOR = textwrap.dedent(
+    """
+    import kopf
+
+    @kopf.on.startup()
+    def configure(settings, **_):
+        settings.posting.level = 0
+
+    @kopf.on.create("graft.dev", "v1alpha1", "transferjobs")
+    def created(body, name, namespace, patch, **_):
+        cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": f"seen-{name}"}, "data": {"k": "v"}}
+        kopf.adopt(cm, owner=body)
+        import kubernetes
+        kubernetes.config.load_kube_config()
+        kubernetes.client.CoreV1Api().create_namespaced_config_map(namespace, cm)
+        kopf.info(body, reason="Seen", message="the emulator delivered the object")
+        patch.status["phase"] = "Pending"
+        patch.status["message"] = "seen by kopf"
+    """
+)
+
+
+@pytest.mark.slow
+def test_a_real_kopf_operator_reacts_to_a_created_object(tmp_path):
+    """kopf run as its own process, discovering resources and watching through the emulator."""
+    (tmp_path / "op.py").write_text(KOPF_OPERATOR)
+    with emulated_api(namespaces=[NS]) as api:
+        api.apply_crd(COMMITTED_CRD)
+        kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig", user="kopf")
+        env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "kopf", "run", "--standalone", "--namespace", NS, str(tmp_path / "op.py")],
+            env=env, stdout=open(tmp_path / "kopf.log", "wb"), stderr=subprocess.STDOUT)
+        try:
+            with api.client() as c:
+                co = kubernetes.client.CustomObjectsApi(c)
+                co.create_namespaced_custom_object(G, V, NS, P, transferjob("hello"))
+                deadline = time.monotonic() + 60
+                obj = {}
+                while time.monotonic() < deadline:
+                    obj = co.get_namespaced_custom_object(G, V, NS, P, "hello")
+                    if obj.get("status", {}).get("message") == "seen by kopf":
+                        break
+                    time.sleep(0.3)
+                log = (tmp_path / "kopf.log").read_text()
+                assert obj.get("status", {}).get("phase") == "Pending", log
+                cm = kubernetes.client.CoreV1Api(c).read_namespaced_config_map("seen-hello", NS)
+                assert cm.metadata.owner_references[0].uid == obj["metadata"]["uid"]
+                events = kubernetes.client.CoreV1Api(c).list_namespaced_event(NS).items
+                assert any(e.reason == "Seen" and e.involved_object.name == "hello" for e in events)
+                # Deleting the TransferJob lets kopf release its finalizer; the garbage collector
+                # then removes the adopted child.
+                co.delete_namespaced_custom_object(G, V, NS, P, "hello")
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline and api.objects("", "configmaps", NS):
+                    time.sleep(0.3)
+                assert not [o for o in api.objects("", "configmaps", NS) if o["metadata"]["name"] == "seen-hello"]
+        finally:
+            proc.terminate()
+            proc.wait(20)
+        kopf_calls = {(r.verb, r.rbac_resource) for r in api.requests_by("kopf")}
+        assert ("patch", "transferjobs/status") in kopf_calls and ("watch", "transferjobs") in kopf_calls
+        assert yaml.safe_load(kubeconfig.read_text())["users"][0]["name"] == "kopf"
