@@ -36,9 +36,12 @@ def _resolve(node: Any, defs: dict[str, Any]) -> Any:
 
 
 def _merge_union(branches: list[dict[str, Any]]) -> dict[str, Any]:
-    """One object schema for a discriminated union: every branch's fields declared, `type` an enum."""
+    """One object schema for a discriminated union: every branch's fields declared, `type` an enum.
+
+    Structural schemas cannot say "these fields for this type", so CEL rules on the merged object say it:
+    which fields each type requires and which it does not take."""
     props: dict[str, Any] = {}
-    descriptions: dict[str, list[str]] = {}
+    per_field: dict[str, dict[str, str]] = {}
     kinds: list[str] = []
     for b in branches:
         kind = b["properties"]["type"]["const"]
@@ -46,31 +49,41 @@ def _merge_union(branches: list[dict[str, Any]]) -> dict[str, Any]:
         for name, schema in b["properties"].items():
             if name == "type":
                 continue
-            desc = schema.get("description")
-            if desc:
-                descriptions.setdefault(name, [])
-                if all(desc != d.split(": ", 1)[-1] for d in descriptions[name]):
-                    descriptions[name].append(f"{kind}: {desc}")
+            per_field.setdefault(name, {})[kind] = " ".join(str(schema.get("description", "")).split())
             props.setdefault(name, schema)
-    for name, descs in descriptions.items():
+    for name, descs in per_field.items():
         props[name] = dict(props[name])
-        props[name]["description"] = descs[0].split(": ", 1)[1] if len(descs) == 1 else " | ".join(descs)
-    type_desc = "Stage type: " + ", ".join(kinds) + "."
+        texts = set(descs.values())
+        if len(texts) == 1:
+            text = texts.pop()
+            if len(descs) < len(kinds):
+                text += f" ({', '.join(descs)} only.)"
+        else:
+            text = " | ".join(f"{kind}: {d}" for kind, d in descs.items())
+        props[name]["description"] = text
+    type_desc = "Stage type: " + ", ".join(kinds) + " (run in this order; each at most once)."
     merged = {
         "type": "object",
         "description": "One stage of the job. Fields apply to the stage types named in their descriptions.",
         "required": ["type"],
         "properties": {"type": {"type": "string", "enum": kinds, "description": type_desc}, **props},
     }
-    # Per-type required fields, enforced by the API server with CEL (jsonschema cannot evaluate these).
     rules = []
     for b in branches:
         kind = b["properties"]["type"]["const"]
         for req in b.get("required", []):
             if req != "type":
                 rules.append({"rule": f"self.type != '{kind}' || has(self.{req})", "message": f"{kind} needs {req}"})
-    if rules:
-        merged["x-kubernetes-validations"] = rules
+        foreign = [name for name in props if name not in b["properties"]]
+        if foreign:
+            takes = ", ".join(["type", *(n for n in b["properties"] if n != "type")])
+            rules.append(
+                {
+                    "rule": f"self.type != '{kind}' || !({' || '.join(f'has(self.{f})' for f in foreign)})",
+                    "message": f"a {kind} stage takes only: {takes}",
+                }
+            )
+    merged["x-kubernetes-validations"] = rules
     return merged
 
 
@@ -92,7 +105,7 @@ def _structural(node: Any) -> Any:
             if len(non_null) < len(options):
                 node["nullable"] = True
             if len(non_null) == 1:
-                inner = {k: v for k, v in non_null[0].items()}
+                inner = {k: v for k, v in non_null[0].items() if k not in _DROP_KEYS}
                 inner.update({k: v for k, v in node.items()})
                 node = inner
             else:
@@ -106,8 +119,10 @@ def _structural(node: Any) -> Any:
             node[plain] = node.pop(bound)
             node[bound] = True
     if node.get("x-kubernetes-int-or-string"):
+        # The one anyOf a structural schema allows (controller-gen's shape for resource.Quantity); the
+        # pattern applies to the string form.
         node.pop("type", None)
-        node.pop("pattern", None)
+        node["anyOf"] = [{"type": "integer"}, {"type": "string"}]
     if node.get("type") == "object" and "properties" in node:
         node.pop("additionalProperties", None)  # pruning, not additionalProperties, drops unknown fields
     out = {}
@@ -140,9 +155,19 @@ def build_crd() -> dict[str, Any]:
         "description": (m.TransferJob.__doc__ or "").strip(),
         "required": ["spec"],
         "properties": {
-            "apiVersion": {"type": "string", "description": "graft.dev/v1alpha1"},
-            "kind": {"type": "string", "description": "TransferJob"},
-            "metadata": {"type": "object"},
+            "apiVersion": {
+                "type": "string",
+                "description": f"APIVersion defines the versioned schema of this representation of an object: "
+                f"{m.API_VERSION}.",
+            },
+            "kind": {
+                "type": "string",
+                "description": f"Kind is the REST resource this object represents: {m.KIND}.",
+            },
+            "metadata": {
+                "type": "object",
+                "description": "Standard object metadata (name, namespace, labels, annotations).",
+            },
             "spec": spec_schema,
             "status": status_schema,
         },
@@ -204,6 +229,7 @@ def jsonschema_for(schema: dict[str, Any], strict_fields: bool = True) -> dict[s
             return node
         node = {k: walk(v) for k, v in node.items() if not k.startswith("x-kubernetes-validations")}
         if node.pop("x-kubernetes-int-or-string", False):
+            node.pop("anyOf", None)
             node["type"] = ["integer", "string"]
         if node.pop("nullable", False) and "type" in node:
             t = node["type"]
@@ -215,4 +241,5 @@ def jsonschema_for(schema: dict[str, Any], strict_fields: bool = True) -> dict[s
                 node["additionalProperties"] = False
         return node
 
-    return walk(schema)
+    # Draft 4 is the JSON Schema that OpenAPI v3.0 extends (boolean exclusiveMinimum/Maximum).
+    return {"$schema": "http://json-schema.org/draft-04/schema#", **walk(schema)}

@@ -41,20 +41,57 @@ STORAGE_SCHEMES = ("s3://", "file://")
 BUILTIN_DATASETS = ("digits", "digits-noisy", "digits-clean")
 
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_QUANTITY = re.compile(r"^([+]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$")
-_URI_USERINFO = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^/@]*:[^/@]*@")
-# Things that look like secrets wherever they appear in a spec (AWS key ids, PEM blocks).
-_SECRET_VALUE = re.compile(r"(?:^|[^A-Z0-9])(AKIA|ASIA)[A-Z0-9]{16}(?:$|[^A-Z0-9])|-----BEGIN [A-Z ]*PRIVATE KEY")
-_SECRET_FIELD = re.compile(
-    r"(?i)^(aws_?)?(access_?key(_?id)?|secret(_?access)?_?key|password|passwd|token|session_?token|api_?key)$"
+_DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+# The Kubernetes quantity grammar (the pattern controller-gen puts on resource.Quantity), without a sign:
+# a worker cannot have a negative amount of anything.
+QUANTITY_PATTERN = (
+    r"^\+?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 )
+_QUANTITY = re.compile(QUANTITY_PATTERN)
+_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*):")
+_SECRET_KEY = r"^[-._a-zA-Z0-9]+$"  # noqa: S105 (the grammar of a Secret's key names)
+# `scheme://user:password@host` and `scheme://token@host`: anything before '@' in the authority.
+_URI_USERINFO = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^/@?#]*@")
+_S3_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+# Things that look like secrets wherever they appear in a spec: AWS key ids, PEM private keys, signed-URL
+# and token query parameters, `SECRET_NAME=value` assignments.
+_SECRET_VALUE = re.compile(
+    r"(?:^|[^A-Z0-9])(AKIA|ASIA)[A-Z0-9]{16}(?:$|[^A-Z0-9])"
+    r"|-----BEGIN [A-Z ]*PRIVATE KEY"
+    r"|(?i:[?&](x-amz-credential|x-amz-signature|x-amz-security-token|signature|sig|token|access_token|api_?key"
+    r"|password)=)"
+    r"|(?i:\b(aws_secret_access_key|aws_session_token|aws_access_key_id|password)\s*[=:]\s*\S)"
+)
+_SECRET_FIELD = re.compile(
+    r"(?i)^(aws_?)?(access_?key(_?id)?|secret(_?access)?_?key|password|passwd|(auth_?|bearer_?|access_?|refresh_?"
+    r"|session_?|api_?)?token|api_?key|private_?key|client_?secret)$"
+)
+CREDENTIALS_HINT = "put keys in a Secret and name it in spec.storage.credentialsSecret"
+
+MAX_URI_LENGTH = 2048
+_IMAGE = r"^[^\s@]+(@sha256:[a-f0-9]{64})?$"
+_KUEUE_QUEUE = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+_REGION = r"^[a-z0-9-]{1,63}$"
+#: What each pattern means, for error messages.
+PATTERN_HELP = {
+    _DNS1123_SUBDOMAIN: "a valid name (lower-case letters, digits, '-' and '.', starting and ending with a letter "
+    "or digit)",
+    _SECRET_KEY: "a valid Secret key (letters, digits, '-', '_' and '.')",
+    _IMAGE: "a container image reference (registry/repository:tag or @sha256:<digest>, no spaces)",
+    _KUEUE_QUEUE: "a valid queue name (a label value: lower-case letters, digits, '-' and '.')",
+    _REGION: "a region name such as us-east-1",
+    QUANTITY_PATTERN: "a Kubernetes quantity (e.g. 500m, 2, 16Gi)",
+}
 
 MAX_REPLICAS = 512
 MAX_EPOCHS = 10_000
 
 
 class _Model(BaseModel):
-    """Base for every API object: camelCase on the wire, unknown fields rejected."""
+    """Base for every spec object: camelCase on the wire, unknown fields rejected, no type coercion.
+
+    Strict, because the API server is: `epochs: "10"` or `suspend: "yes"` fail there, so they fail here too
+    rather than `graft validate` passing a manifest that `kubectl apply` then rejects."""
 
     model_config = ConfigDict(
         alias_generator=to_camel,
@@ -62,27 +99,57 @@ class _Model(BaseModel):
         extra="forbid",
         use_attribute_docstrings=True,
         validate_default=True,
+        strict=True,
     )
+
+
+class _StatusModel(_Model):
+    """Base for status objects: read back from the API server and the ledger, so enums come as strings."""
+
+    model_config = ConfigDict(strict=False)
+
+
+def _check_s3(value: str) -> None:
+    bucket = value[len("s3://") :].split("/", 1)[0]
+    if not bucket:
+        raise ValueError(f"{value!r} has no bucket; expected s3://<bucket>/<prefix>")
+    if (
+        not _S3_BUCKET.match(bucket)
+        or ".." in bucket
+        or re.match(r"^\d+\.\d+\.\d+\.\d+$", bucket)
+        or bucket.startswith("xn--")
+        or bucket.endswith("-s3alias")
+    ):
+        raise ValueError(
+            f"{bucket!r} in {value!r} is not a valid S3 bucket name: 3-63 lower-case letters, digits, '.' and "
+            "'-', starting and ending with a letter or digit"
+        )
 
 
 def _check_uri(value: str, schemes: tuple[str, ...], *, allow_local: bool = True) -> str:
     """Accept a URI with one of `schemes`, or a local path when `allow_local`; never credentials."""
-    if not value or not value.strip():
-        raise ValueError("must not be empty")
+    allowed = ", ".join(f"{s}..." for s in schemes) + (" or a local path" if allow_local else "")
+    if not value.strip():
+        raise ValueError(f"must not be empty; allowed: {allowed}")
+    if value != value.strip() or any(c in value for c in "\r\n\t\0"):
+        raise ValueError(f"{value[:80]!r} has leading/trailing whitespace or control characters")
     if _URI_USERINFO.match(value):
-        raise ValueError("credentials must not be inline in a URI; use storage.credentialsSecret")
-    if value.startswith(schemes):
-        if value.startswith("s3://") and not re.match(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/|$)", value):
-            raise ValueError(f"{value!r} is not a valid s3:// URI (s3://<bucket>/<prefix>)")
-        if value.startswith("builtin:") and value[len("builtin:") :] not in BUILTIN_DATASETS:
+        raise ValueError(f"credentials must not be inline in a URI ('user:key@' found); {CREDENTIALS_HINT}")
+    scheme = _SCHEME.match(value)
+    if scheme and any(value.startswith(s) for s in schemes):
+        if value.startswith("s3://"):
+            _check_s3(value)
+        elif value.startswith("file://") and not value.startswith("file:///"):
+            raise ValueError(f"{value!r}: a file:// URI needs an absolute path (file:///data/train)")
+        elif value.startswith("builtin:") and value[len("builtin:") :] not in BUILTIN_DATASETS:
             raise ValueError(f"unknown built-in data set {value!r}; known: {', '.join(BUILTIN_DATASETS)}")
         return value
-    if "://" in value or (":" in value.split("/")[0] and not allow_local):
-        raise ValueError(f"unsupported URI scheme in {value!r}; allowed: {', '.join(schemes)} or a local path")
+    if scheme and (len(scheme.group(1)) > 1 or "://" in value):
+        raise ValueError(f"unsupported URI scheme {scheme.group(1) + ':'!r} in {value!r}; allowed: {allowed}")
     if not allow_local:
-        raise ValueError(f"{value!r} is not a URI; allowed: {', '.join(schemes)}")
-    if ":" in value.split("/")[0]:
-        raise ValueError(f"unsupported URI scheme in {value!r}; allowed: {', '.join(schemes)} or a local path")
+        raise ValueError(f"{value!r} is not a URI; allowed: {allowed}")
+    if scheme:  # a Windows drive letter: the trainer runs on Linux
+        raise ValueError(f"{value!r} is not a POSIX path; allowed: {allowed}")
     return value
 
 
@@ -97,7 +164,7 @@ class ModelSpec(_Model):
     ]
     """Backbone architecture. torchvision names, or `smallcnn` for tiny images (e.g. builtin:digits)."""
 
-    weights: str | None = None
+    weights: str | None = Field(default=None, min_length=1, max_length=MAX_URI_LENGTH)
     """Pretrained weights: `torchvision:<WEIGHTS_ENUM>` (e.g. `torchvision:IMAGENET1K_V2`, downloaded when the
     network allows), a `s3://` or local state_dict file, or empty for random initialisation (then the
     job should start with a `Pretrain` stage)."""
@@ -123,11 +190,11 @@ class ModelSpec(_Model):
 class DataSpec(_Model):
     """The target data set."""
 
-    train: str
+    train: str = Field(min_length=1, max_length=MAX_URI_LENGTH)
     """Training images: an ImageFolder tree (one sub-folder per class) at a local path, `file://` or
     `s3://` prefix, or a built-in offline data set (`builtin:digits`, `builtin:digits-noisy`)."""
 
-    validation: str | None = None
+    validation: str | None = Field(default=None, min_length=1, max_length=MAX_URI_LENGTH)
     """Validation images, same forms as `train`. When empty, `validationSplit` of `train` is held out."""
 
     validation_split: float = Field(default=0.2, gt=0.0, lt=1.0)
@@ -165,7 +232,7 @@ class PretrainStage(_StageBase):
     type: Literal["Pretrain"]
     """Stage type."""
 
-    data: str
+    data: str = Field(min_length=1, max_length=MAX_URI_LENGTH)
     """Labelled source images (same forms as `spec.data.train`)."""
 
     num_classes: int = Field(ge=2, le=100_000)
@@ -274,20 +341,20 @@ STAGE_TYPES = ("Pretrain", "FrozenFeatures", "Head", "FullFineTune")
 # --------------------------------------------------------------------------------- workers & storage
 
 
-def _check_quantity(v: str | int | float | None) -> str | None:
-    if v is None:
-        return None
+def _check_quantity(v: Any) -> Any:
+    if isinstance(v, bool) or not isinstance(v, (int, str)):
+        if isinstance(v, float):
+            raise ValueError(f"a fractional quantity must be a string, e.g. '500m' or '0.5' (got {v!r})")
+        return v  # the strict str check names the wrong type
     s = str(v)
-    m = _QUANTITY.match(s)
-    if not m or s.startswith("-"):
+    if not _QUANTITY.match(s):
         raise ValueError(f"{s!r} is not a Kubernetes quantity (e.g. 500m, 2, 16Gi)")
-    try:
-        number = float(m.group(1))
-    except ValueError:
-        raise ValueError(f"{s!r} is not a Kubernetes quantity (e.g. 500m, 2, 16Gi)") from None
-    if number <= 0:
+    if not re.search(r"[1-9]", s.split("e")[0].split("E")[0]):
         raise ValueError(f"{s!r} must be greater than zero")
     return s
+
+
+_QUANTITY_SCHEMA = {"x-kubernetes-int-or-string": True, "pattern": QUANTITY_PATTERN}
 
 
 class WorkersSpec(_Model):
@@ -299,10 +366,10 @@ class WorkersSpec(_Model):
     gpus: int = Field(default=0, ge=0, le=16)
     """GPUs per worker (`nvidia.com/gpu`). Default 0 (CPU)."""
 
-    cpus: str = Field(default="1", json_schema_extra={"x-kubernetes-int-or-string": True})
+    cpus: str = Field(default="1", json_schema_extra=_QUANTITY_SCHEMA)
     """CPUs per worker, as a Kubernetes quantity (e.g. `4`, `500m`). Default 1."""
 
-    memory: str = Field(default="4Gi", json_schema_extra={"x-kubernetes-int-or-string": True})
+    memory: str = Field(default="4Gi", json_schema_extra=_QUANTITY_SCHEMA)
     """Memory per worker, as a Kubernetes quantity (e.g. `16Gi`). Default 4Gi."""
 
     @field_validator("cpus", "memory", mode="before")
@@ -314,26 +381,26 @@ class WorkersSpec(_Model):
 class SecretReference(_Model):
     """A Secret in the TransferJob's namespace holding object-storage credentials."""
 
-    name: str = Field(min_length=1, max_length=253)
+    name: str = Field(min_length=1, max_length=253, pattern=_DNS1123_SUBDOMAIN)
     """Name of the Secret."""
 
-    access_key_id_key: str = "AWS_ACCESS_KEY_ID"
+    access_key_id_key: str = Field(default="AWS_ACCESS_KEY_ID", max_length=253, pattern=_SECRET_KEY)
     """Key in the Secret holding the access key id. Default AWS_ACCESS_KEY_ID."""
 
-    secret_access_key_key: str = "AWS_SECRET_ACCESS_KEY"  # noqa: S105 (a key name, not a secret)
+    secret_access_key_key: str = Field(default="AWS_SECRET_ACCESS_KEY", max_length=253, pattern=_SECRET_KEY)
     """Key in the Secret holding the secret access key. Default AWS_SECRET_ACCESS_KEY."""
 
 
 class StorageSpec(_Model):
     """Where checkpoints, features, the ledger and the final model are written."""
 
-    uri: str
+    uri: str = Field(min_length=1, max_length=MAX_URI_LENGTH)
     """Root URI (`s3://bucket/prefix` or a local path / `file://`); the job writes under `<uri>/<job uid>/`."""
 
-    endpoint: str | None = None
+    endpoint: str | None = Field(default=None, max_length=MAX_URI_LENGTH)
     """S3 endpoint URL for S3-compatible stores (MinIO, Ceph); AWS when empty."""
 
-    region: str | None = None
+    region: str | None = Field(default=None, pattern=_REGION)
     """S3 region; the client's default when empty."""
 
     credentials_secret: SecretReference | None = None
@@ -350,9 +417,9 @@ class StorageSpec(_Model):
         if v is None:
             return v
         if _URI_USERINFO.match(v):
-            raise ValueError("credentials must not be inline in a URI; use storage.credentialsSecret")
-        if not re.match(r"^https?://[^/\s]+(/\S*)?$", v):
-            raise ValueError(f"{v!r} is not an http(s) URL")
+            raise ValueError(f"credentials must not be inline in a URL ('user:key@' found); {CREDENTIALS_HINT}")
+        if not re.match(r"^https?://[^/\s?#]+(/\S*)?$", v):
+            raise ValueError(f"{v!r} is not an http(s) URL, e.g. https://minio.storage.svc:9000")
         return v
 
 
@@ -401,12 +468,31 @@ class SchedulingSpec(_Model):
     tolerations: list[Toleration] = Field(default_factory=list)
     """Taints the pods tolerate."""
 
-    priority_class_name: str | None = None
+    priority_class_name: str | None = Field(default=None, max_length=253, pattern=_DNS1123_SUBDOMAIN)
     """PriorityClass of the pods."""
 
-    queue_name: str | None = None
+    queue_name: str | None = Field(default=None, max_length=63, pattern=_KUEUE_QUEUE)
     """Kueue LocalQueue; set as the `kueue.x-k8s.io/queue-name` label on the RayJob."""
 
+
+_STAGE_RANK = "{" + ", ".join(f"'{t}': {i}" for i, t in enumerate(STAGE_TYPES)) + "}"
+#: The stage-list rules as CEL, so the API server enforces them too (the model validator below is the
+#: same rules with field paths; tests hold the two in step).
+_STAGE_RULES = [
+    {
+        "rule": "self.all(a, self.exists_one(b, b.type == a.type))",
+        "message": "each stage type may appear once",
+    },
+    {
+        "rule": f"[1, 2, 3, 4, 5, 6, 7].all(i, i >= size(self) || {_STAGE_RANK}[self[i - 1].type] "
+        f"< {_STAGE_RANK}[self[i].type])",
+        "message": f"stages must be in the order {' -> '.join(STAGE_TYPES)}",
+    },
+    {
+        "rule": "!self.exists(s, s.type == 'Head') || self.exists(s, s.type == 'FrozenFeatures')",
+        "message": "a Head stage needs a preceding FrozenFeatures stage",
+    },
+]
 
 DEFAULT_IMAGE = "ghcr.io/graft-dev/graft-trainer:0.1.0"
 
@@ -420,13 +506,15 @@ class TransferJobSpec(_Model):
     data: DataSpec
     """The target data set."""
 
-    stages: list[Stage] = Field(min_length=1, max_length=8)
+    stages: list[Stage] = Field(
+        min_length=1, max_length=8, json_schema_extra={"x-kubernetes-validations": _STAGE_RULES}
+    )
     """Stages, run in order. Usual: FrozenFeatures, Head, FullFineTune (LP-FT)."""
 
     workers: WorkersSpec = Field(default_factory=WorkersSpec)
     """The Ray Train workers."""
 
-    image: str = DEFAULT_IMAGE
+    image: str = Field(default=DEFAULT_IMAGE, min_length=1, max_length=512, pattern=_IMAGE)
     """Container image of the Ray head and workers (the Graft trainer image)."""
 
     storage: StorageSpec | None = None
@@ -441,19 +529,25 @@ class TransferJobSpec(_Model):
 
     @model_validator(mode="after")
     def _stage_order(self) -> TransferJobSpec:
+        # Messages start with the field path (relative to the spec); validation.py turns it into the path.
         types = [s.type for s in self.stages]
         for i, t in enumerate(types):
             if t in types[:i]:
-                raise ValueError(f"stages[{i}]: duplicate stage type {t!r}; each type may appear once")
-        order = {t: STAGE_TYPES.index(t) for t in types}
-        for i in range(1, len(types)):
-            if order[types[i]] < order[types[i - 1]]:
                 raise ValueError(
-                    f"stages[{i}]: {types[i]!r} cannot come after {types[i - 1]!r}; "
+                    f"stages[{i}].type: duplicate stage type {t!r} (also stages[{types.index(t)}]); "
+                    "each type may appear once"
+                )
+        for i in range(1, len(types)):
+            if STAGE_TYPES.index(types[i]) < STAGE_TYPES.index(types[i - 1]):
+                raise ValueError(
+                    f"stages[{i}].type: {types[i]!r} cannot come after {types[i - 1]!r}; "
                     f"the order is {' -> '.join(STAGE_TYPES)}"
                 )
         if "Head" in types and "FrozenFeatures" not in types:
-            raise ValueError(f"stages[{types.index('Head')}]: 'Head' needs a preceding 'FrozenFeatures' stage")
+            raise ValueError(
+                f"stages[{types.index('Head')}].type: 'Head' trains on stored features and needs a preceding "
+                "'FrozenFeatures' stage"
+            )
         if self.model.weights is None and "Pretrain" not in types and "FrozenFeatures" in types:
             raise ValueError(
                 "model.weights: features of a random backbone are meaningless; give weights or add a "
@@ -473,7 +567,7 @@ class Phase(str, Enum):
     FAILED = "Failed"
 
 
-class Condition(_Model):
+class Condition(_StatusModel):
     """A status condition (the shape of metav1.Condition)."""
 
     type: str
@@ -503,7 +597,7 @@ class StageState(str, Enum):
     SKIPPED = "Skipped"
 
 
-class StageStatus(_Model):
+class StageStatus(_StatusModel):
     """Progress of one stage, projected from the ledger."""
 
     type: str
@@ -534,13 +628,16 @@ class StageStatus(_Model):
     """Why the stage failed, when it did."""
 
 
-class TransferJobStatus(_Model):
+class TransferJobStatus(_StatusModel):
     """Observed state, written only by the operator."""
 
     observed_generation: int | None = None
     """The spec generation the status was computed from."""
 
-    conditions: list[Condition] = Field(default_factory=list)
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
     """Conditions, the source of truth of the job's state."""
 
     phase: Phase | None = None
@@ -638,12 +735,12 @@ def find_inline_credentials(obj: Any, path: str = "") -> list[tuple[str, str]]:
         for k, v in obj.items():
             p = f"{path}.{k}" if path else str(k)
             if isinstance(k, str) and _SECRET_FIELD.match(k) and v not in (None, ""):
-                found.append((p, "credentials must not be in the spec; use storage.credentialsSecret"))
+                found.append((p, "credentials must not be in the spec"))
             else:
                 found.extend(find_inline_credentials(v, p))
     elif isinstance(obj, list):
         for i, v in enumerate(obj):
             found.extend(find_inline_credentials(v, f"{path}[{i}]"))
     elif isinstance(obj, str) and _SECRET_VALUE.search(obj):
-        found.append((path, "looks like a credential; use storage.credentialsSecret, never inline keys"))
+        found.append((path, "looks like a credential (an access key id, private key, token or signed URL)"))
     return found

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -9,7 +11,21 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from graft.api.models import API_VERSION, KIND, TransferJob, TransferJobSpec, find_inline_credentials
+from graft.api.models import (
+    API_VERSION,
+    CREDENTIALS_HINT,
+    KIND,
+    PATTERN_HELP,
+    STAGE_TYPES,
+    TransferJob,
+    TransferJobSpec,
+    find_inline_credentials,
+)
+
+#: More aliases than this in one document is an attack ("billion laughs"), not a manifest.
+MAX_ALIASES = 100
+_FIELD_PATH = re.compile(r"^[A-Za-z_]\w*(\[\d+\])*(\.[A-Za-z_]\w*(\[\d+\])*)*$")
+_IDENTIFIER = re.compile(r"^[A-Za-z_][\w-]*$")
 
 
 @dataclass(frozen=True)
@@ -31,36 +47,68 @@ class InvalidSpec(ValueError):
         super().__init__("; ".join(str(p) for p in problems))
 
 
+def _join(path: str, part: Any) -> str:
+    if isinstance(part, int):
+        return f"{path}[{part}]"
+    part = str(part)
+    if not _IDENTIFIER.match(part):  # map keys such as nodeSelector["nvidia.com/gpu.product"]
+        return f"{path}[{json.dumps(part)}]"
+    return f"{path}.{part}" if path else part
+
+
 def _loc_to_path(loc: Iterable[Any], prefix: str) -> str:
     path = prefix
     for part in loc:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        elif part in ("Pretrain", "FrozenFeatures", "Head", "FullFineTune"):
-            continue  # the discriminated union's branch name is not a field
-        elif str(part).startswith("function-"):
-            continue
-        else:
-            path = f"{path}.{part}" if path else str(part)
+        if part in STAGE_TYPES or str(part).startswith("function-"):
+            continue  # a discriminated union's branch or a validator's name is not a field
+        path = _join(path, part)
     return path or "(document)"
 
 
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+_TYPE_NAMES = {
+    "int_type": "an integer",
+    "int_from_float": "an integer",
+    "float_type": "a number",
+    "bool_type": "a boolean (true or false)",
+    "string_type": "a string",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+    "model_attributes_type": "a mapping",
+    "list_type": "a list",
+}
+
+
 def _clean_message(err: dict[str, Any]) -> str:
-    msg = err["msg"]
+    kind, msg, ctx = err["type"], err["msg"], err.get("ctx", {})
     for prefix in ("Value error, ", "Assertion failed, "):
         if msg.startswith(prefix):
             msg = msg[len(prefix) :]
-    if err["type"] == "extra_forbidden":
-        msg = "unknown field (not part of the TransferJob API; check the spelling)"
-    elif err["type"] == "missing":
-        msg = "required field is missing"
-    elif err["type"] == "literal_error" and "expected" in err.get("ctx", {}):
-        msg = f"must be one of {err['ctx']['expected']} (got {err.get('input')!r})"
-    elif err["type"] == "union_tag_invalid":
-        ctx = err.get("ctx", {})
-        msg = f"unknown stage type {ctx.get('tag')!r}; allowed: {ctx.get('expected_tags')}"
-    elif err["type"] == "union_tag_not_found":
-        msg = "a stage needs a 'type': one of 'Pretrain', 'FrozenFeatures', 'Head', 'FullFineTune'"
+    if kind == "extra_forbidden":
+        return "unknown field (not part of the TransferJob API; check the spelling and `graft crd`)"
+    if kind == "missing":
+        return "required field is missing"
+    if kind == "literal_error" and "expected" in ctx:
+        return f"must be one of {ctx['expected']} (got {_short(err.get('input'))})"
+    if kind == "union_tag_invalid":
+        return f"unknown stage type {ctx.get('tag')!r}; allowed: {ctx.get('expected_tags')}"
+    if kind == "union_tag_not_found":
+        return "a stage needs a 'type': one of " + ", ".join(repr(t) for t in STAGE_TYPES)
+    if kind in _TYPE_NAMES:
+        value = err.get("input")
+        got = "null" if value is None else f"{type(value).__name__} {_short(value)}"
+        return f"must be {_TYPE_NAMES[kind]} (got {got})"
+    if kind == "string_pattern_mismatch":
+        pattern = ctx.get("pattern", "")
+        return f"{_short(err.get('input'))} is not {PATTERN_HELP.get(pattern, f'matching {pattern}')}"
+    if msg.startswith("Input should be ") or msg.startswith("String should ") or msg.startswith("List should "):
+        msg = "must " + msg.split(" should ", 1)[1].replace(" after validation", "")
+        if "input" in err and not isinstance(err["input"], (dict, list)):
+            msg += f" (got {_short(err['input'])})"
     return msg
 
 
@@ -69,23 +117,34 @@ def _problems_from(exc: ValidationError, prefix: str) -> list[Problem]:
     for err in exc.errors():
         path = _loc_to_path(err["loc"], prefix)
         msg = _clean_message(err)
-        # Model-level validators name their field inside the message ("stages[1]: ...").
+        # Model-level validators put the field path (relative to their model) in front of the message.
         head, sep, rest = msg.partition(": ")
-        if sep and err["loc"] == () and (head.startswith(("stages", "model", "data", "metadata"))):
-            path, msg = f"{prefix}.{head}" if prefix else head, rest
+        if err["type"] == "value_error" and sep and _FIELD_PATH.match(head):
+            base = "" if path == "(document)" else path
+            path, msg = (f"{base}.{head}" if base else head), rest
         problems.append(Problem(path, msg))
     return problems
+
+
+def _merge(creds: list[Problem], problems: list[Problem]) -> list[Problem]:
+    """Credential findings first; a field flagged as a credential is not also reported as unknown."""
+    flagged = {p.path for p in creds}
+    return creds + [p for p in problems if p.path not in flagged]
+
+
+def _credential_problems(spec: Any) -> list[Problem]:
+    return [Problem(f"spec.{p}", f"{r}; {CREDENTIALS_HINT}") for p, r in find_inline_credentials(spec)]
 
 
 def validate_spec(spec: Any) -> tuple[TransferJobSpec | None, list[Problem]]:
     """Validate a bare spec mapping (as the operator receives it)."""
     if not isinstance(spec, dict):
         return None, [Problem("spec", f"must be a mapping, got {type(spec).__name__}")]
-    creds = [Problem(f"spec.{p}", r) for p, r in find_inline_credentials(spec)]
+    creds = _credential_problems(spec)
     try:
         parsed = TransferJobSpec.model_validate(spec)
     except ValidationError as exc:
-        return None, creds + _problems_from(exc, "spec")
+        return None, _merge(creds, _problems_from(exc, "spec"))
     return (None if creds else parsed), creds
 
 
@@ -95,14 +154,16 @@ def validate_document(doc: Any) -> tuple[TransferJob | None, list[Problem]]:
         return None, [Problem("(document)", f"not a mapping (got {type(doc).__name__}); expected a TransferJob")]
     api_version, kind = doc.get("apiVersion"), doc.get("kind")
     if kind != KIND:
-        return None, [Problem("kind", f"not a TransferJob (kind {kind!r}); expected kind {KIND!r}")]
+        what = f"a {kind}" if isinstance(kind, str) and kind else "a document without a kind"
+        return None, [Problem("kind", f"not a TransferJob ({what}); expected kind {KIND!r}")]
     if api_version != API_VERSION:
-        return None, [Problem("apiVersion", f"must be {API_VERSION!r} (got {api_version!r})")]
-    creds = [Problem(f"spec.{p}", r) for p, r in find_inline_credentials(doc.get("spec") or {})]
+        return None, [Problem("apiVersion", f"must be {API_VERSION!r} (got {_short(api_version)})")]
+    spec = doc.get("spec")
+    creds = _credential_problems(spec) if isinstance(spec, dict) else []
     try:
         job = TransferJob.model_validate(doc)
     except ValidationError as exc:
-        return None, creds + _problems_from(exc, "")
+        return None, _merge(creds, _problems_from(exc, ""))
     return (None if creds else job), creds
 
 
@@ -114,31 +175,109 @@ def parse_spec(spec: Any) -> TransferJobSpec:
     return parsed
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys (the API server's strict field validation does) and alias
+    bombs."""
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self._aliases = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > MAX_ALIASES:
+                event = self.peek_event()
+                raise yaml.composer.ComposerError(
+                    None, None, f"more than {MAX_ALIASES} aliases (*refs) in one document", event.start_mark
+                )
+        return super().compose_node(parent, index)
+
+    def compose_document(self) -> Any:
+        self._aliases = 0
+        return super().compose_document()
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+            except TypeError:
+                continue  # an unhashable key: the base class reports it
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (only one value may be given)", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> Problem:
+    mark = getattr(exc, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "(document)"
+    return Problem(where, f"not valid YAML/JSON: {getattr(exc, 'problem', None) or exc}")
+
+
+def parse_stream(text: str) -> tuple[list[Any], Problem | None]:
+    """The documents of a YAML/JSON text (empty ones dropped, as kubectl does) and the syntax error that
+    stopped parsing, if any; documents before the error are returned."""
+    stripped = text.lstrip()
+    if stripped.startswith(("{", "[")):
+        try:
+            return [json.loads(text)], None
+        except ValueError:
+            pass  # JSON-looking YAML (flow style), or broken: let the YAML parser say where
+    docs: list[Any] = []
+    try:
+        for doc in yaml.load_all(text, Loader=_StrictLoader):
+            if doc is not None:
+                docs.append(doc)
+    except yaml.YAMLError as exc:
+        return docs, _yaml_problem(exc)
+    except RecursionError:
+        return docs, Problem("(document)", "nested too deeply to be a manifest")
+    return docs, None
+
+
 def load_documents(text: str) -> list[Any]:
     """Parse multi-document YAML (JSON is YAML too). Raises yaml.YAMLError on malformed input."""
-    return [d for d in yaml.safe_load_all(text) if d is not None]
+    docs, problem = parse_stream(text)
+    if problem is not None:
+        raise yaml.YAMLError(str(problem))
+    return docs
+
+
+def validate_stream(text: str) -> tuple[int, list[tuple[int, Problem]]]:
+    """Validate every document of a YAML/JSON text: (number of documents, [(document index, problem)]).
+
+    A syntax error is reported with the index of the document it stopped in."""
+    docs, syntax = parse_stream(text)
+    out: list[tuple[int, Problem]] = []
+    for i, doc in enumerate(docs):
+        try:
+            _, problems = validate_document(doc)
+        except RecursionError:
+            problems = [Problem("(document)", "nested too deeply to be a manifest")]
+        out.extend((i, p) for p in problems)
+    if syntax is not None:
+        out.append((len(docs), syntax))
+        return len(docs) + 1, out
+    if not docs:
+        out.append((0, Problem("(document)", "no documents found; expected a TransferJob")))
+    return len(docs), out
 
 
 def validate_text(text: str) -> list[tuple[int, Problem]]:
     """Validate every document in a YAML/JSON text; returns (document index, problem) pairs."""
-    try:
-        docs = load_documents(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark is not None else "(document)"
-        return [(0, Problem(where, f"not valid YAML/JSON: {getattr(exc, 'problem', exc)}"))]
-    if not docs:
-        return [(0, Problem("(document)", "no documents found; expected a TransferJob"))]
-    out = []
-    for i, doc in enumerate(docs):
-        _, problems = validate_document(doc)
-        out.extend((i, p) for p in problems)
-    return out
+    return validate_stream(text)[1]
 
 
 def load_job(text: str) -> TransferJob:
     """Load exactly one valid TransferJob from YAML/JSON text or raise InvalidSpec."""
-    docs = load_documents(text)
+    docs, syntax = parse_stream(text)
+    if syntax is not None:
+        raise InvalidSpec([syntax])
     jobs = [d for d in docs if isinstance(d, dict) and d.get("kind") == KIND]
     if len(jobs) != 1:
         raise InvalidSpec([Problem("(document)", f"expected exactly one TransferJob, found {len(jobs)}")])
