@@ -6,6 +6,7 @@ import os
 import uuid
 
 import pytest
+from support.kube import emulated_api
 from support.s3 import TEST_CREDENTIALS, make_bucket, moto_server
 
 
@@ -28,6 +29,25 @@ def s3_bucket(s3_endpoint):
     name = f"graft-test-{uuid.uuid4().hex[:12]}"
     make_bucket(s3_endpoint, name)
     return f"s3://{name}"
+
+
+@pytest.fixture()
+def kube_api():
+    """A fresh emulated Kubernetes API server (support/kube.py) with the committed TransferJob CRD applied
+    through the API and a `graft-test` namespace; `.kubeconfig_path`, `.client()`, `.request_log`."""
+    from graft.api.crd import COMMITTED_CRD
+
+    with emulated_api(namespaces=["graft-test"], crds=[COMMITTED_CRD]) as api:
+        yield api
+
+
+@pytest.fixture()
+def fake_kuberay(kube_api, tmp_path):
+    """A fake KubeRay controller (support/fake_kuberay.py) running RayJobs of `graft-test` as local processes."""
+    from support.fake_kuberay import FakeKubeRay
+
+    with FakeKubeRay(kube_api, "graft-test", tmp_path / "kuberay") as controller:
+        yield controller
 
 
 @pytest.fixture(autouse=True, scope="session")

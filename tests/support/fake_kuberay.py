@@ -1,0 +1,449 @@
+"""A small fake KubeRay controller for the e2e tests: it watches RayJobs through the API server, runs each
+RayJob's entrypoint as a local process, and writes RayJob status the way KubeRay v1.3+ does.
+
+What it models (contract 3): jobDeploymentStatus New -> Initializing -> Running -> Complete | Failed, with
+jobStatus PENDING/RUNNING/SUCCEEDED/FAILED, startTime, endTime, jobId, rayClusterName, dashboardURL,
+reason and message; failed attempts retried up to spec.backoffLimit through Retrying -> New (status.failed
+counts them); spec.suspend kills the run and goes Suspending -> Suspended, and resuming starts it anew;
+spec.activeDeadlineSeconds (from startTime) ends in Failed / DeadlineExceeded; a RayCluster object owned by
+the RayJob stands for the cluster (deleted on suspend and, with shutdownAfterJobFinishes, at the end).
+
+How a head pod would run (contract 2): every configMap volume mounted into the head container is
+materialised into a temp dir and its mountPath is rewritten to that dir in the entrypoint; env values,
+`secretKeyRef` / `configMapKeyRef` and `envFrom` are resolved through the API (so a wrong Secret name fails
+like a pod that cannot start); `python` is this interpreter. With `training=False` nothing is run: a job is
+marked running, then succeeded after `run_seconds` (for the operator benchmark).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import queue
+import random
+import shlex
+import signal
+import string
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import kubernetes
+from kubernetes.client.exceptions import ApiException
+
+GROUP, VERSION, PLURAL = "ray.io", "v1", "rayjobs"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def _parse_time(value: str) -> float:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def _suffix(n: int = 5) -> str:
+    return "".join(random.choice(string.ascii_lowercase + string.digits) for _ in range(n))
+
+
+class PodStartError(Exception):
+    """What a pod that cannot start would report (missing Secret, ConfigMap or key)."""
+
+
+@dataclass
+class _Run:
+    """The local state of one RayJob (by uid): its process and where its files are."""
+
+    name: str
+    namespace: str
+    uid: str
+    proc: subprocess.Popen | None = None
+    attempt: int = 0
+    workdir: Path | None = None
+    logs: list[Path] = field(default_factory=list)
+    running_since: float | None = None  # no-training mode: when the fake job "started"
+    killed: bool = False
+
+
+class FakeKubeRay:
+    """Run with `start()` / `stop()` or as a context manager."""
+
+    def __init__(self, api, namespace: str, workdir: str | Path, *, training: bool = True,
+                 run_seconds: float = 0.5, env: dict[str, str] | None = None, tick: float = 0.1,
+                 user: str = "kuberay"):
+        self.api, self.namespace, self.workdir = api, namespace, Path(workdir)
+        self.training, self.run_seconds, self.extra_env, self.tick = training, run_seconds, dict(env or {}), tick
+        self.user = user
+        self.runs: dict[str, _Run] = {}
+        self._cache: dict[str, dict[str, Any]] = {}  # uid -> latest RayJob seen
+        self._events: queue.Queue = queue.Queue()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._crash: set[str] = set()
+        self.errors: list[str] = []
+        self.status_writes = 0
+        self.workdir.mkdir(parents=True, exist_ok=True)
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def start(self) -> FakeKubeRay:
+        self._client = self.api.client(self.user)
+        self._co = kubernetes.client.CustomObjectsApi(self._client)
+        self._core = kubernetes.client.CoreV1Api(self._client)
+        for target in (self._watch, self._loop):
+            t = threading.Thread(target=target, name=f"fake-kuberay-{target.__name__}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(10)
+        for run in self.runs.values():
+            self._kill(run)
+        self._client.close()
+
+    def __enter__(self) -> FakeKubeRay:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    # -- test hooks --------------------------------------------------------------------------------
+
+    def crash(self, rayjob_name: str) -> None:
+        """Kill the running attempt of a RayJob as a lost node would (SIGKILL): KubeRay sees it fail."""
+        self._crash.add(rayjob_name)
+
+    def log(self, rayjob_name: str) -> str:
+        """The output of every attempt of a RayJob so far (for assertion messages)."""
+        out = []
+        for run in self.runs.values():
+            if run.name == rayjob_name:
+                for p in run.logs:
+                    out.append(f"--- {p.name}\n{p.read_text(errors='replace') if p.exists() else ''}")
+        return "\n".join(out)
+
+    def all_logs(self, tail: int = 4000) -> str:
+        """The tail of every attempt's output."""
+        return "\n".join(self.log(r.name)[-tail:] for r in self.runs.values())
+
+    # -- watch -------------------------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        since = None
+        while not self._stop.is_set():
+            try:
+                if since is None:
+                    listed = self._co.list_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL)
+                    for obj in listed["items"]:
+                        self._events.put(("ADDED", obj))
+                    since = listed["metadata"]["resourceVersion"]
+                w = kubernetes.watch.Watch()
+                for event in w.stream(self._co.list_namespaced_custom_object, GROUP, VERSION, self.namespace, PLURAL,
+                                      resource_version=since, timeout_seconds=2):
+                    obj = event["object"]
+                    if event["type"] == "ERROR":
+                        since = None
+                        break
+                    since = obj["metadata"]["resourceVersion"]
+                    self._events.put((event["type"], obj))
+                    if self._stop.is_set():
+                        w.stop()
+            except Exception as e:  # the API server going away at the end of a test
+                if not self._stop.is_set():
+                    self.errors.append(f"watch: {e!r}")
+                    time.sleep(0.2)
+
+    # -- reconcile ---------------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                while True:
+                    kind, obj = self._events.get_nowait()
+                    uid = obj["metadata"]["uid"]
+                    if kind == "DELETED":
+                        self._cache.pop(uid, None)
+                        run = self.runs.get(uid)
+                        if run:
+                            self._kill(run)
+                    else:
+                        old = self._cache.get(uid)
+                        if old is None or int(old["metadata"]["resourceVersion"]) <= int(
+                                obj["metadata"]["resourceVersion"]):
+                            self._cache[uid] = obj
+            except queue.Empty:
+                pass
+            for uid, obj in list(self._cache.items()):
+                try:
+                    self._reconcile(obj)
+                except ApiException as e:
+                    if e.status == 404:
+                        self._cache.pop(uid, None)
+                    elif e.status != 409:
+                        self.errors.append(f"{obj['metadata']['name']}: {e.status} {e.body}")
+                except Exception as e:
+                    self.errors.append(f"{obj['metadata']['name']}: {e!r}")
+            time.sleep(self.tick)
+
+    def _write(self, obj: dict[str, Any], **status: Any) -> dict[str, Any]:
+        """Merge `status` into the RayJob's status (None removes a field), as KubeRay's status update does."""
+        meta = obj["metadata"]
+        new = self._co.patch_namespaced_custom_object_status(
+            GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], {"status": status})
+        self.status_writes += 1
+        self._cache[meta["uid"]] = new
+        return new
+
+    def _reconcile(self, obj: dict[str, Any]) -> None:
+        meta, spec, st = obj["metadata"], obj.get("spec", {}), obj.get("status") or {}
+        run = self.runs.setdefault(meta["uid"], _Run(meta["name"], meta["namespace"], meta["uid"]))
+        if meta.get("deletionTimestamp"):
+            self._kill(run)
+            return
+        deployment = st.get("jobDeploymentStatus") or ""
+        suspend = bool(spec.get("suspend"))
+        if deployment in ("Complete", "Failed"):
+            self._kill(run)
+            return
+        if deployment in ("", "New", "Suspended"):
+            if suspend:
+                if deployment != "Suspended":
+                    self._write(obj, jobDeploymentStatus="Suspended")
+                return
+            obj = self._initialize(obj, run, keep_start=deployment == "New" and bool(st.get("startTime")))
+            st = obj.get("status") or {}
+            deployment = st["jobDeploymentStatus"]
+        if deployment == "Retrying":
+            self._write(obj, jobDeploymentStatus="New")
+            return
+        if deployment == "Suspending":
+            self._suspend(obj, run)
+            return
+        # Initializing or Running from here on.
+        if suspend:
+            self._write(obj, jobDeploymentStatus="Suspending")
+            self._suspend(obj, run)
+            return
+        deadline = spec.get("activeDeadlineSeconds")
+        if deadline and st.get("startTime") and time.time() - _parse_time(st["startTime"]) > float(deadline):
+            self._kill(run)
+            self._write(obj, jobDeploymentStatus="Failed", reason="DeadlineExceeded", endTime=_now(),
+                        message=f"The RayJob has passed the activeDeadlineSeconds. StartTime: {st['startTime']}. "
+                                f"ActiveDeadlineSeconds: {deadline}")
+            self._finish_cluster(obj)
+            return
+        if deployment == "Initializing":
+            try:
+                self._launch(obj, run)
+            except PodStartError as e:
+                # A pod that cannot start stays Initializing in KubeRay; the message says why.
+                if st.get("message") != str(e):
+                    self._write(obj, message=str(e), reason="PodStartError")
+                return
+            self._write(obj, jobDeploymentStatus="Running", jobStatus="RUNNING", message=None, reason=None)
+            return
+        self._check_running(obj, run)
+
+    def _initialize(self, obj: dict[str, Any], run: _Run, keep_start: bool) -> dict[str, Any]:
+        meta, st = obj["metadata"], obj.get("status") or {}
+        cluster = f"{meta['name']}-{_suffix()}"
+        self._co.create_namespaced_custom_object(GROUP, VERSION, meta["namespace"], "rayclusters", {
+            "apiVersion": f"{GROUP}/{VERSION}", "kind": "RayCluster",
+            "metadata": {"name": cluster, "labels": {"ray.io/originated-from-crd": "RayJob",
+                                                     "ray.io/originated-from-cr-name": meta["name"]},
+                         "ownerReferences": [{"apiVersion": f"{GROUP}/{VERSION}", "kind": "RayJob",
+                                              "name": meta["name"], "uid": meta["uid"], "controller": True,
+                                              "blockOwnerDeletion": True}]},
+            "spec": obj["spec"].get("rayClusterSpec", {}),
+        })
+        return self._write(
+            obj, jobDeploymentStatus="Initializing", jobStatus="PENDING", rayClusterName=cluster,
+            jobId=f"{meta['name']}-{_suffix()}", dashboardURL=f"{cluster}-head-svc.{meta['namespace']}.svc:8265",
+            startTime=st["startTime"] if keep_start else _now(), endTime=None,
+            failed=int(st.get("failed") or 0), succeeded=int(st.get("succeeded") or 0))
+
+    def _suspend(self, obj: dict[str, Any], run: _Run) -> None:
+        self._kill(run)
+        self._delete_cluster(obj)
+        # KubeRay resets the cluster and job fields when it suspends; the run starts anew on resume.
+        self._write(obj, jobDeploymentStatus="Suspended", jobStatus="", jobId=None, rayClusterName=None,
+                    dashboardURL=None, message=None, reason=None)
+
+    def _check_running(self, obj: dict[str, Any], run: _Run) -> None:
+        meta, spec, st = obj["metadata"], obj["spec"], obj.get("status") or {}
+        if meta["name"] in self._crash and run.proc is not None:
+            self._crash.discard(meta["name"])
+            os.killpg(run.proc.pid, signal.SIGKILL)
+        if not self.training:
+            if run.running_since is None:
+                run.running_since = time.monotonic()
+            if time.monotonic() - run.running_since < self.run_seconds:
+                return
+            rc: int | None = 0
+        elif run.proc is None:
+            # This controller restarted (or lost the process): KubeRay would resubmit; so do we.
+            self._launch(obj, run)
+            return
+        else:
+            rc = run.proc.poll()
+            if rc is None:
+                return
+            self._reap(run)
+        if rc == 0:
+            self._write(obj, jobDeploymentStatus="Complete", jobStatus="SUCCEEDED", endTime=_now(),
+                        succeeded=int(st.get("succeeded") or 0) + 1, message="Job finished successfully.",
+                        reason=None)
+            run.running_since = None
+            self._finish_cluster(obj)
+            return
+        failed = int(st.get("failed") or 0) + 1
+        message = f"Job entrypoint command failed with exit code {rc}"
+        if failed <= int(spec.get("backoffLimit") or 0):
+            self._delete_cluster(obj)
+            self._write(obj, jobDeploymentStatus="Retrying", jobStatus="FAILED", failed=failed, message=message,
+                        reason="AppFailed")
+        else:
+            self._write(obj, jobDeploymentStatus="Failed", jobStatus="FAILED", failed=failed, endTime=_now(),
+                        message=message, reason="AppFailed")
+            self._finish_cluster(obj)
+
+    def _finish_cluster(self, obj: dict[str, Any]) -> None:
+        if obj["spec"].get("shutdownAfterJobFinishes"):
+            self._delete_cluster(obj)
+
+    def _delete_cluster(self, obj: dict[str, Any]) -> None:
+        name = (obj.get("status") or {}).get("rayClusterName")
+        if name:
+            try:
+                self._co.delete_namespaced_custom_object(GROUP, VERSION, obj["metadata"]["namespace"],
+                                                         "rayclusters", name)
+            except ApiException as e:
+                if e.status != 404:
+                    raise
+
+    # -- processes ---------------------------------------------------------------------------------
+
+    def _launch(self, obj: dict[str, Any], run: _Run) -> None:
+        if not self.training:
+            run.running_since = time.monotonic()
+            return
+        self._kill(run)
+        head = obj["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
+        container = head["containers"][0]
+        run.workdir = self.workdir / f"{obj['metadata']['name']}"
+        run.workdir.mkdir(parents=True, exist_ok=True)
+        env = self._resolve_env(obj["metadata"]["namespace"], container)
+        mounts = self._materialise_volumes(obj["metadata"]["namespace"], head, container, run.workdir)
+        run.attempt += 1
+        args = shlex.split(obj["spec"]["entrypoint"])
+        for i, arg in enumerate(args):
+            for mount_path, local in mounts.items():
+                if arg == mount_path or arg.startswith(mount_path.rstrip("/") + "/"):
+                    args[i] = str(local) + arg[len(mount_path.rstrip("/")):]
+        if args and args[0] in ("python", "python3"):
+            args[0] = sys.executable
+        base = {k: v for k, v in os.environ.items()
+                if not k.startswith(("AWS_", "KUBECONFIG", "RAY_ADDRESS", "PYTEST"))}
+        # The container's HOME (/tmp in the pod) is a local folder here.
+        env.pop("HOME", None)
+        full_env = {**base, **env, **self.extra_env}
+        log = run.workdir / f"attempt-{run.attempt}.log"
+        run.logs.append(log)
+        with open(log, "wb") as out:
+            run.proc = subprocess.Popen(args, env=full_env, stdout=out, stderr=subprocess.STDOUT,
+                                        cwd=run.workdir, start_new_session=True)
+        run.killed = False
+
+    def _resolve_env(self, namespace: str, container: dict[str, Any]) -> dict[str, str]:
+        env: dict[str, str] = {}
+        for src in container.get("envFrom") or []:
+            prefix = src.get("prefix", "")
+            if "secretRef" in src:
+                data = self._secret(namespace, src["secretRef"]["name"])
+            else:
+                data = self._configmap(namespace, src["configMapRef"]["name"])
+            env.update({prefix + k: v for k, v in data.items()})
+        for var in container.get("env") or []:
+            if "value" in var:
+                env[var["name"]] = str(var["value"])
+                continue
+            ref = var.get("valueFrom") or {}
+            if "secretKeyRef" in ref:
+                data, key = self._secret(namespace, ref["secretKeyRef"]["name"]), ref["secretKeyRef"]["key"]
+            elif "configMapKeyRef" in ref:
+                data, key = self._configmap(namespace, ref["configMapKeyRef"]["name"]), ref["configMapKeyRef"]["key"]
+            else:
+                continue
+            if key not in data:
+                raise PodStartError(f"couldn't find key {key} in {'Secret' if 'secretKeyRef' in ref else 'ConfigMap'}"
+                                    f" {namespace}/{(ref.get('secretKeyRef') or ref.get('configMapKeyRef'))['name']}")
+            env[var["name"]] = data[key]
+        return env
+
+    def _secret(self, namespace: str, name: str) -> dict[str, str]:
+        try:
+            secret = self._core.read_namespaced_secret(name, namespace)
+        except ApiException as e:
+            if e.status == 404:
+                raise PodStartError(f'secret "{name}" not found') from e
+            raise
+        out = {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
+        out.update(secret.string_data or {})
+        return out
+
+    def _configmap(self, namespace: str, name: str) -> dict[str, str]:
+        try:
+            return dict(self._core.read_namespaced_config_map(name, namespace).data or {})
+        except ApiException as e:
+            if e.status == 404:
+                raise PodStartError(f'configmap "{name}" not found') from e
+            raise
+
+    def _materialise_volumes(self, namespace: str, pod: dict[str, Any], container: dict[str, Any], workdir: Path
+                             ) -> dict[str, Path]:
+        """Write each mounted configMap volume to a local folder; returns mountPath -> folder."""
+        volumes = {v["name"]: v for v in pod.get("volumes") or []}
+        out: dict[str, Path] = {}
+        for mount in container.get("volumeMounts") or []:
+            vol = volumes.get(mount["name"], {})
+            if "configMap" not in vol:
+                continue
+            data = self._configmap(namespace, vol["configMap"]["name"])
+            local = workdir / "volumes" / mount["name"]
+            local.mkdir(parents=True, exist_ok=True)
+            for key, value in data.items():
+                (local / key).write_text(value)
+            out[mount["mountPath"]] = local
+        return out
+
+    def _kill(self, run: _Run) -> None:
+        run.running_since = None
+        if run.proc is None:
+            return
+        if run.proc.poll() is None:
+            try:
+                os.killpg(run.proc.pid, signal.SIGTERM)
+                run.proc.wait(10)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                pass
+        self._reap(run)
+
+    @staticmethod
+    def _reap(run: _Run) -> None:
+        """Make sure nothing the attempt started (Ray's raylet, workers) outlives it."""
+        if run.proc is None:
+            return
+        try:
+            os.killpg(run.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        run.proc.wait()
+        run.proc = None
