@@ -37,8 +37,8 @@ RULES: list[dict[str, Any]] = [
     {
         "apiGroups": [""],
         "resources": ["events"],
-        "verbs": ["create", "patch"],
-        "why": "post an Event at each transition",
+        "verbs": ["create", "patch", "list"],
+        "why": "post an Event at each transition; read a pending Ray cluster's Events (quota refusals)",
     },
     {
         "apiGroups": ["events.k8s.io"],
@@ -51,6 +51,12 @@ RULES: list[dict[str, Any]] = [
         "resources": ["pods"],
         "verbs": ["get", "list"],
         "why": "say why a job is pending (unschedulable, image pull)",
+    },
+    {
+        "apiGroups": [""],
+        "resources": ["secrets"],
+        "verbs": ["get"],
+        "why": "read the storage credentials Secret a job names, to read its ledger (never logged or stored)",
     },
 ]
 

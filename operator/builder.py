@@ -1,0 +1,270 @@
+"""Pure builders of the children a TransferJob owns: the RayJob that runs it and the ConfigMap that hands it over.
+
+No I/O and no kopf here: `graft render` prints exactly what the operator creates, and the unit tests compare
+these dicts against expected ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from graft.api.models import API_VERSION, KIND, TransferJobSpec
+from graft.api.validation import Problem, validate_spec
+
+RAYJOB_API_VERSION = "ray.io/v1"
+RAY_VERSION = "2.60.0"
+
+#: Label on every child, naming the TransferJob it belongs to (the RayJob watch maps events back with it).
+LABEL_TRANSFERJOB = "graft.dev/transferjob"
+LABEL_QUEUE = "kueue.x-k8s.io/queue-name"
+
+CONFIG_KEY = "transferjob.json"
+JOB_VOLUME = "graft-job"
+JOB_MOUNT = "/etc/graft/job"
+#: The whole entrypoint: the job arrives as a file, so no user string is ever interpolated into a shell.
+ENTRYPOINT = f"python -m graft.trainer --job {JOB_MOUNT}/{CONFIG_KEY}"
+
+# KubeRay names the RayCluster `<rayjob>-<5 chars>` and its services `<cluster>-head-svc`; a RayJob name of at
+# most 47 characters keeps every derived name a valid 63-character DNS label.
+MAX_RAYJOB_NAME = 47
+_HASH_LEN = 8
+
+HEAD_CPU = "1"
+HEAD_MEMORY = "2Gi"
+RUN_AS_USER = 1000
+
+
+def rayjob_name(name: str, uid: str) -> str:
+    """Deterministic child name: the TransferJob's name (truncated) plus a short hash of its uid.
+
+    The uid part makes a re-created TransferJob of the same name get a new RayJob, never the old one's."""
+    digest = hashlib.sha256(uid.encode()).hexdigest()[:_HASH_LEN]
+    stem = name[: MAX_RAYJOB_NAME - _HASH_LEN - 1].rstrip("-.")
+    return f"{stem}-{digest}"
+
+
+def cluster_problems(spec: TransferJobSpec) -> list[Problem]:
+    """What a spec needs on a cluster beyond `graft validate` (which also serves `graft run` on one machine)."""
+    if spec.storage is None:
+        return [
+            Problem(
+                "spec.storage",
+                "required on a cluster: the stages hand checkpoints and the ledger to each other through "
+                "object storage (e.g. storage: {uri: s3://bucket/prefix, credentialsSecret: {name: ...}})",
+            )
+        ]
+    return []
+
+
+def validate_for_cluster(spec: Any) -> tuple[TransferJobSpec | None, list[Problem]]:
+    """The `graft validate` checks plus the cluster-only ones; the operator and `graft render` both use this."""
+    parsed, problems = validate_spec(spec)
+    if parsed is not None and not problems:
+        problems = cluster_problems(parsed)
+    return (parsed if not problems else None), problems
+
+
+def labels(name: str, component: str) -> dict[str, str]:
+    """Labels linking a child to its TransferJob (app.kubernetes.io recommended labels)."""
+    return {
+        LABEL_TRANSFERJOB: name,
+        "app.kubernetes.io/name": "graft",
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/part-of": "graft",
+        "app.kubernetes.io/managed-by": "graft-operator",
+    }
+
+
+def job_document(name: str, namespace: str | None, uid: str, spec: TransferJobSpec) -> dict[str, Any]:
+    """The TransferJob as the trainer reads it, with every default filled in (pinned at creation)."""
+    metadata: dict[str, Any] = {"name": name, "uid": uid}
+    if namespace:
+        metadata["namespace"] = namespace
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": metadata,
+        "spec": spec.model_dump(mode="json", by_alias=True, exclude_none=True),
+    }
+
+
+def build_configmap(name: str, namespace: str | None, uid: str, spec: TransferJobSpec) -> dict[str, Any]:
+    """The ConfigMap mounted into the head pod at /etc/graft/job (key transferjob.json)."""
+    doc = job_document(name, namespace, uid, spec)
+    metadata: dict[str, Any] = {"name": rayjob_name(name, uid), "labels": labels(name, "job-config")}
+    if namespace:
+        metadata["namespace"] = namespace
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata,
+        "data": {CONFIG_KEY: json.dumps(doc, indent=2, sort_keys=True)},
+    }
+
+
+def _env(spec: TransferJobSpec) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [
+        # Ray, torch and pip write caches under $HOME; the root filesystem is read-only.
+        {"name": "HOME", "value": "/tmp"},  # noqa: S108 (an emptyDir of the pod)
+        {"name": "RAY_USAGE_STATS_ENABLED", "value": "0"},
+    ]
+    storage = spec.storage
+    if storage is None:
+        return env
+    secret = storage.credentials_secret
+    if secret is not None:
+        for var, key in (
+            ("AWS_ACCESS_KEY_ID", secret.access_key_id_key),
+            ("AWS_SECRET_ACCESS_KEY", secret.secret_access_key_key),
+        ):
+            env.append({"name": var, "valueFrom": {"secretKeyRef": {"name": secret.name, "key": key}}})
+    if storage.endpoint:
+        env.append({"name": "AWS_ENDPOINT_URL", "value": storage.endpoint})
+    if storage.region:
+        env.append({"name": "AWS_REGION", "value": storage.region})
+    return env
+
+
+def _container_security() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS_USER,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _resources(cpu: str, memory: str, gpus: int) -> dict[str, Any]:
+    amounts: dict[str, Any] = {"cpu": cpu, "memory": memory}
+    if gpus:
+        amounts["nvidia.com/gpu"] = gpus
+    # requests == limits: Guaranteed QoS, and Ray sizes itself from the limits.
+    return {"requests": dict(amounts), "limits": dict(amounts)}
+
+
+def _pod_template(
+    spec: TransferJobSpec, *, container: str, resources: dict[str, Any], pod_labels: dict[str, str], head: bool
+) -> dict[str, Any]:
+    mounts = [{"name": "tmp", "mountPath": "/tmp"}, {"name": "dshm", "mountPath": "/dev/shm"}]  # noqa: S108
+    volumes: list[dict[str, Any]] = [
+        {"name": "tmp", "emptyDir": {}},
+        # Ray's object store lives in /dev/shm; the container default (64Mi) is far too small.
+        {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+    ]
+    if head:
+        mounts.append({"name": JOB_VOLUME, "mountPath": JOB_MOUNT, "readOnly": True})
+        volumes.append({"name": JOB_VOLUME, "configMap": {"name": pod_labels["graft.dev/rayjob"]}})
+    pod: dict[str, Any] = {
+        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [
+            {
+                "name": container,
+                "image": spec.image,
+                "imagePullPolicy": "IfNotPresent",
+                "resources": resources,
+                "env": _env(spec),
+                "volumeMounts": mounts,
+                "securityContext": _container_security(),
+            }
+        ],
+        "volumes": volumes,
+    }
+    sched = spec.scheduling
+    if sched.node_selector:
+        pod["nodeSelector"] = dict(sched.node_selector)
+    if sched.tolerations:
+        pod["tolerations"] = [t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in sched.tolerations]
+    if sched.priority_class_name:
+        pod["priorityClassName"] = sched.priority_class_name
+    return {"metadata": {"labels": dict(pod_labels)}, "spec": pod}
+
+
+def build_rayjob(name: str, namespace: str | None, uid: str, spec: TransferJobSpec) -> dict[str, Any]:
+    """The RayJob (ray.io/v1) that runs the job's stages: one head and `workers.replicas` worker pods."""
+    child = rayjob_name(name, uid)
+    meta_labels = labels(name, "rayjob")
+    if spec.scheduling.queue_name:
+        meta_labels[LABEL_QUEUE] = spec.scheduling.queue_name
+    pod_labels = {**labels(name, "ray"), "graft.dev/rayjob": child}
+    workers = spec.workers
+    policy = spec.run_policy
+    rayjob_spec: dict[str, Any] = {
+        "entrypoint": ENTRYPOINT,
+        "submissionMode": "K8sJobMode",
+        "shutdownAfterJobFinishes": True,
+        "suspend": policy.suspend,
+        "backoffLimit": policy.backoff_limit,
+        "rayClusterSpec": {
+            "rayVersion": RAY_VERSION,
+            "headGroupSpec": {
+                # The head runs the driver only; training and data tasks go to the workers.
+                "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"},  # noqa: S104
+                "template": _pod_template(
+                    spec,
+                    container="ray-head",
+                    resources=_resources(HEAD_CPU, HEAD_MEMORY, 0),
+                    pod_labels=pod_labels,
+                    head=True,
+                ),
+            },
+            "workerGroupSpecs": [
+                {
+                    "groupName": "workers",
+                    "replicas": workers.replicas,
+                    "minReplicas": workers.replicas,
+                    "maxReplicas": workers.replicas,
+                    "rayStartParams": {},
+                    "template": _pod_template(
+                        spec,
+                        container="ray-worker",
+                        resources=_resources(workers.cpus, workers.memory, workers.gpus),
+                        pod_labels=pod_labels,
+                        head=False,
+                    ),
+                }
+            ],
+        },
+    }
+    if policy.active_deadline_seconds is not None:
+        rayjob_spec["activeDeadlineSeconds"] = policy.active_deadline_seconds
+    metadata: dict[str, Any] = {"name": child, "labels": meta_labels}
+    if namespace:
+        metadata["namespace"] = namespace
+    return {"apiVersion": RAYJOB_API_VERSION, "kind": "RayJob", "metadata": metadata, "spec": rayjob_spec}
+
+
+def build_children(body: dict[str, Any], spec: TransferJobSpec) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The ConfigMap and RayJob for a TransferJob body, adopted by it (what the operator creates).
+
+    Deleting the TransferJob deletes both (ownerReference with controller=true)."""
+    import kopf
+
+    meta = body["metadata"]
+    name, namespace, uid = meta["name"], meta.get("namespace"), meta["uid"]
+    configmap = build_configmap(name, namespace, uid, spec)
+    rayjob = build_rayjob(name, namespace, uid, spec)
+    # kopf.adopt also copies the owner's labels onto the children; a GitOps tool's tracking label
+    # (app.kubernetes.io/instance) would then claim the children as its own and prune them.
+    owner = {
+        "apiVersion": body.get("apiVersion", API_VERSION),
+        "kind": body.get("kind", KIND),
+        "metadata": {k: meta[k] for k in ("name", "namespace", "uid") if meta.get(k)},
+    }
+    kopf.adopt([configmap, rayjob], owner=owner)
+    return configmap, rayjob
+
+
+def runpolicy_patch(spec: TransferJobSpec) -> dict[str, Any]:
+    """The RayJob spec fields that follow a TransferJob's (mutable) run policy."""
+    policy = spec.run_policy
+    return {
+        "spec": {
+            "suspend": policy.suspend,
+            "backoffLimit": policy.backoff_limit,
+            "activeDeadlineSeconds": policy.active_deadline_seconds,
+        }
+    }

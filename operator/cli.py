@@ -1,0 +1,119 @@
+"""`graft operator`, `graft render` and `graft rbac`: the control plane's commands.
+
+kopf and the handlers are imported only when `graft operator` runs; `render` and `rbac` are pure.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+
+#: What `graft render` uses when the manifest has no metadata.uid (the API server assigns one on create).
+PLACEHOLDER_UID = "00000000-0000-0000-0000-000000000000"
+
+
+def run_operator(
+    namespace: Annotated[
+        list[str] | None,
+        typer.Option("--namespace", "-n", help="Serve this namespace (repeatable). Default: all namespaces."),
+    ] = None,
+    all_namespaces: Annotated[
+        bool, typer.Option("--all-namespaces", "-A", help="Serve every namespace (needs the cluster-wide RBAC).")
+    ] = False,
+    metrics_port: Annotated[int, typer.Option(help="Prometheus /metrics port; 0 turns it off.")] = 8080,
+    liveness_port: Annotated[int, typer.Option(help="Liveness probe port (/healthz).")] = 8081,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    """Run the operator: watch TransferJobs, run each as a KubeRay RayJob, mirror progress into its status.
+
+    Connects with KUBECONFIG (or ~/.kube/config, or the in-cluster service account). Logs are JSON lines."""
+    if namespace and all_namespaces:
+        raise typer.BadParameter("give --namespace or --all-namespaces, not both", param_hint="--namespace")
+    import kopf
+
+    kopf.configure(verbose=verbose, log_format=kopf.LogFormat.JSON, log_refkey="object")
+    os.environ["GRAFT_METRICS_PORT"] = str(metrics_port)
+    import graft.operator.handlers  # noqa: F401 (registers the handlers)
+
+    kopf.run(
+        standalone=True,
+        clusterwide=not namespace,
+        namespaces=list(namespace or []),
+        liveness_endpoint=f"http://0.0.0.0:{liveness_port}/healthz",
+    )
+
+
+def _load(file: Path) -> dict[str, Any]:
+    from graft.api.validation import InvalidSpec, load_job
+
+    name = str(file)
+    try:
+        text = sys.stdin.read() if name == "-" else file.read_text()
+        job = load_job(text)
+    except OSError as exc:
+        typer.echo(f"{name}: (file): cannot read: {exc.strerror or exc}", err=True)
+        raise typer.Exit(1) from exc
+    except (InvalidSpec, yaml.YAMLError) as exc:
+        problems = getattr(exc, "problems", None) or [exc]
+        for p in problems:
+            typer.echo(f"{name}: {p}", err=True)
+        raise typer.Exit(1) from exc
+    return job.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def render(
+    file: Annotated[Path, typer.Argument(help="A TransferJob manifest (YAML or JSON); - for stdin.")],
+    uid: Annotated[
+        str | None, typer.Option(help="The job's uid (default: metadata.uid, else a placeholder).")
+    ] = None,
+) -> None:
+    """Print the ConfigMap and RayJob the operator would create for a TransferJob (same builder, no cluster)."""
+    from graft.operator.builder import build_children, validate_for_cluster
+
+    doc = _load(file)
+    meta = doc["metadata"]
+    meta["uid"] = uid or meta.get("uid") or PLACEHOLDER_UID
+    if meta["uid"] == PLACEHOLDER_UID:
+        typer.echo(f"note: no metadata.uid; using {PLACEHOLDER_UID} (names carry a hash of the uid)", err=True)
+    meta.setdefault("namespace", "default")
+    spec, problems = validate_for_cluster(doc["spec"])
+    if spec is None:
+        for p in problems:
+            typer.echo(f"{file}: {p}", err=True)
+        raise typer.Exit(1)
+    configmap, rayjob = build_children(doc, spec)
+    typer.echo(yaml.dump_all([configmap, rayjob], Dumper=_BlockDumper, sort_keys=False), nl=False)
+
+
+class _BlockDumper(yaml.SafeDumper):
+    """Multi-line strings (the ConfigMap's JSON) as `|` blocks, readable as they are mounted."""
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|" if "\n" in value else None)
+
+
+_BlockDumper.add_representer(str, _str)
+
+
+def rbac(
+    namespaced: Annotated[
+        bool, typer.Option("--namespaced", help="Only the rules a namespaced Role can grant.")
+    ] = False,
+) -> None:
+    """Print the operator's RBAC policy rules as YAML (the chart's ClusterRole/Role is generated from them)."""
+    from graft.operator.rbac import rules
+
+    typer.echo(yaml.safe_dump(rules(namespaced=namespaced), sort_keys=False), nl=False)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the operator's commands to the `graft` CLI."""
+    app.command("operator")(run_operator)
+    app.command()(render)
+    app.command()(rbac)

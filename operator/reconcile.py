@@ -1,0 +1,370 @@
+"""What the operator does for one TransferJob: start it, follow it, apply run-policy changes, clean up after it.
+
+The kopf decorators live in `handlers.py`; this module holds the steps they call and the operator's
+in-memory view (latest status written per job, RayJobs seen by the watch, a wake-up event per job).
+Status is written only here (`write_status`), only when it changed, with an Event at each transition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+from datetime import datetime, timezone
+from typing import Any
+
+import kopf
+from graft.operator import builder, client, ledgers, metrics, pending, status
+
+from graft.api.models import GROUP, KIND, PLURAL, VERSION, TransferJobSpec
+from graft.ledger import now
+
+log = logging.getLogger("graft.operator")
+
+POLL_SECONDS = 3.0  # ledger polling while a job runs: status follows the ledger within ~POLL_SECONDS
+IDLE_SECONDS = 30.0  # re-check while nothing should change (the RayJob watch wakes the loop earlier)
+PENDING_CHECK_SECONDS = 10.0  # how often a job that is not starting looks at its pods and Events
+
+# uid -> the TransferJob status as last written (or first seen); the watch can lag behind our own writes.
+_status: dict[str, dict[str, Any]] = {}
+# (namespace, RayJob name) -> the RayJob body as last seen by the watch.
+_rayjobs: dict[tuple[str, str], dict[str, Any]] = {}
+# uid -> set when the job's RayJob changed (or its spec did), to wake its mirror loop at once.
+_wake: dict[str, asyncio.Event] = {}
+_locks: dict[str, asyncio.Lock] = {}
+
+
+def wake(uid: str) -> None:
+    """Make a job's mirror loop look again now."""
+    event = _wake.get(uid)
+    if event is not None:
+        event.set()
+
+
+def forget(uid: str, namespace: str, name: str) -> None:
+    """Drop what the operator remembers of a deleted job."""
+    _status.pop(uid, None)
+    _wake.pop(uid, None)
+    _locks.pop(uid, None)
+    metrics.set_phase(namespace, name, None)
+
+
+def known_status(uid: str, body: Any) -> dict[str, Any]:
+    """The job's status: what this process wrote last, else what the API server sent."""
+    if uid in _status:
+        return _status[uid]
+    return copy.deepcopy(dict(body.get("status") or {}))
+
+
+def started(current: dict[str, Any]) -> bool:
+    """A RayJob name is recorded (and so a RayJob exists or is about to) and the spec was not refused."""
+    return bool(current.get("rayJobName")) and current.get("reason") != "InvalidSpec"
+
+
+def _ref(body: Any) -> tuple[str, str, str]:
+    meta = body["metadata"]
+    return meta["uid"], meta.get("namespace") or "", meta["name"]
+
+
+def _event(body: Any, type_: str, reason: str, message: str) -> None:
+    # kopf.event (not kopf.info) so that posting.level can silence kopf's own per-handler chatter.
+    kopf.event(body, type=type_, reason=reason, message=message[:1000])
+
+
+async def write_status(body: Any, new: dict[str, Any]) -> dict[str, Any]:
+    """Patch the status with what changed (nothing when nothing did) and post an Event on a transition."""
+    uid, namespace, name = _ref(body)
+    lock = _locks.setdefault(uid, asyncio.Lock())
+    async with lock:
+        current = known_status(uid, body)
+        patch = status.status_patch(current, new)
+        if not patch:
+            return current
+        url = client.path(GROUP, VERSION, PLURAL, namespace, name, "status")
+        response = await client.merge_patch(url, {"status": patch})
+        if response is None:  # deleted meanwhile
+            return current
+        merged = {k: v for k, v in {**current, **patch}.items() if v is not None}
+        _status[uid] = response.get("status") or merged
+        metrics.STATUS_WRITES.inc()
+        metrics.set_phase(namespace, name, _status[uid].get("phase"))
+        moved = status.transition(current, new)
+        if moved:
+            _event(body, *moved)
+        return _status[uid]
+
+
+def _problems_text(problems: list[Any]) -> str:
+    return "; ".join(str(p) for p in problems)
+
+
+async def _create_or_adopt(obj: dict[str, Any], owner_uid: str) -> tuple[dict[str, Any], bool]:
+    """Create a child; when one of that name exists (409), adopt it. Returns (object, created)."""
+    group, _, version = obj["apiVersion"].rpartition("/")
+    plural = {"RayJob": "rayjobs", "ConfigMap": "configmaps"}[obj["kind"]]
+    namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
+    try:
+        return await client.create(client.path(group, version, plural, namespace), obj), True
+    except client.Conflict:
+        pass
+    url = client.path(group, version, plural, namespace, name)
+    existing = await client.get(url)
+    if existing is None:
+        raise kopf.TemporaryError(f"{obj['kind']} {name} was being deleted while it was created; retrying", delay=2)
+    refs = existing.get("metadata", {}).get("ownerReferences") or []
+    if any(r.get("uid") == owner_uid for r in refs):
+        return existing, False
+    if any(r.get("controller") for r in refs):
+        raise kopf.PermanentError(f"{obj['kind']} {namespace}/{name} exists and belongs to another controller")
+    # An orphan of this job's deterministic name (e.g. created before an operator crash lost track): adopt it.
+    patched = await client.merge_patch(
+        url,
+        {"metadata": {"ownerReferences": refs + obj["metadata"]["ownerReferences"],
+                      "labels": obj["metadata"]["labels"]}},
+    )
+    return patched or existing, False
+
+
+async def rayjob_of(namespace: str, name: str) -> dict[str, Any] | None:
+    """The RayJob as the watch last saw it, else as the API server has it (None when there is none)."""
+    seen = _rayjobs.get((namespace, name))
+    if seen is not None:
+        return seen
+    found = await client.get(client.path("ray.io", "v1", "rayjobs", namespace, name))
+    if found is not None:
+        _rayjobs[(namespace, name)] = found
+    return found
+
+
+def remember_rayjob(event_type: str | None, obj: dict[str, Any]) -> str | None:
+    """Keep the watch's view of a RayJob; returns the owning TransferJob's uid."""
+    meta = obj.get("metadata") or {}
+    key = (meta.get("namespace") or "", meta.get("name") or "")
+    if event_type == "DELETED":
+        _rayjobs.pop(key, None)
+    else:
+        _rayjobs[key] = copy.deepcopy(obj)
+    return next((r.get("uid") for r in meta.get("ownerReferences") or [] if r.get("kind") == KIND), None)
+
+
+# ------------------------------------------------------------------------------------------- start
+
+
+async def start(body: Any, logger: logging.Logger | logging.LoggerAdapter) -> None:
+    """Validate, record the RayJob's name in status, then create (or adopt) the ConfigMap and the RayJob.
+
+    Run on create, on resume (operator restart) and when a not-yet-started job's spec changes."""
+    uid, namespace, name = _ref(body)
+    generation = body["metadata"].get("generation")
+    current = known_status(uid, body)
+    spec, problems = builder.validate_for_cluster(copy.deepcopy(dict(body.get("spec") or {})))
+    if spec is None:
+        message = _problems_text(problems)
+        if started(current):
+            # The spec changed after the RayJob was made from it; that one runs on (see spec_changed).
+            logger.warning(f"spec is no longer valid; the running job keeps its original spec: {message}")
+            return
+        await write_status(body, status.invalid_status(message=message, generation=generation, current=current,
+                                                       now=now()))
+        raise kopf.PermanentError(f"invalid spec: {message}")
+    if started(current) and status.is_terminal(current):
+        return  # a finished job (resumed after a restart): nothing to create again
+    rj_name = current.get("rayJobName") if started(current) else builder.rayjob_name(name, uid)
+    root = ledgers.storage_root(spec, uid)
+    if not started(current) or current.get("rayJobName") != rj_name:
+        # Recorded before anything is created: a crash after this line can only ever adopt this name.
+        creating = status.build_status(
+            spec=spec, generation=generation, current=current,
+            state=status.State("Pending", "Creating", f"creating RayJob {rj_name}"),
+            rayjob_name=rj_name, created=False, rayjob=None, ledger=None, storage_uri=root, now=now(),
+        )
+        current = await write_status(body, creating)
+    configmap, rayjob = builder.build_children(body, spec)
+    await _create_or_adopt(configmap, uid)
+    obj, created = await _create_or_adopt(rayjob, uid)
+    _rayjobs.setdefault((namespace, rj_name), obj)
+    if created:
+        _event(body, "Normal", "RayJobCreated", f"created RayJob {rj_name} and ConfigMap {rj_name}")
+        logger.info(f"created RayJob {rj_name}")
+    else:
+        logger.info(f"adopted existing RayJob {rj_name}")
+    await sync(body, spec)
+    wake(uid)
+
+
+# -------------------------------------------------------------------------------------- spec change
+
+
+async def spec_changed(body: Any, diff: Any, logger: logging.Logger | logging.LoggerAdapter) -> None:
+    """Apply run-policy changes to the RayJob; refuse changes to anything else once the job has started."""
+    uid, namespace, _ = _ref(body)
+    current = known_status(uid, body)
+    if not started(current):
+        await start(body, logger)
+        return
+    paths = [tuple(d[1]) for d in diff]
+    immutable = sorted({".".join(("spec", *p)) if p else "spec" for p in paths if not p or p[0] != "runPolicy"})
+    spec, problems = builder.validate_for_cluster(copy.deepcopy(dict(body.get("spec") or {})))
+    override = None
+    if immutable:
+        message = (
+            f"{', '.join(immutable)} cannot change after the job started; the change is ignored and the job runs "
+            "on as it started. To run the new spec, create a new TransferJob (or delete and re-create this one)."
+        )
+        _event(body, "Warning", "ImmutableFieldChanged", message)
+        logger.warning(message)
+        override = ("ImmutableFieldChanged", message)
+    if spec is None:
+        logger.warning(f"spec change not applied, it is invalid: {_problems_text(problems)}")
+        return
+    if any(p and p[0] == "runPolicy" for p in paths) and not status.is_terminal(current):
+        rj_name = current["rayJobName"]
+        patched = await client.merge_patch(
+            client.path("ray.io", "v1", "rayjobs", namespace, rj_name), builder.runpolicy_patch(spec)
+        )
+        if patched is not None:
+            _rayjobs[(namespace, rj_name)] = patched
+            logger.info(f"run policy applied to RayJob {rj_name}: {builder.runpolicy_patch(spec)['spec']}")
+    await sync(body, spec, override=override)
+    wake(uid)
+
+
+# --------------------------------------------------------------------------------------- following
+
+
+class Follower:
+    """Per-job memory of the mirror loop: when the ledger and the pods were last read."""
+
+    def __init__(self) -> None:
+        self.ledger: dict[str, Any] | None = None
+        self.ledger_read_at = 0.0
+        self.ledger_jds: str | None = "<never>"
+        self.pending: tuple[str, str] | None = None
+        self.pending_checked_at = 0.0
+        self.pending_since: float | None = None
+
+
+async def sync(
+    body: Any,
+    spec: TransferJobSpec,
+    follower: Follower | None = None,
+    *,
+    override: tuple[str, str] | None = None,
+) -> dict[str, Any]:
+    """Observe the RayJob (and, while it runs, the ledger and pods) and write the status if it changed."""
+    uid, namespace, name = _ref(body)
+    follower = follower or Follower()
+    current = known_status(uid, body)
+    rj_name = current.get("rayJobName") or builder.rayjob_name(name, uid)
+    generation = body["metadata"].get("generation")
+    if status.is_terminal(current):
+        new = {**current, "observedGeneration": generation}
+        if override:
+            new["reason"], new["message"] = override
+        return await write_status(body, new)
+    rayjob = await rayjob_of(namespace, rj_name)
+    created = rayjob is not None
+    rj_status = (rayjob or {}).get("status") or {}
+    jds = rj_status.get("jobDeploymentStatus") or ""
+    loop = asyncio.get_running_loop()
+    t = loop.time()
+    if jds != follower.ledger_jds or (jds == "Running" and t - follower.ledger_read_at >= POLL_SECONDS):
+        try:
+            follower.ledger = await ledgers.read(namespace, spec, uid) or follower.ledger
+            follower.ledger_jds = jds
+        except ledgers.LedgerUnavailable as exc:
+            log.warning(f"{namespace}/{name}: cannot read the ledger: {exc}")
+            metrics.RECONCILE_ERRORS.labels(handler="ledger").inc()
+        follower.ledger_read_at = t
+    state = status.derive_state(spec=spec, rayjob=rayjob, ledger=follower.ledger)
+    if created and state.phase == "Pending" and state.reason == "ClusterStarting":
+        follower.pending_since = follower.pending_since or t
+        if t - follower.pending_checked_at >= PENDING_CHECK_SECONDS:
+            follower.pending_checked_at = t
+            try:
+                follower.pending = await pending.reason(namespace, rayjob, spec.run_policy.suspend)
+            except client.APIError as exc:
+                log.warning(f"{namespace}/{name}: cannot inspect pods/events: {exc}")
+        state = status.derive_state(spec=spec, rayjob=rayjob, ledger=follower.ledger, pending=follower.pending)
+    else:
+        follower.pending, follower.pending_since, follower.pending_checked_at = None, None, 0.0
+    new = status.build_status(
+        spec=spec, generation=generation, current=current, state=state, rayjob_name=rj_name, created=created,
+        rayjob=rayjob, ledger=follower.ledger, storage_uri=ledgers.storage_root(spec, uid), now=now(),
+    )
+    if override:
+        new["reason"], new["message"] = override
+    return await write_status(body, new)
+
+
+def _seconds_until(timestamp: str | None, seconds: int) -> float:
+    if not timestamp:
+        return 0.0
+    when = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+    return when.timestamp() + seconds - datetime.now(timezone.utc).timestamp()
+
+
+async def _sleep(event: asyncio.Event, stopped: Any, timeout: float) -> None:
+    async def _stopped() -> None:
+        await stopped.wait()
+
+    waits = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(_stopped())]
+    try:
+        await asyncio.wait(waits, timeout=max(0.0, timeout), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+
+
+async def expire(body: Any, spec: TransferJobSpec, current: dict[str, Any]) -> float | None:
+    """ttlSecondsAfterFinished: delete the RayJob (and so its Ray cluster) of a finished job, keep the job.
+
+    Returns seconds until it is due, or None when there is nothing (more) to do."""
+    ttl = spec.run_policy.ttl_seconds_after_finished
+    if ttl is None:
+        return None
+    due = _seconds_until(current.get("completionTime"), ttl)
+    if due > 0:
+        return due
+    _, namespace, _ = _ref(body)
+    rj_name = current["rayJobName"]
+    if await client.delete(client.path("ray.io", "v1", "rayjobs", namespace, rj_name)):
+        _rayjobs.pop((namespace, rj_name), None)
+        _event(
+            body, "Normal", "RayJobDeleted",
+            f"ttlSecondsAfterFinished ({ttl}s) passed: deleted RayJob {rj_name} and its Ray cluster; the "
+            "TransferJob, its status and everything in object storage stay",
+        )
+    return None
+
+
+async def follow(body: Any, stopped: Any, logger: logging.Logger | logging.LoggerAdapter) -> None:
+    """The mirror loop of one started job: RayJob status + ledger -> TransferJob status, until it is finished
+    (and its TTL clean-up done). Woken at once by RayJob changes; polls the ledger every POLL_SECONDS."""
+    uid = _ref(body)[0]
+    event = _wake.setdefault(uid, asyncio.Event())
+    follower = Follower()
+    while not stopped:
+        event.clear()
+        timeout = IDLE_SECONDS
+        with metrics.measured("mirror"):
+            spec, problems = builder.validate_for_cluster(copy.deepcopy(dict(body.get("spec") or {})))
+            if spec is None:
+                logger.warning(f"not following: the spec is invalid: {_problems_text(problems)}")
+                return
+            try:
+                current = await sync(body, spec, follower)
+                if status.is_terminal(current):
+                    due = await expire(body, spec, current)
+                    if due is None:
+                        return  # finished and cleaned up: nothing more to mirror
+                    timeout = due
+                elif current.get("phase") == "Running":
+                    timeout = POLL_SECONDS
+                elif current.get("phase") == "Pending":
+                    timeout = PENDING_CHECK_SECONDS if current.get("conditions") else POLL_SECONDS
+            except (client.APIError, OSError, asyncio.TimeoutError) as exc:
+                logger.warning(f"mirroring failed, retrying in {POLL_SECONDS}s: {exc!r}")
+                metrics.RECONCILE_ERRORS.labels(handler="mirror").inc()
+                timeout = POLL_SECONDS
+        await _sleep(event, stopped, timeout)

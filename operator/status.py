@@ -1,0 +1,286 @@
+"""The TransferJob status as a pure projection of the RayJob's status and the ledger (contract 4).
+
+Conditions are the source of truth; `phase` is derived from them for the printer column; `reason` and
+`message` mirror the latest transition. Nothing here does I/O: the handlers feed in what they observed and
+write the result only when it differs from what is stored.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from graft.api.models import TransferJobSpec
+
+CONDITION_TYPES = ("Created", "Running", "Suspended", "Succeeded", "Failed", "Reconciling", "Stalled")
+TERMINAL = ("Succeeded", "Failed")
+
+# KubeRay's jobDeploymentStatus values, grouped by what they mean for the TransferJob.
+_STARTING = ("", "New", "Initializing", "Waiting")
+_SUSPENDED = ("Suspending", "Suspended")
+
+#: Reasons a job can wait on that a user can act on (set by `pending.py` from pods and events).
+PENDING_PROBLEMS = ("Unschedulable", "ImagePullBackOff", "QuotaExceeded", "QueuedByKueue")
+
+
+@dataclass(frozen=True)
+class State:
+    """Where a job stands: the phase, and why (one CamelCase word plus a sentence)."""
+
+    phase: str
+    reason: str
+    message: str
+
+
+def is_terminal(status: dict[str, Any] | None) -> bool:
+    return bool(status) and status.get("phase") in TERMINAL
+
+
+def condition(status: dict[str, Any] | None, type_: str) -> dict[str, Any] | None:
+    for c in (status or {}).get("conditions") or []:
+        if c.get("type") == type_:
+            return c
+    return None
+
+
+def phase_of(conditions: list[dict[str, Any]]) -> str:
+    """The printer-column phase: Failed, else Succeeded, else Suspended, else Running, else Pending."""
+    true = {c["type"] for c in conditions if c.get("status") == "True"}
+    for type_ in ("Failed", "Succeeded", "Suspended", "Running"):
+        if type_ in true:
+            return type_
+    return "Pending"
+
+
+def _failure_reason(rj_status: dict[str, Any], spec: TransferJobSpec) -> str:
+    reason = rj_status.get("reason") or ""
+    if reason == "DeadlineExceeded":
+        return reason
+    failed = int(rj_status.get("failed") or 0)
+    if failed > spec.run_policy.backoff_limit:
+        return "BackoffLimitExceeded"
+    return reason or "JobFailed"
+
+
+def _failure_message(rj_status: dict[str, Any], ledger: dict[str, Any] | None, spec: TransferJobSpec) -> str:
+    parts = []
+    reason = _failure_reason(rj_status, spec)
+    if reason == "DeadlineExceeded":
+        parts.append(f"the job ran longer than activeDeadlineSeconds ({spec.run_policy.active_deadline_seconds}s)")
+    elif reason == "BackoffLimitExceeded":
+        failed = int(rj_status.get("failed") or 0)
+        parts.append(f"{failed} attempt(s) failed; backoffLimit is {spec.run_policy.backoff_limit}")
+    failed_stage = next((s for s in (ledger or {}).get("stages") or [] if s.get("state") == "Failed"), None)
+    if failed_stage:
+        detail = failed_stage.get("message") or "no message"
+        parts.append(f"stage {failed_stage['type']} failed: {detail}")
+    elif rj_status.get("message"):
+        parts.append(str(rj_status["message"]))
+    return "; ".join(parts) or "the Ray job failed"
+
+
+def _running_message(ledger: dict[str, Any] | None) -> str:
+    if not ledger or not ledger.get("stage"):
+        return "the Ray job is running"
+    return f"stage {ledger['stage']} running ({ledger.get('progress')} stages finished)"
+
+
+def derive_state(
+    *,
+    spec: TransferJobSpec,
+    rayjob: dict[str, Any] | None,
+    ledger: dict[str, Any] | None,
+    pending: tuple[str, str] | None = None,
+) -> State:
+    """The phase a started job is in, from its RayJob (None when not yet seen) and its ledger projection."""
+    rj_status = (rayjob or {}).get("status") or {}
+    jds = rj_status.get("jobDeploymentStatus") or ""
+    job_status = rj_status.get("jobStatus") or ""
+    if jds == "Failed":
+        return State("Failed", _failure_reason(rj_status, spec), _failure_message(rj_status, ledger, spec))
+    if jds == "Complete":
+        if job_status == "SUCCEEDED":
+            model = (ledger or {}).get("modelURI")
+            return State("Succeeded", "Succeeded", f"all stages succeeded; model at {model}" if model else
+                         "all stages succeeded")
+        return State("Failed", _failure_reason(rj_status, spec), _failure_message(rj_status, ledger, spec))
+    if jds in _SUSPENDED or (spec.run_policy.suspend and jds in _STARTING):
+        return State("Suspended", "Suspended", "the job is suspended: its Ray cluster is deleted, progress is kept")
+    if jds == "Running":
+        return State("Running", "Running", _running_message(ledger))
+    if jds == "Retrying":
+        failed = int(rj_status.get("failed") or 0)
+        detail = _failure_message(rj_status, ledger, spec)
+        return State(
+            "Pending",
+            "Retrying",
+            f"attempt {failed} failed ({detail}); retrying from the ledger "
+            f"(backoffLimit {spec.run_policy.backoff_limit})",
+        )
+    if rayjob is None:
+        return State("Pending", "Creating", "creating the RayJob")
+    if pending is not None:
+        return State("Pending", pending[0], pending[1])
+    return State("Pending", "ClusterStarting", "the RayJob is created; waiting for its Ray cluster to start")
+
+
+def _cond(type_: str, true: bool, reason: str, message: str) -> dict[str, Any]:
+    return {"type": type_, "status": "True" if true else "False", "reason": reason, "message": message}
+
+
+def conditions_for(state: State, *, created: bool, created_message: str) -> list[dict[str, Any]]:
+    """The seven conditions (without times) for a state."""
+    phase, reason, message = state.phase, state.reason, state.message
+    failed = phase == "Failed"
+    succeeded = phase == "Succeeded"
+    suspended = phase == "Suspended"
+    running = phase == "Running"
+    active = phase in ("Pending", "Running")
+    return [
+        _cond("Created", created, "RayJobCreated" if created else reason, created_message if created else message),
+        # While Pending, the Running condition carries why the job is not running yet (ClusterStarting, ...).
+        _cond("Running", running, reason, message),
+        _cond("Suspended", suspended, reason if suspended else "NotSuspended",
+              message if suspended else "the job is not suspended"),
+        _cond("Succeeded", succeeded, reason if succeeded else "NotSucceeded",
+              message if succeeded else "not all stages have succeeded"),
+        _cond("Failed", failed, reason if failed else "NotFailed", message if failed else "the job has not failed"),
+        # kstatus: Reconciling while the operator still works towards the desired state; Stalled on failure.
+        _cond("Reconciling", active, phase, message if active else f"the job is {phase}"),
+        _cond("Stalled", failed, reason if failed else "NotStalled", message if failed else "the job is not stalled"),
+    ]
+
+
+def stamp(new: list[dict[str, Any]], old: list[dict[str, Any]], *, now: str, generation: int | None) -> list[dict]:
+    """Add lastTransitionTime (kept unless the condition's status flipped) and observedGeneration."""
+    previous = {c.get("type"): c for c in old or []}
+    out = []
+    for c in new:
+        before = previous.get(c["type"])
+        flipped = before is None or before.get("status") != c["status"]
+        c = {**c, "lastTransitionTime": now if flipped else before.get("lastTransitionTime", now)}
+        if generation is not None:
+            c["observedGeneration"] = generation
+        out.append(c)
+    return out
+
+
+def _clean_metrics(stages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    # JSON has no NaN/Infinity: the API server would reject the whole patch.
+    out = []
+    for s in stages:
+        s = dict(s)
+        if "metrics" in s:
+            s["metrics"] = {k: v for k, v in s["metrics"].items() if isinstance(v, (int, float)) and math.isfinite(v)}
+        out.append(s)
+    return out
+
+
+def planned_stages(spec: TransferJobSpec) -> dict[str, Any]:
+    """The ledger part of the status before the trainer has written a ledger: every stage Pending."""
+    stages = [{"type": s.type, "state": "Pending"} for s in spec.stages]
+    return {"stages": stages, "stage": stages[0]["type"], "progress": f"0/{len(stages)}", "modelURI": None}
+
+
+def build_status(
+    *,
+    spec: TransferJobSpec,
+    generation: int | None,
+    current: dict[str, Any] | None,
+    state: State,
+    rayjob_name: str,
+    created: bool,
+    rayjob: dict[str, Any] | None,
+    ledger: dict[str, Any] | None,
+    storage_uri: str | None,
+    now: str,
+) -> dict[str, Any]:
+    """The full status for a started job. `current` is what is stored now (times and history are kept)."""
+    current = current or {}
+    created_message = f"RayJob {rayjob_name} created"
+    conds = stamp(
+        conditions_for(state, created=created, created_message=created_message),
+        current.get("conditions") or [],
+        now=now,
+        generation=generation,
+    )
+    rj_status = (rayjob or {}).get("status") or {}
+    projection = ledger or planned_stages(spec)
+    status: dict[str, Any] = {
+        "observedGeneration": generation,
+        "conditions": conds,
+        "phase": phase_of(conds),
+        "rayJobName": rayjob_name,
+        "storageURI": storage_uri,
+        "stage": projection.get("stage"),
+        "progress": projection.get("progress"),
+        "stages": _clean_metrics(projection.get("stages") or []),
+        "modelURI": projection.get("modelURI") or current.get("modelURI"),
+        "jobDeploymentStatus": rj_status.get("jobDeploymentStatus") or current.get("jobDeploymentStatus"),
+        "jobStatus": rj_status.get("jobStatus") or current.get("jobStatus"),
+        "dashboardURL": rj_status.get("dashboardURL") or current.get("dashboardURL"),
+    }
+    failed = int(rj_status.get("failed") or 0)
+    if rayjob is not None:
+        # KubeRay counts failed attempts; the one running (or the last, once finished) is one more.
+        status["attempts"] = max(1, failed if state.phase == "Failed" and failed else failed + 1)
+    else:
+        status["attempts"] = current.get("attempts")
+    status["startTime"] = current.get("startTime") or rj_status.get("startTime") or (
+        now if state.phase in ("Running", *TERMINAL) else None
+    )
+    if state.phase in TERMINAL:
+        status["completionTime"] = current.get("completionTime") or rj_status.get("endTime") or now
+    else:
+        status["completionTime"] = None
+    # reason/message mirror the latest transition: they change only when the phase or its reason does, so a
+    # refusal recorded between transitions (an immutable field) stays visible until the next one.
+    if current.get("phase") != status["phase"] or _primary_reason(current) != state.reason:
+        status["reason"], status["message"] = state.reason, state.message
+    else:
+        status["reason"], status["message"] = current.get("reason"), current.get("message")
+    return status
+
+
+def _primary_reason(status: dict[str, Any]) -> str | None:
+    """The reason of the condition that decides the phase (what `State.reason` was when it was written)."""
+    phase = status.get("phase")
+    c = condition(status, phase if phase in ("Failed", "Succeeded", "Suspended") else "Running")
+    return c.get("reason") if c else None
+
+
+def invalid_status(*, message: str, generation: int | None, current: dict[str, Any] | None, now: str) -> dict:
+    """The status of a spec that can never run: Failed/InvalidSpec, nothing created."""
+    state = State("Failed", "InvalidSpec", message)
+    conds = conditions_for(state, created=False, created_message="")
+    conds = stamp(conds, (current or {}).get("conditions") or [], now=now, generation=generation)
+    return {
+        "observedGeneration": generation,
+        "conditions": conds,
+        "phase": "Failed",
+        "reason": "InvalidSpec",
+        "message": message,
+        "completionTime": (current or {}).get("completionTime") or now,
+    }
+
+
+def status_patch(current: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
+    """The merge patch from `current` to `new` (None deletes a key); empty when nothing changed."""
+    current = current or {}
+    patch: dict[str, Any] = {}
+    for key, value in new.items():
+        if current.get(key) != value:
+            patch[key] = value
+    return patch
+
+
+def transition(current: dict[str, Any] | None, new: dict[str, Any]) -> tuple[str, str, str] | None:
+    """(event type, reason, message) when the status moves to a new phase or reason, else None."""
+    current = current or {}
+    if current.get("phase") == new.get("phase") and current.get("reason") == new.get("reason"):
+        return None
+    if not new.get("reason"):
+        return None
+    warn = new.get("phase") == "Failed" or new.get("reason") in (*PENDING_PROBLEMS, "Retrying")
+    return ("Warning" if warn else "Normal", new["reason"], new.get("message") or "")
