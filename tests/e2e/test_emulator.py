@@ -80,6 +80,10 @@ def test_schema_validation_rejects_bad_specs_and_prunes_unknown_fields(client):
         co.create_namespaced_custom_object(G, V, NS, P, bad)
     assert e.value.status == 422
     assert "spec.model.numClasses" in json.loads(e.value.body)["message"]
+    cel = transferjob("cel", stages=[{"type": "Pretrain", "epochs": 1}, {"type": "Head", "epochs": 1}])
+    with pytest.raises(ApiException) as e:
+        co.create_namespaced_custom_object(G, V, NS, P, cel)
+    assert e.value.status == 422 and "Pretrain needs data" in json.loads(e.value.body)["message"]
     extra = transferjob("pruned")
     extra["spec"]["model"]["colour"] = "blue"
     extra["status"] = {"phase": "Succeeded"}

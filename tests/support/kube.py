@@ -418,9 +418,16 @@ class Store:
         obj = prune(obj, rt.schema, root=True)
         errors = sorted(rt.validator.iter_errors({k: v for k, v in obj.items() if k != "metadata"}),
                         key=lambda e: list(e.absolute_path))
-        if errors:
+        causes = [{"reason": "FieldValueInvalid", "field": _field_path(e), "message": e.message} for e in errors]
+        if not causes:
+            # x-kubernetes-validations (CEL) rules, evaluated with cel-python as the API server would.
+            from support.cel import cel_violations
+
+            body = {k: v for k, v in obj.items() if k != "metadata"}
+            causes = [{"reason": "FieldValueInvalid", "field": path, "message": message}
+                      for path, message in cel_violations(rt.schema, body)]
+        if causes:
             name = obj.get("metadata", {}).get("name", "")
-            causes = [{"reason": "FieldValueInvalid", "field": _field_path(e), "message": e.message} for e in errors]
             text = "; ".join(f"{c['field']}: Invalid value: {c['message']}" for c in causes)
             raise ApiError(422, "Invalid", f'{rt.kind}.{rt.group} "{name}" is invalid: {text}',
                            {"name": name, "group": rt.group, "kind": rt.kind, "causes": causes})
