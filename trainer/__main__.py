@@ -1,0 +1,54 @@
+"""The RayJob entrypoint: `python -m graft.trainer --job FILE [--storage URI]` (contract 1).
+
+Exit code 0 when every stage succeeded; 1 when a stage failed (the reason is in the ledger); 2 when the job
+file is unreadable or invalid. Rerunning the same command resumes the job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m graft.trainer", description=__doc__.splitlines()[0])
+    parser.add_argument("--job", required=True, help="TransferJob as a JSON or YAML file")
+    parser.add_argument("--storage", default=None, help="storage root when spec.storage.uri is empty")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s graft.trainer %(levelname)s %(message)s")
+
+    from graft.api.validation import InvalidSpec, load_job
+
+    try:
+        job = load_job(Path(args.job).read_text())
+    except OSError as exc:
+        print(f"error: {args.job}: cannot read the job file: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except InvalidSpec as exc:
+        print(f"error: {args.job}: invalid TransferJob: {exc}", file=sys.stderr)
+        return 2
+
+    from graft.trainer.driver import Driver, StageFailed
+    from graft.trainer.errors import InputError
+
+    from graft.storage import StorageError
+
+    try:
+        driver = Driver(job, args.storage)
+        ledger = driver.run()
+    except StageFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except (InputError, StorageError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    summary = {"job": driver.uid, "root": driver.root, "model": ledger.model_uri, "progress": ledger.progress()}
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,237 @@
+"""Labelled image sets: ImageFolder trees (local or `s3://`) and the offline built-in digits sets.
+
+A `Source` is a listed, not yet decoded, collection (file URIs or built-in pixels plus labels). Decoding
+gives float32 tensors `[N, 3, S, S]` in [0, 1]; normalisation (the weights' preset) and augmentation are
+applied per batch, so the same decoded tensors serve training, feature extraction and evaluation.
+"""
+
+from __future__ import annotations
+
+import io
+import posixpath
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow.fs as pafs
+import torch
+import torch.nn.functional as F
+from graft.trainer.errors import InputError
+
+from graft import storage
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".pgm", ".tif", ".tiff")
+
+#: The built-in sets are fixed (same images on every machine): these seeds are part of their definition.
+_DIGITS_SPLIT_SEED = 1234
+_DIGITS_NOISE_SEED = 4321
+DIGITS_NOISE_SIGMA = 0.4
+
+
+@dataclass
+class Source:
+    """A labelled image collection: file URIs (ImageFolder) or in-memory pixels (built-in)."""
+
+    uri: str
+    classes: list[str]
+    labels: np.ndarray
+    files: list[str] | None = None
+    pixels: np.ndarray | None = None
+    hflip: bool = True
+    extra: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, index: np.ndarray) -> Source:
+        index = np.asarray(index, dtype=np.int64)
+        return Source(
+            uri=self.uri,
+            classes=self.classes,
+            labels=self.labels[index],
+            files=[self.files[i] for i in index] if self.files is not None else None,
+            pixels=self.pixels[index] if self.pixels is not None else None,
+            hflip=self.hflip,
+        )
+
+    def images(self, size: int, threads: int = 8) -> torch.Tensor:
+        """Decode every image to float32 `[N, 3, size, size]` in [0, 1]."""
+        if self.pixels is not None:
+            x = torch.from_numpy(np.ascontiguousarray(self.pixels, dtype=np.float32))
+            if x.shape[-1] != size:
+                x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+            return x
+        assert self.files is not None
+        if not self.files:
+            return torch.zeros((0, 3, size, size))
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            arrays = list(pool.map(lambda uri: decode_image(uri, size), self.files))
+        return torch.from_numpy(np.stack(arrays)).float().div_(255.0)
+
+
+# ------------------------------------------------------------------------------------------ decoding
+
+
+def decode_image(uri: str, size: int) -> np.ndarray:
+    """Read and decode one image to uint8 `[3, size, size]` (RGB, resized); InputError names a bad file."""
+    from PIL import Image, UnidentifiedImageError
+
+    data = storage.read_bytes(uri)
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img = img.convert("RGB").resize((size, size), Image.BILINEAR)
+            return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).copy()
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise InputError(uri, f"not a readable image ({type(exc).__name__}: {exc})") from None
+
+
+def verify_images(source: Source, threads: int = 8) -> None:
+    """Check that every file of an ImageFolder source decodes (the run-time check for corrupt images)."""
+    if source.files is None:
+        return
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        list(pool.map(lambda uri: decode_image(uri, 8), source.files))
+
+
+# ------------------------------------------------------------------------------------------- listing
+
+
+def _builtin(name: str) -> Source:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = (digits.images / 16.0).astype(np.float32)  # [N, 8, 8] in [0, 1]
+    y = digits.target.astype(np.int64)
+    perm = np.random.RandomState(_DIGITS_SPLIT_SEED).permutation(len(y))
+    half = len(y) // 2
+    hflip = False  # a mirrored digit is another symbol
+    if name == "digits-clean":
+        x, y = x[perm[:half]], y[perm[:half]]
+    elif name == "digits-noisy":
+        x, y = x[perm[half:]], y[perm[half:]]
+        x = x + np.random.RandomState(_DIGITS_NOISE_SEED).normal(0.0, DIGITS_NOISE_SIGMA, x.shape).astype(np.float32)
+    elif name != "digits":
+        raise InputError(f"builtin:{name}", "unknown built-in data set; known: digits, digits-clean, digits-noisy")
+    pixels = np.repeat(x[:, None, :, :], 3, axis=1)
+    return Source(uri=f"builtin:{name}", classes=[str(i) for i in range(10)], labels=y, pixels=pixels, hflip=hflip)
+
+
+def _image_folder(uri: str) -> Source:
+    fs, root = storage.filesystem(uri)
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=False))
+    except FileNotFoundError:
+        raise InputError(uri, "not found (expected an ImageFolder: one sub-folder of images per class)") from None
+    except OSError as exc:
+        raise storage._explain(uri, exc) from exc
+    class_dirs: set[str] = set()
+    per_class: dict[str, list[str]] = {}
+    for info in infos:
+        rel = posixpath.relpath(info.path, root)
+        parts = rel.split("/")
+        if info.type == pafs.FileType.Directory:
+            if len(parts) == 1 and not parts[0].startswith("."):
+                class_dirs.add(parts[0])
+            continue
+        if len(parts) < 2 or parts[0].startswith(".") or parts[-1].startswith("."):
+            continue
+        class_dirs.add(parts[0])
+        if parts[-1].lower().endswith(IMAGE_EXTENSIONS):
+            per_class.setdefault(parts[0], []).append(storage.join(uri.rstrip("/"), *parts))
+    if not class_dirs:
+        raise InputError(uri, "no class folders found (expected an ImageFolder: one sub-folder of images per class)")
+    empty = sorted(c for c in class_dirs if not per_class.get(c))
+    if empty:
+        raise InputError(
+            storage.join(uri.rstrip("/"), empty[0]),
+            f"class folder has no images ({', '.join(IMAGE_EXTENSIONS)}); empty class folders: {empty}",
+        )
+    classes = sorted(class_dirs)
+    files: list[str] = []
+    labels: list[int] = []
+    for i, c in enumerate(classes):
+        for f in sorted(per_class[c]):
+            files.append(f)
+            labels.append(i)
+    return Source(uri=uri, classes=classes, labels=np.asarray(labels, dtype=np.int64), files=files)
+
+
+def open_source(uri: str) -> Source:
+    """List a data set: `builtin:<name>`, or an ImageFolder at a local path, `file://` or `s3://` prefix."""
+    if uri.startswith("builtin:"):
+        return _builtin(uri[len("builtin:") :])
+    return _image_folder(uri)
+
+
+# -------------------------------------------------------------------------------------------- splits
+
+
+def split(source: Source, fraction: float, seed: int) -> tuple[Source, Source]:
+    """Stratified hold-out: `fraction` of each class goes to validation (at least one image each)."""
+    rng = np.random.RandomState(seed)
+    train_idx, val_idx = [], []
+    for c in np.unique(source.labels):
+        idx = np.flatnonzero(source.labels == c)
+        rng.shuffle(idx)
+        n_val = max(1, round(len(idx) * fraction)) if len(idx) > 1 else 0
+        val_idx.extend(idx[:n_val])
+        train_idx.extend(idx[n_val:])
+    return source.subset(np.sort(train_idx)), source.subset(np.sort(val_idx))
+
+
+def few_shot(source: Source, shots: int, seed: int) -> Source:
+    """Keep `shots` images per class (all of a class that has fewer)."""
+    rng = np.random.RandomState(seed + 7919)
+    keep = []
+    for c in np.unique(source.labels):
+        idx = np.flatnonzero(source.labels == c)
+        rng.shuffle(idx)
+        keep.extend(idx[:shots])
+    return source.subset(np.sort(keep))
+
+
+def train_val(train_uri: str, validation_uri: str | None, fraction: float, seed: int, shots: int | None = None):
+    """The (train, validation) sources of a data spec: explicit validation set or a stratified split."""
+    train = open_source(train_uri)
+    if validation_uri:
+        val = open_source(validation_uri)
+        if val.classes != train.classes:
+            raise InputError(
+                validation_uri, f"validation classes {val.classes} differ from the training classes {train.classes}"
+            )
+    else:
+        train, val = split(train, fraction, seed)
+    if shots:
+        train = few_shot(train, shots, seed)
+    return train, val
+
+
+# ------------------------------------------------------------------------------------ preprocessing
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
+    m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return (x - m) / s
+
+
+def augment(x: torch.Tensor, hflip: bool, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Train-time augmentation on a batch: random translation (pad + crop) and, where it suits, flips."""
+    n, _, h, w = x.shape
+    pad = max(1, h // 8)
+    padded = F.pad(x, (pad, pad, pad, pad), mode="replicate")
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    # Per-sample crops via gather-free indexing: build index grids once per batch.
+    rows = (dy.view(n, 1) + torch.arange(h).view(1, h)).to(x.device)
+    cols = (dx.view(n, 1) + torch.arange(w).view(1, w)).to(x.device)
+    out = padded[torch.arange(n, device=x.device).view(n, 1, 1, 1), torch.arange(x.shape[1], device=x.device).view(
+        1, -1, 1, 1
+    ), rows.view(n, 1, h, 1), cols.view(n, 1, 1, w)]
+    if hflip:
+        flip = (torch.rand(n, generator=generator) < 0.5).to(x.device).view(n, 1, 1, 1)
+        out = torch.where(flip, out.flip(-1), out)
+    return out

@@ -1,0 +1,308 @@
+"""The training loops of the stages, written against a `Session` (Ray Train worker or local process).
+
+- `train_network`: Pretrain (from scratch, SGD) and FullFineTune (AdamW, discriminative LR, warm-up +
+  cosine, label smoothing, gradient clipping, bf16 autocast and channels_last on GPU).
+- `train_head`: a linear head on stored features. It never builds or runs a backbone.
+- `extract_features`: the frozen backbone over a batch of images (used by the FrozenFeatures actors).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import time
+from contextlib import nullcontext
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from graft.trainer import data as data_mod
+from graft.trainer import models
+from torch import nn
+
+from graft import storage
+from graft.api.models import FullFineTuneStage, HeadStage, PretrainStage, TransferJobSpec
+
+
+def stage_spec(cfg: dict[str, Any]):
+    spec = TransferJobSpec.model_validate(cfg["spec"])
+    return spec, spec.stages[cfg["index"]]
+
+
+def _shard(n: int, rank: int, world: int, generator: torch.Generator) -> torch.Tensor:
+    """This rank's indices for one epoch: a shared permutation padded so every rank takes as many steps
+    (DDP hangs when ranks disagree on the number of steps)."""
+    perm = torch.randperm(n, generator=generator)
+    per_rank = math.ceil(n / world)
+    if per_rank * world > n:
+        perm = torch.cat([perm, perm[: per_rank * world - n]])
+    return perm[rank::world]
+
+
+def _schedule(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int):
+    def factor(step: int) -> float:
+        if warmup_steps and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def read_tensor_file(uri: str) -> dict[str, torch.Tensor]:
+    return torch.load(io.BytesIO(storage.read_bytes(uri)), map_location="cpu", weights_only=True)
+
+
+def _evaluate(session, model, x, y, preset, batch, autocast, channels_last) -> tuple[float, float]:
+    """(loss, accuracy) over the validation set, sharded across ranks and summed."""
+    model.eval()
+    idx = torch.arange(session.rank, len(y), session.world_size)
+    loss_sum, correct = 0.0, 0.0
+    with torch.no_grad():
+        for start in range(0, len(idx), batch):
+            b = idx[start : start + batch]
+            xb = data_mod.normalize(x[b].to(session.device), preset["mean"], preset["std"])
+            if channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            with autocast():
+                logits = model(xb).float()
+            yb = y[b].to(session.device)
+            loss_sum += F.cross_entropy(logits, yb, reduction="sum").item()
+            correct += (logits.argmax(1) == yb).sum().item()
+    loss_sum, correct, count = session.all_sum([loss_sum, correct, float(len(idx))])
+    return loss_sum / max(1.0, count), correct / max(1.0, count)
+
+
+def train_network(session, cfg: dict[str, Any]) -> None:
+    """Pretrain or FullFineTune: epochs over decoded images, a checkpoint per epoch."""
+    spec, stage = stage_spec(cfg)
+    assert isinstance(stage, PretrainStage | FullFineTuneStage)
+    seed = spec.data.seed
+    size = spec.data.image_size
+    if isinstance(stage, PretrainStage):
+        train_src, val_src = data_mod.train_val(stage.data, None, spec.data.validation_split, seed)
+        num_classes = stage.num_classes
+    else:
+        train_src, val_src = data_mod.train_val(
+            spec.data.train, spec.data.validation, spec.data.validation_split, seed, spec.data.shots_per_class
+        )
+        num_classes = spec.model.num_classes
+    x_train, y_train = train_src.images(size), torch.from_numpy(train_src.labels)
+    x_val, y_val = val_src.images(size), torch.from_numpy(val_src.labels)
+    preset = cfg["preprocessing"]
+
+    torch.manual_seed(seed)
+    net = models.build(spec.model.backbone, num_classes, size)
+    if cfg.get("init_backbone"):
+        models.load_weights(net, cfg["init_backbone"])
+    if cfg.get("init_head"):
+        head = read_tensor_file(cfg["init_head"])
+        net.head.load_state_dict({"weight": head["head.weight"], "bias": head["head.bias"]})
+
+    on_gpu = session.device.type == "cuda"
+    fft = isinstance(stage, FullFineTuneStage)
+    # bf16 autocast only where it is fast and safe: on GPU ("auto"), never on CPU even if asked.
+    bf16 = on_gpu and (not fft or stage.precision != "fp32")
+    channels_last = on_gpu and (not fft or stage.channels_last)
+    augment = stage.augment if fft else True
+
+    world = session.world_size
+    per_rank_batch = max(1, stage.batch_size // world)
+    steps_per_epoch = math.ceil(math.ceil(len(y_train) / world) / per_rank_batch)
+    total_steps = steps_per_epoch * stage.epochs
+    if fft:
+        optimizer = torch.optim.AdamW(
+            [
+                {"params": net.backbone.parameters(), "lr": stage.lr * stage.backbone_lr_scale},
+                {"params": net.head.parameters(), "lr": stage.lr},
+            ],
+            weight_decay=stage.weight_decay,
+        )
+        warmup = round(stage.warmup_epochs * steps_per_epoch)
+    else:
+        optimizer = torch.optim.SGD(
+            net.parameters(), lr=stage.lr, momentum=0.9, nesterov=True, weight_decay=stage.weight_decay
+        )
+        warmup = 0
+    scheduler = _schedule(optimizer, warmup, total_steps)
+
+    start_epoch, history = 0, []
+    state = session.load_state()
+    if state is not None:
+        net.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, history = state["epoch"], state["history"]
+
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    model = session.prepare_model(net)
+
+    def autocast():
+        return torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else nullcontext()
+
+    grad_clip = stage.grad_clip_norm if fft else None
+    eval_batch = max(per_rank_batch, 256)
+    for epoch in range(start_epoch, stage.epochs):
+        model.train()
+        gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        idx = _shard(len(y_train), session.rank, world, gen)
+        loss_sum, seen, t0 = 0.0, 0, time.perf_counter()
+        for start in range(0, len(idx), per_rank_batch):
+            b = idx[start : start + per_rank_batch]
+            xb = x_train[b]
+            if augment:
+                xb = data_mod.augment(xb, train_src.hflip, gen)
+            xb = data_mod.normalize(xb.to(session.device, non_blocking=True), preset["mean"], preset["std"])
+            if channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            yb = y_train[b].to(session.device, non_blocking=True)
+            with autocast():
+                loss = F.cross_entropy(model(xb).float(), yb, label_smoothing=stage.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            optimizer.step()
+            scheduler.step()
+            loss_sum += loss.item() * len(b)
+            seen += len(b)
+        train_seconds = time.perf_counter() - t0
+        loss_sum, seen, train_seconds = session.all_sum([loss_sum, float(seen), train_seconds])
+        val_loss, val_acc = _evaluate(session, model, x_val, y_val, preset, eval_batch, autocast, channels_last)
+        metrics = {
+            "epoch": float(epoch + 1),
+            "train_loss": loss_sum / max(1.0, seen),
+            "val_loss": val_loss,
+            "val_accuracy": val_acc,
+            "images_per_second": seen / max(1e-9, train_seconds / world),
+            "resumed_from": float(start_epoch),
+        }
+        history.append(metrics)
+        new_state = None
+        if session.rank == 0:
+            new_state = {
+                "model": {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()},
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "epoch": epoch + 1,
+                "history": history,
+                "classes": train_src.classes,
+            }
+        session.report(metrics, new_state, epoch + 1, stage.epochs)
+
+
+def train_head(session, cfg: dict[str, Any]) -> None:
+    """Head: a linear classifier on stored features (`features/train.pt`, `features/val.pt`).
+
+    Only `nn.Linear` is built here: the backbone is never constructed, loaded or run."""
+    spec, stage = stage_spec(cfg)
+    assert isinstance(stage, HeadStage)
+    train = read_tensor_file(storage.join(cfg["features"], "train.pt"))
+    val = read_tensor_file(storage.join(cfg["features"], "val.pt"))
+    x_train, y_train, x_val, y_val = train["features"], train["labels"], val["features"], val["labels"]
+    num_classes = spec.model.num_classes
+    torch.manual_seed(spec.data.seed)
+    head = nn.Linear(x_train.shape[1], num_classes)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=stage.lr, weight_decay=stage.weight_decay)
+    world = session.world_size
+    per_rank_batch = max(1, stage.batch_size // world)
+    steps_per_epoch = math.ceil(math.ceil(len(y_train) / world) / per_rank_batch)
+    scheduler = _schedule(optimizer, 0, steps_per_epoch * stage.epochs)
+    start_epoch, history = 0, []
+    state = session.load_state()
+    if state is not None:
+        head.load_state_dict(state["head"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, history = state["epoch"], state["history"]
+    model = session.prepare_model(head)
+    every = max(1, stage.epochs // 10)
+    for epoch in range(start_epoch, stage.epochs):
+        model.train()
+        gen = torch.Generator().manual_seed(spec.data.seed * 100_003 + epoch)
+        idx = _shard(len(y_train), session.rank, world, gen)
+        loss_sum = 0.0
+        for start in range(0, len(idx), per_rank_batch):
+            b = idx[start : start + per_rank_batch]
+            loss = F.cross_entropy(model(x_train[b].to(session.device)), y_train[b].to(session.device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            loss_sum += loss.item() * len(b)
+        loss_sum, seen = session.all_sum([loss_sum, float(len(idx))])
+        model.eval()
+        with torch.no_grad():
+            logits = model(x_val.to(session.device))
+            val_loss = F.cross_entropy(logits, y_val.to(session.device)).item()
+            val_acc = (logits.argmax(1).cpu() == y_val).float().mean().item()
+        metrics = {
+            "epoch": float(epoch + 1),
+            "train_loss": loss_sum / max(1.0, seen),
+            "val_loss": val_loss,
+            "val_accuracy": val_acc,
+            "resumed_from": float(start_epoch),
+        }
+        history.append(metrics)
+        last = epoch + 1 == stage.epochs
+        new_state = None
+        if (last or (epoch + 1) % every == 0) and session.rank == 0:
+            new_state = {
+                "head": {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()},
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "epoch": epoch + 1,
+                "history": history,
+            }
+        session.report(metrics, new_state if (last or (epoch + 1) % every == 0) else None, epoch + 1, stage.epochs)
+
+
+# ------------------------------------------------------------------------------------------ features
+
+
+def feature_model(cfg: dict[str, Any]) -> models.GraftNet:
+    """The frozen backbone for FrozenFeatures, in eval mode with its weights loaded."""
+    spec = TransferJobSpec.model_validate(cfg["spec"])
+    net = models.build(spec.model.backbone, spec.model.num_classes, spec.data.image_size)
+    if cfg.get("init_backbone"):
+        models.load_weights(net, cfg["init_backbone"])
+    net.eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net
+
+
+def extract_features(backbone: nn.Module, x: torch.Tensor, preset: dict, device: torch.device, bf16: bool = False):
+    """Pooled features of a batch of [0, 1] images (float32 on the CPU)."""
+    with torch.inference_mode():
+        xb = data_mod.normalize(x.to(device), preset["mean"], preset["std"])
+        ctx = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else nullcontext()
+        with ctx:
+            return backbone(xb).float().cpu()
+
+
+class FeatureExtractor:
+    """A Ray Data actor: decodes a batch of images and returns their pooled backbone features."""
+
+    def __init__(self, cfg: dict[str, Any]):
+        self.cfg = cfg
+        self.device = torch.device("cuda" if torch.cuda.is_available() and cfg.get("gpu") else "cpu")
+        self.backbone = feature_model(cfg).backbone.to(self.device)
+        self.size = TransferJobSpec.model_validate(cfg["spec"]).data.image_size
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if "uri" in batch:
+            x = torch.from_numpy(np.stack([data_mod.decode_image(str(u), self.size) for u in batch["uri"]]))
+            x = x.float().div_(255.0)
+        else:
+            x = torch.from_numpy(np.stack(list(batch["pixels"])).astype(np.float32))
+            if x.shape[-1] != self.size:
+                x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        feats = extract_features(self.backbone, x, self.cfg["preprocessing"], self.device, self.device.type == "cuda")
+        return {"idx": batch["idx"], "split": batch["split"], "label": batch["label"], "feature": feats.numpy()}

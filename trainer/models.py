@@ -1,0 +1,194 @@
+"""Networks: torchvision backbones by name (and a small CNN for tiny images) split into a feature
+extractor (`backbone`, pooled features) and a linear classifier (`head`), plus weights from a URI.
+
+`GraftNet.state_dict()` keys are `backbone.*` (the torchvision model's own keys, minus its classifier)
+and `head.weight` / `head.bias`.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping
+
+import torch
+from graft.trainer.data import IMAGENET_MEAN, IMAGENET_STD
+from graft.trainer.errors import InputError
+from torch import nn
+
+from graft import storage
+from graft.api.models import BACKBONES
+
+#: Per family: the classifier attribute and what replaces it so that the model returns pooled features.
+#: mobilenet_v3's classifier starts with a 960->1280 layer: features are the 960 pooled ones, the
+#: whole classifier is replaced. convnext keeps its LayerNorm + Flatten (the head's input normalisation).
+_CLASSIFIER = {
+    "resnet18": "fc",
+    "resnet50": "fc",
+    "mobilenet_v3_large": "classifier",
+    "efficientnet_b0": "classifier",
+    "convnext_tiny": "classifier",
+    "vit_b_16": "heads",
+}
+
+
+class SmallCNN(nn.Module):
+    """Three conv blocks and global average pooling: 64 features, for tiny images such as 8x8 digits."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 32, 3, padding=1, bias=False),
+            nn.BatchNorm2d(32),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(32, 64, 3, padding=1, bias=False),
+            nn.BatchNorm2d(64),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(64, 64, 3, padding=1, bias=False),
+            nn.BatchNorm2d(64),
+            nn.ReLU(inplace=True),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+
+class GraftNet(nn.Module):
+    """A backbone returning pooled features and a linear head on top."""
+
+    def __init__(self, arch: str, backbone: nn.Module, feature_dim: int, num_classes: int):
+        super().__init__()
+        self.arch = arch
+        self.feature_dim = feature_dim
+        self.backbone = backbone
+        self.head = nn.Linear(feature_dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
+def _torchvision_model(arch: str, image_size: int, num_classes: int = 1000) -> nn.Module:
+    import torchvision
+
+    kwargs = {"num_classes": num_classes}
+    if arch == "vit_b_16":
+        kwargs["image_size"] = image_size
+    return torchvision.models.get_model(arch, weights=None, **kwargs)
+
+
+def _strip_classifier(arch: str, model: nn.Module) -> nn.Module:
+    attr = _CLASSIFIER[arch]
+    if arch == "convnext_tiny":
+        model.classifier = nn.Sequential(model.classifier[0], model.classifier[1])
+    else:
+        setattr(model, attr, nn.Identity())
+    return model
+
+
+def build(arch: str, num_classes: int, image_size: int = 224) -> GraftNet:
+    """A randomly initialised GraftNet of the named architecture with `num_classes` outputs."""
+    if arch not in BACKBONES:
+        raise InputError("spec.model.backbone", f"unknown backbone {arch!r}; known: {', '.join(BACKBONES)}")
+    if arch == "smallcnn":
+        backbone: nn.Module = SmallCNN()
+    else:
+        if arch == "vit_b_16" and image_size % 16:
+            raise InputError("spec.data.imageSize", f"vit_b_16 needs an image size divisible by 16, got {image_size}")
+        backbone = _strip_classifier(arch, _torchvision_model(arch, image_size))
+    return GraftNet(arch, backbone, BACKBONES[arch], num_classes)
+
+
+def _classifier_keys(arch: str, keys) -> set[str]:
+    """Keys of the torchvision classifier that the head replaces (convnext keeps its norm, classifier.0)."""
+    if arch == "smallcnn":
+        return set()
+    attr = _CLASSIFIER[arch]
+    drop = {k for k in keys if k.startswith(attr + ".")}
+    if arch == "convnext_tiny":
+        drop = {k for k in drop if not k.startswith("classifier.0.")}
+    return drop
+
+
+def read_state_dict(uri: str) -> dict[str, torch.Tensor]:
+    """A state_dict from `torchvision:<WEIGHTS>`, `s3://` or a local file; InputError names the URI and cause."""
+    if uri.startswith("torchvision:"):
+        raise ValueError("torchvision: weights need the architecture; use load_weights")
+    try:
+        data = storage.read_bytes(uri)
+    except FileNotFoundError:
+        raise InputError(uri, "weights file not found") from None
+    try:
+        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise InputError(uri, f"not a PyTorch state_dict file ({type(exc).__name__}: {exc})") from None
+    if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
+        obj = obj["model"]  # a Graft or training checkpoint
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise InputError(uri, "not a state_dict (expected a mapping of parameter names to tensors)")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def _torchvision_state_dict(arch: str, uri: str) -> dict[str, torch.Tensor]:
+    import torchvision
+
+    name = uri[len("torchvision:") :]
+    if arch == "smallcnn":
+        raise InputError(uri, "smallcnn has no torchvision weights; use a file or s3:// URI")
+    try:
+        enum = torchvision.models.get_model_weights(arch)
+        weights = enum[name] if name != "DEFAULT" else enum.DEFAULT
+    except KeyError:
+        known = ", ".join(w.name for w in torchvision.models.get_model_weights(arch))
+        raise InputError(uri, f"no such torchvision weights for {arch}; known: {known}") from None
+    try:
+        return weights.get_state_dict(progress=False, check_hash=True)
+    except Exception as exc:
+        raise InputError(uri, f"cannot download {weights.url} ({type(exc).__name__}: {exc}); no network?") from None
+
+
+def torchvision_preset(arch: str, uri: str | None) -> dict:
+    """Normalisation of the weights' preset (ImageNet statistics for torchvision backbones)."""
+    if arch == "smallcnn":
+        return {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
+    if uri and uri.startswith("torchvision:"):
+        try:
+            import torchvision
+
+            enum = torchvision.models.get_model_weights(arch)
+            name = uri[len("torchvision:") :]
+            tf = (enum.DEFAULT if name == "DEFAULT" else enum[name]).transforms()
+            return {"mean": list(tf.mean), "std": list(tf.std)}
+        except (KeyError, AttributeError):
+            pass
+    return {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+
+
+def load_backbone_state(net: GraftNet, state: Mapping[str, torch.Tensor], uri: str) -> None:
+    """Load backbone weights given as a GraftNet or plain torchvision state_dict; the head stays as it is."""
+    if any(k.startswith("backbone.") for k in state):
+        sd = {k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")}
+    else:
+        drop = _classifier_keys(net.arch, state.keys())
+        sd = {k: v for k, v in state.items() if k not in drop}
+        if net.arch == "smallcnn":
+            sd = {k: v for k, v in sd.items() if k.startswith("features.")}
+    own = net.backbone.state_dict()
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    wrong = sorted(k for k in set(own) & set(sd) if own[k].shape != sd[k].shape)
+    if missing or unexpected or wrong:
+        detail = "; ".join(
+            f"{what}: {keys[:3]}{' ...' if len(keys) > 3 else ''}"
+            for what, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", wrong))
+            if keys
+        )
+        raise InputError(uri, f"weights do not fit backbone {net.arch} ({detail})")
+    net.backbone.load_state_dict(sd, strict=True)
+
+
+def load_weights(net: GraftNet, uri: str) -> None:
+    """Initialise the backbone from a weights URI (`torchvision:NAME`, `s3://...`, local file)."""
+    state = _torchvision_state_dict(net.arch, uri) if uri.startswith("torchvision:") else read_state_dict(uri)
+    load_backbone_state(net, state, uri)

@@ -1,0 +1,118 @@
+"""Where a training loop runs: one Ray Train worker (`RaySession`) or the current process (`LocalSession`).
+
+The stage loops talk only to this interface (rank, device, DDP wrapping, reporting, resuming), so the same
+code runs under Ray Train and in-process (statistical tests, benchmarks' baselines).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+import torch
+
+from graft import storage
+from graft.ledger import Ledger
+
+
+class LocalSession:
+    """A single process: no DDP, checkpoints kept in memory."""
+
+    rank = 0
+    world_size = 1
+
+    def __init__(self, device: str = "cpu", ledger_root: str | None = None, stage: str | None = None):
+        self.device = torch.device(device)
+        self.state: dict[str, Any] | None = None
+        self.reports: list[dict[str, float]] = []
+        self.ledger_root = ledger_root
+        self.stage = stage
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model.to(self.device)
+
+    def load_state(self) -> dict[str, Any] | None:
+        return self.state
+
+    def all_sum(self, values: list[float]) -> list[float]:
+        return values
+
+    def report(self, metrics: dict[str, float], state: dict[str, Any] | None, epoch: int, epochs: int) -> None:
+        self.reports.append(dict(metrics))
+        if state is not None:
+            self.state = state
+
+
+class RaySession:
+    """One Ray Train worker: DDP through `prepare_model`, checkpoints persisted by Ray Train."""
+
+    def __init__(self, ledger_root: str | None, stage: str, checkpoint_root: str):
+        import ray.train
+        import ray.train.torch
+
+        ctx = ray.train.get_context()
+        self.rank = ctx.get_world_rank()
+        self.world_size = ctx.get_world_size()
+        self.device = ray.train.torch.get_device()
+        self.ledger_root = ledger_root
+        self.stage = stage
+        self.checkpoint_root = checkpoint_root
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        import ray.train.torch
+
+        return ray.train.torch.prepare_model(model)
+
+    def load_state(self) -> dict[str, Any] | None:
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            return None
+        with checkpoint.as_directory() as d:
+            return torch.load(os.path.join(d, "state.pt"), map_location="cpu", weights_only=False)
+
+    def all_sum(self, values: list[float]) -> list[float]:
+        if self.world_size == 1:
+            return values
+        import torch.distributed as dist
+
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return t.tolist()
+
+    def report(self, metrics: dict[str, float], state: dict[str, Any] | None, epoch: int, epochs: int) -> None:
+        """Report an epoch; `state` (rank 0 only) becomes a checkpoint. Every rank must call this."""
+        import ray.train
+        from ray.train import Checkpoint
+
+        name = f"epoch_{epoch:05d}"
+        if state is not None and self.rank == 0:
+            with tempfile.TemporaryDirectory(prefix="graft-ckpt-") as tmp:
+                torch.save(state, os.path.join(tmp, "state.pt"))
+                ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp), checkpoint_dir_name=name)
+            checkpoint_uri = storage.join(self.checkpoint_root, name)
+        else:
+            ray.train.report(metrics, checkpoint=None, checkpoint_dir_name=name if state is not None else None)
+            checkpoint_uri = None
+        if self.rank == 0 and self.ledger_root:
+            record_epoch(self.ledger_root, self.stage, metrics, epoch, epochs, checkpoint_uri)
+
+
+def record_epoch(
+    root: str, stage: str, metrics: dict[str, float], epoch: int, epochs: int, checkpoint: str | None
+) -> None:
+    """Write one finished epoch into the ledger (rank 0 only; the driver is blocked in `fit` meanwhile)."""
+    ledger = Ledger.load(root)
+    if ledger is None:
+        return
+    rec = ledger.stage(stage)
+    rec.epoch = epoch
+    rec.epochs = epochs
+    rec.metrics = {k: float(v) for k, v in metrics.items() if k != "epoch"}
+    # A resumed attempt replays history from its checkpoint: drop entries at or after this epoch first.
+    rec.history = [h for h in rec.history if h.get("epoch", 0) < epoch] + [{k: float(v) for k, v in metrics.items()}]
+    if checkpoint:
+        rec.checkpoint = checkpoint
+    ledger.save(root)
