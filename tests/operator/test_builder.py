@@ -1,0 +1,272 @@
+"""The pure RayJob / ConfigMap builders against expected dicts (table-driven, named cases)."""
+# ruff: noqa: S104, S108 (expected pod specs: an emptyDir at /tmp, the dashboard on all interfaces)
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+from graft.operator import builder
+
+from graft.api.validation import validate_document, validate_spec
+
+UID = "5c1f7a0e-1d2b-4c3d-9e8f-0a1b2c3d4e5f"
+
+BASE_SPEC = {
+    "model": {"backbone": "smallcnn", "numClasses": 10, "weights": "s3://models/smallcnn.pt"},
+    "data": {"train": "builtin:digits-noisy", "imageSize": 8},
+    "stages": [{"type": "FrozenFeatures"}, {"type": "Head", "epochs": 5}],
+    "storage": {"uri": "s3://bucket/jobs"},
+}
+
+
+def _spec(**overrides):
+    raw = copy.deepcopy(BASE_SPEC)
+    for key, value in overrides.items():
+        raw[key] = value
+    parsed, problems = validate_spec(raw)
+    assert not problems, problems
+    return parsed
+
+
+def _body(name="digits", namespace="ml", uid=UID):
+    return {
+        "apiVersion": "graft.dev/v1alpha1",
+        "kind": "TransferJob",
+        "metadata": {"name": name, "namespace": namespace, "uid": uid, "labels": {"app.kubernetes.io/instance": "x"}},
+    }
+
+
+SECURITY = {
+    "runAsNonRoot": True,
+    "runAsUser": 1000,
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def test_base_rayjob_matches_expected_dict():
+    _, rayjob = builder.build_children(_body(), _spec())
+    name = builder.rayjob_name("digits", UID)
+    pod_labels = {
+        "graft.dev/transferjob": "digits",
+        "app.kubernetes.io/name": "graft",
+        "app.kubernetes.io/component": "ray",
+        "app.kubernetes.io/part-of": "graft",
+        "app.kubernetes.io/managed-by": "graft-operator",
+        "graft.dev/rayjob": name,
+    }
+    env = [{"name": "HOME", "value": "/tmp"}, {"name": "RAY_USAGE_STATS_ENABLED", "value": "0"}]
+    volumes = [{"name": "tmp", "emptyDir": {}}, {"name": "dshm", "emptyDir": {"medium": "Memory"}}]
+    mounts = [{"name": "tmp", "mountPath": "/tmp"}, {"name": "dshm", "mountPath": "/dev/shm"}]
+
+    def pod(container, cpu, memory, head):
+        return {
+            "metadata": {"labels": pod_labels},
+            "spec": {
+                "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+                "containers": [{
+                    "name": container,
+                    "image": "ghcr.io/graft-dev/graft-trainer:0.1.0",
+                    "imagePullPolicy": "IfNotPresent",
+                    "resources": {"requests": {"cpu": cpu, "memory": memory}, "limits": {"cpu": cpu, "memory": memory}},
+                    "env": env,
+                    "volumeMounts": mounts + ([{"name": "graft-job", "mountPath": "/etc/graft/job", "readOnly": True}]
+                                              if head else []),
+                    "securityContext": SECURITY,
+                }],
+                "volumes": volumes + ([{"name": "graft-job", "configMap": {"name": name}}] if head else []),
+            },
+        }
+
+    assert rayjob == {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayJob",
+        "metadata": {
+            "name": name,
+            "namespace": "ml",
+            "labels": {
+                "graft.dev/transferjob": "digits",
+                "app.kubernetes.io/name": "graft",
+                "app.kubernetes.io/component": "rayjob",
+                "app.kubernetes.io/part-of": "graft",
+                "app.kubernetes.io/managed-by": "graft-operator",
+            },
+            "ownerReferences": [{
+                "apiVersion": "graft.dev/v1alpha1", "kind": "TransferJob", "name": "digits", "uid": UID,
+                "controller": True, "blockOwnerDeletion": True,
+            }],
+        },
+        "spec": {
+            "entrypoint": "python -m graft.trainer --job /etc/graft/job/transferjob.json",
+            "submissionMode": "K8sJobMode",
+            "shutdownAfterJobFinishes": True,
+            "suspend": False,
+            "backoffLimit": 3,
+            "rayClusterSpec": {
+                "rayVersion": "2.60.0",
+                "headGroupSpec": {
+                    "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"},
+                    "template": pod("ray-head", "1", "2Gi", head=True),
+                },
+                "workerGroupSpecs": [{
+                    "groupName": "workers", "replicas": 1, "minReplicas": 1, "maxReplicas": 1, "rayStartParams": {},
+                    "template": pod("ray-worker", "1", "4Gi", head=False),
+                }],
+            },
+        },
+    }
+
+
+def _worker(rj):
+    return rj["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]
+
+
+def _pods(rj):
+    return [rj["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"], _worker(rj)["template"]["spec"]]
+
+
+CASES = [
+    pytest.param(
+        {"workers": {"replicas": 4, "gpus": 2, "cpus": "8", "memory": "64Gi"}},
+        lambda rj: (
+            _worker(rj)["replicas"] == _worker(rj)["minReplicas"] == _worker(rj)["maxReplicas"] == 4
+            and _worker(rj)["template"]["spec"]["containers"][0]["resources"]
+            == {"requests": {"cpu": "8", "memory": "64Gi", "nvidia.com/gpu": 2},
+                "limits": {"cpu": "8", "memory": "64Gi", "nvidia.com/gpu": 2}}
+            # the head runs only the driver: never a GPU
+            and "nvidia.com/gpu" not in _pods(rj)[0]["containers"][0]["resources"]["limits"]
+        ),
+        id="gpu-workers-requests-equal-limits",
+    ),
+    pytest.param(
+        {"scheduling": {"nodeSelector": {"gpu": "h200"}, "priorityClassName": "research",
+                        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]}},
+        lambda rj: all(
+            p["nodeSelector"] == {"gpu": "h200"} and p["priorityClassName"] == "research"
+            and p["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+            for p in _pods(rj)
+        ),
+        id="scheduling-on-head-and-workers",
+    ),
+    pytest.param(
+        {"scheduling": {"queueName": "team-a"}},
+        lambda rj: rj["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a",
+        id="kueue-queue-label",
+    ),
+    pytest.param(
+        {},
+        lambda rj: "kueue.x-k8s.io/queue-name" not in rj["metadata"]["labels"] and "nodeSelector" not in _pods(rj)[0],
+        id="no-scheduling-no-extras",
+    ),
+    pytest.param(
+        {"runPolicy": {"suspend": True, "activeDeadlineSeconds": 600, "backoffLimit": 0}},
+        lambda rj: (rj["spec"]["suspend"], rj["spec"]["activeDeadlineSeconds"], rj["spec"]["backoffLimit"])
+        == (True, 600, 0),
+        id="run-policy-pass-through",
+    ),
+    pytest.param(
+        {"runPolicy": {"ttlSecondsAfterFinished": 60}},
+        lambda rj: "ttlSecondsAfterFinished" not in rj["spec"] and "activeDeadlineSeconds" not in rj["spec"],
+        id="ttl-enforced-by-operator-not-kuberay",
+    ),
+    pytest.param(
+        {"storage": {"uri": "s3://bucket/jobs", "endpoint": "http://minio.storage:9000", "region": "eu-west-1",
+                     "credentialsSecret": {"name": "s3-creds", "accessKeyIdKey": "id", "secretAccessKeyKey": "key"}}},
+        lambda rj: all(
+            p["containers"][0]["env"][2:] == [
+                {"name": "AWS_ACCESS_KEY_ID", "valueFrom": {"secretKeyRef": {"name": "s3-creds", "key": "id"}}},
+                {"name": "AWS_SECRET_ACCESS_KEY", "valueFrom": {"secretKeyRef": {"name": "s3-creds", "key": "key"}}},
+                {"name": "AWS_ENDPOINT_URL", "value": "http://minio.storage:9000"},
+                {"name": "AWS_REGION", "value": "eu-west-1"},
+            ]
+            for p in _pods(rj)
+        ),
+        id="credentials-only-by-secret-reference",
+    ),
+    pytest.param(
+        {"image": "registry.local/graft-trainer@sha256:" + "a" * 64},
+        lambda rj: all(p["containers"][0]["image"] == "registry.local/graft-trainer@sha256:" + "a" * 64
+                       for p in _pods(rj)),
+        id="image-on-every-pod",
+    ),
+]
+
+
+@pytest.mark.parametrize(("overrides", "check"), CASES)
+def test_rayjob_variants(overrides, check):
+    _, rayjob = builder.build_children(_body(), _spec(**overrides))
+    assert check(rayjob)
+    # whatever the spec, the entrypoint is the fixed string: no user value is ever interpolated into it
+    assert rayjob["spec"]["entrypoint"] == "python -m graft.trainer --job /etc/graft/job/transferjob.json"
+
+
+NAME_CASES = [
+    pytest.param("digits", "digits-", id="short-name-kept"),
+    pytest.param("a" * 63, "a" * 38 + "-", id="longest-name-truncated"),
+    pytest.param("x" * 37 + "-yyy", "x" * 37 + "-", id="no-double-dash-at-the-cut"),
+]
+
+
+@pytest.mark.parametrize(("name", "prefix"), NAME_CASES)
+def test_rayjob_name_is_deterministic_and_fits_kuberay(name, prefix):
+    child = builder.rayjob_name(name, UID)
+    assert child == builder.rayjob_name(name, UID)
+    assert child.startswith(prefix) and len(child) <= 47
+    assert "--" not in child
+    # KubeRay derives `<rayjob>-<5 chars>-head-svc`: it must stay a DNS label
+    assert len(f"{child}-abcde-head-svc") <= 63
+
+
+def test_a_recreated_job_of_the_same_name_gets_a_new_rayjob():
+    assert builder.rayjob_name("digits", UID) != builder.rayjob_name("digits", "another-uid")
+
+
+def test_configmap_carries_the_whole_job_and_the_trainer_accepts_it():
+    configmap, rayjob = builder.build_children(_body(), _spec())
+    assert configmap["metadata"]["name"] == rayjob["metadata"]["name"]
+    assert configmap["metadata"]["ownerReferences"][0]["uid"] == UID
+    doc = json.loads(configmap["data"]["transferjob.json"])
+    assert doc["metadata"] == {"name": "digits", "namespace": "ml", "uid": UID}
+    job, problems = validate_document(doc)  # what `python -m graft.trainer --job FILE` validates with
+    assert not problems and job is not None
+    # defaults are pinned at creation time
+    assert doc["spec"]["stages"][1]["lr"] == 0.01 and doc["spec"]["workers"]["replicas"] == 1
+
+
+def test_owner_labels_are_not_copied_onto_children():
+    # a GitOps tracking label on the TransferJob must not make Argo CD claim (and prune) the RayJob
+    configmap, rayjob = builder.build_children(_body(), _spec())
+    assert "app.kubernetes.io/instance" not in rayjob["metadata"]["labels"]
+    assert "app.kubernetes.io/instance" not in configmap["metadata"]["labels"]
+
+
+VALIDATION_CASES = [
+    pytest.param({k: v for k, v in BASE_SPEC.items() if k != "storage"}, "spec.storage", id="storage-required"),
+    pytest.param({**BASE_SPEC, "stages": [{"type": "Head"}]}, "spec.stages", id="graft-validate-rule"),
+    pytest.param({**BASE_SPEC, "workers": {"replicas": 0}}, "spec.workers.replicas", id="schema-rule"),
+]
+
+
+@pytest.mark.parametrize(("raw", "path"), VALIDATION_CASES)
+def test_cluster_validation_names_the_field(raw, path):
+    spec, problems = builder.validate_for_cluster(copy.deepcopy(raw))
+    assert spec is None
+    assert any(p.path.startswith(path) for p in problems), problems
+
+
+def test_cluster_validation_is_graft_validate_plus_storage():
+    raw = {**BASE_SPEC, "stages": [{"type": "Head"}], "model": {"backbone": "nope", "numClasses": 1}}
+    _, ours = builder.validate_for_cluster(copy.deepcopy(raw))
+    _, theirs = validate_spec(copy.deepcopy(raw))
+    assert [str(p) for p in ours] == [str(p) for p in theirs]
+
+
+def test_runpolicy_patch_follows_the_spec():
+    spec = _spec(runPolicy={"suspend": True, "backoffLimit": 1})
+    assert builder.runpolicy_patch(spec) == {
+        "spec": {"suspend": True, "backoffLimit": 1, "activeDeadlineSeconds": None}
+    }
