@@ -112,6 +112,7 @@ class LoggedRequest:
     name: str | None
     user: str
     status: int
+    error: str | None = None  # the Status message of a failed request
 
     @property
     def rbac_resource(self) -> str:
@@ -660,7 +661,7 @@ class EmulatedKubernetes(kmock.KubernetesScaffold):
             return await super().__call__(raw)  # discovery, /version, unknown endpoints: kmock
         params = dict(raw.query)
         user = raw.headers.get("Authorization", "").removeprefix("Bearer ").strip() or "anonymous"
-        status = 200
+        status, error = 200, None
         try:
             if self.closing:
                 raise ApiError(503, "ServiceUnavailable", "the server is shutting down")
@@ -668,17 +669,17 @@ class EmulatedKubernetes(kmock.KubernetesScaffold):
             status = response.status
             return response
         except ApiError as e:
-            status = e.code
+            status, error = e.code, e.message
             return aiohttp.web.json_response(e.status(), status=e.code)
         except Exception as e:  # an emulator bug: answer like the real server's 500, keep serving
-            status = 500
+            status, error = 500, repr(e)
             return aiohttp.web.json_response(
                 ApiError(500, "InternalError", f"emulator error: {e!r}").status(), status=500)
         finally:
             self.request_log.append(LoggedRequest(
                 method=raw.method, path=raw.path, verb=_verb(raw.method, route, params), group=route.group,
                 version=route.version, resource=route.plural, subresource=route.subresource,
-                namespace=route.namespace, name=route.name, user=user, status=status))
+                namespace=route.namespace, name=route.name, user=user, status=status, error=error))
 
     async def _serve(self, raw: aiohttp.web.BaseRequest, route: Route, params: dict[str, str]
                      ) -> aiohttp.web.StreamResponse:
