@@ -1,0 +1,185 @@
+"""`graft run` (the embedded default: the whole job on this machine) and `graft predict`."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+DEFAULT_RUNS = "./graft-runs"
+
+
+def _fmt_metrics(metrics: dict[str, float]) -> str:
+    keys = [k for k in ("val_accuracy", "val_loss", "train_loss") if k in metrics]
+    return ", ".join(f"{k}={metrics[k]:.3f}" for k in keys)
+
+
+class _ProgressWatcher:
+    """Polls the ledger (workers write it after every epoch) and drives one progress bar per stage."""
+
+    def __init__(self, root: str, stage_types: list[str], console):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.root = root
+        self.progress = Progress(
+            TextColumn("{task.description:<15}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[state]:<9} {task.fields[metrics]}"),
+            console=console,
+        )
+        self.tasks = {t: self.progress.add_task(t, total=None, state="Pending", metrics="") for t in stage_types}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def update(self) -> None:
+        from graft.ledger import Ledger
+
+        try:
+            ledger = Ledger.load(self.root)
+        except Exception:  # a half-visible write on some stores; the next poll sees it
+            return
+        if ledger is None:
+            return
+        for rec in ledger.stages:
+            task = self.tasks.get(rec.type)
+            if task is None:
+                continue
+            self.progress.update(
+                task,
+                total=rec.epochs or 1,
+                completed=rec.epoch or 0,
+                state=rec.state.value,
+                metrics=_fmt_metrics(rec.metrics),
+            )
+            if rec.state.value == "Running" and not self.progress.tasks[task].started:
+                self.progress.start_task(task)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.5):
+            self.update()
+
+    def __enter__(self):
+        self.progress.start()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(timeout=2)
+        self.update()
+        self.progress.stop()
+
+
+def _summary(ledger, console) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{ledger.job_name or ledger.job_uid}: {ledger.progress()} stages")
+    for col in ("stage", "state", "time", "epochs", "metrics", "checkpoint"):
+        table.add_column(col, overflow="fold")
+    for rec in ledger.stages:
+        seconds = f"{rec.seconds:.1f}s" if rec.seconds is not None else ""
+        epochs = f"{rec.epoch}/{rec.epochs}" if rec.epochs else ""
+        table.add_row(
+            rec.type, rec.state.value, seconds, epochs, _fmt_metrics(rec.metrics), rec.checkpoint or rec.output or ""
+        )
+    console.print(table)
+
+
+def run(
+    file: Annotated[Path, typer.Argument(help="TransferJob manifest (YAML or JSON).")],
+    storage: Annotated[
+        str, typer.Option("--storage", help="Storage root when the manifest names none (local folder or s3://).")
+    ] = DEFAULT_RUNS,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Ray's worker logs.")] = False,
+) -> None:
+    """Run a TransferJob on this machine (local Ray). Ctrl-C leaves it resumable: run the same command again."""
+    from rich.console import Console
+
+    from graft.api.validation import InvalidSpec, load_job
+
+    console = Console()
+    try:
+        job = load_job(file.read_text())
+    except OSError as exc:
+        typer.echo(f"error: {file}: cannot read: {exc.strerror or exc}", err=True)
+        raise typer.Exit(2) from exc
+    except InvalidSpec as exc:
+        for problem in exc.problems:
+            typer.echo(f"{file}: {problem}", err=True)
+        raise typer.Exit(2) from exc
+
+    from graft.trainer.driver import Driver, StageFailed
+    from graft.trainer.errors import InputError
+    from graft.trainer.plot import write_plot
+
+    from graft.storage import StorageError
+
+    try:
+        driver = Driver(job, storage, log_to_driver=verbose)
+    except InputError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    console.print(f"run folder: {driver.root}")
+    code = 0
+    try:
+        with _ProgressWatcher(driver.root, [s.type for s in job.spec.stages], console):
+            driver.run()
+    except KeyboardInterrupt:
+        console.print(f"[yellow]interrupted[/]: progress is kept in {driver.root}; run the same command to resume")
+        _shutdown_ray()
+        raise typer.Exit(130) from None
+    except (StageFailed, InputError, StorageError) as exc:
+        console.print(f"[red]error[/]: {exc}")
+        code = 1
+    from graft.ledger import Ledger
+
+    ledger = Ledger.load(driver.root)
+    if ledger is not None:
+        _summary(ledger, console)
+        try:
+            console.print(f"curves: {write_plot(ledger, driver.root)}")
+        except Exception as exc:  # the plot is a convenience; never fail a finished run for it
+            console.print(f"[yellow]could not write the plot[/]: {exc}")
+        if ledger.model_uri:
+            console.print(f"model: {ledger.model_uri}   (try: graft predict {ledger.model_uri} IMAGE...)")
+    _shutdown_ray()
+    raise typer.Exit(code)
+
+
+def _shutdown_ray() -> None:
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+
+
+def predict(
+    model: Annotated[str, typer.Argument(help="Exported model folder or URI (`<storage>/<uid>/model`).")],
+    images: Annotated[list[str], typer.Argument(help="Image files or s3:// URIs.")],
+    top: Annotated[int, typer.Option("--top", "-k", min=1, help="How many classes to print per image.")] = 3,
+) -> None:
+    """Print the top classes with probabilities for each image."""
+    from graft.trainer.errors import InputError
+    from graft.trainer.export import predict as _predict
+
+    from graft.storage import StorageError
+
+    try:
+        results = _predict(model, images, top)
+    except (FileNotFoundError, InputError, StorageError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    for image, ranked in zip(images, results, strict=True):
+        typer.echo(f"{image}: " + "  ".join(f"{label} {p:.3f}" for label, p in ranked))
+
+
+def register(app: typer.Typer) -> None:
+    """Add the trainer's commands to the `graft` CLI."""
+    app.command(name="run")(run)
+    app.command(name="predict")(predict)
