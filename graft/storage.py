@@ -127,7 +127,7 @@ def _explain(uri: str, exc: BaseException) -> StorageError:
         cause = "bucket does not exist"
     elif "access denied" in lowered or "accessdenied" in lowered or "forbidden" in lowered:
         cause = "access denied (check the credentials Secret and the bucket policy)"
-    elif "invalidaccesskeyid" in lowered or "signaturedoesnotmatch" in lowered or "credentials" in lowered:
+    elif any(s in lowered.replace("_", "") for s in ("invalidaccesskeyid", "signaturedoesnotmatch", "credentials")):
         cause = "credentials rejected (check the credentials Secret)"
     elif isinstance(exc, FileNotFoundError) or "path does not exist" in lowered or "not found" in lowered:
         cause = "not found"
