@@ -1,0 +1,46 @@
+"""Helpers for the trainer tests: image folders, weights files and jobs the tests make themselves."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def write_png(path: Path, value: int, size: int = 12) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.RandomState(value)
+    arr = np.clip(rng.normal(value, 20, (size, size, 3)), 0, 255).astype(np.uint8)
+    Image.fromarray(arr).save(path)
+
+
+def state_dict_bytes(state: dict[str, torch.Tensor]) -> bytes:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return buf.getvalue()
+
+
+def smallcnn_weights(path: Path, seed: int = 0) -> Path:
+    """A SmallCNN backbone state_dict file (what a user's own pretraining would leave)."""
+    from graft.trainer.models import SmallCNN
+
+    torch.manual_seed(seed)
+    path.write_bytes(state_dict_bytes(SmallCNN().state_dict()))
+    return path
+
+
+def job_doc(name: str, spec: dict, uid: str | None = None) -> dict:
+    meta = {"name": name}
+    if uid:
+        meta["uid"] = uid
+    return {"apiVersion": "graft.dev/v1alpha1", "kind": "TransferJob", "metadata": meta, "spec": spec}
+
+
+def write_job(path: Path, doc: dict) -> Path:
+    path.write_text(json.dumps(doc))
+    return path

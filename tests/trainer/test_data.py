@@ -1,0 +1,100 @@
+"""Data sets: built-in digits variants, ImageFolder local and s3://, and bad input named by URI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+from graft.trainer import data
+from graft.trainer.errors import InputError
+from support.s3 import free_port, make_bucket
+
+from graft import storage
+from graft.storage import StorageError
+
+
+def test_builtin_digits_variants_split_the_set_and_only_the_target_is_noisy():
+    full, clean, noisy = (data.open_source(f"builtin:{n}") for n in ("digits", "digits-clean", "digits-noisy"))
+    assert len(full) == 1797 and len(clean) + len(noisy) == 1797
+    assert clean.pixels.min() >= 0 and clean.pixels.max() <= 1
+    assert noisy.pixels.std() > clean.pixels.std()
+    again = data.open_source("builtin:digits-noisy")
+    assert np.array_equal(again.pixels, noisy.pixels), "the built-in sets must be the same on every machine"
+    assert data.open_source("builtin:digits").images(16).shape == (1797, 3, 16, 16)
+
+
+def test_few_shot_and_stratified_split():
+    train, val = data.train_val("builtin:digits-noisy", None, 0.2, seed=3, shots=2)
+    assert np.bincount(train.labels).tolist() == [2] * 10
+    assert 150 < len(val) < 200 and set(val.labels.tolist()) == set(range(10))
+
+
+def test_image_folder_local(image_folder):
+    src = data.open_source(str(image_folder))
+    assert src.classes == ["bright", "dark", "mid"]
+    x = src.images(16)
+    assert x.shape == (18, 3, 16, 16)
+    assert x[src.labels == 0].mean() > x[src.labels == 2].mean() > x[src.labels == 1].mean()
+
+
+def test_image_folder_on_s3(image_folder, s3_bucket):
+    storage.upload_dir(image_folder, f"{s3_bucket}/ds")
+    src = data.open_source(f"{s3_bucket}/ds")
+    assert src.classes == ["bright", "dark", "mid"] and len(src) == 18
+    assert src.files[0].startswith(f"{s3_bucket}/ds/bright/")
+    assert src.images(8).shape == (18, 3, 8, 8)
+
+
+def test_empty_class_folder_is_named(image_folder):
+    (image_folder / "empty").mkdir()
+    with pytest.raises(InputError, match="class folder has no images") as err:
+        data.open_source(str(image_folder))
+    assert err.value.uri.endswith("/empty")
+
+
+def test_corrupt_image_is_named(image_folder):
+    bad = image_folder / "mid" / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    src = data.open_source(str(image_folder))
+    with pytest.raises(InputError, match="not a readable image") as err:
+        data.verify_images(src)
+    assert err.value.uri == str(bad)
+
+
+def test_missing_bucket_is_named(s3_endpoint):
+    with pytest.raises(StorageError, match="s3://no-such-bucket-here/ds: bucket does not exist"):
+        data.open_source("s3://no-such-bucket-here/ds")
+
+
+@pytest.fixture()
+def authenticating_s3(monkeypatch):
+    """A moto server that checks credentials (after the bucket is made), as AWS does."""
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {"INITIAL_NO_AUTH_ACTION_COUNT": "1", "PATH": "/usr/bin:/bin"}
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-p", str(port)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1)  # noqa: S310 (loopback)
+                break
+            except OSError:
+                time.sleep(0.2)
+        make_bucket(endpoint, "locked")
+        monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDWRONGWRONGWRONG0")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
+        yield "s3://locked"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_wrong_credentials_are_named(authenticating_s3):
+    with pytest.raises(StorageError, match="s3://locked/ds: credentials rejected"):
+        data.open_source(f"{authenticating_s3}/ds")
