@@ -7,6 +7,8 @@ from typing import Any
 from graft.operator import client
 
 _IMAGE_PULL = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull")
+# A container that cannot be configured: usually a missing Secret/ConfigMap or key (e.g. the credentials Secret).
+_CONFIG = ("CreateContainerConfigError", "CreateContainerError")
 CLUSTER_LABEL = "ray.io/cluster"
 
 
@@ -20,6 +22,8 @@ def from_pods(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
             if waiting.get("reason") in _IMAGE_PULL:
                 detail = waiting.get("message") or waiting["reason"]
                 return "ImagePullBackOff", f"pod {name} cannot pull image {cs.get('image', '')}: {detail}"
+            if waiting.get("reason") in _CONFIG:
+                return "ContainerConfigError", f"pod {name} cannot start: {waiting.get('message') or waiting['reason']}"
         for cond in status.get("conditions") or []:
             if cond.get("type") == "PodScheduled" and cond.get("status") == "False" and (
                 cond.get("reason") == "Unschedulable"

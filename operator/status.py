@@ -21,7 +21,7 @@ _STARTING = ("", "New", "Initializing", "Waiting")
 _SUSPENDED = ("Suspending", "Suspended")
 
 #: Reasons a job can wait on that a user can act on (set by `pending.py` from pods and events).
-PENDING_PROBLEMS = ("Unschedulable", "ImagePullBackOff", "QuotaExceeded", "QueuedByKueue")
+PENDING_PROBLEMS = ("Unschedulable", "ImagePullBackOff", "ContainerConfigError", "QuotaExceeded", "QueuedByKueue")
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,9 @@ def derive_state(
             return State("Succeeded", "Succeeded", f"all stages succeeded; model at {model}" if model else
                          "all stages succeeded")
         return State("Failed", _failure_reason(rj_status, spec), _failure_message(rj_status, ledger, spec))
-    if jds in _SUSPENDED or (spec.run_policy.suspend and jds in _STARTING):
+    # Suspended before KubeRay has written any status (created suspended); once it has, its word counts, so a
+    # suspend request does not flap Suspended -> Running -> Suspended while KubeRay catches up.
+    if jds in _SUSPENDED or (spec.run_policy.suspend and not rj_status):
         return State("Suspended", "Suspended", "the job is suspended: its Ray cluster is deleted, progress is kept")
     if jds == "Running":
         return State("Running", "Running", _running_message(ledger))
@@ -122,6 +124,8 @@ def derive_state(
         return State("Pending", "Creating", "creating the RayJob")
     if pending is not None:
         return State("Pending", pending[0], pending[1])
+    if rj_status.get("message"):
+        return State("Pending", "ClusterStarting", f"waiting for the Ray cluster to start: {rj_status['message']}")
     return State("Pending", "ClusterStarting", "the RayJob is created; waiting for its Ray cluster to start")
 
 
@@ -280,7 +284,7 @@ def transition(current: dict[str, Any] | None, new: dict[str, Any]) -> tuple[str
     current = current or {}
     if current.get("phase") == new.get("phase") and current.get("reason") == new.get("reason"):
         return None
-    if not new.get("reason"):
-        return None
+    if not new.get("reason") or new.get("reason") == "ImmutableFieldChanged":
+        return None  # a refusal, not a transition: its Warning Event is posted where it is decided
     warn = new.get("phase") == "Failed" or new.get("reason") in (*PENDING_PROBLEMS, "Retrying")
     return ("Warning" if warn else "Normal", new["reason"], new.get("message") or "")

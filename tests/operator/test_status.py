@@ -59,6 +59,10 @@ STATE_CASES = [
     pytest.param(_rj(), {"suspend": True}, None, ("Suspended", "Suspended"), id="created-suspended"),
     pytest.param(_rj("Running", "RUNNING"), {"suspend": True}, None, ("Running", "Running"),
                  id="suspend-asked-still-running"),
+    pytest.param(_rj("Initializing"), {"suspend": True}, None, ("Pending", "ClusterStarting"),
+                 id="suspend-asked-kuberay-not-caught-up"),
+    pytest.param(_rj("Initializing", message="Secret s3 not found"), {}, None, ("Pending", "ClusterStarting"),
+                 id="initializing-with-kuberay-message"),
 ]
 
 
