@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import time
-import urllib.request
-
 import numpy as np
 import pytest
 from graft.trainer import data
 from graft.trainer.errors import InputError
-from support.s3 import free_port, make_bucket
 
 from graft import storage
 from graft.storage import StorageError
@@ -68,31 +62,6 @@ def test_corrupt_image_is_named(image_folder):
 def test_missing_bucket_is_named(s3_endpoint):
     with pytest.raises(StorageError, match="s3://no-such-bucket-here/ds: bucket does not exist"):
         data.open_source("s3://no-such-bucket-here/ds")
-
-
-@pytest.fixture()
-def authenticating_s3(monkeypatch):
-    """A moto server that checks credentials (after the bucket is made), as AWS does."""
-    port = free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    env = {"INITIAL_NO_AUTH_ACTION_COUNT": "1", "PATH": "/usr/bin:/bin"}
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-p", str(port)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1)  # noqa: S310 (loopback)
-                break
-            except OSError:
-                time.sleep(0.2)
-        make_bucket(endpoint, "locked")
-        monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
-        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDWRONGWRONGWRONG0")
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
-        yield "s3://locked"
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def test_wrong_credentials_are_named(authenticating_s3):
