@@ -75,6 +75,7 @@ class ResourceType:
         return f"{self.plural}.{self.group}" if self.group else self.plural
 
 
+_CREATED_NAME = aiohttp.web.ResponseKey("created_name", str)
 _ALL_VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
 
 #: Built-in resources a kopf operator and the tests use; KubeRay's RayJob stands in for its installed CRD.
@@ -113,6 +114,7 @@ class LoggedRequest:
     user: str
     status: int
     error: str | None = None  # the Status message of a failed request
+    time: float = 0.0  # when the answer was ready (time.time())
 
     @property
     def rbac_resource(self) -> str:
@@ -350,6 +352,8 @@ class Store:
         self.history: deque[tuple[int, ResourceType, str, dict[str, Any]]] = deque(maxlen=self.HISTORY)
         self.watchers: list[_Watcher] = []
         self.loop: asyncio.AbstractEventLoop | None = None
+        #: Called as fn(time.time(), event type, resource type, object) at every change (benchmarks).
+        self.listeners: list[Any] = []
 
     # -- types -----------------------------------------------------------------------------------
 
@@ -395,6 +399,8 @@ class Store:
         rv = int(obj["metadata"]["resourceVersion"])
         snapshot = copy.deepcopy(obj)
         self.history.append((rv, rt, kind, snapshot))
+        for listener in self.listeners:
+            listener(time.time(), kind, rt, snapshot)
         for w in list(self.watchers):
             if (w.rt.group, w.rt.plural) == (rt.group, rt.plural) and w.wants(snapshot):
                 w.queue.put_nowait({"type": kind, "object": snapshot})
@@ -661,12 +667,13 @@ class EmulatedKubernetes(kmock.KubernetesScaffold):
             return await super().__call__(raw)  # discovery, /version, unknown endpoints: kmock
         params = dict(raw.query)
         user = raw.headers.get("Authorization", "").removeprefix("Bearer ").strip() or "anonymous"
-        status, error = 200, None
+        status, error, created_name = 200, None, None
         try:
             if self.closing:
                 raise ApiError(503, "ServiceUnavailable", "the server is shutting down")
             response = await self._serve(raw, route, params)
             status = response.status
+            created_name = response.get(_CREATED_NAME)
             return response
         except ApiError as e:
             status, error = e.code, e.message
@@ -679,7 +686,8 @@ class EmulatedKubernetes(kmock.KubernetesScaffold):
             self.request_log.append(LoggedRequest(
                 method=raw.method, path=raw.path, verb=_verb(raw.method, route, params), group=route.group,
                 version=route.version, resource=route.plural, subresource=route.subresource,
-                namespace=route.namespace, name=route.name, user=user, status=status, error=error))
+                namespace=route.namespace, name=route.name or created_name, user=user, status=status, error=error,
+                time=time.time()))
 
     async def _serve(self, raw: aiohttp.web.BaseRequest, route: Route, params: dict[str, str]
                      ) -> aiohttp.web.StreamResponse:
@@ -733,7 +741,10 @@ class EmulatedKubernetes(kmock.KubernetesScaffold):
             if len(store.types) != types_before or rt.kind == "CustomResourceDefinition":
                 self.sync_discovery()
             result = copy.deepcopy(result)
-        return aiohttp.web.json_response(result, status=201 if created else 200)
+        response = aiohttp.web.json_response(result, status=201 if created else 200)
+        if created:
+            response[_CREATED_NAME] = result["metadata"]["name"]  # logged: a create's URL has no name
+        return response
 
     def _patch(self, rt: ResourceType, route: Route, body: Any, ctype: str) -> dict[str, Any]:
         store: Store = self._store
