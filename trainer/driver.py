@@ -75,8 +75,12 @@ def ensure_ray(job: TransferJob, log_to_driver: bool = True) -> None:
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Ray Train's controller collects reports every health-check interval (2 s by default) and a worker's
+    # report waits for it: with per-epoch checkpoints that idles small jobs for seconds per epoch.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+    runtime_env = {"env_vars": {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"]}}
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=log_to_driver)
+        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=log_to_driver, runtime_env=runtime_env)
         return
     w = job.spec.workers
     # Ray Data read tasks and the feature actors need CPUs beside the training workers; logical CPUs are
@@ -87,6 +91,7 @@ def ensure_ray(job: TransferJob, log_to_driver: bool = True) -> None:
         num_gpus=torch.cuda.device_count() if torch.cuda.is_available() else 0,
         include_dashboard=False,
         log_to_driver=log_to_driver,
+        runtime_env=runtime_env,
         configure_logging=True,
         logging_level=logging.WARNING,
     )

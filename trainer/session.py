@@ -83,21 +83,30 @@ class RaySession:
         return t.tolist()
 
     def report(self, metrics: dict[str, float], state: dict[str, Any] | None, epoch: int, epochs: int) -> None:
-        """Report an epoch; `state` (rank 0 only) becomes a checkpoint. Every rank must call this."""
+        """End of an epoch: rank 0 records it in the ledger; an epoch with `state` (given on rank 0 only, on
+        the same epochs on every rank) becomes a Ray Train checkpoint. Every rank must call this."""
         import ray.train
         from ray.train import Checkpoint
 
+        checkpointing = state is not None if self.world_size == 1 else self._agree(state is not None)
         name = f"epoch_{epoch:05d}"
-        if state is not None and self.rank == 0:
-            with tempfile.TemporaryDirectory(prefix="graft-ckpt-") as tmp:
-                torch.save(state, os.path.join(tmp, "state.pt"))
-                ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp), checkpoint_dir_name=name)
-            checkpoint_uri = storage.join(self.checkpoint_root, name)
-        else:
-            ray.train.report(metrics, checkpoint=None, checkpoint_dir_name=name if state is not None else None)
-            checkpoint_uri = None
+        checkpoint_uri = None
+        if checkpointing:
+            # ray.train.report is a barrier with the controller (it polls results every
+            # RAY_TRAIN_HEALTH_CHECK_INTERVAL_S), so it is called only when there is a checkpoint to keep.
+            if state is not None and self.rank == 0:
+                with tempfile.TemporaryDirectory(prefix="graft-ckpt-") as tmp:
+                    torch.save(state, os.path.join(tmp, "state.pt"))
+                    ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp), checkpoint_dir_name=name)
+                checkpoint_uri = storage.join(self.checkpoint_root, name)
+            else:
+                ray.train.report(metrics, checkpoint=None, checkpoint_dir_name=name)
         if self.rank == 0 and self.ledger_root:
             record_epoch(self.ledger_root, self.stage, metrics, epoch, epochs, checkpoint_uri)
+
+    def _agree(self, flag: bool) -> bool:
+        """Rank 0 decides whether this epoch is checkpointed; the others follow (equal report counts)."""
+        return bool(self.all_sum([1.0 if (flag and self.rank == 0) else 0.0])[0])
 
 
 def record_epoch(
