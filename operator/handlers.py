@@ -1,6 +1,7 @@
 """The kopf handlers of the Graft operator (`kopf run -m graft.operator.handlers` or `graft operator`).
 
-Short by design: each one hands over to `reconcile.py`, where the steps live.
+Short by design: each one hands over to `reconcile.py`, where the steps live. Started jobs are followed by
+one mirror loop (`reconcile.Supervisor`) rather than a daemon per job: see its docstring for why.
 """
 
 from __future__ import annotations
@@ -48,6 +49,12 @@ async def configure(settings: kopf.OperatorSettings, logger: logging.Logger, **_
         logger.info(f"metrics at http://0.0.0.0:{port}/metrics")
 
 
+@kopf.on.cleanup()
+async def stop_following(**_: Any) -> None:
+    """Stop the mirror loop when the operator exits."""
+    await reconcile.SUPERVISOR.stop()
+
+
 @kopf.on.resume(GROUP, VERSION, PLURAL, backoff=_HANDLER_BACKOFF)
 @kopf.on.create(GROUP, VERSION, PLURAL, backoff=_HANDLER_BACKOFF)
 async def start(body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
@@ -63,25 +70,16 @@ async def spec_changed(body: kopf.Body, diff: kopf.Diff, logger: logging.Logger,
         await reconcile.spec_changed(body, diff, logger)
 
 
-def _has_started(status: kopf.Status, **_: Any) -> bool:
-    return bool(status.get("rayJobName")) and status.get("reason") != "InvalidSpec"
-
-
-@kopf.daemon(GROUP, VERSION, PLURAL, when=_has_started, cancellation_timeout=5.0)
-async def follow(body: kopf.Body, stopped: kopf.DaemonStopped, logger: logging.Logger, **_: Any) -> None:
-    """Mirror the RayJob's status and the ledger into the TransferJob; TTL clean-up once it finished."""
-    await reconcile.follow(body, stopped, logger)
-
-
 @kopf.on.event(GROUP, VERSION, PLURAL)
 async def transferjob_event(event: kopf.RawEvent, **_: Any) -> None:
-    """Keep the jobs-by-phase gauge in step with every job the operator serves, finished ones too."""
+    """Feed every job's latest body to the mirror loop; keep the jobs-by-phase gauge in step."""
     obj = event["object"]
     meta = obj.get("metadata") or {}
     if event.get("type") == "DELETED":
         reconcile.forget(meta.get("uid", ""), meta.get("namespace", ""), meta.get("name", ""))
-    else:
-        metrics.set_phase(meta.get("namespace", ""), meta.get("name", ""), (obj.get("status") or {}).get("phase"))
+        return
+    metrics.set_phase(meta.get("namespace", ""), meta.get("name", ""), (obj.get("status") or {}).get("phase"))
+    reconcile.SUPERVISOR.observe(obj)
 
 
 @kopf.on.event("ray.io", "v1", "rayjobs", labels={builder.LABEL_TRANSFERJOB: kopf.PRESENT})

@@ -22,30 +22,26 @@ from graft.ledger import now
 log = logging.getLogger("graft.operator")
 
 POLL_SECONDS = 3.0  # ledger polling while a job runs: status follows the ledger within ~POLL_SECONDS
-IDLE_SECONDS = 30.0  # re-check while nothing should change (the RayJob watch wakes the loop earlier)
+IDLE_SECONDS = 30.0  # re-check while nothing should change (RayJob events wake a job earlier)
 PENDING_CHECK_SECONDS = 10.0  # how often a job that is not starting looks at its pods and Events
 
 # uid -> the TransferJob status as last written (or first seen); the watch can lag behind our own writes.
 _status: dict[str, dict[str, Any]] = {}
 # (namespace, RayJob name) -> the RayJob body as last seen by the watch.
 _rayjobs: dict[tuple[str, str], dict[str, Any]] = {}
-# uid -> set when the job's RayJob changed (or its spec did), to wake its mirror loop at once.
-_wake: dict[str, asyncio.Event] = {}
 _locks: dict[str, asyncio.Lock] = {}
 
 
 def wake(uid: str) -> None:
-    """Make a job's mirror loop look again now."""
-    event = _wake.get(uid)
-    if event is not None:
-        event.set()
+    """Make the mirror loop look at a job now (its RayJob or its spec changed)."""
+    SUPERVISOR.kick(uid)
 
 
 def forget(uid: str, namespace: str, name: str) -> None:
     """Drop what the operator remembers of a deleted job."""
     _status.pop(uid, None)
-    _wake.pop(uid, None)
     _locks.pop(uid, None)
+    SUPERVISOR.drop(uid)
     metrics.set_phase(namespace, name, None)
 
 
@@ -189,7 +185,7 @@ async def start(body: Any, logger: logging.Logger | logging.LoggerAdapter) -> No
     else:
         logger.info(f"adopted existing RayJob {rj_name}")
     await sync(body, spec)
-    wake(uid)
+    SUPERVISOR.observe(copy.deepcopy(dict(body)))
 
 
 # -------------------------------------------------------------------------------------- spec change
@@ -304,18 +300,6 @@ def _seconds_until(timestamp: str | None, seconds: int) -> float:
     return when.timestamp() + seconds - datetime.now(timezone.utc).timestamp()
 
 
-async def _sleep(event: asyncio.Event, stopped: Any, timeout: float) -> None:
-    async def _stopped() -> None:
-        await stopped.wait()
-
-    waits = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(_stopped())]
-    try:
-        await asyncio.wait(waits, timeout=max(0.0, timeout), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waits:
-            w.cancel()
-
-
 async def expire(body: Any, spec: TransferJobSpec, current: dict[str, Any]) -> float | None:
     """ttlSecondsAfterFinished: delete the RayJob (and so its Ray cluster) of a finished job, keep the job.
 
@@ -338,33 +322,128 @@ async def expire(body: Any, spec: TransferJobSpec, current: dict[str, Any]) -> f
     return None
 
 
-async def follow(body: Any, stopped: Any, logger: logging.Logger | logging.LoggerAdapter) -> None:
-    """The mirror loop of one started job: RayJob status + ledger -> TransferJob status, until it is finished
-    (and its TTL clean-up done). Woken at once by RayJob changes; polls the ledger every POLL_SECONDS."""
-    uid = _ref(body)[0]
-    event = _wake.setdefault(uid, asyncio.Event())
-    follower = Follower()
-    while not stopped:
-        event.clear()
-        timeout = IDLE_SECONDS
-        with metrics.measured("mirror"):
-            spec, problems = builder.validate_for_cluster(copy.deepcopy(dict(body.get("spec") or {})))
-            if spec is None:
-                logger.warning(f"not following: the spec is invalid: {_problems_text(problems)}")
-                return
+async def follow_once(body: Any, follower: Follower) -> float | None:
+    """One look at a started job: mirror RayJob status + ledger into its status, TTL clean-up once finished.
+
+    Returns the seconds until it should be looked at again (sooner if woken), None when there is nothing more
+    to follow (finished and cleaned up)."""
+    _, namespace, name = _ref(body)
+    with metrics.measured("mirror"):
+        spec, problems = builder.validate_for_cluster(copy.deepcopy(dict(body.get("spec") or {})))
+        if spec is None:
+            log.warning(f"{namespace}/{name}: not following, the spec is invalid: {_problems_text(problems)}")
+            return None
+        try:
+            current = await sync(body, spec, follower)
+            if status.is_terminal(current):
+                return await expire(body, spec, current)
+            if current.get("phase") == "Running":
+                return POLL_SECONDS
+            if current.get("phase") == "Pending":
+                return PENDING_CHECK_SECONDS
+            return IDLE_SECONDS
+        except (client.APIError, OSError, asyncio.TimeoutError) as exc:
+            log.warning(f"{namespace}/{name}: mirroring failed, retrying in {POLL_SECONDS}s: {exc!r}")
+            metrics.RECONCILE_ERRORS.labels(handler="mirror").inc()
+            return POLL_SECONDS
+
+
+class Supervisor:
+    """One loop for all started jobs (instead of a kopf daemon or timer per job).
+
+    Per-object daemons and timers make kopf put a finalizer on every TransferJob and take it off again when
+    they end; each of those writes races the status writes (409s and retries) and a finalizer would block
+    deleting a job while the operator is down. Here the TransferJob watch feeds the latest body in, RayJob
+    events wake a job at once, and a job is looked at again when its `follow_once` says."""
+
+    def __init__(self, concurrency: int = 32) -> None:
+        self.bodies: dict[str, dict[str, Any]] = {}
+        self.followers: dict[str, Follower] = {}
+        self.due: dict[str, float] = {}
+        self.busy: set[str] = set()
+        self.concurrency = concurrency
+        self._changed: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self._inflight: set[asyncio.Task] = set()
+
+    def observe(self, body: dict[str, Any]) -> None:
+        """The latest body of a job (from the watch); started jobs are followed, others ignored."""
+        self.ensure_running()
+        uid = body["metadata"]["uid"]
+        if body["metadata"].get("deletionTimestamp") or not started(known_status(uid, body)):
+            return
+        new = uid not in self.bodies
+        self.bodies[uid] = body
+        if new:
+            self.followers[uid] = Follower()
+            self.kick(uid)
+
+    def ensure_running(self) -> None:
+        """Start the loop, from inside a kopf handler: its tasks inherit the context kopf posts Events from."""
+        if self._task is None or self._task.done():
+            self._changed = asyncio.Event()
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="graft-supervisor")
+
+    def kick(self, uid: str) -> None:
+        if uid in self.bodies:
+            self.due[uid] = 0.0
+            if self._changed is not None:
+                self._changed.set()
+
+    def drop(self, uid: str) -> None:
+        self.bodies.pop(uid, None)
+        self.followers.pop(uid, None)
+        self.due.pop(uid, None)
+
+    async def stop(self) -> None:
+        tasks = [t for t in (self._task, *self._inflight) if t is not None]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _run(self) -> None:
+        assert self._changed is not None
+        loop = asyncio.get_running_loop()
+        limit = asyncio.Semaphore(self.concurrency)
+        while True:
+            self._changed.clear()
+            t = loop.time()
+            for uid in [u for u, when in self.due.items() if when <= t and u not in self.busy]:
+                self.busy.add(uid)
+                self.due[uid] = float("inf")
+                task = loop.create_task(self._one(uid, limit))
+                self._inflight.add(task)  # the loop keeps only weak references to tasks
+                task.add_done_callback(self._inflight.discard)
+            upcoming = min(self.due.values(), default=t + IDLE_SECONDS)
             try:
-                current = await sync(body, spec, follower)
-                if status.is_terminal(current):
-                    due = await expire(body, spec, current)
-                    if due is None:
-                        return  # finished and cleaned up: nothing more to mirror
-                    timeout = due
-                elif current.get("phase") == "Running":
-                    timeout = POLL_SECONDS
-                elif current.get("phase") == "Pending":
-                    timeout = PENDING_CHECK_SECONDS if current.get("conditions") else POLL_SECONDS
-            except (client.APIError, OSError, asyncio.TimeoutError) as exc:
-                logger.warning(f"mirroring failed, retrying in {POLL_SECONDS}s: {exc!r}")
-                metrics.RECONCILE_ERRORS.labels(handler="mirror").inc()
-                timeout = POLL_SECONDS
-        await _sleep(event, stopped, timeout)
+                await asyncio.wait_for(self._changed.wait(), timeout=min(max(0.01, upcoming - t), IDLE_SECONDS))
+            except asyncio.TimeoutError:
+                pass
+
+    async def _one(self, uid: str, limit: asyncio.Semaphore) -> None:
+        delay: float | None = POLL_SECONDS
+        try:
+            async with limit:
+                body, follower = self.bodies.get(uid), self.followers.get(uid)
+                if body is None or follower is None:
+                    return
+                delay = await follow_once(body, follower)
+        except Exception:  # one job's surprise must not stop the loop for all of them
+            log.exception(f"following job {uid} failed")
+            metrics.RECONCILE_ERRORS.labels(handler="mirror").inc()
+        finally:
+            self.busy.discard(uid)
+            if uid in self.bodies:
+                if delay is None:
+                    if self.due.get(uid) == float("inf"):  # not woken meanwhile: done with it
+                        self.drop(uid)
+                    else:
+                        self.due[uid] = 0.0
+                else:
+                    t = asyncio.get_running_loop().time()
+                    self.due[uid] = min(self.due.get(uid, float("inf")), t + delay)
+            assert self._changed is not None
+            self._changed.set()
+
+
+SUPERVISOR = Supervisor()

@@ -284,7 +284,9 @@ def transition(current: dict[str, Any] | None, new: dict[str, Any]) -> tuple[str
     current = current or {}
     if current.get("phase") == new.get("phase") and current.get("reason") == new.get("reason"):
         return None
-    if not new.get("reason") or new.get("reason") == "ImmutableFieldChanged":
-        return None  # a refusal, not a transition: its Warning Event is posted where it is decided
+    if not new.get("reason") or new.get("reason") in ("ImmutableFieldChanged", "Creating"):
+        # A refusal is not a transition (its Warning is posted where it is decided); Creating lasts
+        # milliseconds and is followed by the RayJobCreated Event.
+        return None
     warn = new.get("phase") == "Failed" or new.get("reason") in (*PENDING_PROBLEMS, "Retrying")
     return ("Warning" if warn else "Normal", new["reason"], new.get("message") or "")
