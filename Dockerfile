@@ -11,6 +11,9 @@
 #
 # Every Python distribution is pinned in docker/requirements-*.txt (scripts/image-locks.py writes them from
 # the environment the tests ran in) and installed with --no-deps. Build tools stay in the build stages.
+# Stages are ordered so that the classic builder (which builds every stage before the target) never builds
+# the trainer's dependencies for the operator image.
+#
 # BASE_IMAGE may be any Debian bookworm image with python3 (3.11), python3-venv and ca-certificates; the
 # image smoke test (scripts/image-smoke.sh) builds one with debootstrap because it cannot pull.
 ARG BASE_IMAGE=python:3.11.11-slim-bookworm
@@ -30,6 +33,9 @@ COPY graft ./graft
 COPY operator ./operator
 COPY trainer ./trainer
 RUN /opt/build/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /wheels .
+# Leave /src: with it as the working directory, `python3 -m ...` would import the source tree's
+# operator/ folder in place of the standard library's `operator` module.
+WORKDIR /
 
 # ------------------------------------------------------------------------------------- operator deps
 FROM build AS build-operator
@@ -40,14 +46,6 @@ RUN python3 -m venv /opt/graft \
  # The operator never installs anything at run time: pip and setuptools do not ship in it.
  && /opt/graft/bin/pip uninstall --yes pip setuptools \
  && /opt/graft/bin/python -c "import graft.operator, kopf"
-
-# -------------------------------------------------------------------------------------- trainer deps
-FROM build AS build-trainer
-COPY docker/requirements-trainer.txt /tmp/requirements.txt
-RUN python3 -m venv /opt/graft \
- && /opt/graft/bin/pip install --no-deps --requirement /tmp/requirements.txt \
- && /opt/graft/bin/pip install --no-deps /wheels/graft-*.whl \
- && /opt/graft/bin/python -c "import graft.trainer, torch, torchvision, ray"
 
 # ------------------------------------------------------------------------------------------ operator
 FROM ${BASE_IMAGE} AS operator
@@ -65,6 +63,14 @@ WORKDIR /home/graft
 EXPOSE 8080 8081
 ENTRYPOINT ["graft", "operator"]
 CMD ["--all-namespaces"]
+
+# -------------------------------------------------------------------------------------- trainer deps
+FROM build AS build-trainer
+COPY docker/requirements-trainer.txt /tmp/requirements.txt
+RUN python3 -m venv /opt/graft \
+ && /opt/graft/bin/pip install --no-deps --requirement /tmp/requirements.txt \
+ && /opt/graft/bin/pip install --no-deps /wheels/graft-*.whl \
+ && /opt/graft/bin/python -c "import graft.trainer, torch, torchvision, ray"
 
 # ------------------------------------------------------------------------------------------- trainer
 FROM ${BASE_IMAGE} AS trainer
