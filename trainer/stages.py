@@ -8,6 +8,8 @@ job resumes (Ray Train restores from `(storage_path, name)`) and a new job never
 from __future__ import annotations
 
 import io
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +18,7 @@ import numpy as np
 import torch
 
 from graft import storage
-from graft.api.models import FrozenFeaturesStage, WorkersSpec
+from graft.api.models import FrozenFeaturesStage, TransferJobSpec, WorkersSpec
 
 
 def run_name(uid: str, stage: str) -> str:
@@ -77,7 +79,22 @@ def fit_stage(cfg: dict[str, Any], workers: WorkersSpec, root: str, keep: int, m
             failure_config=FailureConfig(max_failures=max_failures),
         ),
     )
-    result = trainer.fit()
+    # Ray Train installs its own SIGINT handler in fit() (graceful abort, or sys.exit when the controller is
+    # already gone) and leaves it installed: turn both into KeyboardInterrupt and put ours back, so Ctrl-C
+    # leaves the stage Running (resumable) instead of "succeeded" with a partial run.
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if main else None
+    try:
+        result = trainer.fit()
+    except SystemExit as exc:
+        raise KeyboardInterrupt(f"{cfg['run_name']}: training run aborted") from exc
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, previous)
+    planned = TransferJobSpec.model_validate(cfg["spec"]).stages[cfg["index"]].epochs
+    reached = (result.metrics or {}).get("epoch", 0)
+    if reached < planned:
+        raise KeyboardInterrupt(f"{cfg['run_name']}: training run stopped at epoch {reached} of {planned}")
     best = None
     if result.best_checkpoints:
         best = max(result.best_checkpoints, key=lambda cm: cm[1].get("val_accuracy", float("-inf")))[0]

@@ -1,0 +1,241 @@
+"""End to end on real Ray Train (2 gloo workers): S3 storage, driver killed and resumed, a worker killed
+mid-epoch, and `graft run` interrupted with Ctrl-C and resumed. Each run is a separate driver process, as
+in a RayJob, with its own Ray and a bounded timeout."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import boto3
+import pytest
+import yaml
+from support.s3 import TEST_CREDENTIALS
+from support.trainer_data import job_doc, smallcnn_weights, state_dict_bytes, write_job, write_png
+
+from graft import storage
+from graft.api.models import StageState
+from graft.ledger import Ledger
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[2]
+GRAFT = str(Path(sys.executable).with_name("graft"))
+
+
+class Driver:
+    """A driver process in its own session (like a pod): killed as a whole, never leaked."""
+
+    def __init__(self, args: list[str], tmp_path: Path, env: dict[str, str] | None = None):
+        # Short: Ray's socket paths under it must stay within AF_UNIX's 107 bytes.
+        self.ray_tmp = Path(tempfile.mkdtemp(prefix="graft-ray-", dir="/tmp"))
+        self.log = tmp_path / f"driver-{time.monotonic_ns()}.log"
+        full_env = {**os.environ, **(env or {}), "RAY_TMPDIR": str(self.ray_tmp), "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(
+            args, cwd=REPO, env=full_env, stdout=self.log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"driver still running after {timeout}s:\n{self.output()[-3000:]}") from None
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(60)
+        self.reap_ray()
+
+    def reap_ray(self) -> None:
+        """Ray processes this driver started (found by its RAY_TMPDIR) that outlived it."""
+        for pid in _pids_with_env("RAY_TMPDIR", str(self.ray_tmp)):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def _pids_with_env(key: str, value: str) -> list[int]:
+    needle = f"{key}={value}".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if needle in (entry / "environ").read_bytes().split(b"\0"):
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def wait_for(predicate, timeout: float, what: str, driver: Driver):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if driver.proc.poll() is not None:
+            raise AssertionError(f"driver exited ({driver.proc.returncode}) before {what}:\n{driver.output()[-3000:]}")
+        time.sleep(0.3)
+    driver.kill()
+    raise AssertionError(f"timed out waiting for {what}:\n{driver.output()[-3000:]}")
+
+
+def stage_epoch(root: str, stage: str) -> int:
+    try:
+        ledger = Ledger.load(root)
+    except Exception:
+        return 0
+    if ledger is None:
+        return 0
+    rec = ledger.stage(stage)
+    return rec.epoch if rec.state == StageState.RUNNING else 0
+
+
+def test_s3_two_workers_driver_killed_mid_stage_resumes_from_checkpoint(tmp_path, s3_endpoint, s3_bucket):
+    """FullFineTune on 2 gloo workers with checkpoints and ledger in a moto S3 bucket; the driver (and its Ray)
+    is killed mid-stage; the same command resumes FullFineTune from its last checkpoint and skips the
+    finished stages."""
+    weights = f"{s3_bucket}/weights/smallcnn.pt"
+    from graft.trainer.models import SmallCNN
+
+    storage.write_bytes(weights, state_dict_bytes(SmallCNN().state_dict()))
+    uid = "0b9c7e52-s3-resume"
+    spec = {
+        "model": {"backbone": "smallcnn", "numClasses": 10, "weights": weights},
+        "data": {"train": "builtin:digits-noisy", "imageSize": 32},
+        "stages": [
+            {"type": "FrozenFeatures"},
+            {"type": "Head", "epochs": 10},
+            {"type": "FullFineTune", "epochs": 6, "batchSize": 32, "augment": False},
+        ],
+        "workers": {"replicas": 2, "cpus": "1"},
+        "storage": {"uri": f"{s3_bucket}/jobs", "endpoint": s3_endpoint},
+    }
+    job = write_job(tmp_path / "job.json", job_doc("s3-resume", spec, uid=uid))
+    # The pod gets only the keys (from the Secret); the endpoint comes from the spec.
+    env = {k: v for k, v in os.environ.items() if k != "AWS_ENDPOINT_URL"}
+    env.update(TEST_CREDENTIALS)
+    cmd = [sys.executable, "-m", "graft.trainer", "--job", str(job)]
+    root = f"{s3_bucket}/jobs/{uid}"
+
+    first = Driver(cmd, tmp_path, env)
+    killed_at = wait_for(lambda: stage_epoch(root, "FullFineTune") >= 2, 240, "FullFineTune epoch 2", first)
+    first.kill()
+    before = Ledger.load(root)
+    assert before.stage("FullFineTune").state == StageState.RUNNING
+    assert before.stage("FullFineTune").epoch < 6, "the stage finished before the driver was killed"
+    finished = {t: before.stage(t).end_time for t in ("FrozenFeatures", "Head")}
+    assert all(finished.values())
+
+    second = Driver(cmd, tmp_path, env)
+    assert second.wait(300) == 0, second.output()[-3000:]
+    after = Ledger.load(root)
+    assert after.attempt == 2
+    assert [s.state for s in after.stages] == [StageState.SUCCEEDED] * 3
+    assert {t: after.stage(t).end_time for t in finished} == finished, "finished stages must not run again"
+    fft = after.stage("FullFineTune")
+    assert [h["epoch"] for h in fft.history] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    resumed = [h["resumed_from"] for h in fft.history if h["epoch"] > killed_at]
+    assert resumed and min(resumed) >= 2, f"resumed from epoch {resumed}, not from the last checkpoint"
+    assert after.model_uri == f"{root}/model"
+    assert fft.checkpoint.startswith(f"{root}/checkpoints/{uid}-fullfinetune/epoch_")
+
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=s3_bucket[5:], Prefix=f"jobs/{uid}/")["Contents"]}
+    prefix = f"jobs/{uid}/"
+    assert {prefix + "ledger.json", prefix + "model/model.pt", prefix + "model/model.json"} <= keys
+    assert {prefix + "features/train.pt", prefix + "features/val.pt"} <= keys
+    assert any(k.startswith(f"{prefix}checkpoints/{uid}-fullfinetune/epoch_") and k.endswith("state.pt") for k in keys)
+
+
+def test_worker_killed_mid_epoch_is_restarted_from_the_latest_checkpoint(tmp_path):
+    weights = smallcnn_weights(tmp_path / "w.pt")
+    spec = {
+        "model": {"backbone": "smallcnn", "numClasses": 10, "weights": str(weights)},
+        "data": {"train": "builtin:digits-noisy", "imageSize": 32},
+        "stages": [{"type": "FullFineTune", "epochs": 5, "batchSize": 32, "augment": False}],
+        "workers": {"replicas": 2, "cpus": "1"},
+    }
+    job = write_job(tmp_path / "job.json", job_doc("worker-kill", spec, uid="worker-kill-1"))
+    store = tmp_path / "store"
+    root = str(store / "worker-kill-1")
+    driver = Driver([sys.executable, "-m", "graft.trainer", "--job", str(job), "--storage", str(store)], tmp_path)
+    wait_for(lambda: stage_epoch(root, "FullFineTune") >= 1, 240, "FullFineTune epoch 1", driver)
+    workers = [p for p in _pids_with_env("RAY_TMPDIR", str(driver.ray_tmp)) if "RayTrainWorker" in _cmdline(p)]
+    assert workers, "no Ray Train worker process found"
+    os.kill(workers[-1], signal.SIGKILL)
+    try:
+        assert driver.wait(300) == 0, driver.output()[-3000:]
+    finally:
+        driver.reap_ray()
+    fft = Ledger.load(root).stage("FullFineTune")
+    assert fft.state == StageState.SUCCEEDED
+    assert [h["epoch"] for h in fft.history] == [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert max(h["resumed_from"] for h in fft.history) >= 1, "the restarted workers began again at epoch 0"
+
+
+def test_graft_run_example_ctrl_c_resumes_then_exports_plots_and_predicts(tmp_path):
+    """The README's example (epochs cut down for CI), interrupted with Ctrl-C during Head, rerun to the end."""
+    doc = yaml.safe_load((REPO / "examples" / "digits-lpft.yaml").read_text())
+    epochs = {"Pretrain": 3, "Head": 40, "FullFineTune": 3}
+    for stage in doc["spec"]["stages"]:
+        if stage["type"] in epochs:
+            stage["epochs"] = epochs[stage["type"]]
+    manifest = tmp_path / "digits-lpft.yaml"
+    manifest.write_text(yaml.safe_dump(doc))
+    runs = tmp_path / "runs"
+    root = str(runs / "digits-lpft")
+    cmd = [GRAFT, "run", str(manifest), "--storage", str(runs)]
+
+    first = Driver(cmd, tmp_path)
+    wait_for(lambda: stage_epoch(root, "Head") >= 1, 300, "Head running", first)
+    os.killpg(first.proc.pid, signal.SIGINT)
+    code = first.wait(120)
+    first.reap_ray()
+    assert code == 130, first.output()[-3000:]
+    assert "run the same command to resume" in first.output()
+    interrupted = Ledger.load(root)
+    assert interrupted.stage("Pretrain").state == StageState.SUCCEEDED
+    assert interrupted.stage("Head").state == StageState.RUNNING
+    pretrain_end = interrupted.stage("Pretrain").end_time
+
+    second = Driver(cmd, tmp_path)
+    assert second.wait(400) == 0, second.output()[-3000:]
+    second.reap_ray()
+    out = second.output()
+    ledger = Ledger.load(root)
+    assert ledger.done and ledger.stage("Pretrain").end_time == pretrain_end
+    assert "digits-lpft: 4/4 stages" in out and "curves:" in out
+    png = Path(root) / "curves.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    meta = json.loads((Path(root) / "model" / "model.json").read_text())
+    assert meta["labels"] == [str(i) for i in range(10)] and meta["architecture"] == "smallcnn"
+
+    image = tmp_path / "digit.png"
+    write_png(image, 90, size=8)
+    predicted = subprocess.run([GRAFT, "predict", f"{root}/model", str(image)], capture_output=True, text=True)
+    assert predicted.returncode == 0, predicted.stderr
+    assert predicted.stdout.startswith(f"{image}: ") and len(predicted.stdout.split()) == 1 + 2 * 3
+
+    status = subprocess.run([GRAFT, "status", root, "-o", "json"], capture_output=True, text=True)
+    assert json.loads(status.stdout)["model_uri"] == f"{root}/model"
