@@ -196,7 +196,7 @@ def scenario_suspend_resume(c: Cluster) -> dict[str, Any]:
     final = c.wait_phase("pause", "Succeeded")
     return {"features": features, "suspended": suspended, "rayjob_at_suspend": rj,
             "rayjob_suspended": kr_status_suspended, "resumed": resumed, "final": final,
-            "rayjobs": c.rayjobs("pause")}
+            "generation": c.get("pause")["metadata"]["generation"], "rayjobs": c.rayjobs("pause")}
 
 
 def scenario_retry_resumes_from_ledger(c: Cluster) -> dict[str, Any]:
@@ -370,6 +370,23 @@ def test_suspend_then_resume_continues_from_the_ledger(cluster):
     assert features["startTime"] == r["features"]["startTime"] and features["endTime"] == r["features"]["endTime"]
     assert final["progress"] == "2/2" and final["modelURI"]
     assert len(r["rayjobs"]) == 1 and r["rayjobs"][0]["spec"]["suspend"] is False
+    # Two spec changes later, the status says it has seen them.
+    assert r["generation"] == 3 and final["observedGeneration"] == 3
+    assert condition(final, "Succeeded")["observedGeneration"] == 3
+
+
+def test_deleting_a_transferjob_deletes_its_children_but_not_its_storage(cluster):
+    c = cluster
+    r = outcome(c, "suspend_resume")
+    model = r["final"]["modelURI"]
+    assert s3_keys(model)
+    c.co.delete_namespaced_custom_object(G, V, NS, P, "pause")
+    c.wait("pause deleted", lambda: not [o for o in c.api.objects(G, P, NS) if o["metadata"]["name"] == "pause"],
+           STATUS_LAG)
+    assert c.rayjobs("pause") == []
+    assert not [m for m in c.api.objects("", "configmaps", NS)
+                if (m["metadata"].get("labels") or {}).get(LABEL) == "pause"]
+    assert s3_keys(model), "the operator deleted the model from object storage"
 
 
 def test_failed_attempt_is_retried_and_resumes_from_the_ledger(cluster):

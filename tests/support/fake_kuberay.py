@@ -447,3 +447,34 @@ class FakeKubeRay:
             pass
         run.proc.wait()
         run.proc = None
+
+
+def main() -> None:
+    """Run the fake KubeRay in its own process (the benchmark keeps it off the API server's interpreter)."""
+    import argparse
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from support.kube import RemoteAPI
+
+    parser = argparse.ArgumentParser(description="fake KubeRay controller")
+    parser.add_argument("--url", required=True, help="API server URL")
+    parser.add_argument("--namespace", required=True)
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--no-training", action="store_true", help="mark jobs running, then succeeded")
+    parser.add_argument("--run-seconds", type=float, default=0.5)
+    args = parser.parse_args()
+    controller = FakeKubeRay(RemoteAPI(args.url), args.namespace, args.workdir, training=not args.no_training,
+                             run_seconds=args.run_seconds).start()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    controller.stop()
+    for error in controller.errors:
+        print(f"fake KubeRay: {error}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,199 @@
+"""Operator benchmark: many TransferJobs against the emulated API server, fake KubeRay without training.
+
+Measures, from the API server's own change feed (so client and watch delays are included as a user sees them):
+  * create -> RayJob created: from a TransferJob's ADDED to its RayJob's ADDED;
+  * RayJob status change -> TransferJob status change: from the RayJob reaching a jobDeploymentStatus
+    (Running, Complete) to the TransferJob's status first showing it;
+  * the operator process's peak RSS (VmHWM).
+A baseline of a few jobs created one at a time (no load) runs first in the same process; the burst's figures
+are printed as ratios against it. Goals (issue 4): p99 < 2 s for both latencies, peak RSS < 250 MB.
+
+    .venv/bin/python bench/operator_bench.py [--jobs 200] [--baseline 5] [--run-seconds 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+import kubernetes  # noqa: E402
+from support.kube import emulated_api  # noqa: E402
+from support.operator_proc import OperatorProcess  # noqa: E402
+
+from graft.api.crd import COMMITTED_CRD  # noqa: E402
+
+NS = "bench"
+G, V, P = "graft.dev", "v1alpha1", "transferjobs"
+LABEL = "graft.dev/transferjob"
+GOAL_P99_S = 2.0
+GOAL_RSS_MB = 250.0
+
+
+class Recorder:
+    """Server-side timestamps of the changes the benchmark measures."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.tj_added: dict[str, float] = {}
+        self.rj_added: dict[str, float] = {}  # by TransferJob name (the RayJob's label)
+        self.rj_state: dict[tuple[str, str], float] = {}  # (TransferJob name, jobDeploymentStatus) -> first seen
+        self.tj_state: dict[tuple[str, str], float] = {}
+
+    def __call__(self, t: float, kind: str, rt: Any, obj: dict[str, Any]) -> None:
+        meta = obj.get("metadata", {})
+        if meta.get("namespace") != NS:
+            return
+        state = (obj.get("status") or {}).get("jobDeploymentStatus")
+        with self.lock:
+            if rt.plural == "transferjobs":
+                name = meta["name"]
+                if kind == "ADDED":
+                    self.tj_added.setdefault(name, t)
+                if state:
+                    self.tj_state.setdefault((name, state), t)
+            elif rt.plural == "rayjobs":
+                name = (meta.get("labels") or {}).get(LABEL)
+                if name is None:
+                    return
+                if kind == "ADDED":
+                    self.rj_added.setdefault(name, t)
+                if state:
+                    self.rj_state.setdefault((name, state), t)
+
+    def create_latencies(self, names: list[str]) -> list[float]:
+        return [self.rj_added[n] - self.tj_added[n] for n in names if n in self.rj_added and n in self.tj_added]
+
+    def status_latencies(self, names: list[str]) -> tuple[list[float], int]:
+        """Latencies for every RayJob transition to Running/Complete, and how many were never mirrored."""
+        out, missing = [], 0
+        for n in names:
+            for state in ("Running", "Complete"):
+                if (n, state) in self.rj_state:
+                    if (n, state) in self.tj_state:
+                        out.append(max(0.0, self.tj_state[(n, state)] - self.rj_state[(n, state)]))
+                    else:
+                        missing += 1
+        return out, missing
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
+
+
+def transferjob(name: str, storage: str) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{G}/{V}", "kind": "TransferJob", "metadata": {"name": name},
+        "spec": {
+            "model": {"backbone": "smallcnn", "numClasses": 10, "weights": f"{storage}/weights.pt"},
+            "data": {"train": "builtin:digits", "imageSize": 8},
+            "stages": [{"type": "FrozenFeatures"}, {"type": "Head", "epochs": 1}],
+            "storage": {"uri": storage},
+        },
+    }
+
+
+def wait_all(co, names: list[str], timeout: float) -> list[str]:
+    """Wait until every named TransferJob is Succeeded; returns those that are not."""
+    deadline = time.monotonic() + timeout
+    pending = set(names)
+    while pending and time.monotonic() < deadline:
+        items = co.list_namespaced_custom_object(G, V, NS, P)["items"]
+        done = {i["metadata"]["name"] for i in items if (i.get("status") or {}).get("phase") == "Succeeded"}
+        pending -= done
+        if pending:
+            time.sleep(0.5)
+    return sorted(pending)
+
+
+def summary(label: str, values: list[float]) -> str:
+    return (f"{label}: n={len(values)} p50={pct(values, 50) * 1000:.0f} ms p99={pct(values, 99) * 1000:.0f} ms "
+            f"max={max(values) * 1000 if values else float('nan'):.0f} ms")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=200)
+    parser.add_argument("--baseline", type=int, default=5)
+    parser.add_argument("--run-seconds", type=float, default=1.0, help="how long a fake RayJob 'runs'")
+    parser.add_argument("--timeout", type=float, default=600)
+    args = parser.parse_args()
+
+    rec = Recorder()
+    with tempfile.TemporaryDirectory(prefix="graft-bench-") as tmp, emulated_api(namespaces=[NS]) as api:
+        storage = f"file://{tmp}/storage"
+        api.store.listeners.append(rec)
+        api.apply_crd(COMMITTED_CRD)
+        op = OperatorProcess(api, NS, Path(tmp) / "operator").start()
+        # Its own process, so that its polling does not share the API server's interpreter lock.
+        kuberay = subprocess.Popen([sys.executable, str(ROOT / "tests" / "support" / "fake_kuberay.py"),
+                                    "--url", api.url, "--namespace", NS, "--workdir", f"{tmp}/kuberay",
+                                    "--no-training", "--run-seconds", str(args.run_seconds)])
+        try:
+            with api.client("bench") as client:
+                co = kubernetes.client.CustomObjectsApi(client)
+                # Baseline: one job at a time, each finished before the next.
+                base = [f"base-{i}" for i in range(args.baseline)]
+                for name in base:
+                    co.create_namespaced_custom_object(G, V, NS, P, transferjob(name, storage))
+                    left = wait_all(co, [name], 60)
+                    if left:
+                        raise SystemExit(f"baseline job {name} did not succeed:\n{op.log()[-3000:]}")
+                # The burst: every job created back to back.
+                burst = [f"job-{i:04d}" for i in range(args.jobs)]
+                t0 = time.monotonic()
+                for name in burst:
+                    co.create_namespaced_custom_object(G, V, NS, P, transferjob(name, storage))
+                created_s = time.monotonic() - t0
+                left = wait_all(co, burst, args.timeout)
+                total_s = time.monotonic() - t0
+            rss_mb = op.peak_rss_bytes() / 2**20
+            op_cpu, kuberay_cpu, own_cpu = cpu_seconds(op.proc.pid), cpu_seconds(kuberay.pid), time.process_time()
+            load = os.getloadavg()[0]
+            op_requests = [r for r in api.requests_by("graft-operator") if r.verb != "watch"]
+        finally:
+            kuberay.terminate()
+            kuberay.wait(30)
+            op.stop()
+
+    base_create, burst_create = rec.create_latencies(base), rec.create_latencies(burst)
+    (base_status, _), (burst_status, missing) = rec.status_latencies(base), rec.status_latencies(burst)
+    print(f"operator benchmark: {args.jobs} TransferJobs (created in {created_s:.1f} s), all Succeeded in "
+          f"{total_s:.1f} s; {len(left)} not Succeeded")
+    print(summary(f"API server time per operator request ({len(op_requests)} requests, watches excluded)",
+                  [r.duration for r in op_requests]))
+    print(summary("baseline create->RayJob", base_create))
+    print(summary("burst    create->RayJob", burst_create))
+    print(summary("baseline RayJob status->TransferJob status", base_status))
+    print(summary("burst    RayJob status->TransferJob status", burst_status) + f" (never mirrored: {missing})")
+    for label, b, x in (("create->RayJob", base_create, burst_create),
+                        ("status->status", base_status, burst_status)):
+        print(f"ratio burst/baseline {label}: p50 x{pct(x, 50) / pct(b, 50):.1f}, p99 x{pct(x, 99) / pct(b, 99):.1f}")
+    print(f"operator peak RSS: {rss_mb:.0f} MB; CPU seconds: operator {op_cpu:.1f}, emulated API server + client "
+          f"{own_cpu:.1f}, fake KubeRay {kuberay_cpu:.1f}; load average at the end {load:.1f} on {os.cpu_count()} CPUs")
+    ok = (pct(burst_create, 99) < GOAL_P99_S and pct(burst_status, 99) < GOAL_P99_S and rss_mb < GOAL_RSS_MB
+          and not left and not missing)
+    print(f"goals (p99 < {GOAL_P99_S} s both, RSS < {GOAL_RSS_MB:.0f} MB, all mirrored): {'MET' if ok else 'NOT MET'}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
