@@ -40,7 +40,13 @@ def run_operator(
     os.environ["GRAFT_METRICS_PORT"] = str(metrics_port)
     import graft.operator.handlers  # noqa: F401 (registers the handlers)
 
+    settings = kopf.OperatorSettings()
+    # Serving named namespaces under a namespaced Role: no cluster-wide CRD/namespace watches (the Role cannot
+    # grant them); kopf discovers the resources once at startup instead. Set before kopf starts: its
+    # observers read it before any startup handler runs.
+    settings.scanning.disabled = bool(namespace)
     kopf.run(
+        settings=settings,
         standalone=True,
         clusterwide=not namespace,
         namespaces=list(namespace or []),
