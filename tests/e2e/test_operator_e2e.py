@@ -34,7 +34,7 @@ pytestmark = pytest.mark.slow
 NS, NS_RESTART = "graft-e2e", "graft-e2e-restart"
 G, V, P = "graft.dev", "v1alpha1", "transferjobs"
 LABEL = "graft.dev/transferjob"
-TRAIN_TIMEOUT = 480  # every training scenario runs at once on two cores
+TRAIN_TIMEOUT = 420  # every training scenario runs at once on two cores (pytest-timeout is 600 s)
 STATUS_LAG = 15  # the issue promises status within 10 s of a change
 
 
@@ -279,7 +279,7 @@ def cluster(s3_endpoint, tmp_path_factory):
 def outcome(c: Cluster, name: str) -> dict[str, Any]:
     """The scenario's result, or its failure with the operator's and the runs' logs."""
     try:
-        return c.futures[name].result(timeout=TRAIN_TIMEOUT + 120)
+        return c.futures[name].result(timeout=TRAIN_TIMEOUT + 60)
     except Exception as e:
         raise AssertionError(f"scenario {name} failed: {e}\n{traceback.format_exc()}\n{c.diagnostics()}") from e
 
@@ -420,7 +420,7 @@ def test_operator_requests_stay_within_its_rbac_rules(cluster):
     for name in SCENARIOS:  # let every scenario finish so that its calls are in the log
         if c.futures[name].done() is False:
             try:
-                c.futures[name].result(timeout=TRAIN_TIMEOUT + 120)
+                c.futures[name].result(timeout=TRAIN_TIMEOUT + 60)
             except Exception:  # noqa: S110 (the scenario's own test reports it)
                 pass
     calls = {(r.verb, r.group, r.rbac_resource) for r in c.api.requests_by(OPERATOR_USER)}
