@@ -38,11 +38,16 @@ RUN /opt/build/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /wheels 
 WORKDIR /
 
 # ------------------------------------------------------------------------------------- operator deps
-FROM build AS build-operator
+FROM ${BASE_IMAGE} AS build-operator
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+# Dependencies first, in their own layer: a code change rebuilds only the small graft layer below.
 COPY docker/requirements-operator.txt /tmp/requirements.txt
 RUN python3 -m venv /opt/graft \
- && /opt/graft/bin/pip install --no-deps --requirement /tmp/requirements.txt \
- && /opt/graft/bin/pip install --no-deps /wheels/graft-*.whl \
+ && /opt/graft/bin/pip install --no-deps --requirement /tmp/requirements.txt
+COPY --from=build /wheels /wheels
+RUN /opt/graft/bin/pip install --no-deps /wheels/graft-*.whl \
  # The operator never installs anything at run time: pip and setuptools do not ship in it.
  && /opt/graft/bin/pip uninstall --yes pip setuptools \
  && /opt/graft/bin/python -c "import graft.operator, kopf"
@@ -65,11 +70,15 @@ ENTRYPOINT ["graft", "operator"]
 CMD ["--all-namespaces"]
 
 # -------------------------------------------------------------------------------------- trainer deps
-FROM build AS build-trainer
+FROM ${BASE_IMAGE} AS build-trainer
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
 COPY docker/requirements-trainer.txt /tmp/requirements.txt
 RUN python3 -m venv /opt/graft \
- && /opt/graft/bin/pip install --no-deps --requirement /tmp/requirements.txt \
- && /opt/graft/bin/pip install --no-deps /wheels/graft-*.whl \
+ && /opt/graft/bin/pip install --no-deps --requirement /tmp/requirements.txt
+COPY --from=build /wheels /wheels
+RUN /opt/graft/bin/pip install --no-deps /wheels/graft-*.whl \
  && /opt/graft/bin/python -c "import graft.trainer, torch, torchvision, ray"
 
 # ------------------------------------------------------------------------------------------- trainer

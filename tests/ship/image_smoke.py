@@ -109,7 +109,8 @@ def main(argv: list[str]) -> int:
         log(f"API server {api.url}, S3 {s3}; starting {args.image}")
         sh(
             "run", "--detach", "--name", CONTAINER, "--network", "host",
-            "--read-only", "--tmpfs", "/tmp", "--cap-drop"  # noqa: S108 (the container's scratch mount), "ALL", "--security-opt", "no-new-privileges",
+            "--read-only", "--tmpfs", "/tmp",  # noqa: S108 (the container's scratch mount)
+            "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
             "--volume", f"{kubeconfig}:/etc/graft/kubeconfig:ro", "--env", "KUBECONFIG=/etc/graft/kubeconfig",
             args.image, "--all-namespaces", f"--metrics-port={metrics_port}",
             f"--liveness-port={liveness_port}",
