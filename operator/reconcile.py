@@ -259,6 +259,11 @@ async def sync(
             new["reason"], new["message"] = override
         return await write_status(body, new)
     rayjob = await rayjob_of(namespace, rj_name)
+    deleting = bool(body["metadata"].get("deletionTimestamp"))  # foreground deletion removes children first
+    if rayjob is None and not deleting and (status.condition(current, "Created") or {}).get("status") == "True":
+        # Deleted under a running job (by hand, or by a cleanup that got it wrong): make it again; the trainer
+        # resumes from the ledger, as after a retry.
+        rayjob = await _recreate(body, spec, rj_name)
     created = rayjob is not None
     rj_status = (rayjob or {}).get("status") or {}
     jds = rj_status.get("jobDeploymentStatus") or ""
@@ -291,6 +296,18 @@ async def sync(
     if override:
         new["reason"], new["message"] = override
     return await write_status(body, new)
+
+
+async def _recreate(body: Any, spec: TransferJobSpec, rj_name: str) -> dict[str, Any]:
+    uid, namespace, _ = _ref(body)
+    configmap, rayjob = builder.build_children(body, spec)
+    await _create_or_adopt(configmap, uid)
+    obj, created = await _create_or_adopt(rayjob, uid)
+    _rayjobs[(namespace, rj_name)] = obj
+    if created:
+        _event(body, "Warning", "RayJobRecreated",
+               f"RayJob {rj_name} was deleted before the job finished; created it again (it resumes from the ledger)")
+    return obj
 
 
 def _seconds_until(timestamp: str | None, seconds: int) -> float:
@@ -370,7 +387,10 @@ class Supervisor:
         """The latest body of a job (from the watch); started jobs are followed, others ignored."""
         self.ensure_running()
         uid = body["metadata"]["uid"]
-        if body["metadata"].get("deletionTimestamp") or not started(known_status(uid, body)):
+        if body["metadata"].get("deletionTimestamp"):
+            self.drop(uid)
+            return
+        if not started(known_status(uid, body)):
             return
         new = uid not in self.bodies
         self.bodies[uid] = body
