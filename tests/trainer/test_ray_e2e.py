@@ -125,7 +125,6 @@ def test_s3_two_workers_driver_killed_mid_stage_resumes_from_checkpoint(tmp_path
         "data": {"train": "builtin:digits-noisy", "imageSize": 32},
         "stages": [
             {"type": "FrozenFeatures"},
-            {"type": "Head", "epochs": 10},
             {"type": "FullFineTune", "epochs": 6, "batchSize": 32, "augment": False},
         ],
         "workers": {"replicas": 2, "cpus": "1"},
@@ -139,24 +138,27 @@ def test_s3_two_workers_driver_killed_mid_stage_resumes_from_checkpoint(tmp_path
     root = f"{s3_bucket}/jobs/{uid}"
 
     first = Driver(cmd, tmp_path, env)
-    killed_at = wait_for(lambda: stage_epoch(root, "FullFineTune") >= 2, 240, "FullFineTune epoch 2", first)
+    wait_for(lambda: stage_epoch(root, "FullFineTune") >= 2, 240, "FullFineTune epoch 2", first)
     first.kill()
     before = Ledger.load(root)
+    killed_at = before.stage("FullFineTune").epoch
     assert before.stage("FullFineTune").state == StageState.RUNNING
-    assert before.stage("FullFineTune").epoch < 6, "the stage finished before the driver was killed"
-    finished = {t: before.stage(t).end_time for t in ("FrozenFeatures", "Head")}
+    assert 2 <= killed_at < 6, "the stage finished before the driver was killed"
+    finished = {"FrozenFeatures": before.stage("FrozenFeatures").end_time}
     assert all(finished.values())
 
     second = Driver(cmd, tmp_path, env)
     assert second.wait(300) == 0, second.output()[-3000:]
     after = Ledger.load(root)
     assert after.attempt == 2
-    assert [s.state for s in after.stages] == [StageState.SUCCEEDED] * 3
+    assert [s.state for s in after.stages] == [StageState.SUCCEEDED] * 2
     assert {t: after.stage(t).end_time for t in finished} == finished, "finished stages must not run again"
     fft = after.stage("FullFineTune")
     assert [h["epoch"] for h in fft.history] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
-    resumed = [h["resumed_from"] for h in fft.history if h["epoch"] > killed_at]
-    assert resumed and min(resumed) >= 2, f"resumed from epoch {resumed}, not from the last checkpoint"
+    # Every epoch is checkpointed before the ledger records it; the controller registers a checkpoint when
+    # it collects the report, so the last one may not have been registered when the driver died.
+    resumed = {h["resumed_from"] for h in fft.history if h["epoch"] > killed_at}
+    assert len(resumed) == 1 and killed_at - 1 <= resumed.pop() <= killed_at, f"resumed from {resumed}"
     assert after.model_uri == f"{root}/model"
     assert fft.checkpoint.startswith(f"{root}/checkpoints/{uid}-fullfinetune/epoch_")
 
@@ -173,24 +175,26 @@ def test_worker_killed_mid_epoch_is_restarted_from_the_latest_checkpoint(tmp_pat
     spec = {
         "model": {"backbone": "smallcnn", "numClasses": 10, "weights": str(weights)},
         "data": {"train": "builtin:digits-noisy", "imageSize": 32},
-        "stages": [{"type": "FullFineTune", "epochs": 5, "batchSize": 32, "augment": False}],
+        "stages": [{"type": "FullFineTune", "epochs": 6, "batchSize": 32, "augment": False}],
         "workers": {"replicas": 2, "cpus": "1"},
     }
     job = write_job(tmp_path / "job.json", job_doc("worker-kill", spec, uid="worker-kill-1"))
     store = tmp_path / "store"
     root = str(store / "worker-kill-1")
     driver = Driver([sys.executable, "-m", "graft.trainer", "--job", str(job), "--storage", str(store)], tmp_path)
-    wait_for(lambda: stage_epoch(root, "FullFineTune") >= 1, 240, "FullFineTune epoch 1", driver)
+    # At epoch 2 in the ledger, epoch 1's checkpoint is registered (a worker's second report waits for the
+    # controller to collect the first).
+    wait_for(lambda: stage_epoch(root, "FullFineTune") >= 2, 240, "FullFineTune epoch 2", driver)
     workers = [p for p in _pids_with_env("RAY_TMPDIR", str(driver.ray_tmp)) if "RayTrainWorker" in _cmdline(p)]
     assert workers, "no Ray Train worker process found"
-    os.kill(workers[-1], signal.SIGKILL)
+    os.kill(workers[0], signal.SIGKILL)
     try:
         assert driver.wait(300) == 0, driver.output()[-3000:]
     finally:
         driver.reap_ray()
     fft = Ledger.load(root).stage("FullFineTune")
     assert fft.state == StageState.SUCCEEDED
-    assert [h["epoch"] for h in fft.history] == [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert [h["epoch"] for h in fft.history] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
     assert max(h["resumed_from"] for h in fft.history) >= 1, "the restarted workers began again at epoch 0"
 
 
