@@ -15,7 +15,7 @@ from pathlib import Path
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m graft.trainer", description=__doc__.splitlines()[0])
-    parser.add_argument("--job", required=True, help="TransferJob as a JSON or YAML file")
+    parser.add_argument("--job", required=True, help="TransferJob as a JSON or YAML file, or inline JSON ({...})")
     parser.add_argument("--storage", default=None, help="storage root when spec.storage.uri is empty")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s graft.trainer %(levelname)s %(message)s")
@@ -23,7 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     from graft.api.validation import InvalidSpec, load_job
 
     try:
-        job = load_job(Path(args.job).read_text())
+        # Inline JSON is parsed, never interpolated by a shell: the entrypoint is an argv list.
+        job = load_job(args.job if args.job.lstrip().startswith("{") else Path(args.job).read_text())
     except OSError as exc:
         print(f"error: {args.job}: cannot read the job file: {exc.strerror or exc}", file=sys.stderr)
         return 2

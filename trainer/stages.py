@@ -130,12 +130,13 @@ def frozen_features(
             rows.append(row)
     actors = stage.actors or workers.replicas
     t0 = time.perf_counter()
-    ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // max(1, stage.batch_size), 4 * actors)))
+    blocks = max(actors, min(len(rows) // max(1, stage.batch_size), 4 * actors))
+    ds = ray.data.from_items(rows, override_num_blocks=blocks)
     out = ds.map_batches(
         FeatureExtractor,
         fn_constructor_kwargs={"cfg": {**cfg, "gpu": workers.gpus > 0}},
         batch_size=stage.batch_size,
-        concurrency=actors,
+        compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=min(1.0, cpus_per_worker(workers)) if not workers.gpus else 1,
         num_gpus=workers.gpus or None,
         batch_format="numpy",

@@ -109,3 +109,25 @@ def test_wrong_credentials_fail_the_stage_naming_the_uri(tmp_path, authenticatin
     rec = Ledger.load(job_root(store, "bad-1")).stage("FrozenFeatures")
     assert rec.state == StageState.FAILED
     assert rec.message.startswith(f"{authenticating_s3}/train: credentials rejected")
+
+
+def test_entrypoint_exit_codes_and_inline_json(tmp_path, capsys):
+    """Contract 1: exit 2 for an unusable job file, 1 for a failed stage (reason in the ledger)."""
+    import json
+
+    from graft.trainer.__main__ import main
+
+    assert main(["--job", str(tmp_path / "missing.json")]) == 2
+    assert "cannot read the job file" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("apiVersion: graft.dev/v1alpha1\nkind: TransferJob\nmetadata: {name: x}\nspec: {}\n")
+    assert main(["--job", str(bad)]) == 2
+    assert "spec.model: required field is missing" in capsys.readouterr().err
+
+    missing = str(tmp_path / "nope.pt")
+    doc = _job(tmp_path, "builtin:digits", missing, num_classes=10, uid="inline-1").model_dump(by_alias=True)
+    store = str(tmp_path / "store")
+    assert main(["--job", json.dumps(doc), "--storage", store]) == 1
+    assert f"{missing}: weights file not found" in capsys.readouterr().err
+    rec = Ledger.load(job_root(store, "inline-1")).stage("FrozenFeatures")
+    assert rec.message == f"{missing}: weights file not found"
