@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from graft.operator.builder import LABEL_QUEUE
+
 from graft.api.models import TransferJobSpec
 
 CONDITION_TYPES = ("Created", "Running", "Suspended", "Succeeded", "Failed", "Reconciling", "Stalled")
@@ -107,6 +109,10 @@ def derive_state(
         return State("Failed", _failure_reason(rj_status, spec), _failure_message(rj_status, ledger, spec))
     # Suspended before KubeRay has written any status (created suspended); once it has, its word counts, so a
     # suspend request does not flap Suspended -> Running -> Suspended while KubeRay catches up.
+    queue = ((rayjob or {}).get("metadata", {}).get("labels") or {}).get(LABEL_QUEUE)
+    if jds in _SUSPENDED and queue and not spec.run_policy.suspend:
+        # Not the user's suspension: Kueue holds a queued RayJob suspended until its quota admits it.
+        return State("Pending", "QueuedByKueue", f"waiting for Kueue to admit the job in queue {queue} (quota)")
     if jds in _SUSPENDED or (spec.run_policy.suspend and not rj_status):
         return State("Suspended", "Suspended", "the job is suspended: its Ray cluster is deleted, progress is kept")
     if jds == "Running":
