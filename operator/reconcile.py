@@ -16,7 +16,7 @@ from typing import Any
 import kopf
 from graft.operator import builder, client, ledgers, metrics, pending, status
 
-from graft.api.models import GROUP, KIND, PLURAL, VERSION, TransferJobSpec
+from graft.api.models import API_VERSION, GROUP, KIND, PLURAL, VERSION, TransferJobSpec
 from graft.ledger import now
 
 log = logging.getLogger("graft.operator")
@@ -60,6 +60,14 @@ def started(current: dict[str, Any]) -> bool:
 def _ref(body: Any) -> tuple[str, str, str]:
     meta = body["metadata"]
     return meta["uid"], meta.get("namespace") or "", meta["name"]
+
+
+def _log_ref(body: Any) -> dict[str, Any]:
+    """`extra` for a log line about a job: kopf's JSON formatter puts it under "object", like its own lines."""
+    meta = body["metadata"]
+    ref = {"apiVersion": API_VERSION, "kind": KIND, "name": meta.get("name"), "uid": meta.get("uid"),
+           "namespace": meta.get("namespace")}
+    return {"k8s_ref": ref}
 
 
 def _event(body: Any, type_: str, reason: str, message: str) -> None:
@@ -274,7 +282,7 @@ async def sync(
             follower.ledger = await ledgers.read(namespace, spec, uid) or follower.ledger
             follower.ledger_jds = jds
         except ledgers.LedgerUnavailable as exc:
-            log.warning(f"{namespace}/{name}: cannot read the ledger: {exc}")
+            log.warning(f"cannot read the ledger: {exc}", extra=_log_ref(body))
             metrics.RECONCILE_ERRORS.labels(handler="ledger").inc()
         follower.ledger_read_at = t
     state = status.derive_state(spec=spec, rayjob=rayjob, ledger=follower.ledger)
@@ -285,7 +293,7 @@ async def sync(
             try:
                 follower.pending = await pending.reason(namespace, rayjob, spec.run_policy.suspend)
             except client.APIError as exc:
-                log.warning(f"{namespace}/{name}: cannot inspect pods/events: {exc}")
+                log.warning(f"cannot inspect pods/events: {exc}", extra=_log_ref(body))
         state = status.derive_state(spec=spec, rayjob=rayjob, ledger=follower.ledger, pending=follower.pending)
     else:
         follower.pending, follower.pending_since, follower.pending_checked_at = None, None, 0.0
@@ -344,11 +352,10 @@ async def follow_once(body: Any, follower: Follower) -> float | None:
 
     Returns the seconds until it should be looked at again (sooner if woken), None when there is nothing more
     to follow (finished and cleaned up)."""
-    _, namespace, name = _ref(body)
     with metrics.measured("mirror"):
         spec, problems = builder.validate_for_cluster(copy.deepcopy(dict(body.get("spec") or {})))
         if spec is None:
-            log.warning(f"{namespace}/{name}: not following, the spec is invalid: {_problems_text(problems)}")
+            log.warning(f"not following, the spec is invalid: {_problems_text(problems)}", extra=_log_ref(body))
             return None
         try:
             current = await sync(body, spec, follower)
@@ -360,7 +367,7 @@ async def follow_once(body: Any, follower: Follower) -> float | None:
                 return PENDING_CHECK_SECONDS
             return IDLE_SECONDS
         except (client.APIError, OSError, asyncio.TimeoutError) as exc:
-            log.warning(f"{namespace}/{name}: mirroring failed, retrying in {POLL_SECONDS}s: {exc!r}")
+            log.warning(f"mirroring failed, retrying in {POLL_SECONDS}s: {exc!r}", extra=_log_ref(body))
             metrics.RECONCILE_ERRORS.labels(handler="mirror").inc()
             return POLL_SECONDS
 
@@ -449,7 +456,8 @@ class Supervisor:
                     return
                 delay = await follow_once(body, follower)
         except Exception:  # one job's surprise must not stop the loop for all of them
-            log.exception(f"following job {uid} failed")
+            body = self.bodies.get(uid)
+            log.exception("following the job failed", extra=_log_ref(body) if body else {})
             metrics.RECONCILE_ERRORS.labels(handler="mirror").inc()
         finally:
             self.busy.discard(uid)
