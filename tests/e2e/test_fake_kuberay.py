@@ -84,8 +84,9 @@ def test_runs_the_entrypoint_with_the_mounted_job_and_secret_env(client, fake_ku
     assert out.read_text() == "1 AKIDFROMSECRET http://127.0.0.1:9"
     assert st["jobStatus"] == "SUCCEEDED" and st["succeeded"] == 1 and st["failed"] == 0
     assert st["startTime"] and st["endTime"] and st["jobId"] and st["dashboardURL"].endswith(":8265")
-    # shutdownAfterJobFinishes: the cluster is gone once the job finished.
+    # shutdownAfterJobFinishes: the cluster and its pods are gone once the job finished.
     assert st["rayClusterName"] and not kube_api.objects("ray.io", "rayclusters", NS)
+    assert not kube_api.objects("", "pods", NS)
 
 
 def test_failed_attempt_is_retried_up_to_the_backoff_limit(client, fake_kuberay, tmp_path):
@@ -130,11 +131,53 @@ def test_created_suspended_stays_suspended(client, fake_kuberay, tmp_path):
     assert not (tmp_path / "queued").exists()
 
 
-def test_a_missing_secret_keeps_the_job_initializing_and_says_why(client, fake_kuberay, tmp_path):
+def head_pod(client, rayjob: str):
+    cluster = status(client, rayjob).get("rayClusterName")
+    pods = kubernetes.client.CoreV1Api(client).list_namespaced_pod(
+        NS, label_selector=f"ray.io/cluster={cluster},ray.io/node-type=head").items if cluster else []
+    return pods[0] if pods else None
+
+
+def test_a_missing_secret_keeps_the_job_initializing_and_the_pod_says_why(client, fake_kuberay, tmp_path):
     make_rayjob(client, "nosecret", tmp_path / "nosecret", "succeed", creds_ref="absent")
-    st = wait_for(lambda: "absent" in (status(client, "nosecret").get("message") or "") and status(
-        client, "nosecret"), what="message")
-    assert st["jobDeploymentStatus"] == "Initializing" and 'secret "absent" not found' in st["message"]
+
+    def waiting():
+        pod = head_pod(client, "nosecret")
+        statuses = (pod.status.container_statuses or []) if pod and pod.status else []
+        return statuses and statuses[0].state.waiting
+
+    w = wait_for(waiting, what="a waiting head container")
+    assert w.reason == "CreateContainerConfigError" and 'secret "absent" not found' in w.message
+    assert status(client, "nosecret")["jobDeploymentStatus"] == "Initializing"
+    assert not (tmp_path / "nosecret").exists()
+
+
+def test_gpus_the_node_lacks_leave_the_pods_unschedulable(client, fake_kuberay, tmp_path):
+    make_rayjob(client, "gpu", tmp_path / "gpu", "succeed")
+    co = kubernetes.client.CustomObjectsApi(client)
+    co.delete_namespaced_custom_object(G, V, NS, "rayjobs", "gpu")
+    rj = {"apiVersion": "ray.io/v1", "kind": "RayJob", "metadata": {"name": "gpu2"}, "spec": {
+        "entrypoint": "python -c pass", "rayClusterSpec": {
+            "headGroupSpec": {"template": {"spec": {"containers": [{"name": "ray-head"}]}}},
+            "workerGroupSpecs": [{"groupName": "workers", "replicas": 2, "template": {"spec": {"containers": [
+                {"name": "ray-worker", "resources": {"limits": {"nvidia.com/gpu": 1}}}]}}}]}}}
+    co.create_namespaced_custom_object(G, V, NS, "rayjobs", rj)
+
+    def pods():
+        cluster = status(client, "gpu2").get("rayClusterName")
+        items = kubernetes.client.CoreV1Api(client).list_namespaced_pod(
+            NS, label_selector=f"ray.io/cluster={cluster}").items if cluster else []
+        return items if items and all(p.status and p.status.conditions for p in items) else None
+
+    by_type: dict[str, list] = {}
+    for pod in wait_for(pods, what="pods with status"):
+        scheduled = next(c for c in pod.status.conditions if c.type == "PodScheduled")
+        by_type.setdefault(pod.metadata.labels["ray.io/node-type"], []).append((scheduled.status, scheduled.reason))
+    assert by_type == {"head": [("True", None)], "worker": [("False", "Unschedulable")] * 2}
+    worker = next(p for p in pods() if p.metadata.labels["ray.io/node-type"] == "worker")
+    scheduled = next(c for c in worker.status.conditions if c.type == "PodScheduled")
+    assert "Insufficient nvidia.com/gpu" in scheduled.message
+    assert status(client, "gpu2")["jobDeploymentStatus"] == "Initializing"
 
 
 def test_no_training_mode_marks_jobs_running_then_succeeded(kube_api, tmp_path):

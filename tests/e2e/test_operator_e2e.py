@@ -322,6 +322,24 @@ def test_deadline_exceeded_fails_the_job(cluster):
     assert c.rayjob("late")["spec"]["activeDeadlineSeconds"] == 3
 
 
+@pytest.mark.parametrize(
+    ("name", "overrides", "reason", "says"),
+    [
+        ("gpu", {"workers": {"gpus": 1}}, "Unschedulable", "Insufficient nvidia.com/gpu"),
+        ("nosecret", {"storage": {"credentialsSecret": {"name": "missing"}}}, "ContainerConfigError",
+         'secret "missing" not found'),
+    ],
+    ids=["unschedulable-gpu", "missing-secret"],
+)
+def test_a_job_pending_for_a_known_reason_says_why(cluster, name, overrides, reason, says):
+    c = cluster
+    c.create(name, **overrides)
+    st = c.wait(f"{name} pending with reason {reason}", lambda: c.status(name).get("reason") == reason and c.status(
+        name), STATUS_LAG + 10, name)
+    assert st["phase"] == "Pending" and says in st["message"], st
+    assert c.rayjob(name)["status"]["jobDeploymentStatus"] == "Initializing"
+
+
 def test_small_job_succeeds_with_metrics_checkpoints_and_model_in_status(cluster):
     c = cluster
     result = outcome(c, "succeeds_then_ttl")

@@ -6,7 +6,11 @@ jobStatus PENDING/RUNNING/SUCCEEDED/FAILED, startTime, endTime, jobId, rayCluste
 reason and message; failed attempts retried up to spec.backoffLimit through Retrying -> New (status.failed
 counts them); spec.suspend kills the run and goes Suspending -> Suspended, and resuming starts it anew;
 spec.activeDeadlineSeconds (from startTime) ends in Failed / DeadlineExceeded; a RayCluster object owned by
-the RayJob stands for the cluster (deleted on suspend and, with shutdownAfterJobFinishes, at the end).
+the RayJob stands for the cluster (deleted on suspend and, with shutdownAfterJobFinishes, at the end), with
+head and worker Pods owned by it (labels `ray.io/cluster`, `ray.io/node-type`) whose status says what the
+scheduler and kubelet would: Running, Unschedulable when the one fake node lacks the GPUs asked for
+(`node_gpus`, default 0), or CreateContainerConfigError when a Secret / ConfigMap or key is missing. As in
+KubeRay, such a job stays Initializing; only its pods say why.
 
 How a head pod would run (contract 2): every configMap volume mounted into the head container is
 materialised into a temp dir and its mountPath is rewritten to that dir in the entrypoint; env values,
@@ -18,6 +22,7 @@ marked running, then succeeded after `run_seconds` (for the operator benchmark).
 from __future__ import annotations
 
 import base64
+import copy
 import os
 import queue
 import random
@@ -51,6 +56,48 @@ def _suffix(n: int = 5) -> str:
     return "".join(random.choice(string.ascii_lowercase + string.digits) for _ in range(n))
 
 
+def _gpus(template: dict[str, Any]) -> int:
+    """GPUs a pod template asks for."""
+    total = 0
+    for c in (template.get("spec") or {}).get("containers") or []:
+        res = c.get("resources") or {}
+        total += int((res.get("limits") or {}).get("nvidia.com/gpu") or (res.get("requests") or {}).get(
+            "nvidia.com/gpu") or 0)
+    return total
+
+
+def _string_quantities(pod_spec: dict[str, Any]) -> dict[str, Any]:
+    """The JSON API takes `nvidia.com/gpu: 1`; the Python client's models want quantities as strings."""
+    out = copy.deepcopy(pod_spec)
+    for c in out.get("containers") or []:
+        for kind in ("requests", "limits"):
+            amounts = (c.get("resources") or {}).get(kind) or {}
+            for key, value in amounts.items():
+                amounts[key] = str(value)
+    return out
+
+
+def _pod_unschedulable(resource: str) -> dict[str, Any]:
+    return {"phase": "Pending", "conditions": [{
+        "type": "PodScheduled", "status": "False", "reason": "Unschedulable", "lastTransitionTime": _now(),
+        "message": f"0/1 nodes are available: 1 Insufficient {resource}. preemption: 0/1 nodes are available: "
+                   "1 No preemption victims found for incoming pod."}]}
+
+
+def _pod_config_error(message: str) -> dict[str, Any]:
+    return {"phase": "Pending",
+            "conditions": [{"type": "PodScheduled", "status": "True", "lastTransitionTime": _now()}],
+            "containerStatuses": [{"name": "ray-head", "ready": False, "restartCount": 0, "image": "", "imageID": "",
+                                   "state": {"waiting": {"reason": "CreateContainerConfigError",
+                                                         "message": message}}}]}
+
+
+def _pod_running() -> dict[str, Any]:
+    return {"phase": "Running", "startTime": _now(),
+            "conditions": [{"type": t, "status": "True", "lastTransitionTime": _now()}
+                           for t in ("PodScheduled", "Initialized", "ContainersReady", "Ready")]}
+
+
 class PodStartError(Exception):
     """What a pod that cannot start would report (missing Secret, ConfigMap or key)."""
 
@@ -68,6 +115,8 @@ class _Run:
     logs: list[Path] = field(default_factory=list)
     running_since: float | None = None  # no-training mode: when the fake job "started"
     killed: bool = False
+    pods: list[tuple[str, str, int]] = field(default_factory=list)  # (name, node type, GPUs) of the cluster
+    pod_state: str | None = None  # what the pods' status last said
 
 
 class FakeKubeRay:
@@ -75,10 +124,11 @@ class FakeKubeRay:
 
     def __init__(self, api, namespace: str, workdir: str | Path, *, training: bool = True,
                  run_seconds: float = 0.5, env: dict[str, str] | None = None, tick: float = 0.1,
-                 user: str = "kuberay"):
+                 user: str = "kuberay", node_gpus: int = 0, max_worker_pods: int = 4):
         self.api, self.namespace, self.workdir = api, namespace, Path(workdir)
         self.training, self.run_seconds, self.extra_env, self.tick = training, run_seconds, dict(env or {}), tick
         self.user = user
+        self.node_gpus, self.max_worker_pods = node_gpus, max_worker_pods
         self.runs: dict[str, _Run] = {}
         self._cache: dict[str, dict[str, Any]] = {}  # uid -> latest RayJob seen
         self._events: queue.Queue = queue.Queue()
@@ -241,13 +291,19 @@ class FakeKubeRay:
             self._finish_cluster(obj)
             return
         if deployment == "Initializing":
+            # KubeRay keeps a job whose pods cannot start Initializing; only the pods say why.
+            if any(gpus > self.node_gpus for _, _, gpus in run.pods):
+                # The pods asking for more GPUs than the node has stay Pending; the others run.
+                self._pods_status(obj, run, "unschedulable", lambda gpus: _pod_unschedulable("nvidia.com/gpu")
+                                  if gpus > self.node_gpus else _pod_running())
+                return
             try:
                 self._launch(obj, run)
             except PodStartError as e:
-                # A pod that cannot start stays Initializing in KubeRay; the message says why.
-                if st.get("message") != str(e):
-                    self._write(obj, message=str(e), reason="PodStartError")
+                message = str(e)
+                self._pods_status(obj, run, f"config:{message}", lambda _: _pod_config_error(message), head_only=True)
                 return
+            self._pods_status(obj, run, "running", lambda _: _pod_running())
             self._write(obj, jobDeploymentStatus="Running", jobStatus="RUNNING", message=None, reason=None)
             return
         self._check_running(obj, run)
@@ -255,7 +311,7 @@ class FakeKubeRay:
     def _initialize(self, obj: dict[str, Any], run: _Run, keep_start: bool) -> dict[str, Any]:
         meta, st = obj["metadata"], obj.get("status") or {}
         cluster = f"{meta['name']}-{_suffix()}"
-        self._co.create_namespaced_custom_object(GROUP, VERSION, meta["namespace"], "rayclusters", {
+        raycluster = self._co.create_namespaced_custom_object(GROUP, VERSION, meta["namespace"], "rayclusters", {
             "apiVersion": f"{GROUP}/{VERSION}", "kind": "RayCluster",
             "metadata": {"name": cluster, "labels": {"ray.io/originated-from-crd": "RayJob",
                                                      "ray.io/originated-from-cr-name": meta["name"]},
@@ -264,6 +320,7 @@ class FakeKubeRay:
                                               "blockOwnerDeletion": True}]},
             "spec": obj["spec"].get("rayClusterSpec", {}),
         })
+        self._create_pods(obj, run, raycluster)
         return self._write(
             obj, jobDeploymentStatus="Initializing", jobStatus="PENDING", rayClusterName=cluster,
             jobId=f"{meta['name']}-{_suffix()}", dashboardURL=f"{cluster}-head-svc.{meta['namespace']}.svc:8265",
@@ -329,15 +386,60 @@ class FakeKubeRay:
                 if e.status != 404:
                     raise
 
+    # -- pods --------------------------------------------------------------------------------------
+
+    def _create_pods(self, obj: dict[str, Any], run: _Run, raycluster: dict[str, Any]) -> None:
+        """The head and worker pods of the cluster (owned by the RayCluster, as KubeRay makes them)."""
+        meta, cluster_spec = obj["metadata"], obj["spec"].get("rayClusterSpec") or {}
+        cluster = raycluster["metadata"]["name"]
+        owner = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "RayCluster", "name": cluster,
+                 "uid": raycluster["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}
+        groups = [("head", "headgroup", (cluster_spec.get("headGroupSpec") or {}).get("template") or {}, 1)]
+        for g in cluster_spec.get("workerGroupSpecs") or []:
+            replicas = min(int(g.get("replicas") or 0), self.max_worker_pods)
+            groups.append(("worker", g.get("groupName", "workers"), g.get("template") or {}, replicas))
+        run.pods, run.pod_state = [], None
+        for node_type, group, template, count in groups:
+            for _ in range(count):
+                name = f"{cluster}-{group if node_type == 'worker' else 'head'}-{_suffix()}"
+                labels = {**((template.get("metadata") or {}).get("labels") or {}), "ray.io/cluster": cluster,
+                          "ray.io/node-type": node_type, "ray.io/group": group}
+                try:
+                    self._core.create_namespaced_pod(meta["namespace"], {
+                        "metadata": {"name": name, "labels": labels, "ownerReferences": [owner]},
+                        "spec": _string_quantities(template.get("spec") or {"containers": []}),
+                    })
+                except (ApiException, ValueError) as e:  # a pod the client refuses must not stop the job
+                    self.errors.append(f"{meta['name']}: pod {name}: {e}")
+                    continue
+                run.pods.append((name, node_type, _gpus(template)))
+
+    def _pods_status(self, obj: dict[str, Any], run: _Run, state: str, status: Any, head_only: bool = False
+                     ) -> None:
+        """Write the pods' status (`status(gpus asked)`) once per state change, as the scheduler / kubelet would."""
+        if run.pod_state == state:
+            return
+        run.pod_state = state
+        for name, node_type, gpus in run.pods:
+            if head_only and node_type != "head":
+                continue
+            try:
+                self._core.patch_namespaced_pod_status(name, obj["metadata"]["namespace"], {"status": status(gpus)})
+            except ApiException as e:
+                if e.status != 404:
+                    raise
+
     # -- processes ---------------------------------------------------------------------------------
 
     def _launch(self, obj: dict[str, Any], run: _Run) -> None:
+        head = ((obj["spec"].get("rayClusterSpec") or {}).get("headGroupSpec") or {}).get("template", {}).get(
+            "spec") or {"containers": [{}]}
+        container = head["containers"][0]
         if not self.training:
+            self._resolve_env(obj["metadata"]["namespace"], container)  # a missing Secret still blocks the pod
             run.running_since = time.monotonic()
             return
         self._kill(run)
-        head = obj["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
-        container = head["containers"][0]
         run.workdir = self.workdir / f"{obj['metadata']['name']}"
         run.workdir.mkdir(parents=True, exist_ok=True)
         env = self._resolve_env(obj["metadata"]["namespace"], container)
