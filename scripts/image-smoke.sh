@@ -27,6 +27,9 @@ step() { echo "[image-smoke $(( $(date +%s) - START ))s] $*" >&2; }
 [[ $(id -u) == 0 ]] || { echo "image-smoke: run as root (it starts dockerd and runs debootstrap)" >&2; exit 2; }
 [[ -x .venv/bin/python ]] || { echo "image-smoke: no .venv; run ./dev setup first" >&2; exit 2; }
 mkdir -p "$WORK" "$RUN"
+# One run at a time per machine: runs share the daemon, its data root and the image tag.
+exec 9>"$RUN/lock"
+flock 9
 
 if ! command -v dockerd >/dev/null || ! command -v debootstrap >/dev/null || [[ ! -x /usr/bin/docker ]]; then
   step "installing docker.io and debootstrap from Debian"

@@ -21,6 +21,7 @@ is left to the chart's render tests until the operator turns kopf's cluster scan
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import subprocess
 import sys
@@ -39,7 +40,7 @@ from support.s3 import TEST_CREDENTIALS, free_port, make_bucket, moto_server
 from graft.api.crd import COMMITTED_CRD
 
 NAMESPACE = "graft-smoke"
-CONTAINER = "graft-operator-smoke"
+CONTAINER = f"graft-operator-smoke-{os.getpid()}"
 IMAGE_UID = 10001
 
 
