@@ -124,11 +124,11 @@ class FakeKubeRay:
 
     def __init__(self, api, namespace: str, workdir: str | Path, *, training: bool = True,
                  run_seconds: float = 0.5, env: dict[str, str] | None = None, tick: float = 0.1,
-                 user: str = "kuberay", node_gpus: int = 0, max_worker_pods: int = 4):
+                 user: str = "kuberay", node_gpus: int = 0, max_worker_pods: int = 4, pods: bool = True):
         self.api, self.namespace, self.workdir = api, namespace, Path(workdir)
         self.training, self.run_seconds, self.extra_env, self.tick = training, run_seconds, dict(env or {}), tick
         self.user = user
-        self.node_gpus, self.max_worker_pods = node_gpus, max_worker_pods
+        self.node_gpus, self.max_worker_pods, self.pods = node_gpus, max_worker_pods, pods
         self.runs: dict[str, _Run] = {}
         self._cache: dict[str, dict[str, Any]] = {}  # uid -> latest RayJob seen
         self._events: queue.Queue = queue.Queue()
@@ -399,6 +399,8 @@ class FakeKubeRay:
             replicas = min(int(g.get("replicas") or 0), self.max_worker_pods)
             groups.append(("worker", g.get("groupName", "workers"), g.get("template") or {}, replicas))
         run.pods, run.pod_state = [], None
+        if not self.pods:
+            return
         for node_type, group, template, count in groups:
             for _ in range(count):
                 name = f"{cluster}-{group if node_type == 'worker' else 'head'}-{_suffix()}"
@@ -564,9 +566,10 @@ def main() -> None:
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--no-training", action="store_true", help="mark jobs running, then succeeded")
     parser.add_argument("--run-seconds", type=float, default=0.5)
+    parser.add_argument("--no-pods", action="store_true", help="model no Pods (less load on the API server)")
     args = parser.parse_args()
     controller = FakeKubeRay(RemoteAPI(args.url), args.namespace, args.workdir, training=not args.no_training,
-                             run_seconds=args.run_seconds).start()
+                             run_seconds=args.run_seconds, pods=not args.no_pods).start()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
