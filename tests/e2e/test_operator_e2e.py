@@ -11,6 +11,7 @@ that killing that operator cannot delay the other scenarios.
 from __future__ import annotations
 
 import io
+import shutil
 import time
 import traceback
 import uuid
@@ -274,6 +275,7 @@ def cluster(s3_endpoint, tmp_path_factory):
                 op.stop()
             pool.shutdown(wait=False, cancel_futures=True)
             c.client.close()
+            shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def outcome(c: Cluster, name: str) -> dict[str, Any]:
