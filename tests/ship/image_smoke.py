@@ -12,10 +12,8 @@ capabilities, no privilege escalation. It passes when, within the timeout:
   with observedGeneration and the Reconciling condition as contract 4 says;
 - every API request it made is allowed by the RBAC rules the chart grants it.
 
-The operator runs as the chart's default install runs it (`--all-namespaces`, the ClusterRole's rules).
-In namespaced mode (`--namespace`) kopf 1.45 still lists CustomResourceDefinitions and Namespaces, which
-a namespaced Role cannot grant; kopf falls back on a 403, but the audit here would flag it, so that mode
-is left to the chart's render tests until the operator turns kopf's cluster scanning off there.
+It runs twice, the way the chart runs it: `--all-namespaces` (audited against the ClusterRole's rules),
+then `--namespace=graft-smoke` (audited against the namespaced Role's rules: nothing cluster-scoped).
 """
 
 from __future__ import annotations
@@ -67,11 +65,11 @@ def http_get(url: str) -> tuple[int, str]:
         return 0, ""
 
 
-def transfer_job(storage_uri: str, endpoint: str) -> dict[str, Any]:
+def transfer_job(name: str, storage_uri: str, endpoint: str) -> dict[str, Any]:
     return {
         "apiVersion": "graft.dev/v1alpha1",
         "kind": "TransferJob",
-        "metadata": {"name": "smoke", "namespace": NAMESPACE},
+        "metadata": {"name": name, "namespace": NAMESPACE},
         "spec": {
             "model": {"backbone": "smallcnn", "numClasses": 10},
             "data": {"train": "builtin:digits-noisy", "imageSize": 8, "shotsPerClass": 5},
@@ -97,40 +95,54 @@ def main(argv: list[str]) -> int:
     def sh(*cmd: str, check: bool = True) -> str:
         return subprocess.run([*docker, *cmd], capture_output=True, text=True, check=check, timeout=60).stdout
 
-    sh("rm", "-f", CONTAINER, check=False)
     with tempfile.TemporaryDirectory(prefix="graft-image-smoke-") as tmp, moto_server() as s3, \
             emulated_api(namespaces=[NAMESPACE], crds=[COMMITTED_CRD]) as api:
         tmpdir = Path(tmp)
         tmpdir.chmod(0o755)
-        kubeconfig = api.write_kubeconfig(tmpdir / "kubeconfig", user="operator")
-        kubeconfig.chmod(0o644)  # readable by the image's non-root user
         bucket = "graft-smoke"
         make_bucket(s3, bucket)
-        metrics_port, liveness_port = free_port(), free_port()
-        log(f"API server {api.url}, S3 {s3}; starting {args.image}")
-        sh(
-            "run", "--detach", "--name", CONTAINER, "--network", "host",
-            "--read-only", "--tmpfs", "/tmp",  # noqa: S108 (the container's scratch mount)
-            "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
-            "--volume", f"{kubeconfig}:/etc/graft/kubeconfig:ro", "--env", "KUBECONFIG=/etc/graft/kubeconfig",
-            args.image, "--all-namespaces", f"--metrics-port={metrics_port}",
-            f"--liveness-port={liveness_port}",
-        )
-        try:
-            with FakeKubeRay(api, NAMESPACE, tmpdir / "kuberay", training=False, run_seconds=3.0):
-                _check(api, sh, s3, bucket, metrics_port, liveness_port, args.timeout)
-        except BaseException:
-            logs = subprocess.run([*docker, "logs", "--tail", "60", CONTAINER], capture_output=True, text=True,
-                                  check=False)
-            log("operator container logs:\n" + logs.stdout + logs.stderr)
-            raise
-        finally:
-            sh("rm", "-f", CONTAINER, check=False)
+        log(f"API server {api.url}, S3 {s3}")
+        with FakeKubeRay(api, NAMESPACE, tmpdir / "kuberay", training=False, run_seconds=3.0):
+            for mode, job in (("cluster", "smoke-cluster"), ("namespaced", "smoke-namespaced")):
+                _run(api, docker, sh, tmpdir, mode, job, s3, bucket, args)
     log("PASS")
     return 0
 
 
-def _check(api, sh, s3: str, bucket: str, metrics_port: int, liveness_port: int, timeout: float) -> None:
+def _run(api, docker, sh, tmpdir: Path, mode: str, job: str, s3: str, bucket: str, args) -> None:
+    """Run the image in one mode (`cluster` or `namespaced`) and check it reconciles TransferJob `job`."""
+    user = f"operator-{mode}"  # the kubeconfig's token: the API server's log tells the two runs apart
+    kubeconfig = api.write_kubeconfig(tmpdir / f"kubeconfig-{mode}", user=user)
+    kubeconfig.chmod(0o644)  # readable by the image's non-root user
+    metrics_port, liveness_port = free_port(), free_port()
+    scope = ["--all-namespaces"] if mode == "cluster" else [f"--namespace={NAMESPACE}"]
+    log(f"{mode}: starting {args.image} {' '.join(scope)}")
+    sh(
+        "run", "--detach", "--name", CONTAINER, "--network", "host",
+        "--read-only", "--tmpfs", "/tmp",  # noqa: S108 (the container's scratch mount)
+        "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
+        "--volume", f"{kubeconfig}:/etc/graft/kubeconfig:ro", "--env", "KUBECONFIG=/etc/graft/kubeconfig",
+        args.image, *scope, f"--metrics-port={metrics_port}", f"--liveness-port={liveness_port}",
+    )
+    try:
+        _check(api, sh, job, s3, bucket, metrics_port, liveness_port, args.timeout)
+        denied = [r for r in api.requests_by(user)
+                  if not rbac.allows(r.verb, r.group, r.rbac_resource, namespaced=mode == "namespaced")]
+        assert not denied, f"{mode}: requests outside the chart's {mode} RBAC rules: " + ", ".join(
+            f"{r.verb} {r.group}/{r.rbac_resource}" for r in denied[:10])
+        log(f"{mode}: {len(api.requests_by(user))} API requests, all within the chart's "
+            f"{'ClusterRole' if mode == 'cluster' else 'namespaced Role'}")
+    except BaseException:
+        logs = subprocess.run([*docker, "logs", "--tail", "60", CONTAINER], capture_output=True, text=True,
+                              check=False)
+        log("operator container logs:\n" + logs.stdout + logs.stderr)
+        raise
+    finally:
+        sh("rm", "-f", CONTAINER, check=False)
+
+
+def _check(api, sh, job_name: str, s3: str, bucket: str, metrics_port: int, liveness_port: int,
+           timeout: float) -> None:
     def running() -> bool:
         return sh("inspect", "--format", "{{.State.Running}}", CONTAINER, check=False).strip() == "true"
 
@@ -151,23 +163,28 @@ def _check(api, sh, s3: str, bucket: str, metrics_port: int, liveness_port: int,
     with api.client() as client:
         core = kubernetes.client.CoreV1Api(client)
         custom = kubernetes.client.CustomObjectsApi(client)
-        core.create_namespaced_secret(NAMESPACE, {
-            "metadata": {"name": "smoke-s3"},
-            "stringData": {k: TEST_CREDENTIALS[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")},
-        })
-        job = transfer_job(f"s3://{bucket}/jobs", s3)
+        if not [x for x in api.objects("", "secrets", NAMESPACE) if x["metadata"]["name"] == "smoke-s3"]:
+            core.create_namespaced_secret(NAMESPACE, {
+                "metadata": {"name": "smoke-s3"},
+                "stringData": {k: TEST_CREDENTIALS[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")},
+            })
+        job = transfer_job(job_name, f"s3://{bucket}/jobs", s3)
         custom.create_namespaced_custom_object("graft.dev", "v1alpha1", NAMESPACE, "transferjobs", job)
         log("TransferJob created")
 
         def tj() -> dict[str, Any]:
-            return custom.get_namespaced_custom_object("graft.dev", "v1alpha1", NAMESPACE, "transferjobs", "smoke")
+            return custom.get_namespaced_custom_object("graft.dev", "v1alpha1", NAMESPACE, "transferjobs", job_name)
 
-        rayjobs = wait_for("the operator to create a RayJob", lambda: api.objects("ray.io", "rayjobs", NAMESPACE),
-                           timeout)
-        (rayjob,) = rayjobs
-        owner = rayjob["metadata"]["ownerReferences"][0]
-        assert owner["kind"] == "TransferJob" and owner["uid"] == tj()["metadata"]["uid"], owner
-        configmaps = [c for c in api.objects("", "configmaps", NAMESPACE) if "transferjob.json" in c.get("data", {})]
+        def owned_rayjobs() -> list[dict[str, Any]]:
+            uid = tj()["metadata"]["uid"]
+            return [r for r in api.objects("ray.io", "rayjobs", NAMESPACE)
+                    if any(o["uid"] == uid and o["kind"] == "TransferJob"
+                           for o in r["metadata"].get("ownerReferences", []))]
+
+        (rayjob,) = wait_for("the operator to create a RayJob", owned_rayjobs, timeout)
+        name = rayjob["metadata"]["name"]
+        configmaps = [c for c in api.objects("", "configmaps", NAMESPACE)
+                      if c["metadata"]["name"] == name and "transferjob.json" in c.get("data", {})]
         assert configmaps, "no ConfigMap carrying transferjob.json"
         log(f"RayJob {rayjob['metadata']['name']} and ConfigMap {configmaps[0]['metadata']['name']} created")
 
@@ -194,12 +211,6 @@ def _check(api, sh, s3: str, bucket: str, metrics_port: int, liveness_port: int,
     graft_metrics = sorted({line.split()[2] for line in metrics.splitlines()
                             if line.startswith("# TYPE") and "graft" in line})
     log(f"/metrics serves {len(graft_metrics)} graft metric families: {', '.join(graft_metrics[:6])}")
-
-    denied = [r for r in api.requests_by("operator")
-              if not rbac.allows(r.verb, r.group, r.rbac_resource, namespaced=False)]
-    assert not denied, "requests outside the chart's ClusterRole: " + ", ".join(
-        f"{r.verb} {r.group}/{r.rbac_resource}" for r in denied[:10])
-    log(f"{len(api.requests_by('operator'))} API requests, all within the chart's ClusterRole")
 
 
 if __name__ == "__main__":
