@@ -342,6 +342,22 @@ def test_a_job_pending_for_a_known_reason_says_why(cluster, name, overrides, rea
     assert c.rayjob(name)["status"]["jobDeploymentStatus"] == "Initializing"
 
 
+def test_changing_an_immutable_field_after_start_is_refused_with_a_clear_message(cluster):
+    c = cluster
+    c.wait("the gpu job's RayJob", lambda: c.rayjobs("gpu"), STATUS_LAG, "gpu")  # started (see the test above)
+    rayjob_spec = c.rayjob("gpu")["spec"]
+    configmaps = {m["metadata"]["name"]: m["data"] for m in c.api.objects("", "configmaps", NS)
+                  if (m["metadata"].get("labels") or {}).get(LABEL) == "gpu"}
+    c.patch_spec("gpu", {"model": {"numClasses": 5}})
+    events = c.wait("an ImmutableFieldChanged event", lambda: [
+        e for e in c.events("gpu") if e.reason == "ImmutableFieldChanged"], STATUS_LAG, "gpu")
+    assert events[0].type == "Warning" and "spec.model.numClasses" in events[0].message
+    time.sleep(2)
+    assert c.rayjob("gpu")["spec"] == rayjob_spec
+    assert {m["metadata"]["name"]: m["data"] for m in c.api.objects("", "configmaps", NS)
+            if (m["metadata"].get("labels") or {}).get(LABEL) == "gpu"} == configmaps
+
+
 def test_small_job_succeeds_with_metrics_checkpoints_and_model_in_status(cluster):
     c = cluster
     result = outcome(c, "succeeds_then_ttl")
