@@ -8,8 +8,11 @@ DESIGN.md ("Testing without a cluster") sit in exactly that part: 201 on create 
 uid / resourceVersion / generation (bumped on spec changes only) / creationTimestamp, namespace from the
 URL, generateName, status-subresource separation, PUT, label and field selectors, `GET
 /api/v1/namespaces`, watch streams that resume from a resourceVersion, finalizers, ownerReference
-garbage collection, CRD schema validation with pruning of unknown fields, and no-op writes that leave
-the resourceVersion alone.
+garbage collection, CRD schema validation (openAPIV3Schema through jsonschema, x-kubernetes-validations
+through cel-python) with pruning of unknown fields, 415 for strategic-merge patches of custom resources,
+optimistic concurrency (stale resourceVersion -> 409, failed JSON-patch `test` -> 422), and no-op writes that
+leave the resourceVersion alone. Not modelled: RBAC enforcement (the request log is audited instead),
+admission webhooks, field managers / server-side apply semantics (apply patches merge), pagination.
 
 The server runs on 127.0.0.1 in a background thread with its own event loop, so the official
 `kubernetes` client in the test and a real `kopf` process (through a kubeconfig) talk HTTP to it::
