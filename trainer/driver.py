@@ -13,6 +13,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -55,6 +56,9 @@ def resolve_root(job: TransferJob, storage_uri: str | None) -> str:
     base = job.spec.storage.uri if job.spec.storage else storage_uri
     if not base:
         raise InputError("spec.storage.uri", "no storage given (set spec.storage.uri or pass --storage)")
+    if not storage.is_s3(base) and not base.startswith("file://"):
+        # Ray workers run in their own working directory: a relative folder must be made absolute here.
+        base = str(Path(base).expanduser().resolve())
     return job_root(base, job_uid(job))
 
 

@@ -131,3 +131,11 @@ def test_entrypoint_exit_codes_and_inline_json(tmp_path, capsys):
     assert f"{missing}: weights file not found" in capsys.readouterr().err
     rec = Ledger.load(job_root(store, "inline-1")).stage("FrozenFeatures")
     assert rec.message == f"{missing}: weights file not found"
+
+
+def test_a_relative_storage_folder_is_made_absolute_for_the_workers(tmp_path, monkeypatch):
+    from graft.trainer.driver import resolve_root
+
+    monkeypatch.chdir(tmp_path)
+    job = _job(tmp_path, "builtin:digits", "w.pt", num_classes=10, uid="rel-1")
+    assert resolve_root(job, "graft-runs") == str(tmp_path / "graft-runs" / "rel-1")

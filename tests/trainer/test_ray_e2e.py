@@ -31,13 +31,13 @@ GRAFT = str(Path(sys.executable).with_name("graft"))
 class Driver:
     """A driver process in its own session (like a pod): killed as a whole, never leaked."""
 
-    def __init__(self, args: list[str], tmp_path: Path, env: dict[str, str] | None = None):
+    def __init__(self, args: list[str], tmp_path: Path, env: dict[str, str] | None = None, cwd: Path = REPO):
         # Short: Ray's socket paths under it must stay within AF_UNIX's 107 bytes.
         self.ray_tmp = Path(tempfile.mkdtemp(prefix="graft-ray-", dir="/tmp"))
         self.log = tmp_path / f"driver-{time.monotonic_ns()}.log"
         full_env = {**os.environ, **(env or {}), "RAY_TMPDIR": str(self.ray_tmp), "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
-            args, cwd=REPO, env=full_env, stdout=self.log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
+            args, cwd=cwd, env=full_env, stdout=self.log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
         )
 
     def wait(self, timeout: float) -> int:
@@ -209,9 +209,10 @@ def test_graft_run_example_ctrl_c_resumes_then_exports_plots_and_predicts(tmp_pa
     manifest.write_text(yaml.safe_dump(doc))
     runs = tmp_path / "runs"
     root = str(runs / "digits-lpft")
-    cmd = [GRAFT, "run", str(manifest), "--storage", str(runs)]
+    # A relative run folder, as `graft run` defaults to: Ray workers have another working directory.
+    cmd = [GRAFT, "run", str(manifest), "--storage", "runs"]
 
-    first = Driver(cmd, tmp_path)
+    first = Driver(cmd, tmp_path, cwd=tmp_path)
     wait_for(lambda: stage_epoch(root, "Head") >= 1, 300, "Head running", first)
     os.killpg(first.proc.pid, signal.SIGINT)
     code = first.wait(120)
@@ -223,7 +224,7 @@ def test_graft_run_example_ctrl_c_resumes_then_exports_plots_and_predicts(tmp_pa
     assert interrupted.stage("Head").state == StageState.RUNNING
     pretrain_end = interrupted.stage("Pretrain").end_time
 
-    second = Driver(cmd, tmp_path)
+    second = Driver(cmd, tmp_path, cwd=tmp_path)
     assert second.wait(400) == 0, second.output()[-3000:]
     second.reap_ray()
     out = second.output()
