@@ -62,6 +62,23 @@ def resolve_root(job: TransferJob, storage_uri: str | None) -> str:
     return job_root(base, job_uid(job))
 
 
+def _absolute(uri: str | None) -> str | None:
+    if not uri or uri.startswith(("s3://", "file://", "builtin:", "torchvision:")):
+        return uri
+    return str(Path(uri).expanduser().resolve())
+
+
+def _absolute_paths(spec):
+    """The spec with local paths made absolute: Ray workers resolve paths from another working directory."""
+    paths = {"train": _absolute(spec.data.train), "validation": _absolute(spec.data.validation)}
+    data = spec.data.model_copy(update=paths)
+    model = spec.model.model_copy(update={"weights": _absolute(spec.model.weights)})
+    stages_ = [
+        s.model_copy(update={"data": _absolute(s.data)}) if isinstance(s, PretrainStage) else s for s in spec.stages
+    ]
+    return spec.model_copy(update={"data": data, "model": model, "stages": stages_})
+
+
 def apply_storage_env(job: TransferJob) -> None:
     """Point S3 clients (ours, pyarrow's, Ray's) at the job's endpoint; keys come only from the environment."""
     st = job.spec.storage
@@ -120,7 +137,7 @@ class Driver:
         log_to_driver: bool = True,
     ):
         self.job = job
-        self.spec = job.spec
+        self.spec = _absolute_paths(job.spec)
         self.uid = job_uid(job)
         self.root = resolve_root(job, storage_uri)
         self.max_failures = max_failures

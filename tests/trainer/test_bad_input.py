@@ -139,3 +139,12 @@ def test_a_relative_storage_folder_is_made_absolute_for_the_workers(tmp_path, mo
     monkeypatch.chdir(tmp_path)
     job = _job(tmp_path, "builtin:digits", "w.pt", num_classes=10, uid="rel-1")
     assert resolve_root(job, "graft-runs") == str(tmp_path / "graft-runs" / "rel-1")
+
+
+def test_relative_data_and_weights_paths_are_made_absolute(tmp_path, monkeypatch, image_folder):
+    monkeypatch.chdir(image_folder.parent)
+    job = _job(tmp_path, "images", "w.pt", uid="rel-2")
+    spec = Driver(job, "store").spec
+    assert spec.data.train == str(image_folder)
+    assert spec.model.weights == str(image_folder.parent / "w.pt")
+    assert spec.stages == job.spec.stages
