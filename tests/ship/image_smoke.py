@@ -12,8 +12,11 @@ capabilities, no privilege escalation. It passes when, within the timeout:
   with observedGeneration and the Reconciling condition as contract 4 says;
 - every API request it made is allowed by the RBAC rules the chart grants it.
 
-It runs twice, the way the chart runs it: `--all-namespaces` (audited against the ClusterRole's rules),
-then `--namespace=graft-smoke` (audited against the namespaced Role's rules: nothing cluster-scoped).
+It runs twice, each time with the container settings the chart renders (`helm template`: the args, env,
+runAsUser/runAsGroup/fsGroup, read-only root with /tmp as scratch, capabilities, no privilege escalation):
+with default values (`--all-namespaces`, audited against the ClusterRole's rules), then with
+`watchNamespaces: [graft-smoke]` (`--namespace=graft-smoke`, audited against the namespaced Role's rules:
+nothing cluster-scoped).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from support.kube import emulated_api
 from support.s3 import TEST_CREDENTIALS, free_port, make_bucket, moto_server
 
 from graft.api.crd import COMMITTED_CRD
+from ship.chart import one, render
 
 NAMESPACE = "graft-smoke"
 CONTAINER = f"graft-operator-smoke-{os.getpid()}"
@@ -109,20 +113,43 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def chart_container(values: dict[str, Any], tmpdir: Path) -> tuple[list[str], list[str]]:
+    """`docker run` flags doing what the kubelet does with the chart's rendered operator pod, and its args."""
+    pod = one(render(values, tmpdir), "Deployment")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    psc, sc = pod.get("securityContext", {}), container.get("securityContext", {})
+    flags = ["--user", f"{psc['runAsUser']}:{psc['runAsGroup']}", "--group-add", str(psc["fsGroup"])]
+    if sc.get("readOnlyRootFilesystem"):
+        flags.append("--read-only")
+    for drop in sc.get("capabilities", {}).get("drop", []):
+        flags += ["--cap-drop", drop]
+    if sc.get("allowPrivilegeEscalation") is False:
+        flags += ["--security-opt", "no-new-privileges"]
+    empty_dirs = {v["name"] for v in pod.get("volumes", []) if "emptyDir" in v}
+    for mount in container.get("volumeMounts", []):
+        assert mount["name"] in empty_dirs, f"unexpected volume {mount['name']}"
+        flags += ["--tmpfs", mount["mountPath"]]
+    for env in container.get("env", []):
+        assert "value" in env, f"env {env['name']} is not a plain value"
+        flags += ["--env", f"{env['name']}={env['value']}"]
+    return flags, container["args"]
+
+
 def _run(api, docker, sh, tmpdir: Path, mode: str, job: str, s3: str, bucket: str, args) -> None:
     """Run the image in one mode (`cluster` or `namespaced`) and check it reconciles TransferJob `job`."""
     user = f"operator-{mode}"  # the kubeconfig's token: the API server's log tells the two runs apart
     kubeconfig = api.write_kubeconfig(tmpdir / f"kubeconfig-{mode}", user=user)
     kubeconfig.chmod(0o644)  # readable by the image's non-root user
     metrics_port, liveness_port = free_port(), free_port()
-    scope = ["--all-namespaces"] if mode == "cluster" else [f"--namespace={NAMESPACE}"]
-    log(f"{mode}: starting {args.image} {' '.join(scope)}")
+    values: dict[str, Any] = {"metrics": {"port": metrics_port}, "livenessProbe": {"port": liveness_port}}
+    if mode == "namespaced":
+        values["watchNamespaces"] = [NAMESPACE]
+    flags, container_args = chart_container(values, tmpdir)
+    log(f"{mode}: starting {args.image} {' '.join(container_args)} ({' '.join(flags)})")
     sh(
-        "run", "--detach", "--name", CONTAINER, "--network", "host",
-        "--read-only", "--tmpfs", "/tmp",  # noqa: S108 (the container's scratch mount)
-        "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
+        "run", "--detach", "--name", CONTAINER, "--network", "host", *flags,
         "--volume", f"{kubeconfig}:/etc/graft/kubeconfig:ro", "--env", "KUBECONFIG=/etc/graft/kubeconfig",
-        args.image, *scope, f"--metrics-port={metrics_port}", f"--liveness-port={liveness_port}",
+        args.image, *container_args,
     )
     try:
         _check(api, sh, job, s3, bucket, metrics_port, liveness_port, args.timeout)
