@@ -231,3 +231,18 @@ def test_every_value_is_documented_and_in_the_schema():
             before = lines[i - 1].strip() if i else ""
             nested = i + 1 < len(lines) and lines[i + 1].startswith("  ")
             assert before.startswith("#") or nested, f"top-level value {key!r} has no comment"
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_install_notes_render(scenario, tmp_path):
+    """NOTES.txt is rendered only on install: a broken one fails `helm install`, not `helm template`."""
+    values, tmp = _values(scenario, tmp_path)
+    out = helm("install", "graft", str(CHART), "--dry-run=client", "--namespace", NAMESPACE, values=values, tmp=tmp)
+    notes = out.split("NOTES:", 1)[1]
+    assert f"kubectl -n {NAMESPACE} rollout status deployment/graft" in notes
+    assert "kubectl wait tj/<name> --for=condition=Succeeded" in notes
+    namespaces = (values or {}).get("watchNamespaces")
+    if namespaces:
+        assert f"serves TransferJobs in: {', '.join(namespaces)}" in notes
+    else:
+        assert "serves TransferJobs in all namespaces" in notes
