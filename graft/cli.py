@@ -46,24 +46,26 @@ def validate(
     files: Annotated[list[Path], typer.Argument(help="Manifests (YAML or JSON, multi-document allowed); - for stdin.")],
 ) -> None:
     """Check TransferJob manifests. Prints `FILE: field.path: reason` per problem; exit 1 if any."""
-    from graft.api.validation import validate_text
+    from graft.api.validation import validate_stream
 
     bad = 0
     for file in files:
-        name = str(file)
+        name = "(stdin)" if str(file) == "-" else str(file)
         try:
-            text = sys.stdin.read() if name == "-" else file.read_text()
-        except OSError as exc:
-            typer.echo(f"{name}: (file): cannot read: {exc.strerror or exc}")
+            text = sys.stdin.read() if str(file) == "-" else file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            typer.echo(f"{name}: (file): cannot read: {reason}")
             bad += 1
             continue
-        problems = validate_text(text)
-        multi = text.count("\n---") > 0
+        documents, problems = validate_stream(text)
         for index, problem in problems:
-            where = f"{name}[{index}]" if multi else name
+            # Documents are numbered from 0 (as `yq` and kubectl's error messages do) when a file has several.
+            where = f"{name}[{index}]" if documents > 1 else name
             typer.echo(f"{where}: {problem}")
         bad += bool(problems)
     if bad:
+        typer.echo(f"{bad} of {len(files)} file(s) invalid", err=True)
         raise typer.Exit(1)
     typer.echo(f"{len(files)} file(s) valid", err=True)
 

@@ -23,7 +23,7 @@ from graft.api.models import (
 )
 
 #: More aliases than this in one document is an attack ("billion laughs"), not a manifest.
-MAX_ALIASES = 100
+MAX_ALIASES = 50
 _FIELD_PATH = re.compile(r"^[A-Za-z_]\w*(\[\d+\])*(\.[A-Za-z_]\w*(\[\d+\])*)*$")
 _IDENTIFIER = re.compile(r"^[A-Za-z_][\w-]*$")
 
