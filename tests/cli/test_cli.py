@@ -1,0 +1,90 @@
+"""`graft validate`, `graft crd` and `graft status` as a user runs them: real subprocesses."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from graft.api.crd import COMMITTED_CRD
+from graft.api.models import StageState
+from graft.ledger import Ledger
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+GOOD = EXAMPLES[0].read_text()
+
+
+def graft(*args: str, stdin: str | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "graft.cli", *args], input=stdin, capture_output=True, text=True, cwd=cwd, timeout=60
+    )
+
+
+def test_validate_examples_exit_zero():
+    proc = graft("validate", *map(str, EXAMPLES))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout == ""
+
+
+def test_validate_stdin():
+    assert graft("validate", "-", stdin=GOOD).returncode == 0
+    bad = graft("validate", "-", stdin=GOOD.replace("numClasses: 10\n  data", "numClasses: 1\n  data"))
+    assert bad.returncode == 1
+    assert bad.stdout.splitlines() == ["(stdin): spec.model.numClasses: must be greater than or equal to 2 (got 1)"]
+
+
+def test_validate_multi_document_numbers_documents(tmp_path):
+    f = tmp_path / "all.yaml"
+    f.write_text("apiVersion: v1\nkind: Secret\nmetadata: {name: s}\n---\n" + GOOD + "---\n" + GOOD.replace(
+        "replicas: 2", "replicas: 0"))
+    proc = graft("validate", str(f))
+    assert proc.returncode == 1
+    assert proc.stdout.splitlines() == [
+        f"{f}[0]: kind: not a TransferJob (a Secret); expected kind 'TransferJob'",
+        f"{f}[2]: spec.workers.replicas: must be greater than or equal to 1 (got 0)",
+    ]
+
+
+def test_validate_mixed_files_reports_each_and_fails(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"apiVersion": "graft.dev/v1alpha1", "kind": "TransferJob", "metadata": {"name": "x"}}))
+    proc = graft("validate", str(EXAMPLES[0]), str(bad), str(tmp_path / "absent.yaml"))
+    assert proc.returncode == 1
+    assert proc.stdout.splitlines() == [
+        f"{bad}: spec: required field is missing",
+        f"{tmp_path / 'absent.yaml'}: (file): cannot read: No such file or directory",
+    ]
+    assert "2 of 3 file(s) invalid" in proc.stderr
+
+
+def test_validate_needs_a_file():
+    assert graft("validate").returncode == 2
+
+
+def test_crd_prints_the_committed_crd():
+    proc = graft("crd")
+    assert proc.returncode == 0
+    assert proc.stdout == COMMITTED_CRD.read_text()
+
+
+def test_status_prints_a_ledger(tmp_path):
+    led = Ledger.create("uid-7", "digits", ["FrozenFeatures", "Head"])
+    led.stages[0].state = StageState.SUCCEEDED
+    led.stages[1].state = StageState.FAILED
+    led.stages[1].message = "out of memory"
+    led.stages[1].metrics = {"val_accuracy": 0.8125}
+    led.save(str(tmp_path))
+    table = graft("status", str(tmp_path))
+    assert table.returncode == 0, table.stderr
+    assert "digits" in table.stdout and "1/2" in table.stdout and "val_accuracy=0.8125" in table.stdout
+    assert "failed: Head: out of memory" in table.stdout
+    as_json = json.loads(graft("status", str(tmp_path), "-o", "json").stdout)
+    assert as_json["job_uid"] == "uid-7" and as_json["stages"][1]["state"] == "Failed"
+
+
+def test_status_on_a_folder_without_ledger(tmp_path):
+    proc = graft("status", str(tmp_path))
+    assert proc.returncode == 1
+    assert f"{tmp_path}: no ledger.json here" in proc.stderr
