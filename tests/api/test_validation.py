@@ -1,0 +1,69 @@
+"""What the validator must accept: no false alarms on legitimate manifests (the corpus covers rejections)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from graft.api.validation import load_job, parse_spec, validate_document
+
+BASE = yaml.safe_load((Path(__file__).resolve().parents[2] / "examples" / "digits-lpft.yaml").read_text())
+
+ACCEPTED = {
+    "s3-bucket-only": ("data", "train", "s3://my-bucket"),
+    "s3-dots-and-at-in-key": ("data", "train", "s3://my.bucket-1/data/v2@2024/train"),
+    "file-absolute": ("data", "train", "file:///data/train"),
+    "relative-local-path": ("data", "validation", "data/val"),
+    "absolute-local-path": ("data", "validation", "/mnt/data/val"),
+    "password-named-folder": ("data", "validation", "s3://bucket-a/password-reset-screens/val"),
+    "torchvision-weights": ("model", "weights", "torchvision:IMAGENET1K_V2"),
+    "s3-weights": ("model", "weights", "s3://models-a/resnet50.pt"),
+    "integer-cpus": ("workers", "cpus", 4),
+    "milli-cpus": ("workers", "cpus", "500m"),
+    "exponent-memory": ("workers", "memory", "1e9"),
+}
+
+
+@pytest.mark.parametrize("case", list(ACCEPTED), ids=list(ACCEPTED))
+def test_accepts_legitimate_values(case):
+    section, field, value = ACCEPTED[case]
+    doc = copy.deepcopy(BASE)
+    doc["spec"][section][field] = value
+    job, problems = validate_document(doc)
+    assert problems == [] and job is not None
+
+
+def test_secret_reference_and_key_like_words_are_not_credentials():
+    doc = copy.deepcopy(BASE)
+    doc["spec"]["storage"] = {
+        "uri": "s3://ckpt-bucket/graft",
+        "endpoint": "https://minio.storage.svc:9000",
+        "credentialsSecret": {"name": "graft-s3", "accessKeyIdKey": "AWS_ACCESS_KEY_ID",
+                              "secretAccessKeyKey": "AWS_SECRET_ACCESS_KEY"},
+    }
+    doc["spec"]["scheduling"] = {"nodeSelector": {"tokenizer": "fast", "team": "api-keys"}}
+    doc["spec"]["image"] = "registry.example.com/graft/trainer-token-free:1.0"
+    assert validate_document(doc)[1] == []
+
+
+def test_spec_problems_name_spec_paths():
+    spec = copy.deepcopy(BASE["spec"])
+    spec["stages"].reverse()
+    with pytest.raises(ValueError, match=r"spec\.stages\[1\]\.type: 'Head' cannot come after 'FullFineTune'"):
+        parse_spec(spec)
+
+
+def test_load_job_picks_the_one_transferjob_among_other_kinds():
+    text = "apiVersion: v1\nkind: Namespace\nmetadata: {name: ml}\n---\n" + yaml.safe_dump(BASE)
+    job = load_job(text)
+    assert job.metadata.name == "digits-lpft" and job.spec.stages[0].type == "Pretrain"
+
+
+def test_models_round_trip_through_json():
+    """What the operator hands the trainer (model_dump by alias, as JSON) validates again unchanged."""
+    job = load_job(yaml.safe_dump(BASE))
+    again = load_job(job.model_dump_json(by_alias=True, exclude_none=True))
+    assert again == job
