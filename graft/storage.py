@@ -139,11 +139,14 @@ def _explain(uri: str, exc: BaseException) -> StorageError:
 
 
 def read_bytes(uri: str, options: S3Options | None = None) -> bytes:
-    """Read a whole object. Raises FileNotFoundError when it does not exist, StorageError otherwise."""
+    """Read a whole object. Raises FileNotFoundError when it does not exist, StorageError otherwise (a
+    missing bucket included: "no ledger yet" and "wrong bucket" must not look alike)."""
     fs, path = filesystem(uri, options)
     try:
         info = fs.get_file_info(path)
         if info.type == pafs.FileType.NotFound:
+            if is_s3(uri) and fs.get_file_info(path.split("/", 1)[0]).type == pafs.FileType.NotFound:
+                raise StorageError(uri, "bucket does not exist")
             raise FileNotFoundError(uri)
         with fs.open_input_stream(path) as f:
             return f.read()

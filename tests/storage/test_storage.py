@@ -58,6 +58,13 @@ def test_missing_bucket_names_uri_and_cause(s3_endpoint):
     assert "bucket" in info.value.cause, info.value.cause
 
 
+def test_reading_from_a_missing_bucket_is_an_error_not_an_empty_job(s3_endpoint):
+    uri = "s3://graft-no-such-bucket-x2/job"
+    with pytest.raises(storage.StorageError) as info:
+        Ledger.load(uri)
+    assert str(info.value) == f"{uri}/ledger.json: bucket does not exist"
+
+
 def test_unreachable_endpoint_names_uri_and_cause(s3_bucket, monkeypatch):
     """A wrong endpoint (nothing listens on the discard port) fails fast with the URI and the cause."""
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
