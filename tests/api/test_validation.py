@@ -67,3 +67,12 @@ def test_models_round_trip_through_json():
     job = load_job(yaml.safe_dump(BASE))
     again = load_job(job.model_dump_json(by_alias=True, exclude_none=True))
     assert again == job
+
+
+def test_exponent_numbers_are_numbers_as_for_kubectl():
+    from graft.api.validation import validate_text
+
+    text = yaml.safe_dump(BASE).replace("lr: 0.003", "lr: 3e-3")
+    assert "lr: 3e-3" in text
+    assert validate_text(text) == []
+    assert load_job(text).spec.stages[3].lr == 0.003
