@@ -50,11 +50,13 @@ def test_graft_validate_rejects(name):
     assert all(line.startswith(rel) for line in lines), "every problem line names the file"
 
 
-@pytest.mark.parametrize("name", list(CASES), ids=list(CASES))
+# Cases with `schema: null` (parse errors, empty files, other kinds) give the schema no TransferJob to check.
+SCHEMA_CASES = [name for name, case in CASES.items() if case["schema"] is not None]
+
+
+@pytest.mark.parametrize("name", SCHEMA_CASES, ids=SCHEMA_CASES)
 def test_crd_schema_agrees(name):
     case = CASES[name]
-    if case["schema"] is None:
-        pytest.skip(f"no single TransferJob document for the schema: {case['why']}")  # parse errors, other kinds
     text = (HERE / "cases" / case["file"]).read_text()
     docs = [d for d in yaml.safe_load_all(text) if d is not None] if case["file"].endswith(".yaml") else [
         json.loads(text)
