@@ -42,8 +42,18 @@ def test_installed_environment_is_consistent():
 
 
 def test_operator_folder_never_shadows_the_standard_library():
-    code = "import operator, graft.operator; print(operator.__file__); print(graft.operator.__file__)"
+    code = "import operator, graft.operator; print(operator.__file__); print(list(graft.operator.__path__)[0])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
     stdlib, ours = out.stdout.splitlines()
     assert "site-packages" not in stdlib and not stdlib.startswith(str(ROOT)), stdlib
     assert ours.startswith(str(ROOT / "operator")), ours
+
+
+def test_checkout_root_on_sys_path_keeps_the_standard_library_operator():
+    # `-S` skips site (and the .pth files that happen to import `operator` early), as a fresh venv's
+    # `python -m pip` from the repo root effectively does: the checkout's folder must not win.
+    code = "import operator; print(operator.__file__); print(operator.itemgetter(0)([7]))"
+    out = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert out.returncode == 0, out.stderr
+    path, value = out.stdout.splitlines()
+    assert not path.startswith(str(ROOT)) and value == "7", out.stdout
