@@ -170,7 +170,10 @@ async def start(body: Any, logger: logging.Logger | logging.LoggerAdapter) -> No
             return
         await write_status(body, status.invalid_status(message=message, generation=generation, current=current,
                                                        now=now()))
-        raise kopf.PermanentError(f"invalid spec: {message}")
+        # Handled, not raised: the status and its Warning event are the verdict. A PermanentError would add a
+        # second event with the same message; the next spec change runs this again (see spec_changed).
+        logger.info(f"invalid spec: {message}")
+        return
     if started(current) and status.is_terminal(current):
         return  # a finished job (resumed after a restart): nothing to create again
     rj_name = current.get("rayJobName") if started(current) else builder.rayjob_name(name, uid)
@@ -216,7 +219,7 @@ async def spec_changed(body: Any, diff: Any, logger: logging.Logger | logging.Lo
             "on as it started. To run the new spec, create a new TransferJob (or delete and re-create this one)."
         )
         _event(body, "Warning", "ImmutableFieldChanged", message)
-        logger.warning(message)
+        logger.info(message)  # info: kopf posts warnings as Events, and this one has its own
         override = ("ImmutableFieldChanged", message)
     if spec is None:
         logger.warning(f"spec change not applied, it is invalid: {_problems_text(problems)}")

@@ -310,6 +310,10 @@ def test_invalid_spec_fails_with_a_warning_event_and_no_rayjob(cluster):
     time.sleep(5)
     assert c.get("invalid")["metadata"]["resourceVersion"] == rv
     assert len([r for r in c.api.requests_by(OPERATOR_USER) if r.name == "invalid" and r.verb != "get"]) == writes
+    # One Warning event says it, not one from us and a second from kopf's handler machinery.
+    said = [e for e in c.events("invalid") if "model.weights" in (e.message or "")]
+    assert [(e.type, e.reason) for e in said] == [("Warning", "InvalidSpec")], [(e.type, e.reason, e.message)
+                                                                                for e in said]
 
 
 def test_deadline_exceeded_fails_the_job(cluster):
@@ -353,6 +357,9 @@ def test_changing_an_immutable_field_after_start_is_refused_with_a_clear_message
         e for e in c.events("gpu") if e.reason == "ImmutableFieldChanged"], STATUS_LAG, "gpu")
     assert events[0].type == "Warning" and "spec.model.numClasses" in events[0].message
     time.sleep(2)
+    said = [e for e in c.events("gpu") if "numClasses" in (e.message or "")]
+    assert [(e.type, e.reason) for e in said] == [("Warning", "ImmutableFieldChanged")], [
+        (e.type, e.reason, e.message) for e in said]
     assert c.rayjob("gpu")["spec"] == rayjob_spec
     assert {m["metadata"]["name"]: m["data"] for m in c.api.objects("", "configmaps", NS)
             if (m["metadata"].get("labels") or {}).get(LABEL) == "gpu"} == configmaps
