@@ -50,7 +50,7 @@ def measured(handler: str) -> Iterator[None]:
     except Exception as exc:
         import kopf
 
-        # A PermanentError for an invalid spec is a verdict, not an operator error.
+        # A PermanentError (a child that belongs to another controller) is a verdict, not an operator error.
         if not isinstance(exc, kopf.PermanentError):
             RECONCILE_ERRORS.labels(handler=handler).inc()
         raise

@@ -31,6 +31,6 @@ def test_errors_and_latency_are_counted_but_an_invalid_spec_is_not_an_error():
     with pytest.raises(RuntimeError), metrics.measured("test"):
         raise RuntimeError("boom")
     with pytest.raises(kopf.PermanentError), metrics.measured("test"):
-        raise kopf.PermanentError("invalid spec")
+        raise kopf.PermanentError("RayJob exists and belongs to another controller")
     assert _value("graft_reconcile_errors_total", handler="test") == errors + 1
     assert _value("graft_reconcile_duration_seconds_count", handler="test") == count + 3
