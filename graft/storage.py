@@ -148,12 +148,37 @@ def read_bytes(uri: str, options: S3Options | None = None) -> bytes:
             if is_s3(uri) and fs.get_file_info(path.split("/", 1)[0]).type == pafs.FileType.NotFound:
                 raise StorageError(uri, "bucket does not exist")
             raise FileNotFoundError(uri)
-        with fs.open_input_stream(path) as f:
-            return f.read()
+        if not is_s3(uri):
+            with fs.open_input_stream(path) as f:
+                return f.read()
+        return _read_s3_whole(fs, path, info)
     except FileNotFoundError:
         raise
     except (OSError, ValueError) as exc:
         raise _explain(uri, exc) from exc
+
+
+_CONSISTENT_READ_TRIES = 8
+
+
+def _read_s3_whole(fs: pafs.FileSystem, path: str, info: pafs.FileInfo) -> bytes:
+    """One version of an S3 object, whole, even while a writer replaces it.
+
+    pyarrow reads an object as one ranged GET sized by an earlier HEAD, so an object replaced in between by a
+    longer version comes back as that version cut to the old length. The read counts only when the object's
+    size and modification time are the same before and after it (and the length matches); otherwise it is
+    read again."""
+    before = info
+    for _ in range(_CONSISTENT_READ_TRIES):
+        with fs.open_input_stream(path) as f:
+            data = f.read()
+        after = fs.get_file_info(path)
+        if after.type == pafs.FileType.NotFound:
+            raise FileNotFoundError(path)
+        if before.size == after.size == len(data) and before.mtime == after.mtime:
+            return data
+        before = after
+    raise OSError(f"s3://{path} kept changing while it was read ({_CONSISTENT_READ_TRIES} tries)")
 
 
 def write_bytes(uri: str, data: bytes) -> None:
