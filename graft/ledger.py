@@ -6,7 +6,7 @@ what a retried or resumed run consults to skip finished stages and resume the ru
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -20,7 +20,7 @@ LEDGER_VERSION = 1
 
 def now() -> str:
     """The current time in RFC 3339, as Kubernetes writes it."""
-    return datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 def job_root(storage_uri: str, uid: str) -> str:

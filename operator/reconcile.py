@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import kopf
@@ -325,7 +325,7 @@ def _seconds_until(timestamp: str | None, seconds: int) -> float:
     if not timestamp:
         return 0.0
     when = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
-    return when.timestamp() + seconds - datetime.now(timezone.utc).timestamp()
+    return when.timestamp() + seconds - datetime.now(UTC).timestamp()
 
 
 async def expire(body: Any, spec: TransferJobSpec, current: dict[str, Any]) -> float | None:
@@ -369,7 +369,7 @@ async def follow_once(body: Any, follower: Follower) -> float | None:
             if current.get("phase") == "Pending":
                 return PENDING_CHECK_SECONDS
             return IDLE_SECONDS
-        except (client.APIError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, client.APIError, OSError) as exc:
             log.warning(f"mirroring failed, retrying in {POLL_SECONDS}s: {exc!r}", extra=_log_ref(body))
             metrics.RECONCILE_ERRORS.labels(handler="mirror").inc()
             return POLL_SECONDS
@@ -447,7 +447,7 @@ class Supervisor:
             upcoming = min(self.due.values(), default=t + IDLE_SECONDS)
             try:
                 await asyncio.wait_for(self._changed.wait(), timeout=min(max(0.01, upcoming - t), IDLE_SECONDS))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def _one(self, uid: str, limit: asyncio.Semaphore) -> None:

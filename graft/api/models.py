@@ -8,7 +8,7 @@ from them. Every field's docstring becomes its description in the CRD, so `kubec
 from __future__ import annotations
 
 import re
-from enum import Enum
+from enum import StrEnum
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -559,7 +559,7 @@ class TransferJobSpec(_Model):
 # -------------------------------------------------------------------------------------------- status
 
 
-class Phase(str, Enum):
+class Phase(StrEnum):
     PENDING = "Pending"
     SUSPENDED = "Suspended"
     RUNNING = "Running"
@@ -589,7 +589,7 @@ class Condition(_StatusModel):
     """The spec generation this condition was set for."""
 
 
-class StageState(str, Enum):
+class StageState(StrEnum):
     PENDING = "Pending"
     RUNNING = "Running"
     SUCCEEDED = "Succeeded"

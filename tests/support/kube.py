@@ -38,7 +38,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -139,7 +139,7 @@ class ApiError(Exception):
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 # ------------------------------------------------------------------------------------ selectors
@@ -839,7 +839,7 @@ class EmulatedKubernetes(kmock.KubernetesScaffold):
                     break
                 try:
                     event = await asyncio.wait_for(watcher.queue.get(), wait)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     continue
                 await response.write(json.dumps(event).encode() + b"\n")
             await response.write_eof()
