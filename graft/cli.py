@@ -100,17 +100,18 @@ def status(
     if output == "json":
         typer.echo(json.dumps(ledger.model_dump(mode="json"), indent=2))
         return
-    from rich.console import Console
     from rich.table import Table
+
+    from graft.console import console
 
     table = Table(title=f"{ledger.job_name or ledger.job_uid}  ({ledger.progress()} stages)")
     for col in ("stage", "state", "epoch", "metrics", "checkpoint"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for s in ledger.stages:
         metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted(s.metrics.items()))
         epoch = f"{s.epoch}/{s.epochs}" if s.epochs else str(s.epoch or "")
         table.add_row(s.type, s.state.value, epoch, metrics, s.checkpoint or s.output or "")
-    Console().print(table)
+    console().print(table)
     if ledger.model_uri:
         typer.echo(f"model: {ledger.model_uri}")
     failed = ledger.failed

@@ -98,11 +98,10 @@ def run(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Ray's worker logs.")] = False,
 ) -> None:
     """Run a TransferJob on this machine (local Ray). Ctrl-C leaves it resumable: run the same command again."""
-    from rich.console import Console
-
     from graft.api.validation import InvalidSpec, load_job
+    from graft.console import console as make_console
 
-    console = Console()
+    console = make_console()
     try:
         job = load_job(file.read_text())
     except OSError as exc:
