@@ -103,7 +103,11 @@ def derive_state(
         return State("Failed", _failure_reason(rj_status, spec), _failure_message(rj_status, ledger, spec))
     if jds == "Complete":
         if job_status == "SUCCEEDED":
-            model = (ledger or {}).get("modelURI")
+            if ledger is None:
+                # Only the RayJob's word: say so rather than claim stage results nobody has read.
+                return State("Succeeded", "Succeeded", "the RayJob succeeded; no ledger was read, so per-stage "
+                             "results are not shown")
+            model = ledger.get("modelURI")
             return State("Succeeded", "Succeeded", f"all stages succeeded; model at {model}" if model else
                          "all stages succeeded")
         return State("Failed", _failure_reason(rj_status, spec), _failure_message(rj_status, ledger, spec))

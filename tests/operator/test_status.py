@@ -83,6 +83,16 @@ def test_failure_message_names_the_failed_stage_and_the_limit():
     assert "backoffLimit is 2" in state.message
 
 
+def test_success_message_claims_stage_results_only_from_a_ledger():
+    done = {"stages": [{"type": "FrozenFeatures", "state": "Succeeded"}, {"type": "Head", "state": "Succeeded"}],
+            "stage": None, "progress": "2/2", "modelURI": "s3://b/uid/model"}
+    with_ledger = status.derive_state(spec=_spec(), rayjob=_rj("Complete", "SUCCEEDED"), ledger=done)
+    assert with_ledger.message == "all stages succeeded; model at s3://b/uid/model"
+    blind = status.derive_state(spec=_spec(), rayjob=_rj("Complete", "SUCCEEDED"), ledger=None)
+    assert blind.phase == "Succeeded" and "no ledger was read" in blind.message
+    assert "all stages" not in blind.message
+
+
 def _build(rayjob, current=None, ledger=None, now="2026-01-01T00:00:10Z", generation=2, **policy):
     spec = _spec(**policy)
     state = status.derive_state(spec=spec, rayjob=rayjob, ledger=ledger)
