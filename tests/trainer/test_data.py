@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from graft.trainer import data
 from graft.trainer.errors import InputError
 
@@ -33,6 +34,15 @@ def test_image_folder_local(image_folder):
     x = src.images(16)
     assert x.shape == (18, 3, 16, 16)
     assert x[src.labels == 0].mean() > x[src.labels == 2].mean() > x[src.labels == 1].mean()
+
+
+def test_decoded_files_kept_compact_are_the_same_images_in_a_quarter_of_the_memory(image_folder):
+    src = data.open_source(str(image_folder))
+    full, compact = src.images(16), src.images(16, compact=True)
+    assert compact.dtype == torch.uint8 and compact.element_size() * 4 == full.element_size()
+    assert torch.equal(data.as_float(compact), full)
+    digits = data.open_source("builtin:digits-noisy")  # float pixels with noise: never quantised
+    assert torch.equal(digits.images(8, compact=True), digits.images(8))
 
 
 def test_image_folder_on_s3(image_folder, s3_bucket):
