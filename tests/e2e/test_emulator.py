@@ -15,6 +15,7 @@ import pytest
 import yaml
 from kubernetes.client.exceptions import ApiException
 from support.kube import emulated_api, label_selector_matches
+from support.s3 import free_port
 
 from graft.api.crd import COMMITTED_CRD
 
@@ -287,3 +288,33 @@ def test_a_real_kopf_operator_reacts_to_a_created_object(tmp_path):
         kopf_calls = {(r.verb, r.rbac_resource) for r in api.requests_by("kopf")}
         assert ("patch", "transferjobs/status") in kopf_calls and ("watch", "transferjobs") in kopf_calls
         assert yaml.safe_load(kubeconfig.read_text())["users"][0]["name"] == "kopf"
+
+
+@pytest.mark.slow
+def test_kopf_run_with_graft_handlers_module_creates_the_rayjob(tmp_path):
+    """`kopf run -m graft.operator.handlers` (docs/operator.md) works as well as `graft operator`."""
+    with emulated_api(namespaces=[NS]) as api:
+        api.apply_crd(COMMITTED_CRD)
+        kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig", user="kopf-m")
+        env = {**os.environ, "KUBECONFIG": str(kubeconfig), "GRAFT_METRICS_PORT": str(free_port())}
+        log_path = tmp_path / "kopf.log"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "kopf", "run", "--standalone", "--namespace", NS, "-m", "graft.operator.handlers"],
+            env=env, cwd=tmp_path, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)
+        try:
+            with api.client() as c:
+                co = kubernetes.client.CustomObjectsApi(c)
+                model = {"backbone": "smallcnn", "numClasses": 10, "weights": "s3://weights/smallcnn.pt"}
+                co.create_namespaced_custom_object(G, V, NS, P, transferjob("via-kopf", model=model))
+                deadline = time.monotonic() + 60
+                rayjobs: list = []
+                while time.monotonic() < deadline and not rayjobs:
+                    rayjobs = api.objects("ray.io", "rayjobs", NS)
+                    time.sleep(0.3)
+                obj = co.get_namespaced_custom_object(G, V, NS, P, "via-kopf")
+                assert rayjobs, log_path.read_text()[-3000:]
+                assert obj["status"]["rayJobName"] == rayjobs[0]["metadata"]["name"]
+                assert rayjobs[0]["metadata"]["ownerReferences"][0]["uid"] == obj["metadata"]["uid"]
+        finally:
+            proc.terminate()
+            proc.wait(20)
