@@ -10,6 +10,7 @@ import hashlib
 import json
 from typing import Any
 
+from graft import storage
 from graft.api.models import API_VERSION, KIND, TransferJobSpec
 from graft.api.validation import Problem, validate_spec
 
@@ -53,6 +54,20 @@ def cluster_problems(spec: TransferJobSpec) -> list[Problem]:
                 "spec.storage",
                 "required on a cluster: the stages hand checkpoints and the ledger to each other through "
                 "object storage (e.g. storage: {uri: s3://bucket/prefix, credentialsSecret: {name: ...}})",
+            )
+        ]
+    return []
+
+
+def cluster_warnings(spec: TransferJobSpec) -> list[Problem]:
+    """Valid on a cluster, but probably not what the user means."""
+    if spec.storage is not None and not storage.is_s3(spec.storage.uri):
+        return [
+            Problem(
+                "spec.storage.uri",
+                "a local path: on a cluster it is each pod's own filesystem unless every Ray pod and the operator "
+                "mount the same volume there, so checkpoints and the ledger may be lost with a pod and the status "
+                "may show no stage progress; use s3://",
             )
         ]
     return []

@@ -79,7 +79,7 @@ def render(
     ] = None,
 ) -> None:
     """Print the ConfigMap and RayJob the operator would create for a TransferJob (same builder, no cluster)."""
-    from graft.operator.builder import build_children, validate_for_cluster
+    from graft.operator.builder import build_children, cluster_warnings, validate_for_cluster
 
     doc = _load(file)
     meta = doc["metadata"]
@@ -92,6 +92,8 @@ def render(
         for p in problems:
             typer.echo(f"{file}: {p}", err=True)
         raise typer.Exit(1)
+    for w in cluster_warnings(spec):
+        typer.echo(f"{file}: warning: {w}", err=True)
     configmap, rayjob = build_children(doc, spec)
     typer.echo(yaml.dump_all([configmap, rayjob], Dumper=_BlockDumper, sort_keys=False), nl=False)
 

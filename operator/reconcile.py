@@ -186,6 +186,8 @@ async def start(body: Any, logger: logging.Logger | logging.LoggerAdapter) -> No
             rayjob_name=rj_name, created=False, rayjob=None, ledger=None, storage_uri=root, now=now(),
         )
         current = await write_status(body, creating)
+        for warning in builder.cluster_warnings(spec):
+            _event(body, "Warning", "StorageNotShared", str(warning))
     configmap, rayjob = builder.build_children(body, spec)
     await _create_or_adopt(configmap, uid)
     obj, created = await _create_or_adopt(rayjob, uid)

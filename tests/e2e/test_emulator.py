@@ -315,6 +315,15 @@ def test_kopf_run_with_graft_handlers_module_creates_the_rayjob(tmp_path):
                 assert rayjobs, log_path.read_text()[-3000:]
                 assert obj["status"]["rayJobName"] == rayjobs[0]["metadata"]["name"]
                 assert rayjobs[0]["metadata"]["ownerReferences"][0]["uid"] == obj["metadata"]["uid"]
+                # Its storage is a local path (file://): valid, but the user hears what that means on a cluster.
+                deadline, warned, events = time.monotonic() + 15, [], []
+                while time.monotonic() < deadline and not warned:
+                    events = kubernetes.client.CoreV1Api(c).list_namespaced_event(NS).items
+                    warned = [e for e in events if e.reason == "StorageNotShared" and e.type == "Warning"
+                              and e.involved_object.name == "via-kopf"]
+                    time.sleep(0.3)
+                assert warned, [(e.reason, e.message) for e in events]
+                assert "use s3://" in warned[0].message
         finally:
             proc.terminate()
             proc.wait(20)

@@ -60,6 +60,17 @@ def test_render_refuses_what_the_operator_refuses(tmp_path):
     assert result.stdout == ""
 
 
+def test_render_warns_that_local_storage_is_not_shared_between_pods(tmp_path):
+    f = tmp_path / "job.yaml"
+    f.write_text(JOB.replace('uri: "s3://bucket/jobs"', 'uri: "/data/jobs"'))
+    result = runner.invoke(app, ["render", str(f)])
+    assert result.exit_code == 0, result.output
+    assert "warning: spec.storage.uri: a local path" in result.stderr and "use s3://" in result.stderr
+    assert len(list(yaml.safe_load_all(result.stdout))) == 2
+    f.write_text(JOB)
+    assert "warning" not in runner.invoke(app, ["render", str(f)]).stderr
+
+
 def test_render_and_validate_report_the_same_problem(tmp_path):
     f = tmp_path / "job.yaml"
     f.write_text(JOB.replace("{type: FrozenFeatures}, {type: Head}", "{type: Head}"))
