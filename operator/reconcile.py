@@ -170,8 +170,8 @@ async def start(body: Any, logger: logging.Logger | logging.LoggerAdapter) -> No
             return
         await write_status(body, status.invalid_status(message=message, generation=generation, current=current,
                                                        now=now()))
-        # Handled, not raised: the status and its Warning event are the verdict. A PermanentError would add a
-        # second event with the same message; the next spec change runs this again (see spec_changed).
+        # Handled, not raised: the status and its Warning event are the verdict. A PermanentError would log the
+        # user's mistake as an operator ERROR ("failed permanently"); the next spec change runs this again.
         logger.info(f"invalid spec: {message}")
         return
     if started(current) and status.is_terminal(current):
