@@ -2,13 +2,15 @@
 
 A `Source` is a listed, not yet decoded, collection (file URIs or built-in pixels plus labels). Decoding
 gives float32 tensors `[N, 3, S, S]` in [0, 1]; normalisation (the weights' preset) and augmentation are
-applied per batch, so the same decoded tensors serve training, feature extraction and evaluation.
+applied per batch. Training loops read an `ImageSet`: the decoded set kept in memory when it fits the
+worker's budget, else decoded batch by batch from storage.
 """
 
 from __future__ import annotations
 
 import io
 import posixpath
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -76,6 +78,51 @@ class Source:
 def as_float(x: torch.Tensor) -> torch.Tensor:
     """A batch as float32 in [0, 1], from uint8 (compact decoded images) or float (left as it is)."""
     return x.float().div_(255.0) if x.dtype == torch.uint8 else x
+
+
+def keep_budget(memory: str) -> int:
+    """How many bytes of decoded images a worker keeps in memory: a quarter of its memory (a Kubernetes
+    quantity, `spec.workers.memory`); the rest is for the model, optimizer, activations and Ray."""
+    from kubernetes.utils import parse_quantity
+
+    return int(parse_quantity(memory)) // 4
+
+
+class ImageSet:
+    """The images a training loop reads batch by batch.
+
+    Decoded once and kept (uint8) when they fit `budget` bytes; otherwise decoded from storage batch by batch
+    every epoch, the next batch while the current one trains, so a worker's memory holds two batches rather
+    than the whole set. Both give the same float32 batches in [0, 1]."""
+
+    def __init__(self, source: Source, size: int, budget: int, threads: int = 8):
+        self.source, self.size, self.threads = source, size, threads
+        self.nbytes = len(source) * 3 * size * size  # decoded, as uint8
+        self.streaming = source.pixels is None and self.nbytes > budget
+        self._kept = None if self.streaming else source.images(size, threads, compact=True)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def _decode(self, index: torch.Tensor, pool: ThreadPoolExecutor) -> torch.Tensor:
+        assert self.source.files is not None
+        uris = [self.source.files[i] for i in index.tolist()]
+        return torch.from_numpy(np.stack(list(pool.map(lambda uri: decode_image(uri, self.size), uris))))
+
+    def batches(self, index: torch.Tensor, batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(indices, float images) for consecutive slices of `index`, `batch` at a time."""
+        slices = [index[s : s + batch] for s in range(0, len(index), batch)]
+        if self._kept is not None:
+            for b in slices:
+                yield b, as_float(self._kept[b])
+            return
+        with ThreadPoolExecutor(self.threads) as pool, ThreadPoolExecutor(1) as ahead:
+            pending = ahead.submit(self._decode, slices[0], pool) if slices else None
+            for i, b in enumerate(slices):
+                assert pending is not None
+                x = pending.result()
+                pending = ahead.submit(self._decode, slices[i + 1], pool) if i + 1 < len(slices) else None
+                yield b, as_float(x)
 
 
 # ------------------------------------------------------------------------------------------ decoding

@@ -58,15 +58,14 @@ def read_tensor_file(uri: str) -> dict[str, torch.Tensor]:
     return torch.load(io.BytesIO(storage.read_bytes(uri)), map_location="cpu", weights_only=True)
 
 
-def _evaluate(session, model, x, y, preset, batch, autocast, channels_last) -> tuple[float, float]:
+def _evaluate(session, model, x: data_mod.ImageSet, y, preset, batch, autocast, channels_last) -> tuple[float, float]:
     """(loss, accuracy) over the validation set, sharded across ranks and summed."""
     model.eval()
     idx = torch.arange(session.rank, len(y), session.world_size)
     loss_sum, correct = 0.0, 0.0
     with torch.no_grad():
-        for start in range(0, len(idx), batch):
-            b = idx[start : start + batch]
-            xb = data_mod.normalize(data_mod.as_float(x[b]).to(session.device), preset["mean"], preset["std"])
+        for b, xb in x.batches(idx, batch):
+            xb = data_mod.normalize(xb.to(session.device), preset["mean"], preset["std"])
             if channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
             with autocast():
@@ -92,9 +91,11 @@ def train_network(session, cfg: dict[str, Any]) -> None:
             spec.data.train, spec.data.validation, spec.data.validation_split, seed, spec.data.shots_per_class
         )
         num_classes = spec.model.num_classes
-    # Decoded once per worker and kept as uint8 (a quarter of float32's memory); each batch becomes float.
-    x_train, y_train = train_src.images(size, compact=True), torch.from_numpy(train_src.labels)
-    x_val, y_val = val_src.images(size, compact=True), torch.from_numpy(val_src.labels)
+    # Kept decoded (uint8) while a quarter of the worker's memory holds them, else streamed from storage.
+    budget = data_mod.keep_budget(spec.workers.memory)
+    x_train = data_mod.ImageSet(train_src, size, budget)
+    x_val = data_mod.ImageSet(val_src, size, budget - (0 if x_train.streaming else x_train.nbytes))
+    y_train, y_val = torch.from_numpy(train_src.labels), torch.from_numpy(val_src.labels)
     preset = cfg["preprocessing"]
 
     torch.manual_seed(seed)
@@ -154,9 +155,7 @@ def train_network(session, cfg: dict[str, Any]) -> None:
         gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
         idx = _shard(len(y_train), session.rank, world, gen)
         loss_sum, seen, t0 = 0.0, 0, time.perf_counter()
-        for start in range(0, len(idx), per_rank_batch):
-            b = idx[start : start + per_rank_batch]
-            xb = data_mod.as_float(x_train[b])
+        for b, xb in x_train.batches(idx, per_rank_batch):
             if augment:
                 xb = data_mod.augment(xb, train_src.hflip, gen)
             xb = data_mod.normalize(xb.to(session.device, non_blocking=True), preset["mean"], preset["std"])

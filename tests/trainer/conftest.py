@@ -14,6 +14,17 @@ from support.trainer_data import write_png
 
 
 @pytest.fixture()
+def one_thread():
+    """torch on one thread for the test (same floating-point order every run), restored after it."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture()
 def image_folder(tmp_path) -> Path:
     """A 3-class ImageFolder: dark, mid and bright images, 6 each."""
     root = tmp_path / "images"

@@ -77,3 +77,26 @@ def test_missing_bucket_is_named(s3_endpoint):
 def test_wrong_credentials_are_named(authenticating_s3):
     with pytest.raises(StorageError, match="s3://locked/ds: credentials rejected"):
         data.open_source(f"{authenticating_s3}/ds")
+
+
+def test_image_set_streams_what_does_not_fit_and_gives_the_same_batches(image_folder, monkeypatch):
+    src = data.open_source(str(image_folder))
+    kept = data.ImageSet(src, 16, budget=10**9)
+    decoded: list[str] = []
+    real_decode = data.decode_image
+    monkeypatch.setattr(data, "decode_image", lambda uri, size: decoded.append(uri) or real_decode(uri, size))
+    streamed = data.ImageSet(src, 16, budget=18 * 3 * 16 * 16 - 1)  # one byte short of the whole set
+    assert not kept.streaming and streamed.streaming and decoded == [], "nothing decoded before it is read"
+    index = torch.randperm(len(src), generator=torch.Generator().manual_seed(0))
+    batches = streamed.batches(index, 4)
+    first_idx, first = next(batches)
+    assert len(decoded) <= 8, "at most the batch and the one decoded ahead"
+    rest = list(batches)
+    for (bk, xk), (bs, xs) in zip(kept.batches(index, 4), [(first_idx, first), *rest], strict=True):
+        assert torch.equal(bk, bs) and xs.dtype == torch.float32 and torch.equal(xk, xs)
+    assert sorted(decoded) == sorted(src.files)
+
+
+def test_keep_budget_is_a_quarter_of_the_worker_memory():
+    assert data.keep_budget("4Gi") == 2**30
+    assert data.keep_budget("512Mi") == 2**27

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import statistics
 
-import pytest
-import torch
 from graft.trainer.local import run_stages
 
 from graft.api.models import TransferJobSpec
@@ -64,14 +62,6 @@ def measure(tmp_path) -> tuple[list[float], list[float]]:
         spec = _spec([{**FT, "backboneLrScale": 1.0}], seed)
         scratch.append(run_stages(spec, tmp_path / f"scratch-{seed}")["FullFineTune"]["val_accuracy"])
     return lpft, scratch
-
-
-@pytest.fixture()
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_lpft_beats_scratch_by_five_points(tmp_path, one_thread):

@@ -1,0 +1,44 @@
+"""FullFineTune on an ImageFolder too large for the worker's memory budget streams it from storage, and
+learns exactly what it learns with the set kept in memory."""
+
+from __future__ import annotations
+
+from graft.trainer import data, loops, models
+from graft.trainer.session import LocalSession
+
+from graft.api.models import TransferJobSpec
+
+
+def _run(image_folder, memory: str) -> list[dict[str, float]]:
+    spec = TransferJobSpec.model_validate({
+        "model": {"backbone": "smallcnn", "numClasses": 3, "weights": "s3://unused/w.pt"},  # never loaded here
+        "data": {"train": str(image_folder), "imageSize": 16, "validationSplit": 0.34},
+        "stages": [{"type": "FrozenFeatures"}, {"type": "Head"}, {"type": "FullFineTune", "epochs": 2,
+                                                                   "batchSize": 4}],
+        "workers": {"replicas": 1, "memory": memory},
+    })
+    cfg = {"spec": spec.model_dump(mode="json", by_alias=True), "index": 2, "stage": "FullFineTune",
+           "preprocessing": models.torchvision_preset("smallcnn", None)}
+    session = LocalSession()
+    loops.train_network(session, cfg)
+    return session.reports
+
+
+def test_full_fine_tune_streams_a_set_over_budget_with_identical_results(image_folder, monkeypatch, one_thread):
+    sets: list[data.ImageSet] = []
+    real = data.ImageSet.__init__
+
+    def spy(self, *a, **k):
+        real(self, *a, **k)
+        sets.append(self)
+
+    monkeypatch.setattr(data.ImageSet, "__init__", spy)
+    kept = _run(image_folder, "4Gi")
+    assert [s.streaming for s in sets] == [False, False]
+    sets.clear()
+    streamed = _run(image_folder, "4Ki")  # a 1 KiB budget: neither set fits
+    assert [s.streaming for s in sets] == [True, True]
+    assert len(kept) == len(streamed) == 2
+    for a, b in zip(kept, streamed, strict=True):
+        for key in ("train_loss", "val_loss", "val_accuracy"):
+            assert a[key] == b[key], (key, a, b)
