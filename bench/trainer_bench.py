@@ -3,11 +3,14 @@
   .venv/bin/python bench/trainer_bench.py            # CPU figures for bench/RESULTS.md (a few minutes)
   .venv/bin/python bench/trainer_bench.py --tiny     # smoke run
   .venv/bin/python bench/trainer_bench.py gpu        # ResNet-50 FullFineTune bf16 on a GPU (bench/gpu.sh)
+  .venv/bin/python bench/trainer_bench.py data       # (e) streamed vs kept ImageFolder
 
 (a) Head on stored features vs re-running the frozen backbone every epoch (same epochs).
 (b) FullFineTune images/s after start-up (epochs after the first) on Ray Train vs a plain PyTorch loop.
 (c) FrozenFeatures images/s (Ray Data actor pool, including actor start) vs a plain torch inference loop.
 (d) Fixed start-up cost per stage: wall time of a stage on a trivially small job.
+(e) `data` mode: FullFineTune images/s on an ImageFolder streamed from storage (over the worker's memory
+    budget) vs the same set kept decoded in memory, in-process.
 """
 
 from __future__ import annotations
@@ -210,9 +213,41 @@ def bench_gpu(tiny: bool, store: str) -> dict:
             "ray_images_s": ray_rate, "plain_images_s": plain, "ratio": ray_rate / plain}
 
 
+def bench_streaming(tiny: bool, workdir: Path) -> dict:
+    """(e) FullFineTune on a local ImageFolder of 128x128 PNGs (resized to 64): kept vs streamed."""
+    import numpy as np
+    from PIL import Image
+
+    per_class, size, epochs = (6, 32, 2) if tiny else (120, 64, 3)
+    root = workdir / "images"
+    rng = np.random.default_rng(0)
+    for c in range(10):
+        (root / f"c{c}").mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / f"c{c}" / f"{i}.png")
+    rates = {}
+    for mode, memory in (("kept", "8Gi"), ("streamed", "4Ki")):
+        spec = _job("bench-data", {
+            "model": {"backbone": "resnet18", "numClasses": 10, "weights": "s3://unused/w.pt"},
+            "data": {"train": str(root), "imageSize": size, "validationSplit": 0.2},
+            "stages": [{"type": "FrozenFeatures"}, {"type": "Head"},
+                       {"type": "FullFineTune", "epochs": epochs, "batchSize": 32}],
+            "workers": {"replicas": 1, "memory": memory},
+        }).spec
+        cfg = {"spec": spec.model_dump(mode="json", by_alias=True), "index": 2, "stage": "FullFineTune",
+               "preprocessing": models.torchvision_preset("resnet18", None)}
+        session = LocalSession()
+        t0 = time.perf_counter()
+        loops.train_network(session, cfg)
+        rates[mode] = {"images_s": _after_startup(session.reports), "wall_s": time.perf_counter() - t0}
+    return {"images": per_class * 10, "image_size": size, "epochs": epochs, **rates,
+            "ratio": rates["streamed"]["images_s"] / rates["kept"]["images_s"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", nargs="?", default="cpu", choices=["cpu", "gpu"])
+    parser.add_argument("mode", nargs="?", default="cpu", choices=["cpu", "gpu", "data"])
     parser.add_argument("--tiny", action="store_true", help="small sizes: proves the script runs")
     args = parser.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -222,6 +257,8 @@ def main() -> None:
         store = str(workdir / "store")
         if args.mode == "gpu":
             result = {"gpu_fullfinetune_resnet50": bench_gpu(args.tiny, store)}
+        elif args.mode == "data":
+            result = {"streamed_vs_kept_imagefolder": bench_streaming(args.tiny, workdir)}
         else:
             result = {"head": bench_head(args.tiny), **bench_ray(args.tiny, store, workdir)}
     print(json.dumps(result, indent=2, default=str))
