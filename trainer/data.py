@@ -88,6 +88,16 @@ def keep_budget(memory: str) -> int:
     return int(parse_quantity(memory)) // 4
 
 
+def decoded_bytes(source: Source, size: int) -> int:
+    """The memory the decoded set takes as uint8."""
+    return len(source) * 3 * size * size
+
+
+def streams(source: Source, size: int, budget: int) -> bool:
+    """Whether training reads this set from storage batch by batch (it does not fit `budget`)."""
+    return source.pixels is None and decoded_bytes(source, size) > budget
+
+
 class ImageSet:
     """The images a training loop reads batch by batch.
 
@@ -97,8 +107,8 @@ class ImageSet:
 
     def __init__(self, source: Source, size: int, budget: int, threads: int = 8):
         self.source, self.size, self.threads = source, size, threads
-        self.nbytes = len(source) * 3 * size * size  # decoded, as uint8
-        self.streaming = source.pixels is None and self.nbytes > budget
+        self.nbytes = decoded_bytes(source, size)
+        self.streaming = streams(source, size, budget)
         self._kept = None if self.streaming else source.images(size, threads, compact=True)
 
     def __len__(self) -> int:

@@ -29,6 +29,7 @@ from graft.api.models import (
     PretrainStage,
     StageState,
     TransferJob,
+    TransferJobSpec,
 )
 from graft.ledger import Ledger, job_root, now
 
@@ -124,6 +125,14 @@ def _save_tensors(uri: str, tensors: dict[str, torch.Tensor]) -> None:
     storage.write_bytes(uri, buf.getvalue())
 
 
+def verify_up_front(source: data_mod.Source, spec: TransferJobSpec) -> None:
+    """Decode every image before the Ray run, so a corrupt one fails the stage at once, by name. Not for a set
+    the workers stream (too large to keep): reading it all here would take as long as an epoch, so a corrupt
+    image there fails the stage when a worker reaches it, by name as well."""
+    if not data_mod.streams(source, spec.data.image_size, data_mod.keep_budget(spec.workers.memory)):
+        data_mod.verify_images(source)
+
+
 class Driver:
     """Runs one job's stages; `run()` returns the final ledger or raises StageFailed."""
 
@@ -172,8 +181,8 @@ class Driver:
                     f"{' ...' if len(train.classes) > 10 else ''}) but spec.model.numClasses is "
                     f"{self.spec.model.num_classes}",
                 )
-            data_mod.verify_images(train)
-            data_mod.verify_images(val)
+            verify_up_front(train, self.spec)
+            verify_up_front(val, self.spec)
             self._target = (train, val)
         return self._target
 
@@ -197,7 +206,7 @@ class Driver:
                     stage.data,
                     f"has {len(src.classes)} classes but the Pretrain stage's numClasses is {stage.num_classes}",
                 )
-            data_mod.verify_images(src)
+            verify_up_front(src, self.spec)
             return
         if isinstance(stage, HeadStage):
             return  # reads only the stored features

@@ -3,7 +3,9 @@ learns exactly what it learns with the set kept in memory."""
 
 from __future__ import annotations
 
+import pytest
 from graft.trainer import data, loops, models
+from graft.trainer.errors import InputError
 from graft.trainer.session import LocalSession
 
 from graft.api.models import TransferJobSpec
@@ -42,3 +44,27 @@ def test_full_fine_tune_streams_a_set_over_budget_with_identical_results(image_f
     for a, b in zip(kept, streamed, strict=True):
         for key in ("train_loss", "val_loss", "val_accuracy"):
             assert a[key] == b[key], (key, a, b)
+
+
+def test_a_corrupt_image_in_a_streamed_set_fails_training_naming_the_file(image_folder, one_thread):
+    (image_folder / "dark" / "0.png").write_bytes(b"not a png")
+    with pytest.raises(InputError, match=r"dark/0\.png: not a readable image"):
+        _run(image_folder, "4Ki")
+
+
+def test_the_driver_verifies_a_kept_set_up_front_but_leaves_a_streamed_one_to_the_workers(image_folder, monkeypatch):
+    from graft.trainer.driver import verify_up_front
+
+    verified: list[int] = []
+    monkeypatch.setattr(data, "verify_images", lambda src, threads=8: verified.append(len(src)))
+    src = data.open_source(str(image_folder))
+    for memory, expected in (("4Gi", [18]), ("4Ki", [])):
+        verified.clear()
+        spec = TransferJobSpec.model_validate({
+            "model": {"backbone": "smallcnn", "numClasses": 3, "weights": "s3://unused/w.pt"},
+            "data": {"train": str(image_folder), "imageSize": 16},
+            "stages": [{"type": "FrozenFeatures"}, {"type": "Head"}],
+            "workers": {"memory": memory},
+        })
+        verify_up_front(src, spec)
+        assert verified == expected, memory
