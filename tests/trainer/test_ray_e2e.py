@@ -244,3 +244,40 @@ def test_graft_run_example_ctrl_c_resumes_then_exports_plots_and_predicts(tmp_pa
 
     status = subprocess.run([GRAFT, "status", root, "-o", "json"], capture_output=True, text=True)
     assert json.loads(status.stdout)["model_uri"] == f"{root}/model"
+
+
+def test_a_streamed_image_folder_trains_on_two_workers_and_its_corrupt_image_fails_the_stage_by_name(tmp_path):
+    """An ImageFolder over the workers' memory budget (workers.memory 4Ki) is read batch by batch inside the
+    Ray Train workers; a corrupt image in it, not decoded up front, fails the stage naming the file."""
+    folder = tmp_path / "images"
+    for c, value in (("dark", 40), ("mid", 128), ("bright", 215)):
+        for i in range(8):
+            write_png(folder / c / f"{i}.png", value + i, size=16)
+    weights = smallcnn_weights(tmp_path / "w.pt")
+    store = tmp_path / "store"
+
+    def run(uid: str, stages: list[dict]) -> tuple[Driver, int]:
+        spec = {
+            "model": {"backbone": "smallcnn", "numClasses": 3, "weights": str(weights)},
+            "data": {"train": str(folder), "imageSize": 16},
+            "stages": stages,
+            "workers": {"replicas": 2, "cpus": "1", "memory": "4Ki"},
+        }
+        job = write_job(tmp_path / f"{uid}.json", job_doc(uid, spec, uid=uid))
+        driver = Driver([sys.executable, "-m", "graft.trainer", "--job", str(job), "--storage", str(store)], tmp_path)
+        try:
+            return driver, driver.wait(400)
+        finally:
+            driver.reap_ray()
+
+    driver, rc = run("streamed-ok", [{"type": "FullFineTune", "epochs": 2, "batchSize": 8}])
+    assert rc == 0, driver.output()[-3000:]
+    fft = Ledger.load(str(store / "streamed-ok")).stage("FullFineTune")
+    assert fft.state == StageState.SUCCEEDED and [h["epoch"] for h in fft.history] == [1.0, 2.0]
+
+    (folder / "mid" / "3.png").write_bytes(b"not a png")
+    driver, rc = run("streamed-corrupt", [{"type": "FullFineTune", "epochs": 1, "batchSize": 8}])
+    assert rc != 0
+    fft = Ledger.load(str(store / "streamed-corrupt")).stage("FullFineTune")
+    assert fft.state == StageState.FAILED
+    assert fft.message.startswith(f"{folder}/mid/3.png: not a readable image"), fft.message
