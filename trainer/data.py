@@ -70,8 +70,7 @@ class Source:
         if not self.files:
             return torch.zeros((0, 3, size, size))
         with ThreadPoolExecutor(max_workers=threads) as pool:
-            arrays = list(pool.map(lambda uri: decode_image(uri, size), self.files))
-        decoded = torch.from_numpy(np.stack(arrays))
+            decoded = decode_files(self.files, size, pool)
         return decoded if compact else as_float(decoded)
 
 
@@ -116,8 +115,7 @@ class ImageSet:
 
     def _decode(self, index: torch.Tensor, pool: ThreadPoolExecutor) -> torch.Tensor:
         assert self.source.files is not None
-        uris = [self.source.files[i] for i in index.tolist()]
-        return torch.from_numpy(np.stack(list(pool.map(lambda uri: decode_image(uri, self.size), uris))))
+        return decode_files([self.source.files[i] for i in index.tolist()], self.size, pool)
 
     def batches(self, index: torch.Tensor, batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(indices, float images) for consecutive slices of `index`, `batch` at a time."""
@@ -149,6 +147,11 @@ def decode_image(uri: str, size: int) -> np.ndarray:
             return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).copy()
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise InputError(uri, f"not a readable image ({type(exc).__name__}: {exc})") from None
+
+
+def decode_files(uris: list[str], size: int, pool: ThreadPoolExecutor) -> torch.Tensor:
+    """Decode image files on `pool` to one uint8 tensor `[N, 3, size, size]`, in the order given."""
+    return torch.from_numpy(np.stack(list(pool.map(lambda uri: decode_image(uri, size), uris))))
 
 
 def verify_images(source: Source, threads: int = 8) -> None:
