@@ -9,8 +9,9 @@
 #           runs on CPU nodes and on GPU nodes whose NVIDIA driver supports CUDA 13.0 (R580 or newer), with
 #           the NVIDIA device plugin. No CUDA base image is needed; the CUDA runtime comes in the wheels.
 #
-# Every Python distribution is pinned in docker/requirements-*.txt (scripts/image-locks.py writes them from
-# the environment the tests ran in) and installed with --no-deps. Build tools stay in the build stages.
+# Every Python distribution is pinned in docker/requirements-*.txt (scripts/locks.py writes them as subsets of
+# requirements-dev.txt, the environment the tests run in) and installed with --no-deps; the setuptools pin
+# below is the lock's too (a test keeps them equal). Build tools stay in the build stages.
 # Stages are ordered so that the classic builder (which builds every stage before the target) never builds
 # the trainer's dependencies for the operator image.
 #

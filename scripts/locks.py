@@ -1,0 +1,190 @@
+#!/usr/bin/env python3
+"""The pinned closures every environment is installed from, and the check that an environment matches them.
+
+    .venv/bin/python scripts/locks.py           # rewrite every lock from the installed environment
+    .venv/bin/python scripts/locks.py --check   # exit 1, naming each difference, if the venv or a lock drifted
+    .venv/bin/python scripts/locks.py --check-venv   # the venv against requirements-dev.txt only (./dev setup)
+    ./dev upgrade                               # re-resolve from pyproject.toml in a scratch venv, rewrite every lock
+
+Three locks, one resolution:
+- requirements-dev.txt: everything `graft[dev]` needs, plus the installer and build backend (pip, setuptools).
+  `./dev` installs the development and CI venv with it as pip constraints, so a fresh clone gets exactly the
+  versions of the last green run, whatever the registry published since.
+- docker/requirements-operator.txt, docker/requirements-trainer.txt: the images' subsets of the same
+  resolution (`graft`, `graft[trainer]`), installed with --no-deps by the Dockerfile.
+
+The closures are walked from the installed distributions' metadata with environment markers evaluated for
+linux/x86_64 CPython 3.11, the platform of CI, the development machines and both images.
+"""
+
+from __future__ import annotations
+
+import sys
+from importlib import metadata
+from pathlib import Path
+
+from packaging.markers import default_environment
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+REPO = Path(__file__).resolve().parents[1]
+DEV_LOCK = REPO / "requirements-dev.txt"
+#: lock file -> (root distribution, extras, extra distributions pinned beside its closure)
+LOCKS = {
+    DEV_LOCK: ("graft", {"dev"}, ("pip", "setuptools")),
+    REPO / "docker" / "requirements-operator.txt": ("graft", set(), ()),
+    REPO / "docker" / "requirements-trainer.txt": ("graft", {"trainer"}, ()),
+}
+PLATFORM = {
+    "sys_platform": "linux",
+    "platform_system": "Linux",
+    "platform_machine": "x86_64",
+    "os_name": "posix",
+    "implementation_name": "cpython",
+    "platform_python_implementation": "CPython",
+    "python_version": "3.11",
+    "python_full_version": "3.11.11",
+}
+#: Never pinned: the project itself (installed editable from the checkout).
+UNPINNED = {"graft"}
+
+
+def _applies(req: Requirement, extras: set[str]) -> bool:
+    if req.marker is None:
+        return True
+    env = {**default_environment(), **PLATFORM}
+    return any(req.marker.evaluate({**env, "extra": e}) for e in (extras or {""}) | {""})
+
+
+def closure(root: str, extras: set[str]) -> dict[str, str]:
+    """Every installed distribution `root[extras]` needs, canonical name -> installed version (root excluded).
+
+    Raises LookupError naming the first needed distribution that is not installed."""
+    seen: dict[str, set[str]] = {}
+    versions: dict[str, str] = {}
+    requires: dict[str, list[str]] = {}
+    stack: list[tuple[str, set[str], str]] = [(root, extras, root)]
+    while stack:
+        name, wanted, needed_by = stack.pop()
+        key = canonicalize_name(name)
+        if key in seen and wanted <= seen[key]:
+            continue
+        seen[key] = seen.get(key, set()) | wanted
+        if key not in versions:
+            try:
+                dist = metadata.distribution(name)
+            except metadata.PackageNotFoundError:
+                raise LookupError(f"{name} (needed by {needed_by}) is not installed") from None
+            versions[key] = dist.version
+            requires[key] = dist.requires or []
+        for line in requires[key]:
+            req = Requirement(line)
+            if _applies(req, seen[key]):
+                stack.append((req.name, set(req.extras), name))
+    versions.pop(canonicalize_name(root), None)
+    return versions
+
+
+def wanted_pins(lock: Path) -> dict[str, str]:
+    """What `lock` must pin, from the installed environment: canonical name -> version."""
+    root, extras, extra_dists = LOCKS[lock]
+    pins = closure(root, extras)
+    for name in extra_dists:
+        pins[canonicalize_name(name)] = metadata.version(name)
+    return pins
+
+
+def read_pins(lock: Path) -> dict[str, str]:
+    """A lock file's pins: canonical name -> version."""
+    pins = {}
+    for line in lock.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, version = line.split("==")
+            pins[canonicalize_name(name)] = version.strip()
+    return pins
+
+
+def lock_text(lock: Path, pins: dict[str, str]) -> str:
+    root, extras, extra_dists = LOCKS[lock]
+    target = f"{root}[{','.join(sorted(extras))}]" if extras else root
+    also = f", plus {' and '.join(extra_dists)}" if extra_dists else ""
+    how = ("./dev installs the dev/CI venv with it as pip constraints" if lock == DEV_LOCK
+           else "the Dockerfile installs it with --no-deps")
+    lines = [
+        f"# Generated by scripts/locks.py (./dev upgrade re-resolves): every distribution {target} needs{also},",
+        f"# for linux/x86_64 CPython 3.11; {how}. Do not edit by hand.",
+    ]
+    lines += [f"{name}=={version}" for name, version in sorted(pins.items())]
+    return "\n".join(lines) + "\n"
+
+
+def _installed() -> dict[str, str]:
+    return {canonicalize_name(d.metadata["Name"]): d.version for d in metadata.distributions()}
+
+
+def extraneous(lock: Path = DEV_LOCK) -> list[str]:
+    """Installed distributions the dev lock does not name (the project itself aside)."""
+    return sorted(_installed().keys() - read_pins(lock).keys() - UNPINNED)
+
+
+def venv_problems(lock: Path = DEV_LOCK) -> list[str]:
+    """How the installed environment differs from the dev lock, one line each."""
+    locked, installed = read_pins(lock), _installed()
+    out = []
+    for name in sorted(locked):
+        if name not in installed:
+            out.append(f"{lock.name} pins {name}=={locked[name]}, which is not installed")
+        elif installed[name] != locked[name]:
+            out.append(f"{lock.name} pins {name}=={locked[name]}, but {installed[name]} is installed")
+    out += [f"{name}=={installed[name]} is installed but not in {lock.name}" for name in extraneous(lock)]
+    if out:
+        out.append("the venv is not the locked environment: run ./dev setup to re-sync it")
+    return out
+
+
+def lock_problems(files: dict[Path, Path] | None = None) -> list[str]:
+    """How each lock differs from its closure of the installed environment, one line each. `files` reads a
+    lock's pins from another file (a test's copy) instead of the committed one."""
+    out: list[str] = []
+    for lock in LOCKS:
+        rel = lock.relative_to(REPO)
+        try:
+            want = wanted_pins(lock)
+        except LookupError as exc:
+            out.append(f"{rel}: {exc}")
+            continue
+        path = (files or {}).get(lock, lock)
+        have = read_pins(path) if path.exists() else {}
+        found = [f"{rel}: {name} is pinned {have.get(name, '(not at all)')}, the environment has "
+                 f"{want.get(name, '(no need of it)')}"
+                 for name in sorted(have.keys() | want.keys()) if have.get(name) != want.get(name)]
+        if found:
+            out += [*found, f"{rel} is stale: run scripts/locks.py (or ./dev upgrade to re-resolve everything)"]
+    return out
+
+
+def write() -> None:
+    for lock in LOCKS:
+        text = lock_text(lock, wanted_pins(lock))
+        if not lock.exists() or lock.read_text() != text:
+            lock.write_text(text)
+            print(f"wrote {lock.relative_to(REPO)}")
+
+
+def main(argv: list[str]) -> int:
+    if "--extraneous" in argv:
+        print(" ".join(extraneous()))
+        return 0
+    if "--check-venv" in argv or "--check" in argv:
+        # The venv first: while it is not the locked environment, the locks cannot be judged against it.
+        found = venv_problems() or (lock_problems() if "--check" in argv else [])
+        for line in found:
+            print(line, file=sys.stderr)
+        return 1 if found else 0
+    write()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
