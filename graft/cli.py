@@ -11,7 +11,7 @@ import importlib
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -80,10 +80,12 @@ def crd() -> None:
 
 @app.command()
 def status(
-    run: Annotated[str, typer.Argument(help="A run folder, or a job's storage URI `<storage.uri>/<uid>`.")],
+    run: Annotated[str, typer.Argument(
+        help="A run folder, or a job's storage URI `<storage.uri>/<uid>`; a folder of runs lists them.")],
     output: Annotated[str, typer.Option("--output", "-o", help="table or json")] = "table",
 ) -> None:
-    """Print a job's ledger: stage states, epochs, metrics, checkpoints."""
+    """Print a job's ledger: stage states, epochs, metrics, checkpoints. On a folder of runs (graft-runs/), list
+    them: name, state, stages done, best validation accuracy, age."""
     from graft.ledger import Ledger
     from graft.storage import StorageError
 
@@ -95,7 +97,12 @@ def status(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     if ledger is None:
-        typer.echo(f"error: {run}: no ledger.json here (not a Graft run folder or job URI)", err=True)
+        runs = _runs_below(run)
+        if runs:
+            _print_runs(runs, output)
+            return
+        typer.echo(f"error: {run}: no ledger.json here or one folder below (not a Graft run folder, a folder "
+                   "of runs, or a job URI)", err=True)
         raise typer.Exit(1)
     if output == "json":
         typer.echo(json.dumps(ledger.model_dump(mode="json"), indent=2))
@@ -117,6 +124,55 @@ def status(
     failed = ledger.failed
     if failed and failed.message:
         typer.echo(f"failed: {failed.type}: {failed.message}")
+
+
+def _runs_below(folder: str) -> dict[str, Any]:
+    """The runs one level below `folder` (e.g. graft-runs/), by name: their ledgers."""
+    from graft import storage
+    from graft.ledger import LEDGER_FILE, Ledger
+
+    base = folder.rstrip("/")
+    runs = {}
+    for uri in storage.list_dir(folder, recursive=True):
+        name, _, rest = uri[len(base) + 1:].partition("/")
+        if rest == LEDGER_FILE and (ledger := Ledger.load(storage.join(base, name))) is not None:
+            runs[name] = ledger
+    return runs
+
+
+def _age(timestamp: str) -> str:
+    """How long ago, as kubectl's AGE column says it (45s, 12m, 3h, 2d)."""
+    from datetime import UTC, datetime
+
+    seconds = int((datetime.now(UTC) - datetime.fromisoformat(timestamp.replace("Z", "+00:00"))).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{max(seconds, 0)}s"
+
+
+def _print_runs(runs: dict[str, Any], output: str) -> None:
+    """One line per run: name, state, stages done, best validation accuracy (and which stage), age."""
+    rows = []
+    for name, ledger in sorted(runs.items()):
+        state = "Succeeded" if ledger.done else "Failed" if ledger.failed else ledger.current.state.value
+        scored = [(s.metrics["val_accuracy"], s.type) for s in ledger.stages if "val_accuracy" in s.metrics]
+        best = f"val_accuracy={max(scored)[0]:.4g} ({max(scored)[1]})" if scored else ""
+        rows.append({"run": name, "state": state, "stages": ledger.progress(), "best": best,
+                     "age": _age(ledger.updated_at), "updated_at": ledger.updated_at})
+    if output == "json":
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    from rich.table import Table
+
+    from graft.console import console
+
+    table = Table(box=None)
+    for col in ("run", "state", "stages", "best", "age"):
+        table.add_column(col.upper(), overflow="fold")
+    for row in rows:
+        table.add_row(*(row[c] for c in ("run", "state", "stages", "best", "age")))
+    console().print(table)
 
 
 def _register_plugins() -> None:

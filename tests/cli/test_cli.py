@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,8 +19,11 @@ GOOD = EXAMPLES[0].read_text()
 
 
 def graft(*args: str, stdin: str | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    # As from a shell into a pipe: pytest exports COLUMNS=80, which a user's pipe does not have.
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
     return subprocess.run(
-        [sys.executable, "-m", "graft.cli", *args], input=stdin, capture_output=True, text=True, cwd=cwd, timeout=60
+        [sys.executable, "-m", "graft.cli", *args], input=stdin, capture_output=True, text=True, cwd=cwd, timeout=60,
+        env=env,
     )
 
 
@@ -88,3 +93,38 @@ def test_status_on_a_folder_without_ledger(tmp_path):
     proc = graft("status", str(tmp_path))
     assert proc.returncode == 1
     assert f"{tmp_path}: no ledger.json here" in proc.stderr
+
+
+def test_status_on_a_folder_of_runs_lists_them(tmp_path):
+    done = Ledger.create("uid-1", "digits", ["Head", "FullFineTune"])
+    for stage, accuracy in zip(done.stages, (0.36, 0.41), strict=True):
+        stage.state, stage.metrics = StageState.SUCCEEDED, {"val_accuracy": accuracy}
+    done.save(str(tmp_path / "digits"))
+    broken = Ledger.create("uid-2", "shapes", ["Head", "FullFineTune"])
+    broken.stages[0].state = StageState.FAILED
+    broken.save(str(tmp_path / "shapes"))
+    (tmp_path / "not-a-run").mkdir()
+    table = graft("status", str(tmp_path))
+    assert table.returncode == 0, table.stderr
+    lines = [line.split() for line in table.stdout.splitlines()]
+    assert [words[:-1] for words in lines] == [
+        ["RUN", "STATE", "STAGES", "BEST"],
+        ["digits", "Succeeded", "2/2", "val_accuracy=0.41", "(FullFineTune)"],
+        ["shapes", "Failed", "0/2"],
+    ]
+    assert all(re.fullmatch(r"\d+s", words[-1]) for words in lines[1:]), lines
+    rows = json.loads(graft("status", str(tmp_path), "-o", "json").stdout)
+    assert [(r["run"], r["state"], r["best"]) for r in rows] == [
+        ("digits", "Succeeded", "val_accuracy=0.41 (FullFineTune)"), ("shapes", "Failed", "")]
+
+
+def test_piped_status_keeps_long_uris_whole_and_plain(tmp_path):
+    """grep must find a whole checkpoint URI in piped output: no folding at any width, no ANSI codes."""
+    uri = "s3://a-bucket/" + "/".join(f"segment-{i:02d}" for i in range(30)) + "/checkpoint_000042"
+    led = Ledger.create("uid-8", "long", ["Head"])
+    led.stages[0].state, led.stages[0].checkpoint = StageState.SUCCEEDED, uri
+    led.save(str(tmp_path))
+    proc = graft("status", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert any(uri in line for line in proc.stdout.splitlines()), proc.stdout
+    assert "\x1b[" not in proc.stdout
