@@ -69,7 +69,13 @@ def _failure_message(rj_status: dict[str, Any], ledger: dict[str, Any] | None, s
     parts = []
     reason = _failure_reason(rj_status, spec)
     if reason == "DeadlineExceeded":
-        parts.append(f"the job ran longer than activeDeadlineSeconds ({spec.run_policy.active_deadline_seconds}s)")
+        deadline = spec.run_policy.active_deadline_seconds
+        if deadline is not None:
+            parts.append(f"the job ran longer than activeDeadlineSeconds ({deadline}s)")
+        else:
+            # No deadline in the spec (e.g. removed after KubeRay had already failed the RayJob): only KubeRay
+            # knows which one passed, and its message (added below) says.
+            parts.append("KubeRay ended the RayJob at a deadline (spec.runPolicy.activeDeadlineSeconds is not set)")
     elif reason == "BackoffLimitExceeded":
         failed = int(rj_status.get("failed") or 0)
         parts.append(f"{failed} attempt(s) failed; backoffLimit is {spec.run_policy.backoff_limit}")

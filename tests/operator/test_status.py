@@ -93,6 +93,36 @@ def test_success_message_claims_stage_results_only_from_a_ledger():
     assert "all stages" not in blind.message
 
 
+# KubeRay's own words when the deadline passes (ray-operator/controllers/ray/rayjob_controller.go,
+# checkActiveDeadlineAndUpdateStatusIfNeeded): reason DeadlineExceeded and this message.
+KUBERAY_DEADLINE = "The RayJob has passed the activeDeadlineSeconds. StartTime: 2026-01-01T00:00:00Z. " \
+    "ActiveDeadlineSeconds: 60"
+
+
+@pytest.mark.parametrize(
+    ("deadline", "rayjob", "expected"),
+    [
+        pytest.param(60, _rj("Failed", "RUNNING", reason="DeadlineExceeded", message=KUBERAY_DEADLINE),
+                     status.State("Failed", "DeadlineExceeded",
+                                  f"the job ran longer than activeDeadlineSeconds (60s); {KUBERAY_DEADLINE}"),
+                     id="deadline-set"),
+        pytest.param(None, _rj("Failed", "RUNNING", reason="DeadlineExceeded", message=KUBERAY_DEADLINE),
+                     status.State("Failed", "DeadlineExceeded",
+                                  "KubeRay ended the RayJob at a deadline (spec.runPolicy.activeDeadlineSeconds "
+                                  f"is not set); {KUBERAY_DEADLINE}"),
+                     id="no-deadline-set"),
+        pytest.param(None, _rj("Failed", "RUNNING", reason="DeadlineExceeded"),
+                     status.State("Failed", "DeadlineExceeded",
+                                  "KubeRay ended the RayJob at a deadline (spec.runPolicy.activeDeadlineSeconds "
+                                  "is not set)"),
+                     id="no-deadline-set-no-kuberay-message"),
+    ],
+)
+def test_deadline_message_names_the_deadline_only_when_one_is_set(deadline, rayjob, expected):
+    spec = _spec(activeDeadlineSeconds=deadline)
+    assert status.derive_state(spec=spec, rayjob=rayjob, ledger=None) == expected
+
+
 def _build(rayjob, current=None, ledger=None, now="2026-01-01T00:00:10Z", generation=2, **policy):
     spec = _spec(**policy)
     state = status.derive_state(spec=spec, rayjob=rayjob, ledger=ledger)
