@@ -1,4 +1,4 @@
-"""The RayJob entrypoint: `python -m graft.trainer --job FILE [--storage URI]` (contract 1).
+"""The RayJob entrypoint: `python -m graft.trainer --job FILE [--storage URI]`.
 
 Exit code 0 when every stage succeeded; 1 when a stage failed (the reason is in the ledger); 2 when the job
 file is unreadable or invalid. Rerunning the same command resumes the job.
@@ -23,7 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     from graft.api.validation import InvalidSpec, load_job
 
     try:
-        # Inline JSON is parsed, never interpolated by a shell: the entrypoint is an argv list.
+        # Inline JSON ({...}) is for local runs and tests. KubeRay joins the entrypoint into one `bash -c` string,
+        # so the operator passes the job as a mounted file and no user string reaches that shell.
         job = load_job(args.job if args.job.lstrip().startswith("{") else Path(args.job).read_text())
     except OSError as exc:
         print(f"error: {args.job}: cannot read the job file: {exc.strerror or exc}", file=sys.stderr)

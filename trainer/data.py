@@ -12,7 +12,7 @@ import io
 import posixpath
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow.fs as pafs
@@ -40,7 +40,6 @@ class Source:
     files: list[str] | None = None
     pixels: np.ndarray | None = None
     hflip: bool = True
-    extra: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.labels)

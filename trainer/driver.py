@@ -53,7 +53,7 @@ def job_uid(job: TransferJob) -> str:
 
 
 def resolve_root(job: TransferJob, storage_uri: str | None) -> str:
-    """`<spec.storage.uri or --storage>/<uid>` (contract 1)."""
+    """The job root: `<spec.storage.uri or --storage>/<uid>`."""
     base = job.spec.storage.uri if job.spec.storage else storage_uri
     if not base:
         raise InputError("spec.storage.uri", "no storage given (set spec.storage.uri or pass --storage)")
@@ -216,7 +216,7 @@ class Driver:
 
     # -- stages --------------------------------------------------------------------------------
 
-    def _cfg(self, index: int, ledger: Ledger) -> dict[str, Any]:
+    def _cfg(self, index: int) -> dict[str, Any]:
         stage = self.spec.stages[index]
         return {
             "stage": stage.type,
@@ -230,7 +230,7 @@ class Driver:
 
     def _run_stage(self, index: int, ledger: Ledger) -> dict[str, Any]:
         stage = self.spec.stages[index]
-        cfg = self._cfg(index, ledger)
+        cfg = self._cfg(index)
         outputs = storage.join(self.root, "outputs")
         if isinstance(stage, FrozenFeaturesStage):
             cfg["init_backbone"] = self._init_backbone(ledger)

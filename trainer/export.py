@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import io
-import json
 from typing import Any
 
 import torch
@@ -56,6 +55,3 @@ def predict(uri: str, images: list[str], top: int = 3) -> list[list[tuple[str, f
         for vs, ix in zip(values, index, strict=True)
     ]
 
-
-def describe(meta: dict[str, Any]) -> str:
-    return json.dumps({k: meta[k] for k in ("architecture", "num_classes", "metrics") if k in meta})

@@ -45,8 +45,6 @@ def _worker_loop(cfg: dict[str, Any]) -> None:
 @dataclass
 class FitOutcome:
     best_checkpoint: str | None
-    latest_checkpoint: str | None
-    metrics: dict[str, float]
     state: dict[str, Any] | None
 
 
@@ -104,10 +102,7 @@ def fit_stage(cfg: dict[str, Any], workers: WorkersSpec, root: str, keep: int, m
         with chosen.as_directory() as d:
             state = torch.load(f"{d}/state.pt", map_location="cpu", weights_only=False)
     return FitOutcome(
-        best_checkpoint=_uri(chosen.path, root) if chosen is not None else None,
-        latest_checkpoint=_uri(result.checkpoint.path, root) if result.checkpoint is not None else None,
-        metrics=dict(result.metrics or {}),
-        state=state,
+        best_checkpoint=_uri(chosen.path, root) if chosen is not None else None, state=state
     )
 
 

@@ -112,7 +112,7 @@ def test_wrong_credentials_fail_the_stage_naming_the_uri(tmp_path, authenticatin
 
 
 def test_entrypoint_exit_codes_and_inline_json(tmp_path, capsys):
-    """Contract 1: exit 2 for an unusable job file, 1 for a failed stage (reason in the ledger)."""
+    """The entrypoint exits 2 for an unusable job file, 1 for a failed stage (reason in the ledger)."""
     import json
 
     from graft.trainer.__main__ import main
