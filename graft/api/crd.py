@@ -164,10 +164,11 @@ def build_crd() -> dict[str, Any]:
                 "type": "string",
                 "description": f"Kind is the REST resource this object represents: {m.KIND}.",
             },
-            "metadata": {
-                "type": "object",
-                "description": "Standard object metadata (name, namespace, labels, annotations).",
-            },
+            # Nothing but `type: object`: a real API server refuses a CRD whose root metadata schema says
+            # anything else, a description included ("must not specify anything other than name and
+            # generateName"; apiextensions-apiserver/pkg/apiserver/schema/validation.go,
+            # validateStructuralMetadataInvariants). kubectl explain describes ObjectMeta by itself.
+            "metadata": {"type": "object"},
             "spec": spec_schema,
             "status": status_schema,
         },
