@@ -6,6 +6,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from graft.operator import rbac
+from support.crdcheck import check_crd, printer_column_problems
 
 from graft.api.crd import build_crd
 from ship.chart import CHART, NAMESPACE, HelmFailed, find, helm, one, render
@@ -84,6 +85,16 @@ def test_rendered_crd_equals_generated_one(tmp_path):
 
     unkept = one(render({"crds": {"keep": False}}, tmp_path), "CustomResourceDefinition")
     assert unkept == build_crd()
+
+
+@pytest.mark.parametrize("values", [{}, {"crds": {"keep": False}}], ids=["keep", "no-keep"])
+def test_rendered_crd_is_one_a_real_api_server_accepts(values, tmp_path):
+    """`helm install` must not be left half-done by a CRD the API server refuses (a v1.32 server refused the
+    chart's CRD for a description on the root metadata schema): the CRD exactly as helm renders it passes the
+    server's own rules (support/crdcheck.py), annotation included."""
+    crd = one(render(values or None, tmp_path if values else None), "CustomResourceDefinition")
+    assert [str(e) for e in check_crd(crd)] == []
+    assert printer_column_problems(crd) == []
 
 
 def test_crds_off_renders_no_crd(tmp_path):
