@@ -71,13 +71,18 @@ def is_s3(uri: str) -> bool:
 class S3Options:
     """S3 settings passed explicitly (the operator reads them from a Secret) instead of from the environment.
 
-    `repr` never shows the keys, so an options object can appear in a log line or traceback safely."""
+    `repr` never shows the keys, so an options object can appear in a log line or traceback safely. The timeouts
+    and attempts are pyarrow's (seconds per connection, seconds per request, tries per request); a caller that
+    must answer within a deadline (the operator) lowers them so that a hung endpoint frees its thread sooner."""
 
     endpoint: str | None = None
     region: str | None = None
     access_key_id: str | None = field(default=None, repr=False)
     secret_access_key: str | None = field(default=None, repr=False)
     session_token: str | None = field(default=None, repr=False)
+    connect_timeout: float = 5.0
+    request_timeout: float = 30.0
+    max_attempts: int = 3
 
 
 @lru_cache(maxsize=64)
@@ -91,9 +96,9 @@ def _s3_filesystem_explicit(options: S3Options) -> pafs.S3FileSystem:
         kwargs.update(
             access_key=options.access_key_id, secret_key=options.secret_access_key, session_token=options.session_token
         )
-    kwargs["retry_strategy"] = pafs.AwsStandardS3RetryStrategy(max_attempts=3)
-    kwargs["connect_timeout"] = 5
-    kwargs["request_timeout"] = 30
+    kwargs["retry_strategy"] = pafs.AwsStandardS3RetryStrategy(max_attempts=options.max_attempts)
+    kwargs["connect_timeout"] = options.connect_timeout
+    kwargs["request_timeout"] = options.request_timeout
     return pafs.S3FileSystem(**kwargs)
 
 

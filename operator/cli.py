@@ -27,6 +27,11 @@ def run_operator(
     ] = False,
     metrics_port: Annotated[int, typer.Option(help="Prometheus /metrics port; 0 turns it off.")] = 8080,
     liveness_port: Annotated[int, typer.Option(help="Liveness probe port (/healthz).")] = 8081,
+    ledger_timeout: Annotated[
+        float,
+        typer.Option(min=0.5, help="Seconds a ledger read may take; past that the job's status says the ledger "
+                     "could not be read (its conditions never wait for storage)."),
+    ] = 5.0,  # ledgers.DEFAULT_TIMEOUT (not imported here: it would load kopf for every graft command)
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
     """Run the operator: watch TransferJobs, run each as a KubeRay RayJob, mirror progress into its status.
@@ -47,6 +52,7 @@ def run_operator(
     settings.scanning.disabled = bool(namespace)
     kopf.run(
         settings=settings,
+        memo=kopf.Memo(ledger_timeout=ledger_timeout),  # read by the startup handler
         standalone=True,
         clusterwide=not namespace,
         namespaces=list(namespace or []),

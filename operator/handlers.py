@@ -11,7 +11,7 @@ import os
 from typing import Any
 
 import kopf
-from graft.operator import builder, client, metrics, reconcile
+from graft.operator import builder, client, ledgers, metrics, reconcile
 
 from graft.api.models import GROUP, PLURAL, VERSION
 
@@ -31,9 +31,11 @@ logging.getLogger("kopf.objects").addFilter(_QuietWatchHandlers())
 
 
 @kopf.on.startup()
-async def configure(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any) -> None:
-    """Operator settings: progress kept in graft.dev annotations, quiet Events, metrics endpoint."""
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+    """Operator settings: progress kept in graft.dev annotations, quiet Events, metrics endpoint, and the ledger
+    read deadline (`graft operator --ledger-timeout`, passed in `memo`; the default under `kopf run`)."""
     client.configure(settings)
+    reconcile.SUPERVISOR.configure(ledger_timeout=float(memo.get("ledger_timeout", ledgers.DEFAULT_TIMEOUT)))
     settings.persistence.finalizer = "graft.dev/operator"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="graft.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(

@@ -1,22 +1,36 @@
-"""Reading a job's ledger from object storage with the credentials its spec names (contract 5).
+"""Reading a job's ledger from object storage with the credentials its spec names (contract 5), off the status path.
 
 The keys are read from the Secret in the job's namespace, kept in memory only, and never logged: they travel
 inside `storage.S3Options`, whose repr hides them.
+
+Storage never holds up status (issue 10): `Reads.start` returns at once and hands the outcome to a callback. A read
+that has not answered within the deadline is reported as such while its thread runs on; a job has at most one read
+in flight, so a job whose read hangs starts no other; reads run on threads of their own, at most `PER_ENDPOINT` at a
+time per storage endpoint, so a hung endpoint cannot take the threads that reads elsewhere need.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
+import logging
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from graft.operator import client
+from graft.operator import client, metrics
 
 from graft import storage
 from graft.api.models import TransferJobSpec
 from graft.ledger import Ledger, job_root
 
+log = logging.getLogger("graft.operator")
+
+DEFAULT_TIMEOUT = 5.0  # seconds a ledger read may take before the status says it could not be read
+THREADS = 16  # reader threads in all
+PER_ENDPOINT = 4  # reader threads one storage endpoint may hold: a hung endpoint holds at most these
 _SECRET_TTL = 60.0
 _secrets: dict[tuple[str, str], tuple[float, dict[str, str]]] = {}
 
@@ -38,8 +52,11 @@ async def _secret_data(namespace: str, name: str) -> dict[str, str]:
     return data
 
 
-async def s3_options(namespace: str, spec: TransferJobSpec) -> storage.S3Options | None:
-    """Explicit S3 settings for a job's storage (None for local storage)."""
+async def s3_options(namespace: str, spec: TransferJobSpec, deadline: float | None = None) -> storage.S3Options | None:
+    """Explicit S3 settings for a job's storage (None for local storage).
+
+    With a `deadline` (seconds), pyarrow gives up on a silent endpoint after about that long, in one attempt (the
+    operator's next poll is its retry), so that a hung read frees its thread soon after it is reported."""
     st = spec.storage
     if st is None or not storage.is_s3(st.uri):
         return None
@@ -51,8 +68,11 @@ async def s3_options(namespace: str, spec: TransferJobSpec) -> storage.S3Options
         if missing:
             raise LedgerUnavailable(f"Secret {namespace}/{ref.name} has no key(s) {', '.join(missing)}")
         key_id, secret_key = data[ref.access_key_id_key], data[ref.secret_access_key_key]
+    limits: dict[str, Any] = {}
+    if deadline is not None:
+        limits = {"connect_timeout": min(5.0, deadline), "request_timeout": deadline, "max_attempts": 1}
     return storage.S3Options(
-        endpoint=st.endpoint, region=st.region, access_key_id=key_id, secret_access_key=secret_key
+        endpoint=st.endpoint, region=st.region, access_key_id=key_id, secret_access_key=secret_key, **limits
     )
 
 
@@ -61,16 +81,155 @@ def storage_root(spec: TransferJobSpec, uid: str) -> str | None:
     return job_root(spec.storage.uri, uid) if spec.storage is not None else None
 
 
-async def read(namespace: str, spec: TransferJobSpec, uid: str) -> dict[str, Any] | None:
-    """The ledger's status projection (Ledger.to_status()), or None when the trainer has not written one yet."""
-    root = storage_root(spec, uid)
-    if root is None:
-        return None
-    options = await s3_options(namespace, spec)
+def endpoint_of(spec: TransferJobSpec) -> str:
+    """The storage endpoint a job's reads go to: what one hung server can take down."""
+    st = spec.storage
+    if st is None or not storage.is_s3(st.uri):
+        return "local"
+    return f"s3 {st.endpoint or 'aws'} {st.region or ''}".rstrip()
+
+
+def _load(root: str, options: storage.S3Options | None) -> dict[str, Any] | None:
+    """On a reader thread: the ledger's status projection (Ledger.to_status()), None when there is none yet."""
     try:
-        ledger = await asyncio.to_thread(Ledger.load, root, options)
+        ledger = Ledger.load(root, options)
     except storage.StorageError as exc:
         raise LedgerUnavailable(str(exc)) from None
     except ValueError as exc:  # a ledger that does not parse
         raise LedgerUnavailable(f"{Ledger.uri(root)}: unreadable ledger ({exc.__class__.__name__})") from None
     return ledger.to_status() if ledger is not None else None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one read came to: the projection (None: no ledger yet), or why not as (reason, message)."""
+
+    ledger: dict[str, Any] | None = None
+    problem: tuple[str, str] | None = None
+    #: The read ended after its deadline had already been reported (its thread was hung until then).
+    late: bool = False
+
+
+def ledger_uri(spec: TransferJobSpec, uid: str) -> str:
+    root = storage_root(spec, uid)
+    return Ledger.uri(root) if root else "(no storage)"
+
+
+def timeout_problem(uri: str, deadline: float) -> tuple[str, str]:
+    """(reason, message) for a ledger that did not answer within the deadline: the same words every time, so that
+    a status that says it does not change (and flap) while the endpoint stays silent."""
+    return "LedgerTimeout", (f"{uri} could not be read within {deadline:g} s (the storage endpoint did not answer); "
+                             "stage progress shows the last read")
+
+
+def _problem(exc: BaseException, uri: str) -> tuple[str, str]:
+    if isinstance(exc, LedgerUnavailable):
+        return "LedgerUnavailable", str(exc)
+    return "LedgerUnavailable", f"{uri}: {exc.__class__.__name__}: {exc}"
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[[], Any]) -> None:
+    """From a reader thread: run fn on the loop (unless the operator has stopped it)."""
+    try:
+        loop.call_soon_threadsafe(fn)
+    except RuntimeError:  # the loop is closed: nothing waits any more
+        pass
+
+
+class Reads:
+    """Ledger reads off the status path: bounded in time, one in flight per job, isolated per endpoint."""
+
+    def __init__(self, timeout: float = DEFAULT_TIMEOUT, threads: int = THREADS, per_endpoint: int = PER_ENDPOINT):
+        self.timeout, self.threads, self.per_endpoint = timeout, threads, per_endpoint
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._slots: dict[str, asyncio.Semaphore] = {}
+        self._busy: set[str] = set()
+        self._tasks: set[asyncio.Task] = set()
+        self.overdue = 0  # reads past their deadline whose thread has not ended
+
+    def busy(self, uid: str) -> bool:
+        """A read of this job is in flight (or its thread still hangs after the deadline was reported)."""
+        return uid in self._busy
+
+    def start(self, uid: str, namespace: str, spec: TransferJobSpec, deliver: Callable[[Outcome], None]) -> bool:
+        """Start reading a job's ledger; False (and nothing started) while its previous read is in flight.
+
+        `deliver` is called on the event loop: once with the outcome, within the deadline; and, when the deadline
+        passed first, once more when the hung thread ends (`late=True`)."""
+        if uid in self._busy:
+            return False
+        self._busy.add(uid)
+        task = asyncio.get_running_loop().create_task(self._read(uid, namespace, spec, deliver),
+                                                      name=f"graft-ledger-read-{uid}")
+        self._tasks.add(task)  # the loop keeps only weak references to tasks
+        task.add_done_callback(self._tasks.discard)
+        return True
+
+    async def _read(self, uid: str, namespace: str, spec: TransferJobSpec, deliver: Callable[[Outcome], None]) -> None:
+        loop = asyncio.get_running_loop()
+        root = storage_root(spec, uid)
+        uri = ledger_uri(spec, uid)
+        thread: concurrent.futures.Future | None = None
+
+        async def attempt() -> dict[str, Any] | None:
+            nonlocal thread
+            if root is None:
+                return None
+            options = await s3_options(namespace, spec, deadline=self.timeout)
+            slots = self._slots.setdefault(endpoint_of(spec), asyncio.Semaphore(self.per_endpoint))
+            await slots.acquire()  # released when the thread ends, not when the wait does
+            try:
+                thread = self._executor().submit(_load, root, options)
+            except BaseException:
+                slots.release()
+                raise
+            thread.add_done_callback(lambda _: _call_soon(loop, slots.release))
+            return await asyncio.wrap_future(thread)
+
+        try:
+            # The deadline covers everything: the Secret, a free slot at the endpoint, the read itself.
+            outcome = Outcome(ledger=await asyncio.wait_for(attempt(), self.timeout))
+        except TimeoutError:
+            outcome = Outcome(problem=timeout_problem(uri, self.timeout))
+        except Exception as exc:  # any failure is an outcome the status reports, not a crash
+            outcome = Outcome(problem=_problem(exc, uri))
+        if thread is None or thread.done():
+            self._busy.discard(uid)
+            self._deliver(deliver, outcome)
+            return
+        # The deadline passed with the thread still reading: report it now, keep the job busy until the thread ends.
+        self._deliver(deliver, outcome)
+        self.overdue += 1
+        metrics.LEDGER_READS_OVERDUE.set(self.overdue)
+        try:
+            late = Outcome(ledger=await asyncio.wrap_future(thread), late=True)
+        except Exception as exc:
+            late = Outcome(problem=_problem(exc, uri), late=True)
+        finally:
+            self.overdue -= 1
+            metrics.LEDGER_READS_OVERDUE.set(self.overdue)
+            self._busy.discard(uid)
+        self._deliver(deliver, late)
+
+    @staticmethod
+    def _deliver(deliver: Callable[[Outcome], None], outcome: Outcome) -> None:
+        try:
+            deliver(outcome)
+        except Exception:  # one job's surprise must not stop its reads
+            log.exception("handling a ledger read failed")
+
+    def _executor(self) -> concurrent.futures.ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(self.threads, thread_name_prefix="graft-ledger")
+        return self._pool
+
+    async def close(self) -> None:
+        """Stop waiting for reads; hung threads are left to pyarrow's own timeout (not joined)."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+        self._slots.clear()
+        self._busy.clear()

@@ -21,6 +21,10 @@ RECONCILE_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 STATUS_WRITES = Counter("graft_status_writes_total", "TransferJob status patches written (only on change).")
+LEDGER_READS_OVERDUE = Gauge(
+    "graft_ledger_reads_overdue",
+    "Ledger reads past their deadline whose thread has not ended yet (a storage endpoint that does not answer).",
+)
 
 _phases: dict[tuple[str, str], str] = {}
 for _p in PHASES:

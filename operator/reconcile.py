@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import logging
+import math
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,7 +23,7 @@ from graft.ledger import now
 
 log = logging.getLogger("graft.operator")
 
-POLL_SECONDS = 3.0  # ledger polling while a job runs: status follows the ledger within ~POLL_SECONDS
+POLL_SECONDS = 3.0  # ledger polling while a job runs (or its reads fail): progress follows within ~POLL_SECONDS
 IDLE_SECONDS = 30.0  # re-check while nothing should change (RayJob events wake a job earlier)
 PENDING_CHECK_SECONDS = 10.0  # how often a job that is not starting looks at its pods and Events
 
@@ -242,15 +244,69 @@ async def spec_changed(body: Any, diff: Any, logger: logging.Logger | logging.Lo
 
 
 class Follower:
-    """Per-job memory of the mirror loop: when the ledger and the pods were last read."""
+    """Per-job memory of the mirror loop: what its ledger reads found, when its pods were last read."""
 
     def __init__(self) -> None:
-        self.ledger: dict[str, Any] | None = None
-        self.ledger_read_at = 0.0
-        self.ledger_jds: str | None = "<never>"
+        self.ledger: dict[str, Any] | None = None  # the projection the latest answered read found
+        self.asked_jds: str | None = "<never>"  # the RayJob's jobDeploymentStatus when the latest read started
+        self.asked_at = -math.inf
+        self.answered_jds: str | None = None  # ... when the latest read that answered started
+        self.failing_since: float | None = None  # when the first read failing since the last answer started
+        self.problem: tuple[str, str] | None = None  # (reason, message) of the latest failed read
+        self.finished_at: float | None = None  # when the RayJob was first seen finished
+        self.recheck_at: float | None = None  # look again by then (a finished job waiting for its final read)
         self.pending: tuple[str, str] | None = None
         self.pending_checked_at = 0.0
         self.pending_since: float | None = None
+
+    def shown_problem(self, t: float, deadline: float) -> tuple[str, str] | None:
+        """The read problem the status shows: once reads have failed for at least the deadline (a timeout has by
+        definition), so that one failed read among good ones does not flip the condition back and forth."""
+        if self.failing_since is None or t - self.failing_since < deadline:
+            return None
+        return self.problem
+
+    @property
+    def answering(self) -> bool:
+        """The latest read answered (the status's ledger part is as current as the last poll)."""
+        return self.failing_since is None and self.answered_jds is not None
+
+
+def _read_ledger(body: Any, spec: TransferJobSpec, follower: Follower, jds: str, t: float) -> None:
+    """Start a ledger read when one is due: at each new RayJob state, and every POLL_SECONDS while the job runs or
+    its reads fail. Never waits: the outcome arrives in `_answered`, which wakes the job."""
+    due = jds != follower.asked_jds or (
+        t - follower.asked_at >= POLL_SECONDS and (jds == "Running" or follower.failing_since is not None)
+    )
+    if not due:
+        return
+    uid, namespace, _ = _ref(body)
+    if SUPERVISOR.reads.start(uid, namespace, spec, functools.partial(_answered, body, follower, jds, t)):
+        follower.asked_jds, follower.asked_at = jds, t
+
+
+def _answered(body: Any, follower: Follower, jds: str, asked_at: float, outcome: ledgers.Outcome) -> None:
+    """A ledger read's outcome: remember it and look at the job again."""
+    if outcome.problem is None:
+        if outcome.ledger is not None:
+            follower.ledger = outcome.ledger
+        follower.answered_jds = jds
+        if follower.failing_since is not None:
+            log.info("the ledger answered again", extra=_log_ref(body))
+        follower.failing_since = follower.problem = None
+    elif not outcome.late:  # a hung read that ends in an error after its deadline tells nothing new
+        metrics.RECONCILE_ERRORS.labels(handler="ledger").inc()
+        if outcome.problem != follower.problem:
+            log.warning(f"cannot read the ledger: {outcome.problem[1]}", extra=_log_ref(body))
+        follower.problem = outcome.problem
+        if follower.failing_since is None:
+            follower.failing_since = asked_at
+    wake(body["metadata"]["uid"])
+
+
+def final_read_missing(current: dict[str, Any]) -> bool:
+    """A finished job whose ledger could not be read after it finished (its stage results may be stale)."""
+    return (status.condition(current, status.LEDGER_CONDITION) or {}).get("status") == "False"
 
 
 async def sync(
@@ -260,14 +316,26 @@ async def sync(
     *,
     override: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Observe the RayJob (and, while it runs, the ledger and pods) and write the status if it changed."""
+    """Observe the RayJob (and, while it starts, its pods), start a ledger read when one is due, and write the
+    status if it changed. Never waits for storage: the status carries the latest ledger read that has answered."""
     uid, namespace, name = _ref(body)
-    follower = follower or Follower()
+    follower = follower or SUPERVISOR.follower(uid)
     current = known_status(uid, body)
     rj_name = current.get("rayJobName") or builder.rayjob_name(name, uid)
     generation = body["metadata"].get("generation")
+    t = asyncio.get_running_loop().time()
+    deadline = SUPERVISOR.reads.timeout
     if status.is_terminal(current):
         new = {**current, "observedGeneration": generation}
+        if final_read_missing(current):
+            finished_jds = current.get("jobDeploymentStatus") or ""
+            _read_ledger(body, spec, follower, finished_jds, t)
+            new = status.refresh_ledger(
+                new, ledger=follower.ledger, problem=follower.shown_problem(t, deadline),
+                # only a read started after the finish is the final word
+                answered=follower.answering and follower.answered_jds == finished_jds, generation=generation,
+                now=now(),
+            )
         if override:
             new["reason"], new["message"] = override
         return await write_status(body, new)
@@ -280,17 +348,25 @@ async def sync(
     created = rayjob is not None
     rj_status = (rayjob or {}).get("status") or {}
     jds = rj_status.get("jobDeploymentStatus") or ""
-    loop = asyncio.get_running_loop()
-    t = loop.time()
-    if jds != follower.ledger_jds or (jds == "Running" and t - follower.ledger_read_at >= POLL_SECONDS):
-        try:
-            follower.ledger = await ledgers.read(namespace, spec, uid) or follower.ledger
-            follower.ledger_jds = jds
-        except ledgers.LedgerUnavailable as exc:
-            log.warning(f"cannot read the ledger: {exc}", extra=_log_ref(body))
-            metrics.RECONCILE_ERRORS.labels(handler="ledger").inc()
-        follower.ledger_read_at = t
-    state = status.derive_state(spec=spec, rayjob=rayjob, ledger=follower.ledger)
+    _read_ledger(body, spec, follower, jds, t)
+    problem = follower.shown_problem(t, deadline)
+    ledger = follower.ledger
+    state = status.derive_state(spec=spec, rayjob=rayjob, ledger=ledger)
+    if state.phase in status.TERMINAL:
+        follower.finished_at = follower.finished_at or t
+        if follower.answered_jds != jds:  # the ledger has not been read since the RayJob finished
+            if problem is None and override is None and t - follower.finished_at < deadline:
+                # Its final read is on its way (milliseconds when storage answers): a finished job's status is
+                # written once, whole, so that what `kubectl wait --for=condition=Succeeded` returns to already
+                # has the model and the stage results. This is the one wait on storage, bounded by the deadline.
+                follower.recheck_at = follower.finished_at + deadline
+                return current
+            ledger = None  # what was read before it finished is not the final word: claim no stage results
+            state = status.derive_state(spec=spec, rayjob=rayjob, ledger=None)
+            # Say so, so that the read goes on after the finish (`final_read_missing`) and fills the results in.
+            problem = problem or follower.problem or ledgers.timeout_problem(ledgers.ledger_uri(spec, uid), deadline)
+    else:
+        follower.finished_at = None
     if created and state.phase == "Pending" and state.reason == "ClusterStarting":
         follower.pending_since = follower.pending_since or t
         if t - follower.pending_checked_at >= PENDING_CHECK_SECONDS:
@@ -299,12 +375,13 @@ async def sync(
                 follower.pending = await pending.reason(namespace, rayjob, spec.run_policy.suspend)
             except client.APIError as exc:
                 log.warning(f"cannot inspect pods/events: {exc}", extra=_log_ref(body))
-        state = status.derive_state(spec=spec, rayjob=rayjob, ledger=follower.ledger, pending=follower.pending)
+        state = status.derive_state(spec=spec, rayjob=rayjob, ledger=ledger, pending=follower.pending)
     else:
         follower.pending, follower.pending_since, follower.pending_checked_at = None, None, 0.0
     new = status.build_status(
         spec=spec, generation=generation, current=current, state=state, rayjob_name=rj_name, created=created,
-        rayjob=rayjob, ledger=follower.ledger, storage_uri=ledgers.storage_root(spec, uid), now=now(),
+        rayjob=rayjob, ledger=ledger, storage_uri=ledgers.storage_root(spec, uid), now=now(),
+        ledger_problem=problem, ledger_answered=follower.answering,
     )
     if override:
         new["reason"], new["message"] = override
@@ -365,12 +442,15 @@ async def follow_once(body: Any, follower: Follower) -> float | None:
         try:
             current = await sync(body, spec, follower)
             if status.is_terminal(current):
-                return await expire(body, spec, current)
-            if current.get("phase") == "Running":
-                return POLL_SECONDS
-            if current.get("phase") == "Pending":
-                return PENDING_CHECK_SECONDS
-            return IDLE_SECONDS
+                due = await expire(body, spec, current)
+                if final_read_missing(current):  # keep reading until the final stage results are in
+                    due = POLL_SECONDS if due is None else min(due, POLL_SECONDS)
+                return due
+            delay = {"Running": POLL_SECONDS, "Pending": PENDING_CHECK_SECONDS}.get(current.get("phase"), IDLE_SECONDS)
+            if follower.recheck_at is not None:  # a finished job waiting for its final ledger read
+                delay = min(delay, max(0.0, follower.recheck_at - asyncio.get_running_loop().time()))
+                follower.recheck_at = None
+            return delay
         except (TimeoutError, client.APIError, OSError) as exc:
             log.warning(f"mirroring failed, retrying in {POLL_SECONDS}s: {exc!r}", extra=_log_ref(body))
             metrics.RECONCILE_ERRORS.labels(handler="mirror").inc()
@@ -388,6 +468,7 @@ class Supervisor:
     def __init__(self, concurrency: int = 32) -> None:
         self.bodies: dict[str, dict[str, Any]] = {}
         self.followers: dict[str, Follower] = {}
+        self.reads = ledgers.Reads()
         self.due: dict[str, float] = {}
         self.busy: set[str] = set()
         self.concurrency = concurrency
@@ -407,8 +488,16 @@ class Supervisor:
         new = uid not in self.bodies
         self.bodies[uid] = body
         if new:
-            self.followers[uid] = Follower()
+            self.follower(uid)
             self.kick(uid)
+
+    def follower(self, uid: str) -> Follower:
+        """The job's follower (made on first use: the create handler's first look may come before the loop's)."""
+        return self.followers.setdefault(uid, Follower())
+
+    def configure(self, ledger_timeout: float) -> None:
+        """Operator settings (from the startup handler): the ledger read deadline."""
+        self.reads.timeout = ledger_timeout
 
     def ensure_running(self) -> None:
         """Start the loop, from inside a kopf handler: its tasks inherit the context kopf posts Events from."""
@@ -432,6 +521,7 @@ class Supervisor:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.reads.close()
 
     async def _run(self) -> None:
         assert self._changed is not None

@@ -17,6 +17,9 @@ from graft.api.models import TransferJobSpec
 
 CONDITION_TYPES = ("Created", "Running", "Suspended", "Succeeded", "Failed", "Reconciling", "Stalled")
 TERMINAL = ("Succeeded", "Failed")
+#: Present once a ledger read has failed: False while reads fail (the progress fields are stale), True once one
+#: answers again. Absent (the API conventions' Unknown) while every read has answered.
+LEDGER_CONDITION = "LedgerReadable"
 
 # KubeRay's jobDeploymentStatus values, grouped by what they mean for the TransferJob.
 _STARTING = ("", "New", "Initializing", "Waiting")
@@ -172,6 +175,21 @@ def conditions_for(state: State, *, created: bool, created_message: str) -> list
     ]
 
 
+def ledger_condition(
+    current: dict[str, Any] | None, *, problem: tuple[str, str] | None, answered: bool
+) -> dict[str, Any] | None:
+    """The LedgerReadable condition (without times): False with `problem` (reason, message) while the job's ledger
+    reads fail; True again once a read has `answered`; otherwise as it is (absent if reads never failed)."""
+    before = condition(current, LEDGER_CONDITION)
+    if problem is not None:
+        return _cond(LEDGER_CONDITION, False, *problem)
+    if before is None:
+        return None
+    if answered:
+        return _cond(LEDGER_CONDITION, True, "LedgerRead", "the ledger answered again; stage progress is current")
+    return {k: before.get(k, "") for k in ("type", "status", "reason", "message")}
+
+
 def stamp(new: list[dict[str, Any]], old: list[dict[str, Any]], *, now: str, generation: int | None) -> list[dict]:
     """Add lastTransitionTime (kept unless the condition's status flipped) and observedGeneration."""
     previous = {c.get("type"): c for c in old or []}
@@ -203,6 +221,20 @@ def planned_stages(spec: TransferJobSpec) -> dict[str, Any]:
     return {"stages": stages, "stage": stages[0]["type"], "progress": f"0/{len(stages)}", "modelURI": None}
 
 
+def _last_projection(current: dict[str, Any]) -> dict[str, Any] | None:
+    """The ledger part of the status as written last (kept while no newer read has answered)."""
+    if not current.get("stages"):
+        return None
+    return {k: current.get(k) for k in ("stages", "stage", "progress", "modelURI")}
+
+
+def _with_projection(status: dict[str, Any], projection: dict[str, Any], current: dict[str, Any]) -> None:
+    status["stage"] = projection.get("stage")
+    status["progress"] = projection.get("progress")
+    status["stages"] = _clean_metrics(projection.get("stages") or [])
+    status["modelURI"] = projection.get("modelURI") or current.get("modelURI")
+
+
 def build_status(
     *,
     spec: TransferJobSpec,
@@ -215,28 +247,30 @@ def build_status(
     ledger: dict[str, Any] | None,
     storage_uri: str | None,
     now: str,
+    ledger_problem: tuple[str, str] | None = None,
+    ledger_answered: bool = False,
 ) -> dict[str, Any]:
-    """The full status for a started job. `current` is what is stored now (times and history are kept)."""
+    """The full status for a started job. `current` is what is stored now (times and history are kept).
+
+    `ledger` is the latest projection read (None: none read yet, and the last one written stays); `ledger_problem`
+    and `ledger_answered` set the LedgerReadable condition (see `ledger_condition`)."""
     current = current or {}
     created_message = f"RayJob {rayjob_name} created"
-    conds = stamp(
-        conditions_for(state, created=created, created_message=created_message),
-        current.get("conditions") or [],
-        now=now,
-        generation=generation,
-    )
+    conds = conditions_for(state, created=created, created_message=created_message)
+    readable = ledger_condition(current, problem=ledger_problem, answered=ledger_answered)
+    if readable is not None:
+        conds.append(readable)
+    conds = stamp(conds, current.get("conditions") or [], now=now, generation=generation)
     rj_status = (rayjob or {}).get("status") or {}
-    projection = ledger or planned_stages(spec)
     status: dict[str, Any] = {
         "observedGeneration": generation,
         "conditions": conds,
         "phase": phase_of(conds),
         "rayJobName": rayjob_name,
         "storageURI": storage_uri,
-        "stage": projection.get("stage"),
-        "progress": projection.get("progress"),
-        "stages": _clean_metrics(projection.get("stages") or []),
-        "modelURI": projection.get("modelURI") or current.get("modelURI"),
+    }
+    _with_projection(status, ledger or _last_projection(current) or planned_stages(spec), current)
+    status |= {
         "jobDeploymentStatus": rj_status.get("jobDeploymentStatus") or current.get("jobDeploymentStatus"),
         "jobStatus": rj_status.get("jobStatus") or current.get("jobStatus"),
         "dashboardURL": rj_status.get("dashboardURL") or current.get("dashboardURL"),
@@ -261,6 +295,29 @@ def build_status(
     else:
         status["reason"], status["message"] = current.get("reason"), current.get("message")
     return status
+
+
+def refresh_ledger(
+    current: dict[str, Any],
+    *,
+    ledger: dict[str, Any] | None,
+    problem: tuple[str, str] | None,
+    answered: bool,
+    generation: int | None,
+    now: str,
+) -> dict[str, Any]:
+    """A finished job's status once its ledger is read after all (or still is not): the ledger part and the
+    LedgerReadable condition change; the phase, the other conditions and reason/message stay as written."""
+    new = {**current, "observedGeneration": generation}
+    if answered and ledger is not None:
+        _with_projection(new, ledger, current)
+    old = current.get("conditions") or []
+    conds = [c for c in old if c.get("type") != LEDGER_CONDITION]
+    readable = ledger_condition(current, problem=problem, answered=answered)
+    if readable is not None:
+        conds += stamp([readable], old, now=now, generation=generation)
+    new["conditions"] = conds
+    return new
 
 
 def _primary_reason(status: dict[str, Any]) -> str | None:

@@ -274,3 +274,34 @@ def test_invalid_status():
     assert _conds(st)["Stalled"] == ("True", "InvalidSpec")
     assert _conds(st)["Created"] == ("False", "InvalidSpec")
     TransferJobStatus.model_validate(st)
+
+
+LEDGER_FALSE = {"type": "LedgerReadable", "status": "False", "reason": "LedgerTimeout", "message": "no answer in 5 s",
+                "lastTransitionTime": "t0", "observedGeneration": 1}
+
+
+@pytest.mark.parametrize(
+    ("current", "problem", "answered", "expected"),
+    [
+        pytest.param({}, None, True, None, id="reads-never-failed-no-condition"),
+        pytest.param({}, ("LedgerTimeout", "no answer in 5 s"), False,
+                     {"type": "LedgerReadable", "status": "False", "reason": "LedgerTimeout",
+                      "message": "no answer in 5 s"}, id="reads-fail"),
+        pytest.param({"conditions": [LEDGER_FALSE]}, None, False,
+                     {"type": "LedgerReadable", "status": "False", "reason": "LedgerTimeout",
+                      "message": "no answer in 5 s"}, id="no-answer-yet-stays-false"),
+        pytest.param({"conditions": [LEDGER_FALSE]}, None, True,
+                     {"type": "LedgerReadable", "status": "True", "reason": "LedgerRead",
+                      "message": "the ledger answered again; stage progress is current"}, id="answers-again"),
+    ],
+)
+def test_ledger_condition(current, problem, answered, expected):
+    assert status.ledger_condition(current, problem=problem, answered=answered) == expected
+
+
+def test_the_last_projection_stays_until_a_read_answers():
+    # What the status showed before (e.g. before an operator restart, whose first look has read nothing yet).
+    shown = _build(_rj("Running", "RUNNING"), ledger=LEDGER_FAILED)
+    again = _build(_rj("Running", "RUNNING"), current=shown, ledger=None)
+    assert ({k: again[k] for k in ("stage", "progress", "stages")}
+            == {"stage": "Head", "progress": "1/2", "stages": LEDGER_FAILED["stages"]})

@@ -17,10 +17,10 @@ OPERATOR_USER = "graft-operator"
 
 
 class OperatorProcess:
-    """`graft operator --namespace NS` in its own process; `kill()` is SIGKILL (no clean shutdown)."""
+    """`graft operator --namespace NS [args]` in its own process; `kill()` is SIGKILL (no clean shutdown)."""
 
-    def __init__(self, api, namespace: str, workdir: str | Path, metrics: bool = True):
-        self.api, self.namespace, self.workdir = api, namespace, Path(workdir)
+    def __init__(self, api, namespace: str, workdir: str | Path, metrics: bool = True, args: tuple[str, ...] = ()):
+        self.api, self.namespace, self.workdir, self.args = api, namespace, Path(workdir), tuple(args)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.kubeconfig = api.write_kubeconfig(self.workdir / "operator-kubeconfig", user=OPERATOR_USER)
         self.metrics_port = free_port() if metrics else 0
@@ -39,7 +39,7 @@ class OperatorProcess:
         graft = Path(sys.executable).with_name("graft")
         self.proc = subprocess.Popen(
             [str(graft), "operator", "--namespace", self.namespace, "--metrics-port", str(self.metrics_port),
-             "--liveness-port", str(self.liveness_port)],
+             "--liveness-port", str(self.liveness_port), *self.args],
             env=env, stdout=out, stderr=subprocess.STDOUT)
         out.close()
         if wait:

@@ -1,4 +1,4 @@
-"""A real S3-protocol server (moto) on 127.0.0.1, started as a separate process."""
+"""A real S3-protocol server (moto) on 127.0.0.1, started as a separate process; and a hung endpoint."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -76,3 +77,52 @@ def apply_env(env: dict[str, str]) -> dict[str, str | None]:
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     return old
+
+
+class HungEndpoint:
+    """The URL of a hung endpoint and how many connections it has accepted (and left unanswered)."""
+
+    def __init__(self, url: str, held: list[socket.socket]):
+        self.url, self._held = url, held
+
+    @property
+    def accepted(self) -> int:
+        return len(self._held)
+
+
+@contextmanager
+def hung_endpoint() -> Iterator[HungEndpoint]:
+    """An endpoint on 127.0.0.1 that accepts TCP connections and never answers.
+
+    What the operator met in issue 10: an S3 endpoint (e.g. a load balancer whose backends are gone) that completes
+    the TCP handshake and then sends nothing. An S3 client sees no error, only silence, until its own request
+    timeout: pyarrow's `request_timeout` (curl's low-speed time, see
+    https://arrow.apache.org/docs/python/generated/pyarrow.fs.S3FileSystem.html) times its `retry_strategy`
+    attempts (AwsStandardS3RetryStrategy, 3 by default), each ending in `curlCode: 28, Timeout`."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(128)
+    server.settimeout(0.2)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            held.append(conn)  # kept open and never read or written
+
+    thread = threading.Thread(target=accept, name="hung-endpoint", daemon=True)
+    thread.start()
+    try:
+        yield HungEndpoint(f"http://127.0.0.1:{server.getsockname()[1]}", held)
+    finally:
+        stop.set()
+        thread.join(5)
+        for conn in held:
+            conn.close()
+        server.close()

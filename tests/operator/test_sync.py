@@ -1,0 +1,170 @@
+"""One look at a job (`reconcile.sync`) never waits for its ledger read (issue 10): RayJob transitions are written at
+once and the read's outcome later; only a finished job waits for its final read, and no longer than the deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+
+import pytest
+from graft.operator import builder, client, ledgers, reconcile, status
+
+from graft.api.validation import validate_spec
+
+SPEC = {
+    "model": {"backbone": "smallcnn", "numClasses": 10, "weights": "s3://models/w.pt"},
+    "data": {"train": "builtin:digits"},
+    "stages": [{"type": "FrozenFeatures"}, {"type": "Head"}],
+    "storage": {"uri": "s3://bucket/jobs"},
+}
+UID, NS, NAME = "uid-1", "ml", "job"
+RJ = builder.rayjob_name(NAME, UID)
+DEADLINE = 0.2
+RUNNING_LEDGER = {"stages": [{"type": "FrozenFeatures", "state": "Succeeded"}, {"type": "Head", "state": "Running"}],
+                  "stage": "Head", "progress": "1/2", "modelURI": None}
+FINAL_LEDGER = {"stages": [{"type": "FrozenFeatures", "state": "Succeeded"}, {"type": "Head", "state": "Succeeded"}],
+                "stage": "Head", "progress": "2/2", "modelURI": "s3://bucket/jobs/uid-1/model"}
+
+
+class FakeReads:
+    """Reads that answer only when the test says (`answer`), like storage that may hang."""
+
+    timeout = DEADLINE
+
+    def __init__(self) -> None:
+        self.pending: list = []
+
+    def start(self, uid, namespace, spec, deliver) -> bool:
+        if self.pending:
+            return False
+        self.pending.append(deliver)
+        return True
+
+    def answer(self, outcome: ledgers.Outcome, keep_busy: bool = False) -> None:
+        deliver = self.pending[0] if keep_busy else self.pending.pop(0)
+        deliver(outcome)
+
+    def busy(self, uid) -> bool:
+        return bool(self.pending)
+
+    async def close(self) -> None:
+        pass
+
+
+class Job:
+    """The API as far as one job's sync sees it: its RayJob (as the watch saw it) and its status writes."""
+
+    def __init__(self, monkeypatch):
+        self.reads = FakeReads()
+        supervisor = reconcile.Supervisor()
+        supervisor.reads = self.reads
+        monkeypatch.setattr(reconcile, "SUPERVISOR", supervisor)
+        monkeypatch.setattr(reconcile, "_status", {})
+        monkeypatch.setattr(reconcile, "_rayjobs", {})
+        monkeypatch.setattr(reconcile, "_event", lambda body, *event: self.events.append(event))
+        monkeypatch.setattr(client, "merge_patch", self._patch)
+        self.spec, problems = validate_spec(copy.deepcopy(SPEC))
+        assert not problems
+        self.stored: dict = {}
+        self.writes: list[dict] = []
+        self.events: list[tuple] = []
+        self.body = {"metadata": {"uid": UID, "name": NAME, "namespace": NS, "generation": 1}, "spec": SPEC}
+
+    async def _patch(self, url, body):
+        patch = body["status"]
+        self.writes.append(patch)
+        self.stored = {k: v for k, v in {**self.stored, **patch}.items() if v is not None}
+        return {"status": copy.deepcopy(self.stored)}
+
+    async def look(self, jds: str, **rj_status) -> dict:
+        reconcile._rayjobs[(NS, RJ)] = {"metadata": {"name": RJ, "namespace": NS},
+                                        "status": {"jobDeploymentStatus": jds, **rj_status}}
+        return await reconcile.sync(self.body, self.spec)
+
+
+def _cond(st, type_):
+    return status.condition(st, type_) or {}
+
+
+def _ledger_cond(st):
+    c = status.condition(st, status.LEDGER_CONDITION)
+    return c and {k: c[k] for k in ("status", "reason")}
+
+
+@pytest.fixture()
+def job(monkeypatch):
+    return Job(monkeypatch)
+
+
+def test_a_transition_is_written_at_once_while_the_read_hangs_and_the_status_then_says_so(job):
+    async def scenario():
+        await job.look("Running", jobStatus="RUNNING")
+        running = job.stored
+        assert (running["phase"], _cond(running, "Running")["status"]) == ("Running", "True")
+        assert running["progress"] == "0/2" and _ledger_cond(running) is None  # nothing read, nothing claimed yet
+        # The deadline passes: the status says the ledger could not be read, and keeps the phase.
+        job.reads.answer(ledgers.Outcome(problem=ledgers.timeout_problem("s3://x/ledger.json", DEADLINE)),
+                         keep_busy=True)
+        await asyncio.sleep(DEADLINE)
+        await job.look("Running", jobStatus="RUNNING")
+        assert _ledger_cond(job.stored) == {"status": "False", "reason": "LedgerTimeout"}
+        assert job.stored["phase"] == "Running"
+        # Polls while the read still hangs write nothing (no flapping).
+        writes = len(job.writes)
+        for _ in range(3):
+            await job.look("Running", jobStatus="RUNNING")
+        assert len(job.writes) == writes
+        # A read answers again: the progress arrives and the condition says it is current.
+        job.reads.answer(ledgers.Outcome(ledger=RUNNING_LEDGER, late=True))
+        await job.look("Running", jobStatus="RUNNING")
+        assert job.stored["progress"] == "1/2"
+        assert _ledger_cond(job.stored) == {"status": "True", "reason": "LedgerRead"}
+
+    asyncio.run(scenario())
+
+
+def test_a_finished_job_is_written_once_with_its_final_ledger(job):
+    async def scenario():
+        await job.look("Running", jobStatus="RUNNING")
+        job.reads.answer(ledgers.Outcome(ledger=RUNNING_LEDGER))
+        await job.look("Running", jobStatus="RUNNING")
+        assert job.stored["progress"] == "1/2"
+        writes = len(job.writes)
+        await job.look("Complete", jobStatus="SUCCEEDED")
+        assert len(job.writes) == writes, "a finished job was written before its final ledger read answered"
+        job.reads.answer(ledgers.Outcome(ledger=FINAL_LEDGER))
+        await job.look("Complete", jobStatus="SUCCEEDED")
+        done = job.stored
+        assert (done["phase"], done["progress"], done["modelURI"]) == ("Succeeded", "2/2", FINAL_LEDGER["modelURI"])
+        assert done["message"] == f"all stages succeeded; model at {FINAL_LEDGER['modelURI']}"
+        assert job.events[-1] == ("Normal", "Succeeded", done["message"])
+
+    asyncio.run(scenario())
+
+
+def test_a_finished_job_whose_read_hangs_is_written_at_the_deadline_and_completed_later(job):
+    async def scenario():
+        await job.look("Running", jobStatus="RUNNING")
+        job.reads.answer(ledgers.Outcome(ledger=RUNNING_LEDGER))
+        await job.look("Running", jobStatus="RUNNING")
+        await job.look("Complete", jobStatus="SUCCEEDED")  # its final read starts, and hangs
+        assert job.stored["phase"] == "Running"
+        await asyncio.sleep(DEADLINE)
+        await job.look("Complete", jobStatus="SUCCEEDED")
+        done = job.stored
+        assert done["phase"] == "Succeeded" and "no ledger was read" in done["message"]
+        assert done["progress"] == "1/2"  # the last read, not claimed as final:
+        assert _ledger_cond(done) == {"status": "False", "reason": "LedgerTimeout"}
+        assert reconcile.final_read_missing(done)
+        await job.look("Complete", jobStatus="SUCCEEDED")  # what was read before the finish answers nothing now
+        assert _ledger_cond(job.stored) == {"status": "False", "reason": "LedgerTimeout"}
+        # The read answers after all: the results are filled in; the phase and the transition's message stay.
+        job.reads.answer(ledgers.Outcome(ledger=FINAL_LEDGER, late=True))
+        await job.look("Complete", jobStatus="SUCCEEDED")
+        filled = job.stored
+        assert (filled["phase"], filled["message"]) == ("Succeeded", done["message"])
+        assert (filled["progress"], filled["modelURI"]) == ("2/2", FINAL_LEDGER["modelURI"])
+        assert _ledger_cond(filled) == {"status": "True", "reason": "LedgerRead"}
+        assert not reconcile.final_read_missing(filled)
+
+    asyncio.run(scenario())
