@@ -1,0 +1,187 @@
+"""A hung S3 endpoint next to healthy jobs: status never waits on storage (issue 10).
+
+The real `graft operator` process against the emulated API server, and the fake KubeRay in no-training mode
+(a RayJob goes Initializing -> Running at once and Complete after RUN_SECONDS). The hung jobs' storage is an
+endpoint on 127.0.0.1 that accepts connections and never answers (support/s3.py); the healthy jobs' is `file://`.
+
+Times come from the API server's own change feed. Every bound is relative to a baseline measured in the same run
+with no hung job, so that a loaded CI machine moves both sides: before the fix a hung ledger read held a job's
+status for about 90 s (3 attempts x 30 s) and, with 8 of them, every other job's too.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import kubernetes
+import pytest
+from support.fake_kuberay import FakeKubeRay
+from support.kube import emulated_api
+from support.operator_proc import OperatorProcess
+from support.s3 import TEST_CREDENTIALS, hung_endpoint
+
+from graft.api.crd import COMMITTED_CRD
+
+pytestmark = pytest.mark.slow
+
+NS = "graft-hung"
+G, V, P = "graft.dev", "v1alpha1", "transferjobs"
+LABEL = "graft.dev/transferjob"
+RUN_SECONDS = 15.0  # how long each fake RayJob runs: the hung jobs are still Running while the others are measured
+SLACK = 1.0  # what hung jobs may add to a healthy job's RayJob transition reaching its TransferJob
+CREATED_SLACK = 2.0  # what a hung endpoint may add to its own job's Created=True
+WAIT = 20.0  # how long any single fact is waited for (the unfixed operator needed about 90 s)
+LEDGER_TIMEOUT = 3  # the operator's --ledger-timeout here (default 5)
+
+
+class Feed:
+    """The first server-side time each fact was seen: (job, "added"), (job, <TransferJob condition type> True),
+    (job, "rayjob <jobDeploymentStatus>")."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.first: dict[tuple[str, str], float] = {}
+
+    def __call__(self, t: float, kind: str, rt: Any, obj: dict[str, Any]) -> None:
+        meta = obj.get("metadata") or {}
+        if meta.get("namespace") != NS:
+            return
+        with self.lock:
+            if rt.plural == P:
+                name = meta["name"]
+                self.first.setdefault((name, "added"), t)
+                for c in (obj.get("status") or {}).get("conditions") or []:
+                    if c.get("status") == "True":
+                        self.first.setdefault((name, c["type"]), t)
+            elif rt.plural == "rayjobs":
+                name = (meta.get("labels") or {}).get(LABEL)
+                jds = (obj.get("status") or {}).get("jobDeploymentStatus")
+                if name and jds:
+                    self.first.setdefault((name, f"rayjob {jds}"), t)
+
+    def wait(self, name: str, *facts: str, timeout: float = WAIT) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if all((name, f) in self.first for f in facts):
+                    return
+            time.sleep(0.05)
+        with self.lock:
+            seen = sorted(f for n, f in self.first if n == name)
+        raise AssertionError(f"{name}: not all of {facts} within {timeout} s; seen: {seen}")
+
+    def latency(self, name: str, start: str, end: str) -> float:
+        with self.lock:
+            return self.first[(name, end)] - self.first[(name, start)]
+
+
+class Jobs:
+    def __init__(self, api, feed: Feed, storage: str, hung_url: str):
+        self.client = api.client()
+        self.co = kubernetes.client.CustomObjectsApi(self.client)
+        self.feed, self.storage, self.hung_url = feed, storage, hung_url
+
+    def create(self, name: str, hung: bool) -> None:
+        storage: dict[str, Any] = {"uri": self.storage}
+        if hung:
+            storage = {"uri": "s3://graft-hung/jobs", "endpoint": self.hung_url, "region": "us-east-1",
+                       "credentialsSecret": {"name": "s3-credentials", "accessKeyIdKey": "access-key",
+                                             "secretAccessKeyKey": "secret-key"}}
+        spec = {
+            "model": {"backbone": "smallcnn", "numClasses": 10, "weights": f"{storage['uri']}/weights.pt"},
+            "data": {"train": "builtin:digits", "imageSize": 8},
+            "stages": [{"type": "FrozenFeatures"}, {"type": "Head", "epochs": 1}],
+            "storage": storage,
+        }
+        self.co.create_namespaced_custom_object(G, V, NS, P, {"apiVersion": f"{G}/{V}", "kind": "TransferJob",
+                                                              "metadata": {"name": name}, "spec": spec})
+
+    def healthy_transition(self, name: str) -> float:
+        """Create a healthy job and return how long its RayJob's Running took to reach its TransferJob."""
+        self.create(name, hung=False)
+        self.feed.wait(name, "rayjob Running", "Running")
+        return self.feed.latency(name, "rayjob Running", "Running")
+
+    def status(self, name: str) -> dict[str, Any]:
+        return self.co.get_namespaced_custom_object(G, V, NS, P, name).get("status") or {}
+
+    def condition(self, name: str, type_: str) -> dict[str, Any] | None:
+        return next((c for c in self.status(name).get("conditions") or [] if c["type"] == type_), None)
+
+
+def _ms(values: list[float]) -> str:
+    return "[" + ", ".join(f"{v * 1000:.0f} ms" for v in values) + "]"
+
+
+def test_hung_storage_delays_neither_its_jobs_conditions_nor_other_jobs(tmp_path):
+    with hung_endpoint() as hung, emulated_api(namespaces=[NS]) as api:
+        feed = Feed()
+        api.store.listeners.append(feed)
+        api.apply_crd(COMMITTED_CRD)
+        jobs = Jobs(api, feed, f"file://{tmp_path}/storage", hung.url)
+        kubernetes.client.CoreV1Api(jobs.client).create_namespaced_secret(NS, {
+            "metadata": {"name": "s3-credentials"},
+            "stringData": {"access-key": TEST_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                           "secret-key": TEST_CREDENTIALS["AWS_SECRET_ACCESS_KEY"]}})
+        op = OperatorProcess(api, NS, tmp_path / "operator", metrics=False,
+                             args=("--ledger-timeout", str(LEDGER_TIMEOUT))).start()
+        kuberay = FakeKubeRay(api, NS, tmp_path / "kuberay", training=False, run_seconds=RUN_SECONDS,
+                              pods=False).start()
+        try:
+            # Baseline: healthy jobs one at a time, no hung job anywhere.
+            baseline = [jobs.healthy_transition(f"healthy-{i}") for i in range(3)]
+            created_baseline = [feed.latency(f"healthy-{i}", "added", "Created") for i in range(3)]
+
+            # One hung job: its own conditions must not wait for its storage.
+            jobs.create("hung-0", hung=True)
+            feed.wait("hung-0", "Created", "rayjob Running", "Running")
+            created_hung = [feed.latency("hung-0", "added", "Created")]
+            with_one = [jobs.healthy_transition(f"one-{i}") for i in range(3)]
+
+            # Eight hung jobs: more hung reads than Python's default thread pool has threads on 2 cores (6).
+            for i in range(1, 8):
+                jobs.create(f"hung-{i}", hung=True)
+                feed.wait(f"hung-{i}", "Created")
+                created_hung.append(feed.latency(f"hung-{i}", "added", "Created"))
+            assert hung.accepted >= 2, "the hung jobs' ledger reads never reached the hung endpoint"
+            with_eight = [jobs.healthy_transition(f"eight-{i}") for i in range(3)]
+
+            figures = (f"healthy RayJob Running -> TransferJob Running: baseline {_ms(baseline)}, with 1 hung job "
+                       f"{_ms(with_one)}, with 8 {_ms(with_eight)}; Created: healthy {_ms(created_baseline)}, "
+                       f"hung {_ms(created_hung)}")
+            print(figures)
+            assert max(created_hung) <= max(created_baseline) + CREATED_SLACK, figures
+            assert max(with_one) <= max(baseline) + SLACK, figures
+            assert max(with_eight) <= max(baseline) + SLACK, figures
+
+            # The hung job's status says why its progress is stale, once, and does not flap.
+            first = _wait_for(lambda: _false(jobs.condition("hung-0", "LedgerReadable")), "hung-0 LedgerReadable")
+            assert first["reason"] == "LedgerTimeout", first
+            assert f"could not be read within {LEDGER_TIMEOUT} s" in first["message"], first
+            assert jobs.status("hung-0")["phase"] == "Running"
+            feed.wait("hung-0", "rayjob Complete", "Succeeded", timeout=RUN_SECONDS + WAIT)
+            done = jobs.status("hung-0")
+            last = next(c for c in done["conditions"] if c["type"] == "LedgerReadable")
+            assert last == first, f"LedgerReadable changed while the endpoint stayed hung: {first} -> {last}"
+            assert "no ledger was read" in done["message"], done
+            assert feed.latency("hung-0", "rayjob Complete", "Succeeded") <= max(baseline) + SLACK, figures
+        finally:
+            kuberay.stop()
+            op.stop()
+            jobs.client.close()
+
+
+def _false(c: dict[str, Any] | None) -> dict[str, Any] | None:
+    return c if c and c["status"] == "False" else None
+
+
+def _wait_for(fn, what: str, timeout: float = WAIT) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = fn()
+        if found:
+            return found
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
