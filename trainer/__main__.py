@@ -41,10 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         driver = Driver(job, args.storage)
         ledger = driver.run()
-    except StageFailed as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except (InputError, StorageError) as exc:
+    except (StageFailed, InputError, StorageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     summary = {"job": driver.uid, "root": driver.root, "model": ledger.model_uri, "progress": ledger.progress()}

@@ -12,7 +12,7 @@ import io
 import posixpath
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pyarrow.fs as pafs
@@ -46,14 +46,9 @@ class Source:
 
     def subset(self, index: np.ndarray) -> Source:
         index = np.asarray(index, dtype=np.int64)
-        return Source(
-            uri=self.uri,
-            classes=self.classes,
-            labels=self.labels[index],
-            files=[self.files[i] for i in index] if self.files is not None else None,
-            pixels=self.pixels[index] if self.pixels is not None else None,
-            hflip=self.hflip,
-        )
+        files = [self.files[i] for i in index] if self.files is not None else None
+        pixels = self.pixels[index] if self.pixels is not None else None
+        return replace(self, labels=self.labels[index], files=files, pixels=pixels)
 
     def images(self, size: int, threads: int = 8, compact: bool = False) -> torch.Tensor:
         """Decode every image to float32 `[N, 3, size, size]` in [0, 1].

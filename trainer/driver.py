@@ -1,4 +1,5 @@
-"""The driver: runs a TransferJob's stages in order on Ray, keeping the ledger, then exports the model.
+"""The driver: runs a TransferJob's stages in order through the stage registry (`stages.STAGES`) and an
+executor (Ray by default, `executors.LocalExecutor` in-process), keeping the ledger, then exports the model.
 
 A rerun of the same job skips finished stages (ledger) and resumes the running one from its latest
 checkpoint (Ray Train restores a run from `(storage_path, run name)`; names come from the job UID).
@@ -8,29 +9,19 @@ recorded as that stage's failure reason; nothing already written is touched.
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import torch
 from graft.trainer import data as data_mod
-from graft.trainer import export, models, stages
+from graft.trainer import export, models
 from graft.trainer.errors import InputError, user_message
+from graft.trainer.executors import RayExecutor
+from graft.trainer.stages import STAGES, StageConfig, run_name, verify_up_front
 
-from graft import storage
-from graft.api.models import (
-    FrozenFeaturesStage,
-    FullFineTuneStage,
-    HeadStage,
-    PretrainStage,
-    StageState,
-    TransferJob,
-    TransferJobSpec,
-)
+from graft.api.models import StageState, TransferJob
 from graft.ledger import Ledger, job_root, now
 
 log = logging.getLogger("graft.trainer")
@@ -57,13 +48,11 @@ def resolve_root(job: TransferJob, storage_uri: str | None) -> str:
     base = job.spec.storage.uri if job.spec.storage else storage_uri
     if not base:
         raise InputError("spec.storage.uri", "no storage given (set spec.storage.uri or pass --storage)")
-    if not storage.is_s3(base) and not base.startswith("file://"):
-        # Ray workers run in their own working directory: a relative folder must be made absolute here.
-        base = str(Path(base).expanduser().resolve())
-    return job_root(base, job_uid(job))
+    return job_root(_absolute(base), job_uid(job))
 
 
 def _absolute(uri: str | None) -> str | None:
+    """A local path made absolute: Ray workers run in their own working directory."""
     if not uri or uri.startswith(("s3://", "file://", "builtin:", "torchvision:")):
         return uri
     return str(Path(uri).expanduser().resolve())
@@ -74,9 +63,7 @@ def _absolute_paths(spec):
     paths = {"train": _absolute(spec.data.train), "validation": _absolute(spec.data.validation)}
     data = spec.data.model_copy(update=paths)
     model = spec.model.model_copy(update={"weights": _absolute(spec.model.weights)})
-    stages_ = [
-        s.model_copy(update={"data": _absolute(s.data)}) if isinstance(s, PretrainStage) else s for s in spec.stages
-    ]
+    stages_ = [s.model_copy(update={"data": _absolute(s.data)}) if s.type == "Pretrain" else s for s in spec.stages]
     return spec.model_copy(update={"data": data, "model": model, "stages": stages_})
 
 
@@ -87,50 +74,6 @@ def apply_storage_env(job: TransferJob) -> None:
         os.environ["AWS_ENDPOINT_URL"] = st.endpoint
     if st and st.region:
         os.environ.setdefault("AWS_REGION", st.region)
-
-
-def ensure_ray(job: TransferJob, log_to_driver: bool = True) -> None:
-    """Join the cluster in RAY_ADDRESS, or start a local Ray sized for the job's workers."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    # Ray Train's controller collects reports every health-check interval (2 s by default) and a worker's
-    # report waits for it: with per-epoch checkpoints that idles small jobs for seconds per epoch.
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
-    runtime_env = {"env_vars": {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"]}}
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=log_to_driver, runtime_env=runtime_env)
-        return
-    w = job.spec.workers
-    # Ray Data read tasks and the feature actors need CPUs beside the training workers; logical CPUs are
-    # only a scheduling count, so ask for enough that nothing waits forever on a small machine.
-    needed = int(w.replicas * max(1.0, stages.cpus_per_worker(w))) + 2
-    ray.init(
-        num_cpus=max(os.cpu_count() or 1, needed),
-        num_gpus=torch.cuda.device_count() if torch.cuda.is_available() else 0,
-        include_dashboard=False,
-        log_to_driver=log_to_driver,
-        runtime_env=runtime_env,
-        configure_logging=True,
-        logging_level=logging.WARNING,
-    )
-
-
-def _save_tensors(uri: str, tensors: dict[str, torch.Tensor]) -> None:
-    buf = io.BytesIO()
-    torch.save(tensors, buf)
-    storage.write_bytes(uri, buf.getvalue())
-
-
-def verify_up_front(source: data_mod.Source, spec: TransferJobSpec) -> None:
-    """Decode every image before the Ray run, so a corrupt one fails the stage at once, by name. Not for a set
-    the workers stream (too large to keep): reading it all here would take as long as an epoch, so a corrupt
-    image there fails the stage when a worker reaches it, by name as well."""
-    if not data_mod.streams(source, spec.data.image_size, data_mod.keep_budget(spec.workers.memory)):
-        data_mod.verify_images(source)
 
 
 class Driver:
@@ -144,14 +87,14 @@ class Driver:
         max_failures: int = 3,
         on_update: Callable[[Ledger], None] | None = None,
         log_to_driver: bool = True,
+        executor=None,
     ):
         self.job = job
         self.spec = _absolute_paths(job.spec)
         self.uid = job_uid(job)
         self.root = resolve_root(job, storage_uri)
-        self.max_failures = max_failures
+        self.executor = executor or RayExecutor(max_failures, log_to_driver)
         self.on_update = on_update or (lambda _l: None)
-        self.log_to_driver = log_to_driver
         self.preprocessing = models.torchvision_preset(self.spec.model.backbone, self.spec.model.weights)
         self._target: tuple[data_mod.Source, data_mod.Source] | None = None
         self._weights_checked = False
@@ -162,9 +105,17 @@ class Driver:
         ledger.save(self.root)
         self.on_update(ledger)
 
-    def _load(self) -> Ledger:
+    def _finish(self, stage_type: str, started: float, job_message: str | None, **fields) -> Ledger:
+        """Record a stage's end in the ledger as the workers left it; a field given as None keeps its value."""
         ledger = Ledger.load(self.root)
         assert ledger is not None
+        rec = ledger.stage(stage_type)
+        for name, value in {"end_time": now(), **fields}.items():
+            if value is not None:
+                setattr(rec, name, value)
+        rec.seconds = (rec.seconds or 0.0) + time.monotonic() - started
+        ledger.message = job_message
+        self._save(ledger)
         return ledger
 
     # -- inputs --------------------------------------------------------------------------------
@@ -186,107 +137,42 @@ class Driver:
             self._target = (train, val)
         return self._target
 
-    def _check_weights(self, uri: str | None) -> None:
-        if uri and not self._weights_checked:
-            net = models.build(self.spec.model.backbone, self.spec.model.num_classes, self.spec.data.image_size)
-            models.load_weights(net, uri)
+    def stage(self, stage_type: str):
+        """The job's stage of that type, or None."""
+        return next((s for s in self.spec.stages if s.type == stage_type), None)
+
+    def build_net(self) -> models.GraftNet:
+        return models.build(self.spec.model.backbone, self.spec.model.num_classes, self.spec.data.image_size)
+
+    def check_target(self) -> None:
+        """The target data and (unless a Pretrain stage makes them) the weights, before a stage that uses them."""
+        self.target_data()
+        if not self._weights_checked and self.spec.model.weights and not self.stage("Pretrain"):
+            models.load_weights(self.build_net(), self.spec.model.weights)
             self._weights_checked = True
 
-    def _init_backbone(self, ledger: Ledger) -> str | None:
-        types = [s.type for s in self.spec.stages]
-        if "Pretrain" in types:
-            return ledger.stage("Pretrain").output
-        return self.spec.model.weights
-
-    def _check(self, stage, ledger: Ledger) -> None:
-        if isinstance(stage, PretrainStage):
-            src = data_mod.open_source(stage.data)
-            if len(src.classes) != stage.num_classes:
-                raise InputError(
-                    stage.data,
-                    f"has {len(src.classes)} classes but the Pretrain stage's numClasses is {stage.num_classes}",
-                )
-            verify_up_front(src, self.spec)
-            return
-        if isinstance(stage, HeadStage):
-            return  # reads only the stored features
-        self.target_data()
-        if "Pretrain" not in [s.type for s in self.spec.stages]:
-            self._check_weights(self.spec.model.weights)
+    def init_backbone(self, ledger: Ledger) -> str | None:
+        """Where the backbone's weights come from: the Pretrain stage's output, else `spec.model.weights`."""
+        return ledger.stage("Pretrain").output if self.stage("Pretrain") else self.spec.model.weights
 
     # -- stages --------------------------------------------------------------------------------
 
-    def _cfg(self, index: int) -> dict[str, Any]:
-        stage = self.spec.stages[index]
-        return {
-            "stage": stage.type,
-            "index": index,
-            "spec": self.spec.model_dump(mode="json", by_alias=True),
-            "root": self.root,
-            "run_name": stages.run_name(self.uid, stage.type),
-            "checkpoint_root": storage.join(self.root, "checkpoints", stages.run_name(self.uid, stage.type)),
-            "preprocessing": self.preprocessing,
-        }
-
-    def _run_stage(self, index: int, ledger: Ledger) -> dict[str, Any]:
-        stage = self.spec.stages[index]
-        cfg = self._cfg(index)
-        outputs = storage.join(self.root, "outputs")
-        if isinstance(stage, FrozenFeaturesStage):
-            cfg["init_backbone"] = self._init_backbone(ledger)
-            train, val = self.target_data()
-            out = storage.join(self.root, "features")
-            metrics = stages.frozen_features(cfg, stage, self.spec.workers, train, val, out)
-            return {"metrics": metrics, "output": out, "checkpoint": None}
-        if isinstance(stage, HeadStage):
-            cfg["features"] = ledger.stage("FrozenFeatures").output
-        if isinstance(stage, FullFineTuneStage):
-            cfg["init_backbone"] = self._init_backbone(ledger)
-            if "Head" in [s.type for s in self.spec.stages]:
-                cfg["init_head"] = ledger.stage("Head").output
-        keep = stage.keep_checkpoints if isinstance(stage, FullFineTuneStage) else 2
-        outcome = stages.fit_stage(cfg, self.spec.workers, self.root, keep, self.max_failures)
-        if outcome.state is None:
-            raise RuntimeError(f"{cfg['run_name']}: the run reported no checkpoint")
-        out = storage.join(outputs, f"{stage.type.lower()}.pt")
-        if isinstance(stage, HeadStage):
-            state = outcome.state["head"]
-            _save_tensors(out, {"head.weight": state["weight"], "head.bias": state["bias"]})
-        else:
-            _save_tensors(out, outcome.state["model"])
-        best = outcome.state["history"][outcome.state["epoch"] - 1]
-        metrics = {k: v for k, v in best.items() if k not in ("epoch", "resumed_from")}
-        metrics["best_epoch"] = float(outcome.state["epoch"])
-        return {"metrics": metrics, "output": out, "checkpoint": outcome.best_checkpoint}
-
     def _export(self, ledger: Ledger) -> str:
-        types = [s.type for s in self.spec.stages]
-        arch, size = self.spec.model.backbone, self.spec.data.image_size
-        if "FullFineTune" in types:
-            state = models.read_state_dict(ledger.stage("FullFineTune").output)
-            classes, num_classes, last = self.target_data()[0].classes, self.spec.model.num_classes, "FullFineTune"
-        elif "Head" in types:
-            net = models.build(arch, self.spec.model.num_classes, size)
-            backbone = self._init_backbone(ledger)
-            if backbone:
-                models.load_weights(net, backbone)
-            head = models.read_state_dict(ledger.stage("Head").output)
-            net.head.load_state_dict({"weight": head["head.weight"], "bias": head["head.bias"]})
-            state = net.state_dict()
-            classes, num_classes, last = self.target_data()[0].classes, self.spec.model.num_classes, "Head"
-        elif "Pretrain" in types:
-            stage = self.spec.stages[types.index("Pretrain")]
-            state = models.read_state_dict(ledger.stage("Pretrain").output)
-            classes, num_classes, last = data_mod.open_source(stage.data).classes, stage.num_classes, "Pretrain"
-        else:
+        made = None
+        for last in reversed(self.spec.stages):
+            made = STAGES[last.type].model(self, ledger)
+            if made:
+                break
+        if made is None:
             return ""  # FrozenFeatures alone produces features, not a model
+        state, classes, num_classes = made
         meta = {
-            "architecture": arch,
+            "architecture": self.spec.model.backbone,
             "num_classes": num_classes,
             "labels": classes,
-            "preprocessing": {"image_size": size, "resize": "bilinear", **self.preprocessing},
-            "metrics": ledger.stage(last).metrics,
-            "stages": types,
+            "preprocessing": {"image_size": self.spec.data.image_size, "resize": "bilinear", **self.preprocessing},
+            "metrics": ledger.stage(last.type).metrics,
+            "stages": [s.type for s in self.spec.stages],
             "job": {"name": self.job.metadata.name, "uid": self.uid},
             "load": "net = graft.trainer.models.build(architecture, num_classes, image_size); "
             "net.load_state_dict(torch.load('model.pt'))",
@@ -309,36 +195,22 @@ class Driver:
             rec.start_time = rec.start_time or now()
             rec.end_time = None
             rec.message = None
-            rec.run_name = stages.run_name(self.uid, stage.type)
+            rec.run_name = run_name(self.uid, stage.type)
             rec.epochs = getattr(stage, "epochs", 1)
             self._save(ledger)
-            started = time.monotonic()
+            t0 = time.monotonic()
             try:
-                self._check(stage, ledger)
-                ensure_ray(self.job, self.log_to_driver)
-                result = self._run_stage(index, ledger)
+                kind = STAGES[stage.type]
+                kind.check(self, stage)
+                cfg = StageConfig(self.spec, index, self.root, rec.run_name, **kind.inputs(self, ledger))
+                result = kind.run(self, cfg)
             except Exception as exc:
                 message = user_message(exc)
                 log.error("stage %s failed: %s", stage.type, message)
-                ledger = self._load()
-                rec = ledger.stage(stage.type)
-                rec.state = StageState.FAILED
-                rec.end_time = now()
-                rec.message = message
-                rec.seconds = (rec.seconds or 0.0) + time.monotonic() - started
-                ledger.message = f"{stage.type}: {message}"
-                self._save(ledger)
+                self._finish(stage.type, t0, f"{stage.type}: {message}", state=StageState.FAILED, message=message)
                 raise StageFailed(stage.type, message) from exc
-            ledger = self._load()
-            rec = ledger.stage(stage.type)
-            rec.state = StageState.SUCCEEDED
-            rec.end_time = now()
-            rec.epoch = rec.epochs or 1
-            rec.metrics = result["metrics"]
-            rec.output = result["output"]
-            rec.checkpoint = result["checkpoint"] or rec.checkpoint
-            rec.seconds = (rec.seconds or 0.0) + time.monotonic() - started
-            self._save(ledger)
+            # The result's metrics, output and checkpoint are ledger fields of the same names.
+            ledger = self._finish(stage.type, t0, None, state=StageState.SUCCEEDED, epoch=rec.epochs, **vars(result))
         if ledger.model_uri is None:
             try:
                 uri = self._export(ledger)

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
 import torch
@@ -17,9 +16,8 @@ FORMAT_VERSION = 1
 def export_model(root: str, state_dict: dict[str, torch.Tensor], meta: dict[str, Any]) -> str:
     """Write the model folder; returns its URI. `meta` holds architecture, labels, preprocessing, metrics."""
     uri = storage.join(root, "model")
-    buf = io.BytesIO()
-    torch.save({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, buf)
-    storage.write_bytes(storage.join(uri, "model.pt"), buf.getvalue())
+    state = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+    models.save_tensors(storage.join(uri, "model.pt"), state)
     # model.json last: its presence means the folder is complete.
     storage.write_json(storage.join(uri, "model.json"), {"format_version": FORMAT_VERSION, **meta})
     return uri
@@ -31,7 +29,7 @@ def load_model(uri: str) -> tuple[models.GraftNet, dict[str, Any]]:
         meta = storage.read_json(storage.join(uri, "model.json"))
     except FileNotFoundError:
         raise FileNotFoundError(f"{uri}: no model.json here (not an exported Graft model)") from None
-    state = torch.load(io.BytesIO(storage.read_bytes(storage.join(uri, "model.pt"))), weights_only=True)
+    state = models.read_tensors(storage.join(uri, "model.pt"))
     net = models.build(meta["architecture"], meta["num_classes"], meta["preprocessing"]["image_size"])
     net.load_state_dict(state)
     net.eval()

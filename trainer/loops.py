@@ -8,11 +8,10 @@
 
 from __future__ import annotations
 
-import io
 import math
 import time
 from contextlib import nullcontext
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -22,12 +21,10 @@ from graft.trainer import models
 from torch import nn
 
 from graft import storage
-from graft.api.models import FullFineTuneStage, HeadStage, PretrainStage, TransferJobSpec
+from graft.api.models import FullFineTuneStage, HeadStage, PretrainStage
 
-
-def stage_spec(cfg: dict[str, Any]):
-    spec = TransferJobSpec.model_validate(cfg["spec"])
-    return spec, spec.stages[cfg["index"]]
+if TYPE_CHECKING:
+    from graft.trainer.stages import StageConfig
 
 
 def _shard(n: int, rank: int, world: int, generator: torch.Generator) -> torch.Tensor:
@@ -50,12 +47,28 @@ def _schedule(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if hasattr(model, "module") else model
+def _resume(session, key: str, module: nn.Module, optimizer, scheduler) -> tuple[int, list[dict[str, float]]]:
+    """(first epoch, history) of the session's latest checkpoint, its weights and optimizer state loaded."""
+    state = session.load_state()
+    if state is None:
+        return 0, []
+    module.load_state_dict(state[key])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    return state["epoch"], state["history"]
 
 
-def read_tensor_file(uri: str) -> dict[str, torch.Tensor]:
-    return torch.load(io.BytesIO(storage.read_bytes(uri)), map_location="cpu", weights_only=True)
+def _checkpoint(key: str, model: nn.Module, optimizer, scheduler, epoch: int, history, **extra) -> dict:
+    """A checkpoint's `state.pt`: the weights under `key`, optimizer, scheduler, epoch, history."""
+    weights = (model.module if hasattr(model, "module") else model).state_dict()
+    return {
+        key: {k: v.detach().cpu() for k, v in weights.items()},
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "epoch": epoch,
+        "history": history,
+        **extra,
+    }
 
 
 def _evaluate(session, model, x: data_mod.ImageSet, y, preset, batch, autocast, channels_last) -> tuple[float, float]:
@@ -77,9 +90,9 @@ def _evaluate(session, model, x: data_mod.ImageSet, y, preset, batch, autocast, 
     return loss_sum / max(1.0, count), correct / max(1.0, count)
 
 
-def train_network(session, cfg: dict[str, Any]) -> None:
+def train_network(session, cfg: StageConfig) -> None:
     """Pretrain or FullFineTune: epochs over decoded images, a checkpoint per epoch."""
-    spec, stage = stage_spec(cfg)
+    spec, stage = cfg.spec, cfg.stage
     assert isinstance(stage, PretrainStage | FullFineTuneStage)
     seed = spec.data.seed
     size = spec.data.image_size
@@ -96,15 +109,14 @@ def train_network(session, cfg: dict[str, Any]) -> None:
     x_train = data_mod.ImageSet(train_src, size, budget)
     x_val = data_mod.ImageSet(val_src, size, budget - (0 if x_train.streaming else x_train.nbytes))
     y_train, y_val = torch.from_numpy(train_src.labels), torch.from_numpy(val_src.labels)
-    preset = cfg["preprocessing"]
+    preset = cfg.preprocessing
 
     torch.manual_seed(seed)
     net = models.build(spec.model.backbone, num_classes, size)
-    if cfg.get("init_backbone"):
-        models.load_weights(net, cfg["init_backbone"])
-    if cfg.get("init_head"):
-        head = read_tensor_file(cfg["init_head"])
-        net.head.load_state_dict({"weight": head["head.weight"], "bias": head["head.bias"]})
+    if cfg.init_backbone:
+        models.load_weights(net, cfg.init_backbone)
+    if cfg.init_head:
+        models.load_head(net, cfg.init_head)
 
     on_gpu = session.device.type == "cuda"
     fft = isinstance(stage, FullFineTuneStage)
@@ -133,13 +145,7 @@ def train_network(session, cfg: dict[str, Any]) -> None:
         warmup = 0
     scheduler = _schedule(optimizer, warmup, total_steps)
 
-    start_epoch, history = 0, []
-    state = session.load_state()
-    if state is not None:
-        net.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, history = state["epoch"], state["history"]
+    start_epoch, history = _resume(session, "model", net, optimizer, scheduler)
 
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
@@ -184,27 +190,20 @@ def train_network(session, cfg: dict[str, Any]) -> None:
             "resumed_from": float(start_epoch),
         }
         history.append(metrics)
-        new_state = None
+        state = None
         if session.rank == 0:
-            new_state = {
-                "model": {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()},
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "epoch": epoch + 1,
-                "history": history,
-                "classes": train_src.classes,
-            }
-        session.report(metrics, new_state, epoch + 1, stage.epochs)
+            state = _checkpoint("model", model, optimizer, scheduler, epoch + 1, history, classes=train_src.classes)
+        session.report(metrics, state, epoch + 1, stage.epochs)
 
 
-def train_head(session, cfg: dict[str, Any]) -> None:
+def train_head(session, cfg: StageConfig) -> None:
     """Head: a linear classifier on stored features (`features/train.pt`, `features/val.pt`).
 
     Only `nn.Linear` is built here: the backbone is never constructed, loaded or run."""
-    spec, stage = stage_spec(cfg)
-    assert isinstance(stage, HeadStage)
-    train = read_tensor_file(storage.join(cfg["features"], "train.pt"))
-    val = read_tensor_file(storage.join(cfg["features"], "val.pt"))
+    spec, stage = cfg.spec, cfg.stage
+    assert isinstance(stage, HeadStage) and cfg.features
+    train = models.read_tensors(storage.join(cfg.features, "train.pt"))
+    val = models.read_tensors(storage.join(cfg.features, "val.pt"))
     x_train, y_train, x_val, y_val = train["features"], train["labels"], val["features"], val["labels"]
     num_classes = spec.model.num_classes
     torch.manual_seed(spec.data.seed)
@@ -214,13 +213,7 @@ def train_head(session, cfg: dict[str, Any]) -> None:
     per_rank_batch = max(1, stage.batch_size // world)
     steps_per_epoch = math.ceil(math.ceil(len(y_train) / world) / per_rank_batch)
     scheduler = _schedule(optimizer, 0, steps_per_epoch * stage.epochs)
-    start_epoch, history = 0, []
-    state = session.load_state()
-    if state is not None:
-        head.load_state_dict(state["head"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, history = state["epoch"], state["history"]
+    start_epoch, history = _resume(session, "head", head, optimizer, scheduler)
     model = session.prepare_model(head)
     every = max(1, stage.epochs // 10)
     for epoch in range(start_epoch, stage.epochs):
@@ -250,28 +243,21 @@ def train_head(session, cfg: dict[str, Any]) -> None:
             "resumed_from": float(start_epoch),
         }
         history.append(metrics)
-        last = epoch + 1 == stage.epochs
-        new_state = None
-        if (last or (epoch + 1) % every == 0) and session.rank == 0:
-            new_state = {
-                "head": {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()},
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "epoch": epoch + 1,
-                "history": history,
-            }
-        session.report(metrics, new_state if (last or (epoch + 1) % every == 0) else None, epoch + 1, stage.epochs)
+        state = None
+        if (epoch + 1 == stage.epochs or (epoch + 1) % every == 0) and session.rank == 0:
+            state = _checkpoint("head", model, optimizer, scheduler, epoch + 1, history)
+        session.report(metrics, state, epoch + 1, stage.epochs)
 
 
 # ------------------------------------------------------------------------------------------ features
 
 
-def feature_model(cfg: dict[str, Any]) -> models.GraftNet:
+def feature_model(cfg: StageConfig) -> models.GraftNet:
     """The frozen backbone for FrozenFeatures, in eval mode with its weights loaded."""
-    spec = TransferJobSpec.model_validate(cfg["spec"])
+    spec = cfg.spec
     net = models.build(spec.model.backbone, spec.model.num_classes, spec.data.image_size)
-    if cfg.get("init_backbone"):
-        models.load_weights(net, cfg["init_backbone"])
+    if cfg.init_backbone:
+        models.load_weights(net, cfg.init_backbone)
     net.eval()
     for p in net.parameters():
         p.requires_grad_(False)
@@ -290,11 +276,11 @@ def extract_features(backbone: nn.Module, x: torch.Tensor, preset: dict, device:
 class FeatureExtractor:
     """A Ray Data actor: decodes a batch of images and returns their pooled backbone features."""
 
-    def __init__(self, cfg: dict[str, Any]):
-        self.cfg = cfg
-        self.device = torch.device("cuda" if torch.cuda.is_available() and cfg.get("gpu") else "cpu")
+    def __init__(self, cfg: StageConfig):
+        self.preset = cfg.preprocessing
+        self.device = torch.device("cuda" if torch.cuda.is_available() and cfg.spec.workers.gpus > 0 else "cpu")
         self.backbone = feature_model(cfg).backbone.to(self.device)
-        self.size = TransferJobSpec.model_validate(cfg["spec"]).data.image_size
+        self.size = cfg.spec.data.image_size
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if "uri" in batch:
@@ -304,5 +290,5 @@ class FeatureExtractor:
             x = torch.from_numpy(np.stack(list(batch["pixels"])).astype(np.float32))
             if x.shape[-1] != self.size:
                 x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
-        feats = extract_features(self.backbone, x, self.cfg["preprocessing"], self.device, self.device.type == "cuda")
-        return {"idx": batch["idx"], "split": batch["split"], "label": batch["label"], "feature": feats.numpy()}
+        feats = extract_features(self.backbone, x, self.preset, self.device, self.device.type == "cuda")
+        return {"pos": batch["pos"], "feature": feats.numpy()}

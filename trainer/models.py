@@ -36,20 +36,13 @@ class SmallCNN(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 32, 3, padding=1, bias=False),
-            nn.BatchNorm2d(32),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(32, 64, 3, padding=1, bias=False),
-            nn.BatchNorm2d(64),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(2),
-            nn.Conv2d(64, 64, 3, padding=1, bias=False),
-            nn.BatchNorm2d(64),
-            nn.ReLU(inplace=True),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-        )
+
+        def block(cin: int, cout: int) -> list[nn.Module]:
+            return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+        # One flat Sequential: the state_dict keys (`features.0.weight`, ...) are those of stored weights.
+        pool = [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        self.features = nn.Sequential(*block(3, 32), *block(32, 64), nn.MaxPool2d(2), *block(64, 64), *pool)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
@@ -130,18 +123,41 @@ def read_state_dict(uri: str) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
-def _torchvision_state_dict(arch: str, uri: str) -> dict[str, torch.Tensor]:
+def save_tensors(uri: str, tensors: dict[str, torch.Tensor]) -> None:
+    """Write a dict of tensors (a state_dict, stored features) with `torch.save` to a local path or `s3://`."""
+    buf = io.BytesIO()
+    torch.save(tensors, buf)
+    storage.write_bytes(uri, buf.getvalue())
+
+
+def read_tensors(uri: str) -> dict[str, torch.Tensor]:
+    """What `save_tensors` wrote, on the CPU."""
+    return torch.load(io.BytesIO(storage.read_bytes(uri)), map_location="cpu", weights_only=True)
+
+
+def load_head(net: GraftNet, uri: str) -> None:
+    """Load the Head stage's output (its `nn.Linear` state_dict, stored as it is) into `net.head`. Runs before
+    2026-12 stored it under GraftNet's key names (`head.weight`): those outputs load too."""
+    net.head.load_state_dict({k.removeprefix("head."): v for k, v in read_state_dict(uri).items()})
+
+
+def _torchvision_weights(arch: str, uri: str):
+    """The torchvision weights a `torchvision:<NAME>` URI names; InputError lists the known ones."""
     import torchvision
 
+    enum = torchvision.models.get_model_weights(arch)
     name = uri[len("torchvision:") :]
+    try:
+        return enum.DEFAULT if name == "DEFAULT" else enum[name]
+    except KeyError:
+        known = ", ".join(w.name for w in enum)
+        raise InputError(uri, f"no such torchvision weights for {arch}; known: {known}") from None
+
+
+def _torchvision_state_dict(arch: str, uri: str) -> dict[str, torch.Tensor]:
     if arch == "smallcnn":
         raise InputError(uri, "smallcnn has no torchvision weights; use a file or s3:// URI")
-    try:
-        enum = torchvision.models.get_model_weights(arch)
-        weights = enum[name] if name != "DEFAULT" else enum.DEFAULT
-    except KeyError:
-        known = ", ".join(w.name for w in torchvision.models.get_model_weights(arch))
-        raise InputError(uri, f"no such torchvision weights for {arch}; known: {known}") from None
+    weights = _torchvision_weights(arch, uri)
     try:
         return weights.get_state_dict(progress=False, check_hash=True)
     except Exception as exc:
@@ -154,13 +170,9 @@ def torchvision_preset(arch: str, uri: str | None) -> dict:
         return {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
     if uri and uri.startswith("torchvision:"):
         try:
-            import torchvision
-
-            enum = torchvision.models.get_model_weights(arch)
-            name = uri[len("torchvision:") :]
-            tf = (enum.DEFAULT if name == "DEFAULT" else enum[name]).transforms()
+            tf = _torchvision_weights(arch, uri).transforms()
             return {"mean": list(tf.mean), "std": list(tf.std)}
-        except (KeyError, AttributeError):
+        except (InputError, AttributeError):
             pass
     return {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
 

@@ -6,18 +6,20 @@ code runs under Ray Train and in-process (statistical tests, benchmarks' baselin
 
 from __future__ import annotations
 
+import copy
 import os
 import tempfile
 from typing import Any
 
 import torch
+from graft.trainer.stages import StageConfig
 
 from graft import storage
 from graft.ledger import Ledger
 
 
 class LocalSession:
-    """A single process: no DDP, checkpoints kept in memory."""
+    """A single process: no DDP, checkpoints kept in memory (the latest, and the best by val_accuracy)."""
 
     rank = 0
     world_size = 1
@@ -25,6 +27,7 @@ class LocalSession:
     def __init__(self, device: str = "cpu", ledger_root: str | None = None, stage: str | None = None):
         self.device = torch.device(device)
         self.state: dict[str, Any] | None = None
+        self.best: dict[str, Any] | None = None
         self.reports: list[dict[str, float]] = []
         self.ledger_root = ledger_root
         self.stage = stage
@@ -39,15 +42,21 @@ class LocalSession:
         return values
 
     def report(self, metrics: dict[str, float], state: dict[str, Any] | None, epoch: int, epochs: int) -> None:
+        """Keep a copy of `state` (the loops hand over live tensors that later steps change) as the latest
+        checkpoint, and as the best while its val_accuracy beats the earlier ones; record the epoch in the ledger."""
         self.reports.append(dict(metrics))
         if state is not None:
-            self.state = state
+            self.state = copy.deepcopy(state)
+            if self.best is None or metrics["val_accuracy"] > self.best["history"][-1]["val_accuracy"]:
+                self.best = self.state
+        if self.ledger_root and self.stage:
+            record_epoch(self.ledger_root, self.stage, metrics, epoch, epochs, None)
 
 
 class RaySession:
     """One Ray Train worker: DDP through `prepare_model`, checkpoints persisted by Ray Train."""
 
-    def __init__(self, ledger_root: str | None, stage: str, checkpoint_root: str):
+    def __init__(self, cfg: StageConfig):
         import ray.train
         import ray.train.torch
 
@@ -55,9 +64,8 @@ class RaySession:
         self.rank = ctx.get_world_rank()
         self.world_size = ctx.get_world_size()
         self.device = ray.train.torch.get_device()
-        self.ledger_root = ledger_root
-        self.stage = stage
-        self.checkpoint_root = checkpoint_root
+        self.ledger_root, self.stage = cfg.root, cfg.stage.type
+        self.checkpoint_root = storage.join(cfg.root, "checkpoints", cfg.run_name)
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
         import ray.train.torch

@@ -1,24 +1,25 @@
-"""Each stage as its own Ray run: TorchTrainer for Pretrain / Head / FullFineTune, Ray Data for FrozenFeatures.
+"""The stage registry: one object per stage type with its input checks, its run, its output and its export.
 
-Separate runs per stage because DDP does not see `requires_grad` changes after wrapping: freezing and
-unfreezing inside one run is a trap. Run names come from the job UID and the stage, so a rerun of the same
-job resumes (Ray Train restores from `(storage_path, name)`) and a new job never picks up another's state.
+The driver dispatches every stage through `STAGES[type]`; a run goes through the driver's executor
+(`executors.py`: Ray, or in-process), so the wiring between stages (which output feeds which stage) is the
+same code either way. Workers get a `StageConfig`, typed and pickled as it is.
 """
 
 from __future__ import annotations
 
-import io
-import signal
-import threading
-import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
+from graft.trainer import data as data_mod
+from graft.trainer import loops, models
+from graft.trainer.errors import InputError
 
 from graft import storage
-from graft.api.models import FrozenFeaturesStage, TransferJobSpec, WorkersSpec
+from graft.api.models import Stage, TransferJobSpec
+from graft.ledger import Ledger
+
+if TYPE_CHECKING:
+    from graft.trainer.driver import Driver
 
 
 def run_name(uid: str, stage: str) -> str:
@@ -26,135 +27,145 @@ def run_name(uid: str, stage: str) -> str:
     return f"{uid}-{stage.lower()}"
 
 
-def cpus_per_worker(workers: WorkersSpec) -> float:
-    text = str(workers.cpus)
-    return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
+@dataclass(frozen=True)
+class StageConfig:
+    """What a stage's workers get: the (validated) spec, which stage, and the outputs of earlier stages."""
+
+    spec: TransferJobSpec
+    index: int
+    root: str | None = None  #: the job root: rank 0 records each epoch in its ledger (None: no ledger)
+    run_name: str = ""
+    init_backbone: str | None = None  #: weights for the backbone (Pretrain's output or spec.model.weights)
+    init_head: str | None = None  #: the Head stage's output
+    features: str | None = None  #: the FrozenFeatures stage's output
+
+    @property
+    def stage(self) -> Stage:
+        return self.spec.stages[self.index]
+
+    @property
+    def preprocessing(self) -> dict[str, list[float]]:
+        return models.torchvision_preset(self.spec.model.backbone, self.spec.model.weights)
 
 
-def _worker_loop(cfg: dict[str, Any]) -> None:
-    from graft.trainer.loops import train_head, train_network
-    from graft.trainer.session import RaySession
-
-    session = RaySession(cfg.get("root"), cfg["stage"], cfg["checkpoint_root"])
-    if cfg["stage"] == "Head":
-        train_head(session, cfg)
-    else:
-        train_network(session, cfg)
+@dataclass(frozen=True)
+class StageResult:
+    metrics: dict[str, float]
+    output: str
+    checkpoint: str | None = None
 
 
-@dataclass
-class FitOutcome:
-    best_checkpoint: str | None
-    state: dict[str, Any] | None
+def verify_up_front(source: data_mod.Source, spec: TransferJobSpec) -> None:
+    """Decode every image before the Ray run, so a corrupt one fails the stage at once, by name. Not for a set
+    the workers stream (too large to keep): reading it all here would take as long as an epoch, so a corrupt
+    image there fails the stage when a worker reaches it, by name as well."""
+    if not data_mod.streams(source, spec.data.image_size, data_mod.keep_budget(spec.workers.memory)):
+        data_mod.verify_images(source)
 
 
-def _uri(path: str, root: str) -> str:
-    return f"s3://{path}" if storage.is_s3(root) and not path.startswith("s3://") else path
+class StageType:
+    """The defaults: checks the target data and weights, takes nothing from earlier stages, exports nothing."""
+
+    type: str
+
+    def check(self, driver: Driver, stage: Any) -> None:
+        """Find bad input before the run starts; raises InputError naming the URI and the cause."""
+        driver.check_target()
+
+    def inputs(self, driver: Driver, ledger: Ledger) -> dict[str, Any]:
+        """The `StageConfig` fields this stage takes from earlier stages' outputs."""
+        return {}
+
+    def output(self, root: str) -> str:
+        """Where the stage's result goes (recorded as the stage's `output` in the ledger)."""
+        return storage.join(root, "outputs", f"{self.type.lower()}.pt")
+
+    def model(self, driver: Driver, ledger: Ledger) -> tuple[dict, list[str], int] | None:
+        """The exported model (state_dict, label names, number of classes) if the job ends with this stage."""
+        return None
 
 
-def fit_stage(cfg: dict[str, Any], workers: WorkersSpec, root: str, keep: int, max_failures: int) -> FitOutcome:
-    """One TorchTrainer run of a training stage; returns the best checkpoint (by val_accuracy) and its state."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+class TrainingStage(StageType):
+    """A training loop on the executor's workers; its result is the best checkpoint by val_accuracy."""
 
-    storage_path, fs = storage.ray_storage(storage.join(root, "checkpoints"))
-    resources: dict[str, float] = {"CPU": cpus_per_worker(workers)}
-    if workers.gpus:
-        resources["GPU"] = workers.gpus
-    trainer = TorchTrainer(
-        _worker_loop,
-        train_loop_config=cfg,
-        scaling_config=ScalingConfig(
-            num_workers=workers.replicas, use_gpu=workers.gpus > 0, resources_per_worker=resources
-        ),
-        run_config=RunConfig(
-            name=cfg["run_name"],
-            storage_path=storage_path,
-            storage_filesystem=fs,
-            checkpoint_config=CheckpointConfig(
-                num_to_keep=keep, checkpoint_score_attribute="val_accuracy", checkpoint_score_order="max"
-            ),
-            failure_config=FailureConfig(max_failures=max_failures),
-        ),
-    )
-    # Ray Train installs its own SIGINT handler in fit() (graceful abort, or sys.exit when the controller is
-    # already gone) and leaves it installed: turn both into KeyboardInterrupt and put ours back, so Ctrl-C
-    # leaves the stage Running (resumable) instead of "succeeded" with a partial run.
-    main = threading.current_thread() is threading.main_thread()
-    previous = signal.getsignal(signal.SIGINT) if main else None
-    try:
-        result = trainer.fit()
-    except SystemExit as exc:
-        raise KeyboardInterrupt(f"{cfg['run_name']}: training run aborted") from exc
-    finally:
-        if main:
-            signal.signal(signal.SIGINT, previous)
-    planned = TransferJobSpec.model_validate(cfg["spec"]).stages[cfg["index"]].epochs
-    reached = (result.metrics or {}).get("epoch", 0)
-    if reached < planned:
-        raise KeyboardInterrupt(f"{cfg['run_name']}: training run stopped at epoch {reached} of {planned}")
-    best = None
-    if result.best_checkpoints:
-        best = max(result.best_checkpoints, key=lambda cm: cm[1].get("val_accuracy", float("-inf")))[0]
-    chosen = best or result.checkpoint
-    state = None
-    if chosen is not None:
-        with chosen.as_directory() as d:
-            state = torch.load(f"{d}/state.pt", map_location="cpu", weights_only=False)
-    return FitOutcome(
-        best_checkpoint=_uri(chosen.path, root) if chosen is not None else None, state=state
-    )
+    loop = staticmethod(loops.train_network)
+    state_key = "model"
+
+    def run(self, driver: Driver, cfg: StageConfig) -> StageResult:
+        state, checkpoint = driver.executor.fit(self.loop, cfg, getattr(cfg.stage, "keep_checkpoints", 2))
+        if state is None:
+            raise RuntimeError(f"{cfg.run_name}: the run reported no checkpoint")
+        out = self.output(driver.root)
+        models.save_tensors(out, state[self.state_key])
+        epoch = state["epoch"]
+        metrics = {k: v for k, v in state["history"][epoch - 1].items() if k not in ("epoch", "resumed_from")}
+        return StageResult({**metrics, "best_epoch": float(epoch)}, out, checkpoint)
 
 
-def frozen_features(
-    cfg: dict[str, Any], stage: FrozenFeaturesStage, workers: WorkersSpec, train_src, val_src, out_uri: str
-) -> dict[str, float]:
-    """Run the frozen backbone once over train and validation images on a Ray Data actor pool and store
-    `<out_uri>/train.pt` and `<out_uri>/val.pt` (features and labels)."""
-    import ray.data
-    from graft.trainer.loops import FeatureExtractor
+class Pretrain(TrainingStage):
+    type = "Pretrain"
 
-    rows = []
-    for split_id, src in ((0, train_src), (1, val_src)):
-        for i in range(len(src)):
-            row: dict[str, Any] = {"idx": i, "split": split_id, "label": int(src.labels[i])}
-            if src.files is not None:
-                row["uri"] = src.files[i]
-            else:
-                row["pixels"] = src.pixels[i]
-            rows.append(row)
-    actors = stage.actors or workers.replicas
-    t0 = time.perf_counter()
-    blocks = max(actors, min(len(rows) // max(1, stage.batch_size), 4 * actors))
-    ds = ray.data.from_items(rows, override_num_blocks=blocks)
-    out = ds.map_batches(
-        FeatureExtractor,
-        fn_constructor_kwargs={"cfg": {**cfg, "gpu": workers.gpus > 0}},
-        batch_size=stage.batch_size,
-        compute=ray.data.ActorPoolStrategy(size=actors),
-        num_cpus=min(1.0, cpus_per_worker(workers)) if not workers.gpus else 1,
-        num_gpus=workers.gpus or None,
-        batch_format="numpy",
-    )
-    parts: dict[str, list[np.ndarray]] = {"idx": [], "split": [], "label": [], "feature": []}
-    for batch in out.iter_batches(batch_size=None, batch_format="numpy"):
-        for key in parts:
-            parts[key].append(np.asarray(batch[key]))
-    seconds = time.perf_counter() - t0
-    cols = {k: np.concatenate(v) if v else np.zeros((0,)) for k, v in parts.items()}
-    dim = 0
-    for split_id, name in ((0, "train"), (1, "val")):
-        sel = cols["split"] == split_id
-        order = np.argsort(cols["idx"][sel], kind="stable")
-        feats = torch.from_numpy(np.stack(list(cols["feature"][sel][order])).astype(np.float32))
-        labels = torch.from_numpy(cols["label"][sel][order].astype(np.int64))
-        dim = feats.shape[1]
-        buf = io.BytesIO()
-        torch.save({"features": feats, "labels": labels}, buf)
-        storage.write_bytes(storage.join(out_uri, f"{name}.pt"), buf.getvalue())
-    return {
-        "train_images": float(len(train_src)),
-        "val_images": float(len(val_src)),
-        "feature_dim": float(dim),
-        "images_per_second": len(rows) / max(1e-9, seconds),
-    }
+    def check(self, driver: Driver, stage: Any) -> None:
+        src = data_mod.open_source(stage.data)
+        if len(src.classes) != stage.num_classes:
+            raise InputError(
+                stage.data, f"has {len(src.classes)} classes but the Pretrain stage's numClasses is {stage.num_classes}"
+            )
+        verify_up_front(src, driver.spec)
+
+    def model(self, driver: Driver, ledger: Ledger) -> tuple[dict, list[str], int] | None:
+        stage = driver.stage(self.type)
+        state = models.read_state_dict(ledger.stage(self.type).output)
+        return state, data_mod.open_source(stage.data).classes, stage.num_classes
+
+
+class FrozenFeatures(StageType):
+    type = "FrozenFeatures"
+
+    def inputs(self, driver: Driver, ledger: Ledger) -> dict[str, Any]:
+        return {"init_backbone": driver.init_backbone(ledger)}
+
+    def output(self, root: str) -> str:
+        return storage.join(root, "features")
+
+    def run(self, driver: Driver, cfg: StageConfig) -> StageResult:
+        train, val = driver.target_data()
+        out = self.output(driver.root)
+        return StageResult(driver.executor.features(cfg, train, val, out), out)
+
+
+class Head(TrainingStage):
+    """Trains on the stored features only; its output is the `nn.Linear` state_dict as it is."""
+
+    type = "Head"
+    loop = staticmethod(loops.train_head)
+    state_key = "head"
+
+    def check(self, driver: Driver, stage: Any) -> None:
+        pass  # reads only the stored features
+
+    def inputs(self, driver: Driver, ledger: Ledger) -> dict[str, Any]:
+        return {"features": ledger.stage("FrozenFeatures").output}
+
+    def model(self, driver: Driver, ledger: Ledger) -> tuple[dict, list[str], int] | None:
+        net = driver.build_net()
+        backbone = driver.init_backbone(ledger)
+        if backbone:
+            models.load_weights(net, backbone)
+        models.load_head(net, ledger.stage(self.type).output)
+        return net.state_dict(), driver.target_data()[0].classes, driver.spec.model.num_classes
+
+
+class FullFineTune(TrainingStage):
+    type = "FullFineTune"
+
+    def inputs(self, driver: Driver, ledger: Ledger) -> dict[str, Any]:
+        head = ledger.stage("Head").output if driver.stage("Head") else None
+        return {"init_backbone": driver.init_backbone(ledger), "init_head": head}
+
+    def model(self, driver: Driver, ledger: Ledger) -> tuple[dict, list[str], int] | None:
+        state = models.read_state_dict(ledger.stage(self.type).output)
+        return state, driver.target_data()[0].classes, driver.spec.model.num_classes
+
+
+STAGES: dict[str, StageType] = {s.type: s for s in (Pretrain(), FrozenFeatures(), Head(), FullFineTune())}

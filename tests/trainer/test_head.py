@@ -9,6 +9,7 @@ import torch
 import torchvision
 from graft.trainer import loops, models
 from graft.trainer.session import LocalSession
+from graft.trainer.stages import StageConfig
 
 from graft import storage
 from graft.api.models import TransferJobSpec
@@ -47,8 +48,19 @@ def test_head_never_builds_loads_or_runs_a_backbone(tmp_path, monkeypatch):
         }
     )
     session = LocalSession()
-    cfg = {"spec": spec.model_dump(mode="json", by_alias=True), "index": 1, "features": str(tmp_path)}
-    loops.train_head(session, cfg)
+    loops.train_head(session, StageConfig(spec, 1, features=str(tmp_path)))
     assert session.reports[-1]["val_accuracy"] == pytest.approx(1.0)
     assert set(session.state["head"]) == {"weight", "bias"}
     assert session.state["head"]["weight"].shape == (2, 64)
+
+
+@pytest.mark.parametrize("prefix", ["", "head."], ids=["stored-as-is", "stored-by-older-runs"])
+def test_a_head_output_loads_into_the_network_that_fine_tunes_it(tmp_path, prefix):
+    """The Head stage stores its nn.Linear state_dict as it is; a job resumed after an upgrade still finds the
+    head an older run stored under GraftNet's names."""
+    head = torch.nn.Linear(64, 3)
+    uri = str(tmp_path / "head.pt")
+    models.save_tensors(uri, {prefix + k: v for k, v in head.state_dict().items()})
+    net = models.build("smallcnn", 3, 8)
+    models.load_head(net, uri)
+    assert torch.equal(net.state_dict()["head.weight"], head.weight.detach())

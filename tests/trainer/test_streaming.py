@@ -4,9 +4,10 @@ learns exactly what it learns with the set kept in memory."""
 from __future__ import annotations
 
 import pytest
-from graft.trainer import data, loops, models
+from graft.trainer import data, loops
 from graft.trainer.errors import InputError
 from graft.trainer.session import LocalSession
+from graft.trainer.stages import StageConfig
 
 from graft.api.models import TransferJobSpec
 
@@ -19,10 +20,8 @@ def _run(image_folder, memory: str) -> list[dict[str, float]]:
                                                                    "batchSize": 4}],
         "workers": {"replicas": 1, "memory": memory},
     })
-    cfg = {"spec": spec.model_dump(mode="json", by_alias=True), "index": 2, "stage": "FullFineTune",
-           "preprocessing": models.torchvision_preset("smallcnn", None)}
     session = LocalSession()
-    loops.train_network(session, cfg)
+    loops.train_network(session, StageConfig(spec, 2))
     return session.reports
 
 
@@ -53,7 +52,7 @@ def test_a_corrupt_image_in_a_streamed_set_fails_training_naming_the_file(image_
 
 
 def test_the_driver_verifies_a_kept_set_up_front_but_leaves_a_streamed_one_to_the_workers(image_folder, monkeypatch):
-    from graft.trainer.driver import verify_up_front
+    from graft.trainer.stages import verify_up_front
 
     verified: list[int] = []
     monkeypatch.setattr(data, "verify_images", lambda src, threads=8: verified.append(len(src)))

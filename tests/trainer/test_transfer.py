@@ -12,55 +12,54 @@ Protocol (fixed before any result was looked at; the README reports the figures 
 - Score: validation accuracy after the last epoch (no checkpoint picked on the validation set).
 - Claim: mean(LP-FT - scratch) over the 3 seeds >= 0.05.
 
-The stage loops are the ones Ray Train runs (`graft.trainer.loops`), called in-process through
-`graft.trainer.local` with single-threaded torch (3x faster than 2 threads for models this small).
+Each job runs through the `Driver` (the stage registry's checks, wiring and outputs, the ledger, the export),
+as `graft run` does, with its `LocalExecutor`: the stage loops Ray Train runs (`graft.trainer.loops`), in this
+process with single-threaded torch (3x faster than 2 threads for models this small). So a stage hands the next
+its best checkpoint by validation accuracy, as on Ray; the score is still the last epoch's, from the ledger.
 """
 
 from __future__ import annotations
 
 import statistics
 
-from graft.trainer.local import run_stages
+from graft.trainer.driver import Driver
+from graft.trainer.executors import LocalExecutor
+from support.trainer_data import job_doc
 
-from graft.api.models import TransferJobSpec
+from graft.api.models import TransferJob
 
 SEEDS = (0, 1, 2)
 SHOTS = 2
 FT = {"type": "FullFineTune", "epochs": 30, "batchSize": 16, "lr": 3e-3, "augment": False}
 
 
-def _spec(stages, seed, weights=None):
-    return TransferJobSpec.model_validate(
-        {
-            "model": {"backbone": "smallcnn", "numClasses": 10, "weights": weights},
-            "data": {"train": "builtin:digits-noisy", "imageSize": 8, "shotsPerClass": SHOTS, "seed": seed},
-            "stages": stages,
-        }
-    )
+def _run(name, stages, seed, store, weights=None):
+    spec = {
+        "model": {"backbone": "smallcnn", "numClasses": 10, "weights": weights},
+        "data": {"train": "builtin:digits-noisy", "imageSize": 8, "shotsPerClass": SHOTS, "seed": seed},
+        "stages": stages,
+    }
+    return Driver(TransferJob.model_validate(job_doc(name, spec)), str(store), executor=LocalExecutor()).run()
+
+
+def _last_epoch_accuracy(ledger) -> float:
+    return ledger.stage("FullFineTune").history[-1]["val_accuracy"]
 
 
 def measure(tmp_path) -> tuple[list[float], list[float]]:
-    pretrain = _spec(
-        [{"type": "Pretrain", "data": "builtin:digits-clean", "numClasses": 10, "epochs": 15, "batchSize": 64,
-          "lr": 0.05}],
-        seed=0,
-    )
-    run_stages(pretrain, tmp_path / "pretrain")
-    source = str(tmp_path / "pretrain" / "outputs" / "pretrain.pt")
+    pretrain = [{"type": "Pretrain", "data": "builtin:digits-clean", "numClasses": 10, "epochs": 15,
+                 "batchSize": 64, "lr": 0.05}]
+    source = _run("pretrain", pretrain, 0, tmp_path).stage("Pretrain").output
     lpft, scratch = [], []
     for seed in SEEDS:
-        spec = _spec(
-            [
-                {"type": "FrozenFeatures"},
-                {"type": "Head", "epochs": 100, "batchSize": 256, "lr": 0.01},
-                {**FT, "backboneLrScale": 0.1},
-            ],
-            seed,
-            weights=source,
-        )
-        lpft.append(run_stages(spec, tmp_path / f"lpft-{seed}")["FullFineTune"]["val_accuracy"])
-        spec = _spec([{**FT, "backboneLrScale": 1.0}], seed)
-        scratch.append(run_stages(spec, tmp_path / f"scratch-{seed}")["FullFineTune"]["val_accuracy"])
+        stages = [
+            {"type": "FrozenFeatures"},
+            {"type": "Head", "epochs": 100, "batchSize": 256, "lr": 0.01},
+            {**FT, "backboneLrScale": 0.1},
+        ]
+        lpft.append(_last_epoch_accuracy(_run(f"lpft-{seed}", stages, seed, tmp_path, weights=source)))
+        scratch_stages = [{**FT, "backboneLrScale": 1.0}]
+        scratch.append(_last_epoch_accuracy(_run(f"scratch-{seed}", scratch_stages, seed, tmp_path)))
     return lpft, scratch
 
 

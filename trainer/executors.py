@@ -1,0 +1,198 @@
+"""Where a stage's run executes: `RayExecutor` (each stage its own Ray run: TorchTrainer for the training
+stages, a Ray Data actor pool for FrozenFeatures) or `LocalExecutor` (the same loops in this process, no Ray:
+the statistical transfer test, benchmark baselines). The driver and the stage registry are the same for both.
+
+Separate runs per stage because DDP does not see `requires_grad` changes after wrapping: freezing and
+unfreezing inside one run is a trap. Run names come from the job UID and the stage, so a rerun of the same
+job resumes (Ray Train restores from `(storage_path, name)`) and a new job never picks up another's state.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from graft.trainer import loops, models
+from graft.trainer.session import LocalSession
+from graft.trainer.stages import StageConfig
+
+from graft import storage
+from graft.api.models import WorkersSpec
+
+
+def cpus_per_worker(workers: WorkersSpec) -> float:
+    text = str(workers.cpus)
+    return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
+
+
+def save_features(out_uri: str, x: torch.Tensor, train_src, val_src, seconds: float) -> dict[str, float]:
+    """Store `<out_uri>/{train,val}.pt`: pooled features (`x`: the training images', then the validation
+    images') and labels. Returns FrozenFeatures' metrics."""
+    n = len(train_src)
+    for name, feats, src in (("train", x[:n], train_src), ("val", x[n:], val_src)):
+        # A clone: torch.save of a slice would write the whole tensor's storage.
+        tensors = {"features": feats.clone(), "labels": torch.from_numpy(src.labels)}
+        models.save_tensors(storage.join(out_uri, f"{name}.pt"), tensors)
+    return {
+        "train_images": float(n),
+        "val_images": float(len(val_src)),
+        "feature_dim": float(x.shape[1]),
+        "images_per_second": len(x) / max(1e-9, seconds),
+    }
+
+
+class LocalExecutor:
+    """The stages in this process: one `LocalSession`, no DDP, checkpoints kept in memory."""
+
+    def __init__(self, device: str = "cpu"):
+        self.device = device
+
+    def fit(self, loop: Callable, cfg: StageConfig, keep: int) -> tuple[dict[str, Any] | None, str | None]:
+        """The best checkpoint's state (by val_accuracy), kept in memory: no URI."""
+        session = LocalSession(self.device, cfg.root, cfg.stage.type)
+        loop(session, cfg)
+        return session.best, None
+
+    def features(self, cfg: StageConfig, train_src, val_src, out_uri: str) -> dict[str, float]:
+        t0 = time.perf_counter()
+        backbone, size, device = loops.feature_model(cfg).backbone, cfg.spec.data.image_size, torch.device(self.device)
+        images = (src.images(size) for src in (train_src, val_src))
+        x = torch.cat([loops.extract_features(backbone, b, cfg.preprocessing, device) for b in images])
+        return save_features(out_uri, x, train_src, val_src, time.perf_counter() - t0)
+
+
+def ensure_ray(workers: WorkersSpec, log_to_driver: bool = True) -> None:
+    """Join the cluster in RAY_ADDRESS, or start a local Ray sized for the job's workers."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Ray Train's controller collects reports every health-check interval (2 s by default) and a worker's
+    # report waits for it: with per-epoch checkpoints that idles small jobs for seconds per epoch.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+    runtime_env = {"env_vars": {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"]}}
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=log_to_driver, runtime_env=runtime_env)
+        return
+    # Ray Data read tasks and the feature actors need CPUs beside the training workers; logical CPUs are
+    # only a scheduling count, so ask for enough that nothing waits forever on a small machine.
+    needed = int(workers.replicas * max(1.0, cpus_per_worker(workers))) + 2
+    ray.init(
+        num_cpus=max(os.cpu_count() or 1, needed),
+        num_gpus=torch.cuda.device_count() if torch.cuda.is_available() else 0,
+        include_dashboard=False,
+        log_to_driver=log_to_driver,
+        runtime_env=runtime_env,
+        configure_logging=True,
+        logging_level=logging.WARNING,
+    )
+
+
+def _worker_loop(config: dict[str, Any]) -> None:
+    from graft.trainer.session import RaySession
+
+    config["loop"](RaySession(config["stage"]), config["stage"])
+
+
+class RayExecutor:
+    """Each stage its own Ray run on the cluster in RAY_ADDRESS, or on a local Ray started for the job."""
+
+    def __init__(self, max_failures: int = 3, log_to_driver: bool = True):
+        self.max_failures = max_failures
+        self.log_to_driver = log_to_driver
+
+    def fit(self, loop: Callable, cfg: StageConfig, keep: int) -> tuple[dict[str, Any] | None, str | None]:
+        """One TorchTrainer run of a training stage: the best checkpoint's state (by val_accuracy) and URI."""
+        from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+        from ray.train.torch import TorchTrainer
+
+        workers = cfg.spec.workers
+        ensure_ray(workers, self.log_to_driver)
+        storage_path, fs = storage.ray_storage(storage.join(cfg.root, "checkpoints"))
+        resources: dict[str, float] = {"CPU": cpus_per_worker(workers)}
+        if workers.gpus:
+            resources["GPU"] = workers.gpus
+        trainer = TorchTrainer(
+            _worker_loop,
+            train_loop_config={"loop": loop, "stage": cfg},
+            scaling_config=ScalingConfig(
+                num_workers=workers.replicas, use_gpu=workers.gpus > 0, resources_per_worker=resources
+            ),
+            run_config=RunConfig(
+                name=cfg.run_name,
+                storage_path=storage_path,
+                storage_filesystem=fs,
+                checkpoint_config=CheckpointConfig(
+                    num_to_keep=keep, checkpoint_score_attribute="val_accuracy", checkpoint_score_order="max"
+                ),
+                failure_config=FailureConfig(max_failures=self.max_failures),
+            ),
+        )
+        # Ray Train installs its own SIGINT handler in fit() (graceful abort, or sys.exit when the controller is
+        # already gone) and leaves it installed: turn both into KeyboardInterrupt and put ours back, so Ctrl-C
+        # leaves the stage Running (resumable) instead of "succeeded" with a partial run.
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.getsignal(signal.SIGINT) if main else None
+        try:
+            result = trainer.fit()
+        except SystemExit as exc:
+            raise KeyboardInterrupt(f"{cfg.run_name}: training run aborted") from exc
+        finally:
+            if main:
+                signal.signal(signal.SIGINT, previous)
+        reached = (result.metrics or {}).get("epoch", 0)
+        if reached < cfg.stage.epochs:
+            raise KeyboardInterrupt(f"{cfg.run_name}: training run stopped at epoch {reached} of {cfg.stage.epochs}")
+        best = None
+        if result.best_checkpoints:
+            best = max(result.best_checkpoints, key=lambda cm: cm[1].get("val_accuracy", float("-inf")))[0]
+        chosen = best or result.checkpoint
+        if chosen is None:
+            return None, None
+        with chosen.as_directory() as d:
+            state = torch.load(f"{d}/state.pt", map_location="cpu", weights_only=False)
+        # Ray Train gives the path on its storage filesystem: an S3 one without the scheme.
+        uri = chosen.path if chosen.path.startswith("s3://") or not storage.is_s3(cfg.root) else f"s3://{chosen.path}"
+        return state, uri
+
+    def features(self, cfg: StageConfig, train_src, val_src, out_uri: str) -> dict[str, float]:
+        """Run the frozen backbone once over train and validation images on a Ray Data actor pool and store
+        `<out_uri>/train.pt` and `<out_uri>/val.pt` (features and labels)."""
+        import ray.data
+
+        workers, stage = cfg.spec.workers, cfg.stage
+        ensure_ray(workers, self.log_to_driver)
+        rows: list[dict[str, Any]] = []  # train then validation images; `pos` puts the features back in order
+        for src in (train_src, val_src):
+            for i in range(len(src)):
+                image = {"uri": src.files[i]} if src.files is not None else {"pixels": src.pixels[i]}
+                rows.append({"pos": len(rows), **image})
+        actors = stage.actors or workers.replicas
+        t0 = time.perf_counter()
+        blocks = max(actors, min(len(rows) // max(1, stage.batch_size), 4 * actors))
+        ds = ray.data.from_items(rows, override_num_blocks=blocks)
+        out = ds.map_batches(
+            loops.FeatureExtractor,
+            fn_constructor_kwargs={"cfg": cfg},
+            batch_size=stage.batch_size,
+            compute=ray.data.ActorPoolStrategy(size=actors),
+            num_cpus=min(1.0, cpus_per_worker(workers)) if not workers.gpus else 1,
+            num_gpus=workers.gpus or None,
+            batch_format="numpy",
+        )
+        pos, feats = [], []
+        for batch in out.iter_batches(batch_size=None, batch_format="numpy"):
+            pos.append(np.asarray(batch["pos"]))
+            feats.extend(batch["feature"])
+        seconds = time.perf_counter() - t0
+        x = torch.from_numpy(np.stack(feats)[np.argsort(np.concatenate(pos))].astype(np.float32))
+        return save_features(out_uri, x, train_src, val_src, seconds)
