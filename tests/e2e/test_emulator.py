@@ -14,6 +14,7 @@ import kubernetes
 import pytest
 import yaml
 from kubernetes.client.exceptions import ApiException
+from support.crdcheck import kubectl_message
 from support.kube import emulated_api, label_selector_matches
 from support.s3 import free_port
 
@@ -133,6 +134,139 @@ def test_strategic_merge_patch_is_refused_on_custom_resources(api, client):
     with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen(req)  # noqa: S310 (loopback)
     assert e.value.code == 415
+
+
+#: What a v1.32 API server answered the CRD as committed at f45cd14 (see tests/api/test_crd_checker.py).
+REFUSED = ("spec.validation.openAPIV3Schema.properties[metadata]: Forbidden: must not specify anything other than "
+           "name and generateName, but metadata is implicitly specified")
+
+
+def crd_before_the_fix() -> dict:
+    """The committed CRD with the root metadata description it carried at f45cd14."""
+    crd = yaml.safe_load(COMMITTED_CRD.read_text())
+    crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["metadata"] = {
+        "type": "object", "description": "Standard object metadata (name, namespace, labels, annotations)."}
+    return crd
+
+
+def test_a_crd_a_real_api_server_refuses_is_refused_the_same_way(api, client):
+    """POST (create) and PUT (replace) of the CRD a real server refused: 422 Invalid, its message and causes
+    (apimachinery/pkg/api/errors/errors.go NewInvalid); the CRD the fixture installed stays as it was."""
+    ext = kubernetes.client.ApiextensionsV1Api(client)
+    with pytest.raises(ApiException) as e:
+        ext.create_custom_resource_definition(crd_before_the_fix())
+    status = json.loads(e.value.body)
+    assert (e.value.status, status["reason"]) == (422, "Invalid")
+    assert status["message"] == f'CustomResourceDefinition.apiextensions.k8s.io "transferjobs.graft.dev" is invalid: ' \
+                                f"{REFUSED}"
+    assert status["details"] == {
+        "name": "transferjobs.graft.dev", "group": "apiextensions.k8s.io", "kind": "CustomResourceDefinition",
+        "causes": [{"reason": "FieldValueForbidden", "field": "spec.validation.openAPIV3Schema.properties[metadata]",
+                    "message": REFUSED.split(": ", 1)[1]}]}
+    assert kubectl_message(status) == f'The CustomResourceDefinition "transferjobs.graft.dev" is invalid: {REFUSED}'
+
+    with pytest.raises(ApiException) as e:
+        ext.replace_custom_resource_definition("transferjobs.graft.dev", crd_before_the_fix())
+    assert e.value.status == 422 and json.loads(e.value.body)["message"].endswith(REFUSED)
+    stored = api.objects("apiextensions.k8s.io", "customresourcedefinitions")
+    (ours,) = [c for c in stored if c["metadata"]["name"] == "transferjobs.graft.dev"]
+    assert ours["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["metadata"] == {"type": "object"}
+
+
+RAY = ("ray.io", "v1", NS, "rayjobs")
+
+
+def rayjob(name: str, **spec) -> dict:
+    head = {"rayStartParams": {}, "template": {"spec": {"containers": [{"name": "ray-head", "image": "ray"}]}}}
+    return {"apiVersion": "ray.io/v1", "kind": "RayJob", "metadata": {"name": name},
+            "spec": {"entrypoint": "python -c pass", "rayClusterSpec": {"headGroupSpec": head}, **spec}}
+
+
+def test_rayjobs_are_pruned_and_defaulted_by_kuberays_own_crd(client):
+    """KubeRay's real CRD (../shared/kuberay/ray.io_rayjobs.yaml) is installed at start: fields it does not
+    declare are dropped silently, at any depth, and its defaults filled in, as on a cluster with KubeRay."""
+    co = kubernetes.client.CustomObjectsApi(client)
+    body = rayjob("pruned", notAField=1)
+    cluster = body["spec"]["rayClusterSpec"]
+    cluster["notAField"] = 2
+    cluster["headGroupSpec"]["template"]["spec"]["containers"][0]["colour"] = "blue"
+    cluster["workerGroupSpecs"] = [{"groupName": "w", "rayStartParams": {}, "template": {"spec": {"containers": [
+        {"name": "ray-worker", "image": "ray"}]}}}]  # minReplicas/maxReplicas: required by the CRD, defaulted too
+    created = co.create_namespaced_custom_object(*RAY, body)
+    spec = created["spec"]
+    assert "notAField" not in spec and "notAField" not in spec["rayClusterSpec"]
+    assert spec["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"] == [
+        {"name": "ray-head", "image": "ray"}]
+    worker = spec["rayClusterSpec"]["workerGroupSpecs"][0]
+    assert (spec["backoffLimit"], spec["submissionMode"]) == (0, "K8sJobMode")  # the CRD's defaults
+    assert (worker["minReplicas"], worker["maxReplicas"]) == (0, 2147483647)
+
+
+def test_kuberays_schema_and_cel_rules_refuse_what_kuberay_refuses(client):
+    co = kubernetes.client.CustomObjectsApi(client)
+    with pytest.raises(ApiException) as e:
+        co.create_namespaced_custom_object(*RAY, rayjob("typed", backoffLimit="three"))
+    assert e.value.status == 422 and "spec.backoffLimit" in json.loads(e.value.body)["message"]
+    with pytest.raises(ApiException) as e:
+        co.create_namespaced_custom_object(*RAY, rayjob("managed-by-whom", managedBy="someone"))
+    assert e.value.status == 422
+    assert "the managedBy field value must be either 'ray.io/kuberay-operator'" in json.loads(e.value.body)["message"]
+    # A transition rule (`self == oldSelf`) holds on create and is enforced on update.
+    co.create_namespaced_custom_object(*RAY, rayjob("managed", managedBy="ray.io/kuberay-operator"))
+    with pytest.raises(ApiException) as e:
+        co.patch_namespaced_custom_object(*RAY[:3], "rayjobs", "managed",
+                                          {"spec": {"managedBy": "kueue.x-k8s.io/multikueue"}})
+    assert e.value.status == 422 and "the managedBy field is immutable" in json.loads(e.value.body)["message"]
+
+
+def _unlike(sent, got, path="") -> list[str]:
+    """Where `got` lost or changed something of `sent` (fields it adds are the schema's defaults)."""
+    if isinstance(sent, dict) and isinstance(got, dict):
+        return [p for k in sent for p in (_unlike(sent[k], got[k], f"{path}.{k}") if k in got else [f"{path}.{k}"])]
+    if isinstance(sent, list) and isinstance(got, list) and len(sent) == len(got):
+        return [p for i, (a, b) in enumerate(zip(sent, got, strict=True)) for p in _unlike(a, b, f"{path}[{i}]")]
+    return [] if sent == got else [path]
+
+
+def test_the_operators_rayjob_passes_kuberays_crd_unpruned(client):
+    """Everything operator/builder.py puts in a RayJob is declared by KubeRay's CRD: nothing is pruned or
+    changed; KubeRay's defaults are added."""
+    from graft.operator.builder import build_rayjob
+
+    from graft.api.models import TransferJobSpec
+
+    spec = TransferJobSpec.model_validate({
+        "model": {"backbone": "smallcnn", "numClasses": 10, "weights": "s3://weights/smallcnn.pt"},
+        "data": {"train": "builtin:digits", "imageSize": 8},
+        "stages": [{"type": "FrozenFeatures"}, {"type": "Head", "epochs": 2}],
+        "storage": {"uri": "s3://graft-bucket/jobs", "endpoint": "http://minio:9000", "region": "us-east-1",
+                    "credentialsSecret": {"name": "s3-creds"}},
+        "workers": {"replicas": 2, "gpus": 1, "cpus": "2", "memory": "4Gi"},
+        "scheduling": {"nodeSelector": {"pool": "gpu"}, "priorityClassName": "batch", "queueName": "team-a",
+                       "tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}]},
+        "runPolicy": {"activeDeadlineSeconds": 3600, "backoffLimit": 2},
+    })
+    sent = build_rayjob("everything", NS, "uid-everything", spec)
+    got = kubernetes.client.CustomObjectsApi(client).create_namespaced_custom_object(*RAY, sent)
+    assert _unlike(sent["spec"], got["spec"]) == []
+    assert _unlike(sent["metadata"]["labels"], got["metadata"]["labels"]) == []
+    defaulted = {k for k in got["spec"] if k not in sent["spec"]}
+    assert defaulted == {"ttlSecondsAfterFinished"}  # KubeRay's CRD: default 0
+
+
+def test_without_kuberays_crds_the_emulator_does_not_start(monkeypatch, tmp_path):
+    """../shared/kuberay/ is data beside the repository; without it the tests fail loudly, never run with a
+    RayJob of no schema."""
+    from support import kuberay_crds
+
+    monkeypatch.setattr(kuberay_crds, "KUBERAY_DIR", tmp_path / "no-shared" / "kuberay")
+    kuberay_crds._load.cache_clear()
+    try:
+        with pytest.raises(kuberay_crds.KubeRayCRDsMissing, match=r"ray\.io_rayjobs\.yaml is not at .*no-shared"):
+            with emulated_api(namespaces=[NS]):
+                pass
+    finally:
+        kuberay_crds._load.cache_clear()
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,9 @@ uid / resourceVersion / generation (bumped on spec changes only) / creationTimes
 URL, generateName, status-subresource separation, PUT, label and field selectors, `GET
 /api/v1/namespaces`, watch streams that resume from a resourceVersion, finalizers, ownerReference
 garbage collection, CRD schema validation (openAPIV3Schema through jsonschema, x-kubernetes-validations
-through cel-python) with pruning of unknown fields, 415 for strategic-merge patches of custom resources,
+through cel-python) with pruning of unknown fields and the schema's defaults, CRDs themselves checked as the
+API server checks them (support/crdcheck.py: a CRD a real server refuses gets the same 422), KubeRay's real
+RayJob and RayCluster CRDs installed at start, 415 for strategic-merge patches of custom resources,
 optimistic concurrency (stale resourceVersion -> 409, failed JSON-patch `test` -> 422), and no-op writes that
 leave the resourceVersion alone. Not modelled: RBAC enforcement (the request log is audited instead),
 admission webhooks, field managers / server-side apply semantics (apply patches merge), pagination.
@@ -48,6 +50,7 @@ import kmock
 import yaml
 
 from graft.api.crd import jsonschema_for
+from support import crdcheck, kuberay_crds
 
 # ------------------------------------------------------------------------------------------- types
 
@@ -81,7 +84,8 @@ class ResourceType:
 _CREATED_NAME = aiohttp.web.ResponseKey("created_name", str)
 _ALL_VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
 
-#: Built-in resources a kopf operator and the tests use; KubeRay's RayJob stands in for its installed CRD.
+#: Built-in resources a kopf operator and the tests use. RayJob and RayCluster are not among them: they come
+#: from KubeRay's real CRDs, installed through the API at start (see `emulated_api`).
 BUILTIN_TYPES = [
     ResourceType("", "v1", "namespaces", "Namespace", namespaced=False, singular="namespace", short_names=("ns",),
                  has_status=True),
@@ -94,10 +98,6 @@ BUILTIN_TYPES = [
     ResourceType("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition",
                  namespaced=False, singular="customresourcedefinition", short_names=("crd", "crds"),
                  has_status=True),
-    ResourceType("ray.io", "v1", "rayjobs", "RayJob", singular="rayjob", categories=("all",), has_status=True,
-                 custom=True),
-    ResourceType("ray.io", "v1", "rayclusters", "RayCluster", singular="raycluster", categories=("all",),
-                 has_status=True, custom=True),
 ]
 
 
@@ -290,27 +290,14 @@ def json_patch(doc: Any, ops: list[dict[str, Any]]) -> Any:
 
 
 def prune(obj: Any, schema: dict[str, Any] | None, *, root: bool = False) -> Any:
-    """Drop fields the structural schema does not declare, as the API server does silently."""
-    if schema is None or not isinstance(obj, (dict, list)):
+    """Drop fields the structural schema does not declare, as the API server does silently (a copy;
+    apiextensions-apiserver/pkg/apiserver/schema/pruning/algorithm.go, transcribed in support/crdcheck.py)."""
+    if schema is None:
         return obj
-    if isinstance(obj, list):
-        items = schema.get("items")
-        return [prune(v, items) for v in obj] if isinstance(items, dict) else obj
-    if schema.get("x-kubernetes-preserve-unknown-fields"):
-        props = schema.get("properties") or {}
-        return {k: prune(v, props.get(k)) for k, v in obj.items()}
-    props = schema.get("properties")
-    if props is not None:
-        keep = {k: prune(v, props[k]) for k, v in obj.items() if k in props}
-        if root:  # apiVersion, kind and metadata are never pruned
-            keep.update({k: obj[k] for k in ("apiVersion", "kind", "metadata") if k in obj})
-        return keep
-    extra = schema.get("additionalProperties")
-    if isinstance(extra, dict):
-        return {k: prune(v, extra) for k, v in obj.items()}
-    if schema.get("type") == "object" and extra is None and root is False:
-        return {}  # an object with neither properties nor additionalProperties keeps nothing
-    return obj
+    pruned = crdcheck.prune(obj, schema, root=root)
+    if root and isinstance(obj, dict) and "metadata" in obj:
+        pruned["metadata"] = obj["metadata"]  # the same dict: callers go on filling it in
+    return pruned
 
 
 def _field_path(error: jsonschema.ValidationError) -> str:
@@ -320,29 +307,40 @@ def _field_path(error: jsonschema.ValidationError) -> str:
     return out or "<root>"
 
 
-_CEL_CACHE: dict[tuple[int, str, str], list[tuple[str, str]]] = {}
+_CEL_CACHE: dict[tuple[int, str, str, str | None], list[tuple[str, str]]] = {}
 
 
-def _cel_violations(schema: dict[str, Any], obj: dict[str, Any]) -> list[tuple[str, str]]:
-    """x-kubernetes-validations (CEL) rules, evaluated with cel-python as the API server would.
+def _cel_violations(schema: dict[str, Any], obj: dict[str, Any], old: dict[str, Any] | None = None
+                    ) -> list[tuple[str, str]]:
+    """x-kubernetes-validations (CEL) rules, evaluated with cel-python as the API server would; with `old` (an
+    update) transition rules compare against it (`oldSelf`), on a create they are skipped.
 
     cel-python takes tens of milliseconds per object, the real server microseconds; results are cached per
     top-level field value (a status write re-checks an unchanged spec) so that the emulator's speed does not
     stand in for the operator's in benchmarks."""
+    from support.cel import _NO_OLD as NO_OLD
     from support.cel import cel_violations
 
     out: list[tuple[str, str]] = []
     props = schema.get("properties") or {}
+    olds = old if isinstance(old, dict) else {}
     for key, value in obj.items():
         if key == "metadata" or key not in props:
             continue
-        cache_key = (id(schema), key, json.dumps(value, sort_keys=True))
+        old_value = olds.get(key, NO_OLD)
+        cache_key = (id(schema), key, json.dumps(value, sort_keys=True),
+                     None if old_value is NO_OLD else json.dumps(old_value, sort_keys=True))
         if cache_key not in _CEL_CACHE:
             if len(_CEL_CACHE) > 10_000:
                 _CEL_CACHE.clear()
-            _CEL_CACHE[cache_key] = cel_violations(props[key], value, key)
+                _CEL_SCHEMAS.clear()
+            _CEL_SCHEMAS[id(schema)] = schema  # keeps the id from being reused by another schema while cached
+            _CEL_CACHE[cache_key] = cel_violations(props[key], value, key, old_value)
         out += _CEL_CACHE[cache_key]
     return out
+
+
+_CEL_SCHEMAS: dict[int, dict[str, Any]] = {}
 
 
 # -------------------------------------------------------------------------------------- the store
@@ -367,6 +365,19 @@ class _Watcher:
         )
 
 
+#: CRD checks and schema validators are pure functions of the CRD; KubeRay's CRDs are large, so every
+#: emulated server of a test session shares them (by a digest of the CRD's name and spec).
+_CRD_ERRORS: dict[str, list[crdcheck.FieldError]] = {}
+_VALIDATORS: dict[str, Any] = {}
+
+
+def _crd_digest(crd: dict[str, Any]) -> str:
+    import hashlib
+
+    key = json.dumps([crd.get("metadata", {}).get("name"), crd.get("spec")], sort_keys=True, default=str)
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
 class Store:
     """Objects by (group, plural, namespace, name); every change gets the next resourceVersion and an
     event, kept in a bounded history so that a watch can resume from a resourceVersion."""
@@ -386,10 +397,38 @@ class Store:
 
     # -- types -----------------------------------------------------------------------------------
 
-    def add_type(self, rt: ResourceType) -> None:
+    def add_type(self, rt: ResourceType, digest: str | None = None) -> None:
         if rt.schema is not None:
-            rt.validator = jsonschema.Draft4Validator(jsonschema_for(rt.schema, strict_fields=False))
+            key = f"{digest}/{rt.version}" if digest else None
+            if key is None or key not in _VALIDATORS:
+                validator = jsonschema.Draft4Validator(jsonschema_for(rt.schema, strict_fields=False))
+                if key is None:
+                    rt.validator = validator
+                    self.types[(rt.group, rt.version, rt.plural)] = rt
+                    return
+                _VALIDATORS[key] = validator
+            rt.validator = _VALIDATORS[key]
         self.types[(rt.group, rt.version, rt.plural)] = rt
+
+    def refuse_invalid_crd(self, crd: dict[str, Any], old: dict[str, Any] | None = None) -> str:
+        """Apply the API server's checks to a CRD being created (or replacing `old`): 422 Invalid with the
+        server's message and causes when it would refuse it (support/crdcheck.py). Returns the CRD's digest."""
+        digest = _crd_digest(crd)
+        if digest not in _CRD_ERRORS:
+            _CRD_ERRORS[digest] = crdcheck.check_crd(crd)
+        errors = list(_CRD_ERRORS[digest])
+        if old is not None:
+            # validation.go validateCustomResourceDefinitionSpecUpdate: these name the stored resource.
+            for path, new_value, old_value in (
+                    ("spec.group", crd["spec"].get("group"), old["spec"].get("group")),
+                    ("spec.names.plural", crd["spec"].get("names", {}).get("plural"),
+                     old["spec"].get("names", {}).get("plural"))):
+                if new_value != old_value:
+                    errors.append(crdcheck.FieldError("FieldValueInvalid", path, new_value, "field is immutable"))
+        if errors:
+            status = crdcheck.invalid_status(crd.get("metadata", {}).get("name", ""), errors)
+            raise ApiError(422, "Invalid", status["message"], status["details"])
+        return digest
 
     def type_for(self, group: str, version: str, plural: str) -> ResourceType:
         rt = self.types.get((group, version, plural))
@@ -447,17 +486,23 @@ class Store:
         return [o for (g, p, _ns, _n), o in sorted(self.objects.items(), key=lambda kv: str(kv[0]))
                 if (g, p) == (rt.group, rt.plural) and w.wants(o)]
 
-    def _check(self, rt: ResourceType, obj: dict[str, Any]) -> dict[str, Any]:
-        """Prune and validate against the CRD schema; 422 naming the fields, as the API server does."""
+    def _check(self, rt: ResourceType, obj: dict[str, Any], old: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Prune, default and validate against the CRD schema; 422 naming the fields, as the API server does."""
         if rt.schema is None:
             return obj
         obj = prune(obj, rt.schema, root=True)
+        # Defaults from the schema fill in what the object leaves out, before validation (KubeRay's schema
+        # defaults e.g. workerGroupSpecs[].minReplicas/maxReplicas, which it also requires).
+        meta = obj.get("metadata")
+        obj = crdcheck.apply_defaults(obj, rt.schema)
+        if meta is not None:
+            obj["metadata"] = meta  # the same dict: callers go on filling it in
         errors = sorted(rt.validator.iter_errors({k: v for k, v in obj.items() if k != "metadata"}),
                         key=lambda e: list(e.absolute_path))
         causes = [{"reason": "FieldValueInvalid", "field": _field_path(e), "message": e.message} for e in errors]
         if not causes:
             causes = [{"reason": "FieldValueInvalid", "field": path, "message": message}
-                      for path, message in _cel_violations(rt.schema, obj)]
+                      for path, message in _cel_violations(rt.schema, obj, old)]
         if causes:
             name = obj.get("metadata", {}).get("name", "")
             text = "; ".join(f"{c['field']}: Invalid value: {c['message']}" for c in causes)
@@ -493,17 +538,20 @@ class Store:
                 raise ApiError(422, "Invalid", "metadata.name: Required value: name or generateName is required")
             alphabet = "bcdfghjklmnpqrstvwxz2456789"
             meta["name"] = meta["generateName"] + "".join(random.choice(alphabet) for _ in range(5))
-        key = self.key(rt, namespace, meta["name"])
-        if key in self.objects:
-            raise ApiError(409, "AlreadyExists", f'{rt.qualified} "{meta["name"]}" already exists',
-                           {"name": meta["name"], "group": rt.group, "kind": rt.plural})
         for k in ("deletionTimestamp", "deletionGracePeriodSeconds", "managedFields"):
             meta.pop(k, None)
         if rt.has_status and rt.custom:
             obj.pop("status", None)  # the status subresource owns status; a create cannot set it
         if rt.kind == "CustomResourceDefinition":
-            new_types = self._types_from_crd(obj)  # fails on a malformed CRD before anything is stored
+            digest = self.refuse_invalid_crd(obj)  # what the real server refuses, with its message
+            new_types = self._types_from_crd(obj)
         obj = self._check(rt, obj)
+        # Only now the name is looked up: the server validates before storage answers AlreadyExists
+        # (apiserver/pkg/registry/generic/registry/store.go Create: BeforeCreate, then the storage's Create).
+        key = self.key(rt, namespace, meta["name"])
+        if key in self.objects:
+            raise ApiError(409, "AlreadyExists", f'{rt.qualified} "{meta["name"]}" already exists',
+                           {"name": meta["name"], "group": rt.group, "kind": rt.plural})
         meta.update(uid=str(uuid.uuid4()), creationTimestamp=_now(), generation=1)
         if rt.kind == "Namespace":
             obj["status"] = {"phase": "Active"}
@@ -514,7 +562,7 @@ class Store:
         self.objects[key] = obj
         if rt.kind == "CustomResourceDefinition":
             for t in new_types:
-                self.add_type(t)
+                self.add_type(t, digest)
             obj["status"] = {"acceptedNames": obj["spec"]["names"],
                              "conditions": [{"type": "Established", "status": "True", "reason": "InitialNamesAccepted",
                                              "lastTransitionTime": _now(), "message": "the initial names have been "
@@ -566,7 +614,10 @@ class Store:
                 if added:
                     raise ApiError(422, "Forbidden", f"no new finalizers can be added if the object is being deleted, "
                                                      f"found new finalizers {sorted(added)}")
-        result = self._check(rt, result)
+        result = self._check(rt, result, old)
+        crd_digest = None
+        if rt.kind == "CustomResourceDefinition" and subresource is None:
+            crd_digest = self.refuse_invalid_crd(result, old)
         meta = result["metadata"]
         meta["resourceVersion"] = old_meta["resourceVersion"]
         if not meta.get("finalizers"):
@@ -581,6 +632,11 @@ class Store:
             meta["generation"] = int(old_meta.get("generation", 1)) + 1
         meta["resourceVersion"] = self._bump()
         self.objects[self.key(rt, namespace, name)] = result
+        if crd_digest is not None and result.get("spec") != old.get("spec"):
+            for t in self._types_from_crd(old):
+                self.types.pop((t.group, t.version, t.plural), None)
+            for t in self._types_from_crd(result):
+                self.add_type(t, crd_digest)
         if meta.get("deletionTimestamp") and not meta.get("finalizers"):
             self._remove(rt, namespace, name)
         else:
@@ -898,6 +954,23 @@ class EmulatedAPI:
         with self.client(user) as api:
             return kubernetes.client.ApiextensionsV1Api(api).create_custom_resource_definition(crd).to_dict()
 
+    def create_crd(self, crd: dict[str, Any], user: str = "admin") -> dict[str, Any]:
+        """POST a CRD as JSON (as `kubectl create -f` would), without the client's typed models, which take
+        seconds to build for a schema of KubeRay's size. Raises with the server's Status when refused."""
+        import urllib.error
+        import urllib.request
+
+        request = urllib.request.Request(  # noqa: S310 (our own server's http URL)
+            f"{self.url}/apis/apiextensions.k8s.io/v1/customresourcedefinitions", data=json.dumps(crd).encode(),
+            method="POST", headers={"Content-Type": "application/json", "Authorization": f"Bearer {user}"})
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # http://127.0.0.1 only
+        try:
+            with opener.open(request, timeout=120) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as e:
+            raise RuntimeError(f"creating the CRD {crd.get('metadata', {}).get('name')} failed: {e.code} "
+                               f"{e.read().decode(errors='replace')}") from e
+
     def objects(self, group: str, plural: str, namespace: str | None = None) -> list[dict[str, Any]]:
         """A snapshot of the stored objects of one resource (for assertions)."""
         with self.store.lock:
@@ -938,12 +1011,17 @@ async def _serve(store: Store, handler: EmulatedKubernetes, host: str, port: int
 
 @contextmanager
 def emulated_api(namespaces: Iterable[str] = ("default",), crds: Iterable[str | Path] = (),
-                 port: int | None = None, workdir: str | Path | None = None) -> Iterator[EmulatedAPI]:
+                 port: int | None = None, workdir: str | Path | None = None, kuberay: bool = True
+                 ) -> Iterator[EmulatedAPI]:
     """Run the emulated API server on 127.0.0.1 in a background thread; yields an `EmulatedAPI`.
 
-    `namespaces` are created up front (plus `default`); `crds` are applied through the API."""
+    `namespaces` are created up front (plus `default`); `crds` are applied through the API. With `kuberay`
+    (the default) KubeRay's real RayJob and RayCluster CRDs are installed first, through the API, as on a
+    cluster with KubeRay: RayJobs are validated and pruned by KubeRay's own schema (support/kuberay_crds.py;
+    it fails loudly when ../shared/kuberay/ is missing)."""
     import tempfile
 
+    kuberay_docs = kuberay_crds.crds() if kuberay else []  # read first: a missing folder fails before any start
     store = Store()
     for rt in BUILTIN_TYPES:
         store.add_type(ResourceType(**{k: getattr(rt, k) for k in rt.__dataclass_fields__}))
@@ -976,6 +1054,8 @@ def emulated_api(namespaces: Iterable[str] = ("default",), crds: Iterable[str | 
                 core = kubernetes.client.CoreV1Api(client)
                 for ns in dict.fromkeys(["default", *namespaces]):
                     core.create_namespace({"metadata": {"name": ns}})
+            for doc in kuberay_docs:
+                api.create_crd(doc)
             for crd in crds:
                 api.apply_crd(crd)
             yield api
