@@ -32,6 +32,7 @@ LABEL = "graft.dev/transferjob"
 RUN_SECONDS = 25.0  # how long each fake RayJob runs: the hung jobs are still Running while the others are measured
 SLACK = 1.0  # what hung jobs may add to a healthy job's RayJob transition reaching its TransferJob
 CREATED_SLACK = 2.0  # what a hung endpoint may add to its own job's Created=True
+BURST_SLACK = 5.0  # the same for 7 jobs created back to back (on a loaded 2-core machine)
 WAIT = 20.0  # how long any single fact is waited for (the unfixed operator needed about 90 s)
 LEDGER_TIMEOUT = 3  # the operator's --ledger-timeout here (default 5)
 
@@ -133,25 +134,27 @@ def test_hung_storage_delays_neither_its_jobs_conditions_nor_other_jobs(tmp_path
             baseline = [jobs.healthy_transition(f"healthy-{i}") for i in range(3)]
             created_baseline = [feed.latency(f"healthy-{i}", "added", "Created True") for i in range(3)]
 
-            # One hung job: its own conditions must not wait for its storage.
+            # One hung job, its first ledger read in flight: its own conditions must not wait for its storage, nor
+            # the healthy jobs' for theirs.
             jobs.create("hung-0", hung=True)
-            feed.wait("hung-0", "Created True", "rayjob Running", "Running True")
-            created_hung = [feed.latency("hung-0", "added", "Created True")]
             with_one = [jobs.healthy_transition(f"one-{i}") for i in range(3)]
+            feed.wait("hung-0", "Created True", "rayjob Running", "Running True")
 
             # Eight hung jobs: more hung reads than Python's default thread pool has threads on 2 cores (6).
             for i in range(1, 8):
                 jobs.create(f"hung-{i}", hung=True)
-                feed.wait(f"hung-{i}", "Created True")
-                created_hung.append(feed.latency(f"hung-{i}", "added", "Created True"))
-            assert hung.accepted >= 2, "the hung jobs' ledger reads never reached the hung endpoint"
             with_eight = [jobs.healthy_transition(f"eight-{i}") for i in range(3)]
+            for i in range(1, 8):
+                feed.wait(f"hung-{i}", "Created True")
+            assert hung.accepted >= 2, "the hung jobs' ledger reads never reached the hung endpoint"
+            created_hung = [feed.latency(f"hung-{i}", "added", "Created True") for i in range(8)]
 
             figures = (f"healthy RayJob Running -> TransferJob Running: baseline {_ms(baseline)}, with 1 hung job "
                        f"{_ms(with_one)}, with 8 {_ms(with_eight)}; Created: healthy {_ms(created_baseline)}, "
                        f"hung {_ms(created_hung)}")
             print(figures)
-            assert max(created_hung) <= max(created_baseline) + CREATED_SLACK, figures
+            assert created_hung[0] <= max(created_baseline) + CREATED_SLACK, figures
+            assert max(created_hung) <= max(created_baseline) + BURST_SLACK, figures  # 7 created back to back
             assert max(with_one) <= max(baseline) + SLACK, figures
             assert max(with_eight) <= max(baseline) + SLACK, figures
 
