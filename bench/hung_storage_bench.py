@@ -178,8 +178,10 @@ def main() -> int:
     print(f"healthy RayJob Running -> TransferJob Running, 8 hung jobs:           {fmt(eight)}; "
           f"ratio {ratio(eight, base)}")
     print(f"TransferJob created -> Created=True, healthy (baseline): {fmt(created_base)}")
-    print(f"TransferJob created -> Created=True, hung jobs:          {fmt(created_hung)}; "
-          f"ratio {ratio(created_hung, created_base)}")
+    print(f"TransferJob created -> Created=True, 1 hung job alone:   {fmt(created_hung[:1])}; "
+          f"ratio {ratio(created_hung[:1], created_base)}")
+    print(f"TransferJob created -> Created=True, 7 hung back to back: {fmt(created_hung[1:])}; "
+          f"ratio {ratio(created_hung[1:], created_base)}")
     print("hung jobs' own RayJob Running -> TransferJob Running: "
           f"{fmt([feed.between(n, 'rayjob Running', 'Running True') for n in hung_names])}")
     said = [feed.between(n, "added", "LedgerReadable False") if r else None
