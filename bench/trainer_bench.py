@@ -30,6 +30,7 @@ from graft.trainer import data as data_mod
 from graft.trainer import loops, models
 from graft.trainer.driver import Driver
 from graft.trainer.session import LocalSession
+from graft.trainer.stages import StageConfig
 
 from graft import storage
 from graft.api.models import TransferJob
@@ -109,8 +110,7 @@ def bench_head(tiny: bool) -> dict:
             buf = io.BytesIO()
             torch.save({"features": feats, "labels": y}, buf)
             storage.write_bytes(storage.join(tmp, f"{name}.pt"), buf.getvalue())
-        cfg = {"spec": _job("b", spec).spec.model_dump(mode="json", by_alias=True), "index": 1, "features": tmp}
-        loops.train_head(LocalSession(), cfg)
+        loops.train_head(LocalSession(), StageConfig(_job("b", spec).spec, 1, features=tmp))
         stored = time.perf_counter() - t0
     head = torch.nn.Linear(512, 10)
     opt = torch.optim.AdamW(head.parameters(), lr=1e-2)
@@ -235,11 +235,9 @@ def bench_streaming(tiny: bool, workdir: Path) -> dict:
                        {"type": "FullFineTune", "epochs": epochs, "batchSize": 32}],
             "workers": {"replicas": 1, "memory": memory},
         }).spec
-        cfg = {"spec": spec.model_dump(mode="json", by_alias=True), "index": 2, "stage": "FullFineTune",
-               "preprocessing": models.torchvision_preset("resnet18", None)}
         session = LocalSession()
         t0 = time.perf_counter()
-        loops.train_network(session, cfg)
+        loops.train_network(session, StageConfig(spec, 2))
         rates[mode] = {"images_s": _after_startup(session.reports), "wall_s": time.perf_counter() - t0}
     return {"images": per_class * 10, "image_size": size, "epochs": epochs, **rates,
             "ratio": rates["streamed"]["images_s"] / rates["kept"]["images_s"]}

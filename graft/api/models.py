@@ -328,7 +328,8 @@ class FullFineTuneStage(_StageBase):
     """Keep this many best checkpoints by validation accuracy. Default 2."""
 
     augment: bool = True
-    """Train-time augmentation (random resized crop, horizontal flip where it suits the data)."""
+    """Train-time augmentation: a random translation (pad by an eighth of the image size, then crop back)
+    and, except for the built-in digits sets, a random horizontal flip."""
 
 
 Stage = Annotated[
