@@ -44,9 +44,15 @@ def _root(
 @app.command()
 def validate(
     files: Annotated[list[Path], typer.Argument(help="Manifests (YAML or JSON, multi-document allowed); - for stdin.")],
+    cluster: Annotated[
+        bool,
+        typer.Option("--cluster", help="Also apply the rules of a cluster, as the operator and `graft render` do: "
+                     "spec.storage required; local data, weights and storage paths warned about "
+                     "(`FILE: warning: field.path: reason`, exit 0 when warnings are all)."),
+    ] = False,
 ) -> None:
     """Check TransferJob manifests. Prints `FILE: field.path: reason` per problem; exit 1 if any."""
-    from graft.api.validation import validate_stream
+    from graft.api.validation import validate_stream, validate_stream_for_cluster
 
     bad = 0
     for file in files:
@@ -58,16 +64,20 @@ def validate(
             typer.echo(f"{name}: (file): cannot read: {reason}")
             bad += 1
             continue
-        documents, problems = validate_stream(text)
-        for index, problem in problems:
+        if cluster:
+            documents, problems, warnings = validate_stream_for_cluster(text)
+        else:
+            (documents, problems), warnings = validate_stream(text), []
+        findings = [(i, str(p)) for i, p in problems] + [(i, f"warning: {w}") for i, w in warnings]
+        for index, line in sorted(findings, key=lambda f: f[0]):
             # Documents are numbered from 0 (as `yq` and kubectl's error messages do) when a file has several.
             where = f"{name}[{index}]" if documents > 1 else name
-            typer.echo(f"{where}: {problem}")
+            typer.echo(f"{where}: {line}")
         bad += bool(problems)
     if bad:
         typer.echo(f"{bad} of {len(files)} file(s) invalid", err=True)
         raise typer.Exit(1)
-    typer.echo(f"{len(files)} file(s) valid", err=True)
+    typer.echo(f"{len(files)} file(s) valid" + (" for a cluster" if cluster else ""), err=True)
 
 
 @app.command()

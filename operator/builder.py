@@ -10,9 +10,11 @@ import hashlib
 import json
 from typing import Any
 
-from graft import storage
-from graft.api.models import API_VERSION, KIND, TransferJobSpec
-from graft.api.validation import Problem, validate_spec
+from graft.api.models import API_VERSION, KIND, Toleration, TransferJobSpec
+
+# The cluster rules live beside `graft validate`'s (`graft validate --cluster` applies them too); the operator and
+# `graft render` reach them through here.
+from graft.api.validation import cluster_problems, cluster_warnings, validate_for_cluster  # noqa: F401
 
 RAYJOB_API_VERSION = "ray.io/v1"
 RAY_VERSION = "2.60.0"
@@ -32,8 +34,6 @@ ENTRYPOINT = f"python -m graft.trainer --job {JOB_MOUNT}/{CONFIG_KEY}"
 MAX_RAYJOB_NAME = 47
 _HASH_LEN = 8
 
-HEAD_CPU = "1"
-HEAD_MEMORY = "2Gi"
 RUN_AS_USER = 1000
 
 
@@ -44,41 +44,6 @@ def rayjob_name(name: str, uid: str) -> str:
     digest = hashlib.sha256(uid.encode()).hexdigest()[:_HASH_LEN]
     stem = name[: MAX_RAYJOB_NAME - _HASH_LEN - 1].rstrip("-.")
     return f"{stem}-{digest}"
-
-
-def cluster_problems(spec: TransferJobSpec) -> list[Problem]:
-    """What a spec needs on a cluster beyond `graft validate` (which also serves `graft run` on one machine)."""
-    if spec.storage is None:
-        return [
-            Problem(
-                "spec.storage",
-                "required on a cluster: the stages hand checkpoints and the ledger to each other through "
-                "object storage (e.g. storage: {uri: s3://bucket/prefix, credentialsSecret: {name: ...}})",
-            )
-        ]
-    return []
-
-
-def cluster_warnings(spec: TransferJobSpec) -> list[Problem]:
-    """Valid on a cluster, but probably not what the user means."""
-    if spec.storage is not None and not storage.is_s3(spec.storage.uri):
-        return [
-            Problem(
-                "spec.storage.uri",
-                "a local path: on a cluster it is each pod's own filesystem unless every Ray pod and the operator "
-                "mount the same volume there, so checkpoints and the ledger may be lost with a pod and the status "
-                "may show no stage progress; use s3://",
-            )
-        ]
-    return []
-
-
-def validate_for_cluster(spec: Any) -> tuple[TransferJobSpec | None, list[Problem]]:
-    """The `graft validate` checks plus the cluster-only ones; the operator and `graft render` both use this."""
-    parsed, problems = validate_spec(spec)
-    if parsed is not None and not problems:
-        problems = cluster_problems(parsed)
-    return (parsed if not problems else None), problems
 
 
 def labels(name: str, component: str) -> dict[str, str]:
@@ -161,6 +126,10 @@ def _resources(cpu: str, memory: str, gpus: int) -> dict[str, Any]:
     return {"requests": dict(amounts), "limits": dict(amounts)}
 
 
+def _tolerations(tolerations: list[Toleration]) -> list[dict[str, Any]]:
+    return [t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in tolerations]
+
+
 def _pod_template(
     spec: TransferJobSpec, *, container: str, resources: dict[str, Any], pod_labels: dict[str, str], head: bool
 ) -> dict[str, Any]:
@@ -189,10 +158,12 @@ def _pod_template(
         "volumes": volumes,
     }
     sched = spec.scheduling
-    if sched.node_selector:
-        pod["nodeSelector"] = dict(sched.node_selector)
-    if sched.tolerations:
-        pod["tolerations"] = [t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in sched.tolerations]
+    # The workers' selectors and tolerations usually point at GPU nodes; the head (driver only) has its own.
+    placement = sched.head if head else sched
+    if placement.node_selector:
+        pod["nodeSelector"] = dict(placement.node_selector)
+    if placement.tolerations:
+        pod["tolerations"] = _tolerations(placement.tolerations)
     if sched.priority_class_name:
         pod["priorityClassName"] = sched.priority_class_name
     return {"metadata": {"labels": dict(pod_labels)}, "spec": pod}
@@ -221,7 +192,7 @@ def build_rayjob(name: str, namespace: str | None, uid: str, spec: TransferJobSp
                 "template": _pod_template(
                     spec,
                     container="ray-head",
-                    resources=_resources(HEAD_CPU, HEAD_MEMORY, 0),
+                    resources=_resources(spec.scheduling.head.cpus, spec.scheduling.head.memory, 0),
                     pod_labels=pod_labels,
                     head=True,
                 ),

@@ -85,7 +85,9 @@ def render(
     ] = None,
 ) -> None:
     """Print the ConfigMap and RayJob the operator would create for a TransferJob (same builder, no cluster)."""
-    from graft.operator.builder import build_children, cluster_warnings, validate_for_cluster
+    from graft.operator.builder import build_children
+
+    from graft.api.validation import cluster_warnings, validate_for_cluster
 
     doc = _load(file)
     meta = doc["metadata"]

@@ -460,20 +460,48 @@ class Toleration(_Model):
     """How long a NoExecute taint is tolerated."""
 
 
-class SchedulingSpec(_Model):
-    """Passed through to every pod of the job's Ray cluster."""
+class HeadSchedulingSpec(_Model):
+    """Where the Ray head pod runs and what it gets. The head runs only the driver (no training, no data tasks),
+    so it needs no GPU and by default asks for none of the workers' GPU node selectors and tolerations."""
 
     node_selector: dict[str, str] = Field(default_factory=dict)
-    """Node labels the pods must match."""
+    """Node labels the head pod must match. The workers' `scheduling.nodeSelector` does not apply to the head;
+    repeat a label here when the head must match it too (e.g. a zone)."""
 
     tolerations: list[Toleration] = Field(default_factory=list)
-    """Taints the pods tolerate."""
+    """Taints the head pod tolerates. The workers' `scheduling.tolerations` do not apply to the head."""
+
+    cpus: str = Field(default="1", json_schema_extra=_QUANTITY_SCHEMA)
+    """CPUs of the head pod (request and limit), as a Kubernetes quantity (e.g. `2`, `500m`). Default 1."""
+
+    memory: str = Field(default="2Gi", json_schema_extra=_QUANTITY_SCHEMA)
+    """Memory of the head pod (request and limit), as a Kubernetes quantity (e.g. `4Gi`). Default 2Gi."""
+
+    @field_validator("cpus", "memory", mode="before")
+    @classmethod
+    def _quantity(cls, v: Any) -> Any:
+        return _check_quantity(v)
+
+
+class SchedulingSpec(_Model):
+    """Pod scheduling pass-through. `nodeSelector` and `tolerations` place the worker pods (where the GPUs are);
+    the head pod has its own in `head`. `priorityClassName` and `queueName` apply to the whole Ray cluster."""
+
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    """Node labels the worker pods must match (not the head's: see `head.nodeSelector`)."""
+
+    tolerations: list[Toleration] = Field(default_factory=list)
+    """Taints the worker pods tolerate (not the head's: see `head.tolerations`)."""
 
     priority_class_name: str | None = Field(default=None, max_length=253, pattern=_DNS1123_SUBDOMAIN)
-    """PriorityClass of the pods."""
+    """PriorityClass of every pod of the job (head and workers)."""
 
     queue_name: str | None = Field(default=None, max_length=63, pattern=_KUEUE_QUEUE)
     """Kueue LocalQueue; set as the `kueue.x-k8s.io/queue-name` label on the RayJob."""
+
+    head: HeadSchedulingSpec = Field(default_factory=HeadSchedulingSpec)
+    """Node selector, tolerations and resources of the Ray head pod, which runs only the driver and needs no
+    GPU."""
 
 
 _STAGE_RANK = "{" + ", ".join(f"'{t}': {i}" for i, t in enumerate(STAGE_TYPES)) + "}"
@@ -526,7 +554,8 @@ class TransferJobSpec(_Model):
     """Suspension, deadline, retries and clean-up."""
 
     scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec)
-    """Pod scheduling pass-through."""
+    """Pod scheduling pass-through: the workers' node selector and tolerations, the head pod's own (`head`),
+    priority class and Kueue queue."""
 
     @model_validator(mode="after")
     def _stage_order(self) -> TransferJobSpec:

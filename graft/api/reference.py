@@ -29,6 +29,7 @@ _SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("spec.runPolicy", m.RunPolicy),
     ("spec.scheduling", m.SchedulingSpec),
     ("spec.scheduling.tolerations[]", m.Toleration),
+    ("spec.scheduling.head", m.HeadSchedulingSpec),
     ("status", m.TransferJobStatus),
     ("status.conditions[]", m.Condition),
     ("status.stages[]", m.StageStatus),

@@ -175,6 +175,57 @@ def parse_spec(spec: Any) -> TransferJobSpec:
     return parsed
 
 
+# ------------------------------------------------------------------------------------------------ cluster
+
+# URIs every pod of a cluster can read; anything else (a path, file://) is read on the pod's own filesystem.
+_SHARED_SCHEMES = ("s3://", "builtin:", "torchvision:")
+_LOCAL_HINT = (
+    "a local path: on a cluster it is each pod's own filesystem, so it exists there only when the image carries it "
+    "or every Ray pod mounts the same volume at that path; use s3://"
+)
+
+
+def cluster_problems(spec: TransferJobSpec) -> list[Problem]:
+    """What a spec needs on a cluster beyond `graft validate` (which also serves `graft run` on one machine)."""
+    if spec.storage is None:
+        return [
+            Problem(
+                "spec.storage",
+                "required on a cluster: the stages hand checkpoints and the ledger to each other through "
+                "object storage (e.g. storage: {uri: s3://bucket/prefix, credentialsSecret: {name: ...}})",
+            )
+        ]
+    return []
+
+
+def cluster_warnings(spec: TransferJobSpec) -> list[Problem]:
+    """Valid on a cluster, but probably not what the user means: local paths that the pods may not share."""
+    warnings = []
+    if spec.storage is not None and not spec.storage.uri.startswith("s3://"):
+        warnings.append(
+            Problem(
+                "spec.storage.uri",
+                "a local path: on a cluster it is each pod's own filesystem unless every Ray pod and the operator "
+                "mount the same volume there, so checkpoints and the ledger may be lost with a pod and the status "
+                "may show no stage progress; use s3://",
+            )
+        )
+    reads = [("spec.model.weights", spec.model.weights), ("spec.data.train", spec.data.train),
+             ("spec.data.validation", spec.data.validation)]
+    reads += [(f"spec.stages[{i}].data", getattr(s, "data", None)) for i, s in enumerate(spec.stages)]
+    warnings += [Problem(path, _LOCAL_HINT) for path, uri in reads if uri and not uri.startswith(_SHARED_SCHEMES)]
+    return warnings
+
+
+def validate_for_cluster(spec: Any) -> tuple[TransferJobSpec | None, list[Problem]]:
+    """The `graft validate` checks plus the cluster-only ones: what the operator, `graft render` and
+    `graft validate --cluster` apply."""
+    parsed, problems = validate_spec(spec)
+    if parsed is not None and not problems:
+        problems = cluster_problems(parsed)
+    return (parsed if not problems else None), problems
+
+
 class _StrictLoader(yaml.SafeLoader):
     """SafeLoader that refuses duplicate keys (the API server's strict field validation does) and alias
     bombs."""
@@ -261,20 +312,35 @@ def validate_stream(text: str) -> tuple[int, list[tuple[int, Problem]]]:
     """Validate every document of a YAML/JSON text: (number of documents, [(document index, problem)]).
 
     A syntax error is reported with the index of the document it stopped in."""
+    documents, problems, _ = _check_stream(text, cluster=False)
+    return documents, problems
+
+
+def validate_stream_for_cluster(text: str) -> tuple[int, list[tuple[int, Problem]], list[tuple[int, Problem]]]:
+    """`validate_stream` plus the rules of a cluster (the ones the operator and `graft render` apply):
+    (number of documents, [(document index, problem)], [(document index, warning)])."""
+    return _check_stream(text, cluster=True)
+
+
+def _check_stream(text: str, *, cluster: bool) -> tuple[int, list[tuple[int, Problem]], list[tuple[int, Problem]]]:
     docs, syntax = parse_stream(text)
     out: list[tuple[int, Problem]] = []
+    warned: list[tuple[int, Problem]] = []
     for i, doc in enumerate(docs):
         try:
-            _, problems = validate_document(doc)
+            job, problems = validate_document(doc)
         except RecursionError:
-            problems = [Problem("(document)", "nested too deeply to be a manifest")]
+            job, problems = None, [Problem("(document)", "nested too deeply to be a manifest")]
+        if cluster and job is not None and not problems:
+            problems = cluster_problems(job.spec)
+            warned.extend((i, w) for w in ([] if problems else cluster_warnings(job.spec)))
         out.extend((i, p) for p in problems)
     if syntax is not None:
         out.append((len(docs), syntax))
-        return len(docs) + 1, out
+        return len(docs) + 1, out, warned
     if not docs:
         out.append((0, Problem("(document)", "no documents found; expected a TransferJob")))
-    return len(docs), out
+    return len(docs), out, warned
 
 
 def validate_text(text: str) -> list[tuple[int, Problem]]:

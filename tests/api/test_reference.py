@@ -18,3 +18,10 @@ def test_reference_lists_every_spec_field():
     for model in (m.TransferJobSpec, m.DataSpec, m.FullFineTuneStage, m.RunPolicy, m.StorageSpec):
         for name, field in model.model_fields.items():
             assert f"| `{field.alias or name}` |" in text, name
+
+
+def test_reference_has_the_head_pods_section():
+    text = reference_markdown()
+    section = text.split("## `spec.scheduling.head`", 1)[1].split("\n## ", 1)[0]
+    for name, field in m.HeadSchedulingSpec.model_fields.items():
+        assert f"| `{field.alias or name}` |" in section, name

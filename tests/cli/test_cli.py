@@ -64,6 +64,57 @@ def test_validate_mixed_files_reports_each_and_fails(tmp_path):
     assert "2 of 3 file(s) invalid" in proc.stderr
 
 
+NO_STORAGE = GOOD  # the local example: `graft run` needs no storage, a cluster does
+LOCAL_PATHS = GOOD.replace("train: builtin:digits-noisy", "train: /data/digits/train").replace(
+    "  workers:", "  storage:\n    uri: file:///var/graft\n  workers:")
+STORAGE_REQUIRED = "spec.storage: required on a cluster: the stages hand checkpoints and the ledger to each other"
+LOCAL = "a local path: on a cluster it is each pod's own filesystem"
+
+
+def test_validate_cluster_refuses_what_render_refuses(tmp_path):
+    job = tmp_path / "job.yaml"
+    job.write_text(NO_STORAGE)
+    assert graft("validate", str(job)).returncode == 0  # valid for `graft run` on one machine
+    proc = graft("validate", "--cluster", str(job))
+    assert proc.returncode == 1
+    [line] = proc.stdout.splitlines()
+    assert line.startswith(f"{job}: {STORAGE_REQUIRED}")
+    render = graft("render", str(job))
+    assert render.returncode == 1 and render.stdout == ""
+    assert line in render.stderr.splitlines()  # one rule, word for word
+
+
+def test_validate_cluster_warns_about_local_paths_as_render_does(tmp_path):
+    job = tmp_path / "job.yaml"
+    job.write_text(LOCAL_PATHS)
+    assert graft("validate", str(job)).stdout == ""
+    proc = graft("validate", "--cluster", str(job))
+    assert proc.returncode == 0, proc.stdout + proc.stderr  # warnings do not fail: a shared volume can be mounted
+    lines = proc.stdout.splitlines()
+    assert [line.split(": ")[:3] for line in lines] == [
+        [str(job), "warning", "spec.storage.uri"],
+        [str(job), "warning", "spec.data.train"],
+    ]
+    assert all(LOCAL in line and line.endswith("use s3://") for line in lines), lines
+    assert "1 file(s) valid for a cluster" in proc.stderr
+    render = graft("render", str(job))
+    assert render.returncode == 0
+    assert [line for line in render.stderr.splitlines() if ": warning: " in line] == lines
+
+
+def test_validate_cluster_numbers_documents_and_keeps_schema_errors_first(tmp_path):
+    f = tmp_path / "all.yaml"
+    f.write_text(NO_STORAGE + "---\n" + LOCAL_PATHS.replace("replicas: 2", "replicas: 0") + "---\n" + LOCAL_PATHS)
+    proc = graft("validate", "--cluster", str(f))
+    assert proc.returncode == 1
+    assert [line.split(": ")[:3] for line in proc.stdout.splitlines()] == [
+        [f"{f}[0]", "spec.storage", "required on a cluster"],
+        [f"{f}[1]", "spec.workers.replicas", "must be greater than or equal to 1 (got 0)"],
+        [f"{f}[2]", "warning", "spec.storage.uri"],
+        [f"{f}[2]", "warning", "spec.data.train"],
+    ]
+
+
 def test_validate_needs_a_file():
     assert graft("validate").returncode == 2
 
