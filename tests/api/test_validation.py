@@ -76,3 +76,39 @@ def test_exponent_numbers_are_numbers_as_for_kubectl():
     assert "lr: 3e-3" in text
     assert validate_text(text) == []
     assert load_job(text).spec.stages[3].lr == 0.003
+
+
+LOCAL_HINT = "a local path: on a cluster it is each pod's own filesystem"
+CLUSTER_WARNING_CASES = [
+    pytest.param({"storage": {"uri": "s3://ckpt-bucket/graft"}}, [], id="all-shared-no-warning"),
+    pytest.param({"storage": {"uri": "file:///var/graft"}}, ["spec.storage.uri"], id="file-storage"),
+    pytest.param({"storage": {"uri": "runs"}}, ["spec.storage.uri"], id="relative-storage"),
+    pytest.param({"storage": {"uri": "s3://ckpt-bucket/graft"},
+                  "data": {"train": "data/train", "validation": "file:///data/val", "imageSize": 8},
+                  "model": {"backbone": "smallcnn", "numClasses": 10, "weights": "/models/smallcnn.pt"}},
+                 ["spec.model.weights", "spec.data.train", "spec.data.validation"], id="local-data-and-weights"),
+    pytest.param({"storage": {"uri": "s3://ckpt-bucket/graft"},
+                  "stages": [{"type": "Pretrain", "data": "/src", "numClasses": 10}, {"type": "FrozenFeatures"}]},
+                 ["spec.stages[0].data"], id="local-pretrain-data"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "paths"), CLUSTER_WARNING_CASES)
+def test_cluster_warnings_name_each_local_path(overrides, paths):
+    from graft.api.validation import cluster_warnings, validate_for_cluster
+
+    raw = {**copy.deepcopy(BASE["spec"]), **overrides}
+    spec, problems = validate_for_cluster(raw)
+    assert problems == [] and spec is not None
+    warnings = cluster_warnings(spec)
+    assert [w.path for w in warnings] == paths
+    assert all(LOCAL_HINT in w.reason for w in warnings)
+
+
+def test_cluster_needs_storage_which_graft_run_does_not():
+    from graft.api.validation import validate_for_cluster
+
+    raw = copy.deepcopy(BASE["spec"])
+    assert parse_spec(copy.deepcopy(raw)) is not None
+    spec, problems = validate_for_cluster(raw)
+    assert spec is None and [p.path for p in problems] == ["spec.storage"]
