@@ -268,7 +268,7 @@ class Follower:
 
     @property
     def answering(self) -> bool:
-        """The latest read answered (the status's ledger part is as current as the last poll)."""
+        """Reads answer within the deadline (the status's ledger part is as current as the last poll)."""
         return self.failing_since is None and self.answered_jds is not None
 
 
@@ -291,9 +291,12 @@ def _answered(body: Any, follower: Follower, jds: str, asked_at: float, outcome:
         if outcome.ledger is not None:
             follower.ledger = outcome.ledger
         follower.answered_jds = jds
-        if follower.failing_since is not None:
-            log.info("the ledger answered again", extra=_log_ref(body))
-        follower.failing_since = follower.problem = None
+        # An answer after the deadline brings the progress up to date but does not clear the problem: a store that
+        # is always a little slower than the deadline would otherwise flip the condition at every read.
+        if not outcome.late:
+            if follower.failing_since is not None:
+                log.info("the ledger answered again", extra=_log_ref(body))
+            follower.failing_since = follower.problem = None
     elif not outcome.late:  # a hung read that ends in an error after its deadline tells nothing new
         metrics.RECONCILE_ERRORS.labels(handler="ledger").inc()
         if outcome.problem != follower.problem:
@@ -330,11 +333,12 @@ async def sync(
         if final_read_missing(current):
             finished_jds = current.get("jobDeploymentStatus") or ""
             _read_ledger(body, spec, follower, finished_jds, t)
+            # Only a read started after the finish is the final word; once one has answered (in time or not), the
+            # results are in and there is nothing more to read.
+            final = follower.answered_jds == finished_jds
             new = status.refresh_ledger(
-                new, ledger=follower.ledger, problem=follower.shown_problem(t, deadline),
-                # only a read started after the finish is the final word
-                answered=follower.answering and follower.answered_jds == finished_jds, generation=generation,
-                now=now(),
+                new, ledger=follower.ledger, problem=None if final else follower.shown_problem(t, deadline),
+                answered=final, generation=generation, now=now(),
             )
         if override:
             new["reason"], new["message"] = override

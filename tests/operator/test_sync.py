@@ -61,6 +61,7 @@ class Job:
         monkeypatch.setattr(reconcile, "SUPERVISOR", supervisor)
         monkeypatch.setattr(reconcile, "_status", {})
         monkeypatch.setattr(reconcile, "_rayjobs", {})
+        monkeypatch.setattr(reconcile, "POLL_SECONDS", 0.05)
         monkeypatch.setattr(reconcile, "_event", lambda body, *event: self.events.append(event))
         monkeypatch.setattr(client, "merge_patch", self._patch)
         self.spec, problems = validate_spec(copy.deepcopy(SPEC))
@@ -114,10 +115,16 @@ def test_a_transition_is_written_at_once_while_the_read_hangs_and_the_status_the
         for _ in range(3):
             await job.look("Running", jobStatus="RUNNING")
         assert len(job.writes) == writes
-        # A read answers again: the progress arrives and the condition says it is current.
+        # The hung read answers after all: the progress arrives, but its reads still do not answer in time.
         job.reads.answer(ledgers.Outcome(ledger=RUNNING_LEDGER, late=True))
         await job.look("Running", jobStatus="RUNNING")
         assert job.stored["progress"] == "1/2"
+        assert _ledger_cond(job.stored) == {"status": "False", "reason": "LedgerTimeout"}
+        # The next read answers within the deadline: the condition says the progress is current again.
+        await asyncio.sleep(reconcile.POLL_SECONDS)
+        await job.look("Running", jobStatus="RUNNING")
+        job.reads.answer(ledgers.Outcome(ledger=RUNNING_LEDGER))
+        await job.look("Running", jobStatus="RUNNING")
         assert _ledger_cond(job.stored) == {"status": "True", "reason": "LedgerRead"}
 
     asyncio.run(scenario())
