@@ -44,6 +44,9 @@ class StageRecord(BaseModel):
     output: str | None = None
     message: str | None = None
     seconds: float | None = None
+    #: Hash of what this stage's result depends on (its spec fields and earlier stages'), written when it starts;
+    #: None in ledgers written before 2026-12 (then "unknown": a rerun accepts the stage as it is).
+    spec_hash: str | None = None
 
 
 class Ledger(BaseModel):
@@ -57,6 +60,12 @@ class Ledger(BaseModel):
     attempt: int = 0
     updated_at: str = Field(default_factory=now)
     message: str | None = None
+    #: The result-determining part of the spec the recorded results came from (model, data, stages), so that a
+    #: rerun with a changed spec can name the changed fields. None in ledgers written before 2026-12.
+    spec: dict[str, Any] | None = None
+    #: How many times `--restart` or `--from-stage` set stages back; it suffixes their Ray run names so that a
+    #: rerun never resumes an old run's checkpoints.
+    resets: int = 0
 
     # -- queries ------------------------------------------------------------------------------
 

@@ -1,7 +1,9 @@
 """The RayJob entrypoint: `python -m graft.trainer --job FILE [--storage URI]`.
 
 Exit code 0 when every stage succeeded; 1 when a stage failed (the reason is in the ledger); 2 when the job
-file is unreadable or invalid. Rerunning the same command resumes the job.
+file is unreadable or invalid, or its spec no longer matches the results its ledger records (`--restart`,
+`--from-stage` as in `graft run`). Rerunning the same command resumes the job: on a cluster the operator hands
+every attempt of a TransferJob the same spec (it refuses edits), so a retried RayJob resumes.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m graft.trainer", description=__doc__.splitlines()[0])
     parser.add_argument("--job", required=True, help="TransferJob as a JSON or YAML file, or inline JSON ({...})")
     parser.add_argument("--storage", default=None, help="storage root when spec.storage.uri is empty")
+    parser.add_argument("--restart", action="store_true", help="start over, reusing no earlier result")
+    parser.add_argument("--from-stage", default=None, help="rerun this stage and the later ones, keep earlier ones")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s graft.trainer %(levelname)s %(message)s")
 
@@ -33,14 +37,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.job}: invalid TransferJob: {exc}", file=sys.stderr)
         return 2
 
-    from graft.trainer.driver import Driver, StageFailed
+    from graft.trainer.driver import Driver, SpecChanged, StageFailed
     from graft.trainer.errors import InputError
 
     from graft.storage import StorageError
 
     try:
-        driver = Driver(job, args.storage)
+        driver = Driver(job, args.storage, restart=args.restart, from_stage=args.from_stage)
         ledger = driver.run()
+    except SpecChanged as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except (StageFailed, InputError, StorageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -96,8 +96,19 @@ def run(
         str, typer.Option("--storage", help="Storage root when the manifest names none (local folder or s3://).")
     ] = DEFAULT_RUNS,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Ray's worker logs.")] = False,
+    restart: Annotated[
+        bool, typer.Option("--restart", help="Start over: a new run of this job that reuses no earlier result.")
+    ] = False,
+    from_stage: Annotated[
+        str | None,
+        typer.Option("--from-stage", metavar="STAGE", help="Rerun this stage and the ones after it, keeping the "
+                     "earlier stages' results (e.g. after changing its settings)."),
+    ] = None,
 ) -> None:
-    """Run a TransferJob on this machine (local Ray). Ctrl-C leaves it resumable: run the same command again."""
+    """Run a TransferJob on this machine (local Ray). Ctrl-C leaves it resumable: run the same command again.
+
+    A rerun of a job whose spec changed what finished stages depend on is refused (exit 2), naming the changed
+    fields; --from-stage or --restart say what to do with the earlier results."""
     from graft.api.validation import InvalidSpec, load_job
     from graft.console import console as make_console
 
@@ -112,18 +123,27 @@ def run(
             typer.echo(f"{file}: {problem}", err=True)
         raise typer.Exit(2) from exc
 
-    from graft.trainer.driver import Driver, StageFailed
+    from graft.trainer.driver import Driver, SpecChanged, StageFailed
     from graft.trainer.errors import InputError
     from graft.trainer.plot import write_plot
 
     from graft.storage import StorageError
 
     try:
-        driver = Driver(job, storage, log_to_driver=verbose)
+        driver = Driver(job, storage, log_to_driver=verbose, restart=restart, from_stage=from_stage)
     except InputError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     console.print(f"run folder: {driver.root}")
+    try:
+        driver.prepare()
+    except SpecChanged as exc:
+        typer.echo(f"error: {exc}".replace("  --from-stage", f"  graft run {file} --from-stage").replace(
+            "  --restart", f"  graft run {file} --restart"), err=True)
+        raise typer.Exit(2) from exc
+    except StorageError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
     code = 0
     try:
         with _ProgressWatcher(driver.root, [s.type for s in job.spec.stages], console):

@@ -148,6 +148,19 @@ def decode_files(uris: list[str], size: int, pool: ThreadPoolExecutor) -> torch.
     return torch.from_numpy(np.stack(list(pool.map(lambda uri: decode_image(uri, size), uris))))
 
 
+#: How many images of a streamed set are decoded before the first stage (besides the first of each class).
+CHECK_SAMPLE = 64
+
+
+def check_sample(source: Source, seed: int, size: int | None = None) -> Source:
+    """A sample of a set to decode up front: the first image of every class and `size` (CHECK_SAMPLE) others."""
+    size = CHECK_SAMPLE if size is None else size
+    firsts = [int(np.flatnonzero(source.labels == c)[0]) for c in np.unique(source.labels)]
+    rng = np.random.RandomState(seed)
+    others = rng.choice(len(source), size=min(size, len(source)), replace=False) if len(source) else []
+    return source.subset(np.unique(np.concatenate([np.asarray(firsts, dtype=np.int64), others]).astype(np.int64)))
+
+
 def verify_images(source: Source, threads: int = 8) -> None:
     """Check that every file of an ImageFolder source decodes (the run-time check for corrupt images)."""
     if source.files is None:

@@ -2,9 +2,11 @@
 executor (Ray by default, `executors.LocalExecutor` in-process), keeping the ledger, then exports the model.
 
 A rerun of the same job skips finished stages (ledger) and resumes the running one from its latest
-checkpoint (Ray Train restores a run from `(storage_path, run name)`; names come from the job UID).
-Bad input is found before a stage's Ray run starts where it can be (listing, decoding, weights) and is
-recorded as that stage's failure reason; nothing already written is touched.
+checkpoint (Ray Train restores a run from `(storage_path, run name)`; names come from the job UID). A rerun
+whose spec changed what a recorded stage's result depends on is refused (`SpecChanged`, see `identity.py`)
+unless it asks to start over (`restart`) or to rerun from a stage (`from_stage`).
+Bad input of every stage still to run (listing, class counts, decoding, weights) is found before the first of
+them starts and is recorded as that stage's failure reason; nothing already written is touched.
 """
 
 from __future__ import annotations
@@ -16,15 +18,32 @@ from collections.abc import Callable
 from pathlib import Path
 
 from graft.trainer import data as data_mod
-from graft.trainer import export, models
+from graft.trainer import export, identity, models
 from graft.trainer.errors import InputError, user_message
 from graft.trainer.executors import RayExecutor
 from graft.trainer.stages import STAGES, StageConfig, run_name, verify_up_front
 
 from graft.api.models import StageState, TransferJob
-from graft.ledger import Ledger, job_root, now
+from graft.ledger import Ledger, StageRecord, job_root, now
 
 log = logging.getLogger("graft.trainer")
+
+
+class SpecChanged(RuntimeError):
+    """The job's spec changed what recorded results depend on; nothing was run or written."""
+
+    def __init__(self, job: str, ledger_uri: str, changes: list[str], stage: str, index: int, total: int):
+        self.changes, self.stage = changes, stage
+        listed = "\n".join(f"  {c}" for c in changes) or "  (the recorded hashes differ; written by another Graft?)"
+        super().__init__(
+            f"job {job!r} was run before with another spec ({ledger_uri}), and its recorded results do not belong "
+            f"to this one:\n{listed}\n"
+            f"This invalidates stage {stage} ({index + 1} of {total}) and the stages after it. Either:\n"
+            f"  --from-stage {stage}   rerun {stage} and the stages after it with this spec, keeping the earlier "
+            "results\n"
+            "  --restart   start over: a new run that reuses no earlier result\n"
+            "or give the job another metadata.name to keep both."
+        )
 
 
 class StageFailed(RuntimeError):
@@ -88,6 +107,8 @@ class Driver:
         on_update: Callable[[Ledger], None] | None = None,
         log_to_driver: bool = True,
         executor=None,
+        restart: bool = False,
+        from_stage: str | None = None,
     ):
         self.job = job
         self.spec = _absolute_paths(job.spec)
@@ -98,6 +119,15 @@ class Driver:
         self.preprocessing = models.torchvision_preset(self.spec.model.backbone, self.spec.model.weights)
         self._target: tuple[data_mod.Source, data_mod.Source] | None = None
         self._weights_checked = False
+        types = [s.type for s in self.spec.stages]
+        if restart and from_stage:
+            raise InputError("--from-stage", "give --restart or --from-stage, not both")
+        if from_stage is not None and from_stage not in types:
+            raise InputError("--from-stage", f"{from_stage!r} is not a stage of this job; its stages: {types}")
+        self.restart, self.from_stage = restart, from_stage
+        self.view = identity.view(self.spec)
+        self.hashes = identity.hashes(self.view)
+        self._prepared: Ledger | None = None
 
     # -- ledger --------------------------------------------------------------------------------
 
@@ -144,12 +174,17 @@ class Driver:
     def build_net(self) -> models.GraftNet:
         return models.build(self.spec.model.backbone, self.spec.model.num_classes, self.spec.data.image_size)
 
-    def check_target(self) -> None:
-        """The target data and (unless a Pretrain stage makes them) the weights, before a stage that uses them."""
-        self.target_data()
-        if not self._weights_checked and self.spec.model.weights and not self.stage("Pretrain"):
+    def check_weights(self) -> None:
+        """`spec.model.weights` load into the backbone (file found, torchvision name known, keys and shapes fit)."""
+        if not self._weights_checked and self.spec.model.weights:
             models.load_weights(self.build_net(), self.spec.model.weights)
             self._weights_checked = True
+
+    def check_target(self) -> None:
+        """The target data and (unless a Pretrain stage uses them) the weights, before a stage that uses them."""
+        self.target_data()
+        if not self.stage("Pretrain"):
+            self.check_weights()
 
     def init_backbone(self, ledger: Ledger) -> str | None:
         """Where the backbone's weights come from: the Pretrain stage's output, else `spec.model.weights`."""
@@ -179,14 +214,65 @@ class Driver:
         }
         return export.export_model(self.root, state, meta)
 
-    def run(self) -> Ledger:
-        """Run (or resume) every stage, then export the model. Raises StageFailed on the first failure."""
-        apply_storage_env(self.job)
+    def prepare(self) -> Ledger:
+        """Decide which ledger this run continues, writing nothing (`graft run` calls it before it shows any
+        progress, so a refused rerun never shows the old results as this run's). Raises SpecChanged."""
+        if self._prepared is None:
+            self._prepared = self._ledger()
+        return self._prepared
+
+    def _ledger(self) -> Ledger:
+        """The ledger this run continues: the recorded one when the spec still matches its results, a fresh one
+        (`restart`), or the recorded one with `from_stage` and the stages after it set back. Raises SpecChanged
+        (having written nothing) when the spec changed what a recorded stage depends on and neither was asked."""
         types = [s.type for s in self.spec.stages]
-        ledger = Ledger.load_or_create(self.root, self.uid, self.job.metadata.name, types)
+        old = Ledger.load(self.root)
+        if old is None:
+            return Ledger.create(self.uid, self.job.metadata.name, types)
+        first = 0 if self.restart else types.index(self.from_stage) if self.from_stage else None
+        bad = identity.first_invalidated(old, self.view)
+        if bad is not None and (first is None or first > bad):
+            raise SpecChanged(
+                self.job.metadata.name or self.uid, Ledger.uri(self.root), identity.changed_fields(old.spec, self.view),
+                types[bad], bad, len(types),
+            )
+        if first is None:
+            return old
+        # One atomic write replaces the ledger: the kept stages' records, fresh ones from `first` on, with new
+        # Ray run names (an old run's checkpoints are never resumed). Old files are overwritten as stages rerun.
+        resets = old.resets + 1
+        fresh = [old.stages[i] if i < first else StageRecord(type=t, run_name=run_name(self.uid, t, resets))
+                 for i, t in enumerate(types)]
+        keep = {"job_uid", "job_name", "attempt"} if self.restart else {"job_uid", "job_name", "attempt", "spec"}
+        return Ledger(**{k: getattr(old, k) for k in keep}, stages=fresh, resets=resets)
+
+    def _check_inputs(self, ledger: Ledger) -> None:
+        """Every stage still to run checks its inputs now, before the first of them starts (a wrong numClasses
+        fails in seconds, not after Pretrain). A failure is recorded as that stage's, which never started."""
+        for stage in self.spec.stages:
+            rec = ledger.stage(stage.type)
+            if rec.state in (StageState.SUCCEEDED, StageState.SKIPPED):
+                continue
+            try:
+                STAGES[stage.type].check(self, stage)
+            except Exception as exc:
+                message = user_message(exc)
+                log.error("stage %s: bad input: %s", stage.type, message)
+                rec.state, rec.message, rec.end_time = StageState.FAILED, message, now()
+                ledger.message = f"{stage.type}: {message}"
+                self._save(ledger)
+                raise StageFailed(stage.type, message) from exc
+
+    def run(self) -> Ledger:
+        """Run (or resume) every stage, then export the model. Raises SpecChanged before anything when the spec
+        no longer matches the recorded results, StageFailed on the first failure."""
+        apply_storage_env(self.job)
+        ledger, self._prepared = self.prepare(), None
         ledger.attempt += 1
         ledger.message = None
+        ledger.spec = self.view
         self._save(ledger)
+        self._check_inputs(ledger)
         for index, stage in enumerate(self.spec.stages):
             rec = ledger.stage(stage.type)
             if rec.state in (StageState.SUCCEEDED, StageState.SKIPPED):
@@ -195,13 +281,13 @@ class Driver:
             rec.start_time = rec.start_time or now()
             rec.end_time = None
             rec.message = None
-            rec.run_name = run_name(self.uid, stage.type)
+            rec.run_name = rec.run_name or run_name(self.uid, stage.type)
+            rec.spec_hash = self.hashes[index]
             rec.epochs = getattr(stage, "epochs", 1)
             self._save(ledger)
             t0 = time.monotonic()
             try:
                 kind = STAGES[stage.type]
-                kind.check(self, stage)
                 cfg = StageConfig(self.spec, index, self.root, rec.run_name, **kind.inputs(self, ledger))
                 result = kind.run(self, cfg)
             except Exception as exc:

@@ -22,9 +22,10 @@ if TYPE_CHECKING:
     from graft.trainer.driver import Driver
 
 
-def run_name(uid: str, stage: str) -> str:
-    """Ray Train run name of a stage: unique per job (UID) and stage."""
-    return f"{uid}-{stage.lower()}"
+def run_name(uid: str, stage: str, resets: int = 0) -> str:
+    """Ray Train run name of a stage: unique per job (UID) and stage, and per reset (`--restart`, `--from-stage`)
+    so that a reset stage never resumes the checkpoints of the run it replaces."""
+    return f"{uid}-{stage.lower()}" + (f"-r{resets}" if resets else "")
 
 
 @dataclass(frozen=True)
@@ -56,11 +57,12 @@ class StageResult:
 
 
 def verify_up_front(source: data_mod.Source, spec: TransferJobSpec) -> None:
-    """Decode every image before the Ray run, so a corrupt one fails the stage at once, by name. Not for a set
-    the workers stream (too large to keep): reading it all here would take as long as an epoch, so a corrupt
-    image there fails the stage when a worker reaches it, by name as well."""
-    if not data_mod.streams(source, spec.data.image_size, data_mod.keep_budget(spec.workers.memory)):
-        data_mod.verify_images(source)
+    """Decode every image before the first stage, so a corrupt one fails the job at once, by name. For a set the
+    workers stream (too large to keep) only a sample (`data.check_sample`): reading it all here would take as long
+    as an epoch, so a corrupt image outside the sample fails the stage when a worker reaches it, by name as well."""
+    if data_mod.streams(source, spec.data.image_size, data_mod.keep_budget(spec.workers.memory)):
+        source = data_mod.check_sample(source, spec.data.seed)
+    data_mod.verify_images(source)
 
 
 class StageType:
@@ -103,6 +105,8 @@ class TrainingStage(StageType):
 
 
 class Pretrain(TrainingStage):
+    """Trains the backbone on a labelled source set: from `spec.model.weights` when given, else from scratch."""
+
     type = "Pretrain"
 
     def check(self, driver: Driver, stage: Any) -> None:
@@ -112,6 +116,10 @@ class Pretrain(TrainingStage):
                 stage.data, f"has {len(src.classes)} classes but the Pretrain stage's numClasses is {stage.num_classes}"
             )
         verify_up_front(src, driver.spec)
+        driver.check_weights()
+
+    def inputs(self, driver: Driver, ledger: Ledger) -> dict[str, Any]:
+        return {"init_backbone": driver.spec.model.weights}
 
     def model(self, driver: Driver, ledger: Ledger) -> tuple[dict, list[str], int] | None:
         stage = driver.stage(self.type)

@@ -51,13 +51,16 @@ def test_a_corrupt_image_in_a_streamed_set_fails_training_naming_the_file(image_
         _run(image_folder, "4Ki")
 
 
-def test_the_driver_verifies_a_kept_set_up_front_but_leaves_a_streamed_one_to_the_workers(image_folder, monkeypatch):
+def test_the_driver_verifies_a_kept_set_up_front_and_a_sample_of_a_streamed_one(image_folder, monkeypatch):
+    """A streamed set is too large to decode before the first stage: the first image of every class and
+    CHECK_SAMPLE others are (here 3 + 4 of 18: 4 to 7 images, as the two may overlap)."""
     from graft.trainer.stages import verify_up_front
 
-    verified: list[int] = []
-    monkeypatch.setattr(data, "verify_images", lambda src, threads=8: verified.append(len(src)))
+    verified: list[data.Source] = []
+    monkeypatch.setattr(data, "CHECK_SAMPLE", 4)
+    monkeypatch.setattr(data, "verify_images", lambda s, threads=8: verified.append(s))
     src = data.open_source(str(image_folder))
-    for memory, expected in (("4Gi", [18]), ("4Ki", [])):
+    for memory in ("4Gi", "4Ki"):
         verified.clear()
         spec = TransferJobSpec.model_validate({
             "model": {"backbone": "smallcnn", "numClasses": 3, "weights": "s3://unused/w.pt"},
@@ -66,4 +69,8 @@ def test_the_driver_verifies_a_kept_set_up_front_but_leaves_a_streamed_one_to_th
             "workers": {"memory": memory},
         })
         verify_up_front(src, spec)
-        assert verified == expected, memory
+        assert len(verified) == 1 and set(verified[0].labels) == {0, 1, 2}, memory
+        if memory == "4Gi":
+            assert verified[0].files == src.files
+        else:
+            assert 4 <= len(verified[0]) <= 7 and set(verified[0].files) < set(src.files)

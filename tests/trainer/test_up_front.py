@@ -1,0 +1,112 @@
+"""Every stage's inputs are checked before the first stage starts: a wrong numClasses, a missing data path or
+unloadable weights fail the job in seconds, not after Pretrain (issue 11, problems 2 and 3)."""
+
+from __future__ import annotations
+
+import pytest
+from graft.trainer.driver import Driver, StageFailed
+from graft.trainer.executors import LocalExecutor
+from support.trainer_data import job_doc, smallcnn_weights
+
+from graft.api.models import StageState, TransferJob
+from graft.ledger import Ledger, job_root
+
+PRETRAIN = {"type": "Pretrain", "data": "builtin:digits-clean", "numClasses": 10, "epochs": 1, "batchSize": 128}
+LPFT = [{"type": "FrozenFeatures"}, {"type": "Head", "epochs": 2}, {"type": "FullFineTune", "epochs": 1}]
+
+
+class Recording(LocalExecutor):
+    """LocalExecutor that records which stages' runs started (and with which initial backbone)."""
+
+    def __init__(self):
+        super().__init__()
+        self.runs: list[tuple[str, str | None]] = []
+
+    def fit(self, loop, cfg, keep):
+        self.runs.append((cfg.stage.type, cfg.init_backbone))
+        return super().fit(loop, cfg, keep)
+
+    def features(self, cfg, train_src, val_src, out_uri):
+        self.runs.append((cfg.stage.type, cfg.init_backbone))
+        return super().features(cfg, train_src, val_src, out_uri)
+
+
+def _run(store, model, data, stages=None, executor=None):
+    spec = {"model": model, "data": {"imageSize": 8, "shotsPerClass": 2, **data}, "stages": stages or [PRETRAIN, *LPFT]}
+    job = TransferJob.model_validate(job_doc("late", spec))
+    return Driver(job, str(store), executor=executor or Recording()).run()
+
+
+def _cases(tmp_path, image_folder):
+    """(id, model, data, the error the job must fail with, the stage it is recorded against)."""
+    missing = str(tmp_path / "no-such-dir")
+    absent = str(tmp_path / "absent.pt")
+    return {
+        "num-classes": ({"backbone": "smallcnn", "numClasses": 5}, {"train": "builtin:digits-noisy"},
+                        "builtin:digits-noisy: has 10 classes (0, 1, 2, 3, 4, 5, 6, 7, 8, 9) but spec.model.numClasses "
+                        "is 5", "FrozenFeatures"),
+        "missing-train": ({"backbone": "smallcnn", "numClasses": 10}, {"train": missing},
+                          f"{missing}: not found (expected an ImageFolder", "FrozenFeatures"),
+        "corrupt-target-image": ({"backbone": "smallcnn", "numClasses": 3}, {"train": str(image_folder)},
+                                 f"{image_folder}/dark/bad.png: not a readable image", "FrozenFeatures"),
+        "weights-file-missing": ({"backbone": "smallcnn", "numClasses": 10, "weights": absent},
+                                 {"train": "builtin:digits-noisy"}, f"{absent}: weights file not found", "Pretrain"),
+        "torchvision-name": ({"backbone": "resnet18", "numClasses": 10, "weights": "torchvision:IMAGENET_V9"},
+                             {"train": "builtin:digits-noisy", "imageSize": 32},
+                             "torchvision:IMAGENET_V9: no such torchvision weights for resnet18; known: IMAGENET1K_V1",
+                             "Pretrain"),
+    }
+
+
+CASES = ["num-classes", "missing-train", "corrupt-target-image", "weights-file-missing", "torchvision-name"]
+
+
+@pytest.mark.parametrize("name", CASES, ids=CASES)
+def test_bad_input_of_any_stage_fails_before_the_first_stage_runs(name, tmp_path, image_folder):
+    (image_folder / "dark" / "bad.png").write_bytes(b"not a png")
+    model, data, error, stage = _cases(tmp_path, image_folder)[name]
+    executor = Recording()
+    with pytest.raises(StageFailed) as err:
+        _run(tmp_path / "store", model, data, executor=executor)
+    assert error in str(err.value)
+    assert executor.runs == []  # Pretrain never started
+    ledger = Ledger.load(job_root(str(tmp_path / "store"), "late"))
+    assert ledger.stage("Pretrain").state == (StageState.FAILED if stage == "Pretrain" else StageState.PENDING)
+    rec = ledger.stage(stage)
+    assert rec.state == StageState.FAILED and error in rec.message and rec.start_time is None
+    assert ledger.message == f"{stage}: {rec.message}"
+
+
+def test_fixing_the_spec_after_an_up_front_failure_is_not_a_spec_change(tmp_path, one_thread):
+    """Nothing ran, so nothing recorded depends on the old spec: the corrected job runs without --restart."""
+    store = tmp_path / "store"
+    with pytest.raises(StageFailed, match="numClasses is 5"):
+        _run(store, {"backbone": "smallcnn", "numClasses": 5}, {"train": "builtin:digits-noisy"})
+    ledger = _run(store, {"backbone": "smallcnn", "numClasses": 10}, {"train": "builtin:digits-noisy"})
+    assert ledger.done and ledger.model_uri
+
+
+def test_weights_given_with_a_pretrain_stage_initialise_it(tmp_path, one_thread):
+    """Issue 11, problem 3: weights and a Pretrain stage were run as if no weights were given."""
+    weights = str(smallcnn_weights(tmp_path / "w.pt"))
+    executor = Recording()
+    model = {"backbone": "smallcnn", "numClasses": 10, "weights": weights}
+    _run(tmp_path / "store", model, {"train": "builtin:digits-noisy"}, executor=executor)
+    pretrained = str(tmp_path / "store" / "late" / "outputs" / "pretrain.pt")
+    assert executor.runs == [("Pretrain", weights), ("FrozenFeatures", pretrained), ("Head", None),
+                             ("FullFineTune", pretrained)]
+
+
+def test_a_streamed_target_set_is_checked_by_sample(tmp_path, image_folder, monkeypatch):
+    """A set too large to keep in a worker's memory: a sample is decoded up front (here the first image of
+    every class, which is the corrupt one), so the common case, a wrong format throughout, fails early too."""
+    from graft.trainer import data
+
+    monkeypatch.setattr(data, "CHECK_SAMPLE", 1)
+    (image_folder / "dark" / "0.png").write_bytes(b"not a png")
+    spec = {"model": {"backbone": "smallcnn", "numClasses": 3}, "data": {"train": str(image_folder), "imageSize": 8},
+            "stages": [PRETRAIN, *LPFT], "workers": {"memory": "4Ki"}}
+    executor = Recording()
+    with pytest.raises(StageFailed, match=r"dark/0\.png: not a readable image"):
+        Driver(TransferJob.model_validate(job_doc("s", spec)), str(tmp_path), executor=executor).run()
+    assert executor.runs == []
