@@ -12,8 +12,8 @@ from typing import Any
 
 from graft.api.models import API_VERSION, KIND, Toleration, TransferJobSpec
 
-# The cluster rules live beside `graft validate`'s (`graft validate --cluster` applies them too); the operator and
-# `graft render` reach them through here.
+# The cluster rules live beside `graft validate`'s (`graft render` and `graft validate --cluster` import them from
+# there); the operator's reconcile reaches them through here.
 from graft.api.validation import cluster_problems, cluster_warnings, validate_for_cluster  # noqa: F401
 
 RAYJOB_API_VERSION = "ray.io/v1"
