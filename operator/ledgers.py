@@ -117,7 +117,7 @@ def ledger_uri(spec: TransferJobSpec, uid: str) -> str:
 
 def timeout_problem(uri: str, deadline: float) -> tuple[str, str]:
     """(reason, message) for a ledger that did not answer within the deadline: the same words every time, so that
-    a status that says it does not change (and flap) while the endpoint stays silent."""
+    the condition that carries them does not change (or flap) while the endpoint stays silent."""
     return "LedgerTimeout", (f"{uri} could not be read within {deadline:g} s (the storage endpoint did not answer); "
                              "stage progress shows the last read")
 
@@ -224,7 +224,8 @@ class Reads:
         return self._pool
 
     async def close(self) -> None:
-        """Stop waiting for reads; hung threads are left to pyarrow's own timeout (not joined)."""
+        """Stop waiting for reads. Hung threads are not interrupted (Python cannot); the interpreter joins them at
+        exit, about a deadline later, since pyarrow was asked for one attempt of about the deadline."""
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
