@@ -218,6 +218,7 @@ class Driver:
         """Decide which ledger this run continues, writing nothing (`graft run` calls it before it shows any
         progress, so a refused rerun never shows the old results as this run's). Raises SpecChanged."""
         if self._prepared is None:
+            apply_storage_env(self.job)
             self._prepared = self._ledger()
         return self._prepared
 
@@ -233,7 +234,7 @@ class Driver:
         bad = identity.first_invalidated(old, self.view)
         if bad is not None and (first is None or first > bad):
             raise SpecChanged(
-                self.job.metadata.name or self.uid, Ledger.uri(self.root), identity.changed_fields(old.spec, self.view),
+                self.job.metadata.name or self.uid, Ledger.uri(self.root), identity.changed_fields(old, self.view),
                 types[bad], bad, len(types),
             )
         if first is None:
@@ -266,7 +267,6 @@ class Driver:
     def run(self) -> Ledger:
         """Run (or resume) every stage, then export the model. Raises SpecChanged before anything when the spec
         no longer matches the recorded results, StageFailed on the first failure."""
-        apply_storage_env(self.job)
         ledger, self._prepared = self.prepare(), None
         ledger.attempt += 1
         ledger.message = None

@@ -61,21 +61,22 @@ def _fmt(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-def changed_fields(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
-    """`spec.<path>: old -> new` for each determining field that differs (any stage's determining fields)."""
-    if old is None:
-        return []
+def changed_fields(ledger: Ledger, new: dict[str, Any]) -> list[str]:
+    """`spec.<path>: old -> new` for each determining field (of any stage) that differs from the ledger's spec."""
     lines: list[str] = []
-    old_types = [s.get("type") for s in old.get("stages", [])]
+    old_types = [s.type for s in ledger.stages]
     new_types = [s["type"] for s in new["stages"]]
     if old_types != new_types:
-        lines.append(f"spec.stages: {', '.join(map(str, old_types))} -> {', '.join(new_types)}")
+        lines.append(f"spec.stages: {', '.join(old_types)} -> {', '.join(new_types)}")
+    old = ledger.spec
+    if old is None:  # a ledger from before 2026-12 records no spec
+        return lines
     seen: set[str] = set()
     for i in range(len(new["stages"])):
         det = _determining(new, i)
         for part in ("model", "data", "stage"):
             if part == "stage":
-                if i >= len(old_types) or old_types[i] != new_types[i]:
+                if i >= min(len(old_types), len(old.get("stages", []))) or old_types[i] != new_types[i]:
                     continue
                 before, path = old["stages"][i], f"spec.stages[{i}]"
             else:

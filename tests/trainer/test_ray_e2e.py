@@ -248,10 +248,13 @@ def test_graft_run_example_ctrl_c_resumes_then_exports_plots_and_predicts(tmp_pa
 
 def test_a_streamed_image_folder_trains_on_two_workers_and_its_corrupt_image_fails_the_stage_by_name(tmp_path):
     """An ImageFolder over the workers' memory budget (workers.memory 4Ki) is read batch by batch inside the
-    Ray Train workers; a corrupt image in it, not decoded up front, fails the stage naming the file."""
+    Ray Train workers; a corrupt image in it outside the sample decoded up front fails the stage naming the
+    file when a worker reads it."""
+    from graft.trainer import data as data_mod
+
     folder = tmp_path / "images"
     for c, value in (("dark", 40), ("mid", 128), ("bright", 215)):
-        for i in range(8):
+        for i in range(40):
             write_png(folder / c / f"{i}.png", value + i, size=16)
     weights = smallcnn_weights(tmp_path / "w.pt")
     store = tmp_path / "store"
@@ -275,9 +278,13 @@ def test_a_streamed_image_folder_trains_on_two_workers_and_its_corrupt_image_fai
     fft = Ledger.load(str(store / "streamed-ok")).stage("FullFineTune")
     assert fft.state == StageState.SUCCEEDED and [h["epoch"] for h in fft.history] == [1.0, 2.0]
 
-    (folder / "mid" / "3.png").write_bytes(b"not a png")
+    train, val = data_mod.train_val(str(folder), None, 0.2, 0)
+    sampled = {f for src in (train, val) for f in data_mod.check_sample(src, 0).files}
+    corrupt = next(f for f in train.files if f not in sampled)
+    Path(corrupt).write_bytes(b"not a png")
     driver, rc = run("streamed-corrupt", [{"type": "FullFineTune", "epochs": 1, "batchSize": 8}])
     assert rc != 0
     fft = Ledger.load(str(store / "streamed-corrupt")).stage("FullFineTune")
     assert fft.state == StageState.FAILED
-    assert fft.message.startswith(f"{folder}/mid/3.png: not a readable image"), fft.message
+    assert fft.message.startswith(f"{corrupt}: not a readable image"), fft.message
+    assert fft.start_time is not None  # failed in a worker, after the stage started

@@ -131,6 +131,20 @@ def test_a_ledger_written_before_hashes_resumes_as_it_always_did(store):
     assert after.spec["stages"][3]["lr"] == 0.01
 
 
+def test_changing_the_stages_of_an_older_ledger_is_refused_as_before(store):
+    """Ledgers without a recorded spec refused a changed stage list before 2026-12; they still do, by name."""
+    path = store / "digits" / "ledger.json"
+    doc = json.loads(path.read_text())
+    doc.pop("spec")
+    path.write_text(json.dumps(doc))
+    without_head = _spec(stages=[SPEC["stages"][0], SPEC["stages"][1], SPEC["stages"][3]])
+    with pytest.raises(driver_mod.SpecChanged) as err:
+        _driver(store, without_head).run()
+    assert "spec.stages: Pretrain, FrozenFeatures, Head, FullFineTune -> Pretrain, FrozenFeatures, FullFineTune" in (
+        str(err.value))
+    assert err.value.stage == "FullFineTune"
+
+
 def test_a_retry_of_a_failed_attempt_with_the_same_spec_resumes(tmp_path, one_thread):
     """What a retried RayJob does on a cluster (the operator hands every attempt the same spec)."""
 
