@@ -21,7 +21,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 import kubernetes  # noqa: E402
+from support.change_feed import ChangeFeed  # noqa: E402
 from support.kube import emulated_api  # noqa: E402
 from support.operator_proc import OperatorProcess  # noqa: E402
 from support.s3 import TEST_CREDENTIALS, hung_endpoint  # noqa: E402
@@ -38,44 +38,6 @@ from graft.api.crd import COMMITTED_CRD  # noqa: E402
 
 NS = "bench-hung"
 G, V, P = "graft.dev", "v1alpha1", "transferjobs"
-LABEL = "graft.dev/transferjob"
-
-
-class Feed:
-    """The first server-side time of each fact: (job, "added"), (job, "<condition> <status>"), (job, "rayjob <jds>")."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.first: dict[tuple[str, str], float] = {}
-
-    def __call__(self, t: float, kind: str, rt: Any, obj: dict[str, Any]) -> None:
-        meta = obj.get("metadata") or {}
-        if meta.get("namespace") != NS:
-            return
-        with self.lock:
-            if rt.plural == P:
-                self.first.setdefault((meta["name"], "added"), t)
-                for c in (obj.get("status") or {}).get("conditions") or []:
-                    self.first.setdefault((meta["name"], f"{c['type']} {c['status']}"), t)
-            elif rt.plural == "rayjobs":
-                name, jds = (meta.get("labels") or {}).get(LABEL), (obj.get("status") or {}).get("jobDeploymentStatus")
-                if name and jds:
-                    self.first.setdefault((name, f"rayjob {jds}"), t)
-
-    def wait(self, name: str, fact: str, timeout: float) -> float | None:
-        """Wait until the fact is seen; its time, or None when it was not seen within the timeout."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self.lock:
-                if (name, fact) in self.first:
-                    return self.first[(name, fact)]
-            time.sleep(0.02)
-        return None
-
-    def between(self, name: str, start: str, end: str) -> float | None:
-        with self.lock:
-            a, b = self.first.get((name, start)), self.first.get((name, end))
-        return None if a is None or b is None else b - a
 
 
 def transferjob(name: str, storage: dict[str, Any]) -> dict[str, Any]:
@@ -114,7 +76,7 @@ def main() -> int:
     parser.add_argument("--skip-finish", action="store_true", help="do not wait for a hung job to finish")
     args = parser.parse_args()
 
-    feed = Feed()
+    feed = ChangeFeed(NS)
     with tempfile.TemporaryDirectory(prefix="graft-bench-hung-") as tmp, hung_endpoint() as hung, \
             emulated_api(namespaces=[NS]) as api:
         api.store.listeners.append(feed)
@@ -140,7 +102,7 @@ def main() -> int:
                     for i in range(args.per_phase):
                         name = f"{label}-{i}"
                         co.create_namespaced_custom_object(G, V, NS, P, transferjob(name, healthy_storage))
-                        feed.wait(name, "Running True", args.wait)
+                        feed.wait(name, "Running True", timeout=args.wait)
                         out.append(feed.between(name, "rayjob Running", "Running True"))
                     return out
 
@@ -158,11 +120,11 @@ def main() -> int:
                 phases_s = time.monotonic() - t0
                 hung_names = [f"hung-{i}" for i in range(8)]
                 for n in hung_names:
-                    feed.wait(n, "Created True", args.wait)
+                    feed.wait(n, "Created True", timeout=args.wait)
                 until = time.monotonic() + args.wait
-                readable = [feed.wait(n, "LedgerReadable False", until - time.monotonic()) for n in hung_names]
+                readable = [feed.wait(n, "LedgerReadable False", timeout=until - time.monotonic()) for n in hung_names]
                 finished = None if args.skip_finish else feed.wait("hung-0", "Succeeded True",
-                                                                    args.run_seconds + args.wait)
+                                                                    timeout=args.run_seconds + args.wait)
         finally:
             kuberay.terminate()
             kuberay.wait(30)

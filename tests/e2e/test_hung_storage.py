@@ -11,12 +11,12 @@ status for about 90 s (3 attempts x 30 s) and, with 8 of them, every other job's
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import Any
 
 import kubernetes
 import pytest
+from support.change_feed import ChangeFeed
 from support.fake_kuberay import FakeKubeRay
 from support.kube import emulated_api
 from support.operator_proc import OperatorProcess
@@ -28,7 +28,6 @@ pytestmark = pytest.mark.slow
 
 NS = "graft-hung"
 G, V, P = "graft.dev", "v1alpha1", "transferjobs"
-LABEL = "graft.dev/transferjob"
 RUN_SECONDS = 25.0  # how long each fake RayJob runs: the hung jobs are still Running while the others are measured
 SLACK = 1.0  # what hung jobs may add to a healthy job's RayJob transition reaching its TransferJob
 CREATED_SLACK = 2.0  # what a hung endpoint may add to its own job's Created=True
@@ -37,44 +36,20 @@ WAIT = 20.0  # how long any single fact is waited for (the unfixed operator need
 LEDGER_TIMEOUT = 3  # the operator's --ledger-timeout here (default 5)
 
 
-class Feed:
-    """The first server-side time each fact was seen: (job, "added"), (job, "<TransferJob condition> <status>"),
-    (job, "rayjob <jobDeploymentStatus>")."""
+class Feed(ChangeFeed):
+    """The change feed, failing the test when a fact does not come."""
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.first: dict[tuple[str, str], float] = {}
+        super().__init__(NS)
 
-    def __call__(self, t: float, kind: str, rt: Any, obj: dict[str, Any]) -> None:
-        meta = obj.get("metadata") or {}
-        if meta.get("namespace") != NS:
-            return
-        with self.lock:
-            if rt.plural == P:
-                name = meta["name"]
-                self.first.setdefault((name, "added"), t)
-                for c in (obj.get("status") or {}).get("conditions") or []:
-                    self.first.setdefault((name, f"{c['type']} {c['status']}"), t)
-            elif rt.plural == "rayjobs":
-                name = (meta.get("labels") or {}).get(LABEL)
-                jds = (obj.get("status") or {}).get("jobDeploymentStatus")
-                if name and jds:
-                    self.first.setdefault((name, f"rayjob {jds}"), t)
-
-    def wait(self, name: str, *facts: str, timeout: float = WAIT) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self.lock:
-                if all((name, f) in self.first for f in facts):
-                    return
-            time.sleep(0.05)
-        with self.lock:
-            seen = sorted(f for n, f in self.first if n == name)
-        raise AssertionError(f"{name}: not all of {facts} within {timeout} s; seen: {seen}")
+    def expect(self, name: str, *facts: str, timeout: float = WAIT) -> None:
+        if self.wait(name, *facts, timeout=timeout) is None:
+            raise AssertionError(f"{name}: not all of {facts} within {timeout} s; seen: {self.seen(name)}")
 
     def latency(self, name: str, start: str, end: str) -> float:
-        with self.lock:
-            return self.first[(name, end)] - self.first[(name, start)]
+        seconds = self.between(name, start, end)
+        assert seconds is not None, f"{name}: {start!r} or {end!r} never seen; seen: {self.seen(name)}"
+        return seconds
 
 
 class Jobs:
@@ -101,7 +76,7 @@ class Jobs:
     def healthy_transition(self, name: str) -> float:
         """Create a healthy job and return how long its RayJob's Running took to reach its TransferJob."""
         self.create(name, hung=False)
-        self.feed.wait(name, "rayjob Running", "Running True")
+        self.feed.expect(name, "rayjob Running", "Running True")
         return self.feed.latency(name, "rayjob Running", "Running True")
 
     def status(self, name: str) -> dict[str, Any]:
@@ -138,14 +113,14 @@ def test_hung_storage_delays_neither_its_jobs_conditions_nor_other_jobs(tmp_path
             # the healthy jobs' for theirs.
             jobs.create("hung-0", hung=True)
             with_one = [jobs.healthy_transition(f"one-{i}") for i in range(3)]
-            feed.wait("hung-0", "Created True", "rayjob Running", "Running True")
+            feed.expect("hung-0", "Created True", "rayjob Running", "Running True")
 
             # Eight hung jobs: more hung reads than Python's default thread pool has threads on 2 cores (6).
             for i in range(1, 8):
                 jobs.create(f"hung-{i}", hung=True)
             with_eight = [jobs.healthy_transition(f"eight-{i}") for i in range(3)]
             for i in range(1, 8):
-                feed.wait(f"hung-{i}", "Created True")
+                feed.expect(f"hung-{i}", "Created True")
             assert hung.accepted >= 2, "the hung jobs' ledger reads never reached the hung endpoint"
             created_hung = [feed.latency(f"hung-{i}", "added", "Created True") for i in range(8)]
 
@@ -162,7 +137,7 @@ def test_hung_storage_delays_neither_its_jobs_conditions_nor_other_jobs(tmp_path
             first = _wait_for(lambda: _false(jobs.condition("hung-0", "LedgerReadable")), "hung-0 LedgerReadable")
             assert first["reason"] == "LedgerTimeout", first
             assert f"could not be read within {LEDGER_TIMEOUT} s" in first["message"], first
-            feed.wait("hung-0", "rayjob Complete", "Succeeded True", timeout=RUN_SECONDS + WAIT)
+            feed.expect("hung-0", "rayjob Complete", "Succeeded True", timeout=RUN_SECONDS + WAIT)
             assert feed.latency("hung-0", "LedgerReadable False", "rayjob Complete") > 0, "said only once finished"
             done = jobs.status("hung-0")
             last = next(c for c in done["conditions"] if c["type"] == "LedgerReadable")
