@@ -33,7 +33,7 @@ def s3_bucket(s3_endpoint):
 
 @pytest.fixture()
 def kube_api():
-    """A fresh emulated Kubernetes API server (support/kube.py) with the committed TransferJob CRD applied
+    """A fresh emulated Kubernetes API server (support/kube/) with the committed TransferJob CRD applied
     through the API and a `graft-test` namespace; `.kubeconfig_path`, `.client()`, `.request_log`."""
     from graft.api.crd import COMMITTED_CRD
 
