@@ -10,7 +10,6 @@ becomes visible only when its upload completes; locally a temporary file is rena
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import posixpath
@@ -34,42 +33,9 @@ class StorageError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class S3Settings:
-    endpoint: str | None = None
-    region: str | None = None
-
-
-def _env_s3_settings() -> S3Settings:
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    return S3Settings(endpoint=endpoint, region=region)
-
-
-@lru_cache(maxsize=8)
-def _s3_filesystem(endpoint: str | None, region: str | None, key_fingerprint: str) -> pafs.S3FileSystem:
-    kwargs: dict[str, Any] = {"region": region or "us-east-1"}
-    if endpoint:
-        parsed = urlparse(endpoint)
-        kwargs["endpoint_override"] = parsed.netloc or parsed.path
-        kwargs["scheme"] = parsed.scheme or "https"
-    key, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
-    if key and secret:
-        kwargs.update(access_key=key, secret_key=secret, session_token=os.environ.get("AWS_SESSION_TOKEN"))
-    # Retries with backoff are pyarrow's own (AWS standard strategy); a few is enough for transient
-    # errors without hiding a wrong endpoint for minutes.
-    kwargs["retry_strategy"] = pafs.AwsStandardS3RetryStrategy(max_attempts=3)
-    kwargs["connect_timeout"] = 5
-    kwargs["request_timeout"] = 30
-    return pafs.S3FileSystem(**kwargs)
-
-
-def is_s3(uri: str) -> bool:
-    return uri.startswith("s3://")
-
-
-@dataclass(frozen=True)
 class S3Options:
-    """S3 settings passed explicitly (the operator reads them from a Secret) instead of from the environment.
+    """S3 settings: the environment's (see the module docstring) unless a caller passes its own (the operator reads
+    them from a Secret).
 
     `repr` never shows the keys, so an options object can appear in a log line or traceback safely. The timeouts
     and attempts are pyarrow's (seconds per connection, seconds per request, tries per request); a caller that
@@ -85,8 +51,18 @@ class S3Options:
     max_attempts: int = 3
 
 
+def _env_s3_options() -> S3Options:
+    return S3Options(
+        endpoint=os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"),
+        region=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"),
+        access_key_id=os.environ.get("AWS_ACCESS_KEY_ID"),
+        secret_access_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
+        session_token=os.environ.get("AWS_SESSION_TOKEN"),
+    )
+
+
 @lru_cache(maxsize=64)
-def _s3_filesystem_explicit(options: S3Options) -> pafs.S3FileSystem:
+def _s3_filesystem(options: S3Options) -> pafs.S3FileSystem:
     kwargs: dict[str, Any] = {"region": options.region or "us-east-1"}
     if options.endpoint:
         parsed = urlparse(options.endpoint)
@@ -96,23 +72,24 @@ def _s3_filesystem_explicit(options: S3Options) -> pafs.S3FileSystem:
         kwargs.update(
             access_key=options.access_key_id, secret_key=options.secret_access_key, session_token=options.session_token
         )
+    # Retries with backoff are pyarrow's own (AWS standard strategy); a few is enough for transient
+    # errors without hiding a wrong endpoint for minutes.
     kwargs["retry_strategy"] = pafs.AwsStandardS3RetryStrategy(max_attempts=options.max_attempts)
     kwargs["connect_timeout"] = options.connect_timeout
     kwargs["request_timeout"] = options.request_timeout
     return pafs.S3FileSystem(**kwargs)
 
 
+def is_s3(uri: str) -> bool:
+    return uri.startswith("s3://")
+
+
 def filesystem(uri: str, options: S3Options | None = None) -> tuple[pafs.FileSystem, str]:
     """The filesystem for a URI and the path inside it (`bucket/key` for S3, absolute for local).
 
     `options` replaces the environment's S3 settings (endpoint, region, keys) for this call."""
-    if is_s3(uri) and options is not None:
-        return _s3_filesystem_explicit(options), uri[len("s3://") :].rstrip("/")
     if is_s3(uri):
-        settings = _env_s3_settings()
-        fingerprint = str(hash((os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY"))))
-        fs = _s3_filesystem(settings.endpoint, settings.region, fingerprint)
-        return fs, uri[len("s3://") :].rstrip("/")
+        return _s3_filesystem(options or _env_s3_options()), uri[len("s3://") :].rstrip("/")
     path = uri[len("file://") :] if uri.startswith("file://") else uri
     return pafs.LocalFileSystem(), str(Path(path).expanduser().resolve())
 
@@ -260,23 +237,6 @@ def download_dir(uri: str, local_dir: str | Path) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(read_bytes(file_uri))
     return local_dir
-
-
-def delete_tree(uri: str) -> None:
-    """Delete everything under a URI (used for a stage's partial outputs, never for finished ones)."""
-    fs, path = filesystem(uri)
-    try:
-        info = fs.get_file_info(path)
-        if info.type == pafs.FileType.Directory:
-            fs.delete_dir(path)
-        elif info.type == pafs.FileType.File:
-            fs.delete_file(path)
-    except OSError as exc:
-        raise _explain(uri, exc) from exc
-
-
-def open_read(uri: str) -> io.BytesIO:
-    return io.BytesIO(read_bytes(uri))
 
 
 def ray_storage(uri: str) -> tuple[str, pafs.FileSystem | None]:

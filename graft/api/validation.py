@@ -300,14 +300,6 @@ def parse_stream(text: str) -> tuple[list[Any], Problem | None]:
     return docs, None
 
 
-def load_documents(text: str) -> list[Any]:
-    """Parse multi-document YAML (JSON is YAML too). Raises yaml.YAMLError on malformed input."""
-    docs, problem = parse_stream(text)
-    if problem is not None:
-        raise yaml.YAMLError(str(problem))
-    return docs
-
-
 def validate_stream(text: str) -> tuple[int, list[tuple[int, Problem]]]:
     """Validate every document of a YAML/JSON text: (number of documents, [(document index, problem)]).
 
