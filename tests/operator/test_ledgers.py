@@ -1,5 +1,6 @@
-"""The operator reads a job's ledger from S3 with the keys from the Secret its spec names (contract 5), within a
-deadline, at most one read per job, a hung endpoint holding no more than its own threads (issue 10)."""
+"""The operator reads a job's ledger from S3 with the keys from the Secret its spec names
+(spec.storage.credentialsSecret), within a deadline, at most one read per job, a hung endpoint holding no more
+than its own threads (issue 10)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Status projection: RayJob status + ledger -> phase, conditions (contract 4), kstatus, transitions."""
+"""Status projection: RayJob status + ledger -> phase, conditions (as docs/operator.md lists them), kstatus,
+transitions."""
 
 from __future__ import annotations
 

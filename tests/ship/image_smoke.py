@@ -9,7 +9,7 @@ capabilities, no privilege escalation. It passes when, within the timeout:
 - /healthz answers and /metrics serves Prometheus text;
 - for a new TransferJob the operator creates the ConfigMap and the RayJob, and mirrors the RayJob's
   progress (driven by the fake KubeRay controller) into the TransferJob's status up to a finished phase,
-  with observedGeneration and the Reconciling condition as contract 4 says;
+  with observedGeneration and the Reconciling condition (kstatus reads both);
 - every API request it made is allowed by the RBAC rules the chart grants it.
 
 It runs twice, each time with the container settings the chart renders (`helm template`: the args, env,

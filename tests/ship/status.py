@@ -45,7 +45,7 @@ def _true(obj: dict[str, Any], kind: str) -> dict[str, Any] | None:
 
 
 def derived_phase(obj: dict[str, Any]) -> str:
-    """status.phase as contract 4 derives it from the conditions."""
+    """status.phase as the operator derives it from the conditions: the first True of these, else Pending."""
     for kind in ("Failed", "Succeeded", "Suspended", "Running"):
         if _true(obj, kind):
             return kind

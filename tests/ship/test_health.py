@@ -1,5 +1,6 @@
-"""How Argo CD, kstatus (Flux) and `kubectl wait` read a TransferJob's status (contract 4), on fixtures
-for every phase. The Argo CD check is the Lua shipped in deploy/argocd/argocd-cm.yaml, run by Lua 5.1."""
+"""How Argo CD, kstatus (Flux) and `kubectl wait` read a TransferJob's status (conditions, observedGeneration,
+phase), on fixtures for every phase. The Argo CD check is the Lua shipped in deploy/argocd/argocd-cm.yaml, run by
+Lua 5.1."""
 
 from __future__ import annotations
 
@@ -79,7 +80,8 @@ def test_every_argocd_and_kstatus_outcome_is_covered():
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_fixture_follows_the_status_contract(name):
-    """The fixtures are objects the API server would store and the operator would write (contract 4)."""
+    """The fixtures are objects the API server would store and the operator would write: valid against the CRD,
+    phase derived from the conditions, each condition at the status's observedGeneration."""
     obj = load_fixture(name)
     schema = jsonschema_for(build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
     jsonschema.validate(obj, schema)

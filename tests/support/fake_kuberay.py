@@ -1,7 +1,7 @@
 """A small fake KubeRay controller for the e2e tests: it watches RayJobs through the API server, runs each
 RayJob's entrypoint as a local process, and writes RayJob status the way KubeRay v1.3+ does.
 
-What it models (contract 3): jobDeploymentStatus New -> Initializing -> Running -> Complete | Failed, with
+What it models of KubeRay's RayJob: jobDeploymentStatus New -> Initializing -> Running -> Complete | Failed, with
 jobStatus PENDING/RUNNING/SUCCEEDED/FAILED, startTime, endTime, jobId, rayClusterName, dashboardURL,
 reason and message; failed attempts retried up to spec.backoffLimit through Retrying -> New (status.failed
 counts them); spec.suspend kills the run and goes Suspending -> Suspended, and resuming starts it anew;
@@ -12,7 +12,7 @@ scheduler and kubelet would: Running, Unschedulable when the one fake node lacks
 (`node_gpus`, default 0), or CreateContainerConfigError when a Secret / ConfigMap or key is missing. As in
 KubeRay, such a job stays Initializing; only its pods say why.
 
-How a head pod would run (contract 2): every configMap volume mounted into the head container is
+How a head pod would run the RayJob's entrypoint: every configMap volume mounted into the head container is
 materialised into a temp dir and its mountPath is rewritten to that dir in the entrypoint; env values,
 `secretKeyRef` / `configMapKeyRef` and `envFrom` are resolved through the API (so a wrong Secret name fails
 like a pod that cannot start); `python` is this interpreter. With `training=False` nothing is run: a job is
