@@ -136,6 +136,62 @@ def test_strategic_merge_patch_is_refused_on_custom_resources(api, client):
     assert e.value.code == 415
 
 
+def _raw(api, method: str, path: str, body=None, content_type: str = "application/json") -> tuple[int, dict]:
+    """One request as it goes over the wire: (status, decoded body), without the client's typed models."""
+    import urllib.error
+    import urllib.request
+
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(f"{api.url}{path}", method=method, data=data,  # noqa: S310 (loopback)
+                                 headers={"Content-Type": content_type, "Authorization": "Bearer admin"})
+    try:
+        with urllib.request.urlopen(req) as response:  # noqa: S310 (loopback)
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+#: A failed JSON patch as the real server answers it (apiserver/pkg/endpoints/handlers/patch.go applyJSPatch:
+#: NewGenericServerResponse(422, ...) keeps apimachinery's generic message, not the patch library's).
+UNPROCESSABLE = (422, "Invalid", "the server rejected our request due to an error in our request")
+
+
+@pytest.mark.parametrize(
+    ("ops", "expected"),
+    [
+        ([{"op": "test", "path": "/data/k", "value": "v"}, {"op": "replace", "path": "/data/k", "value": "w"},
+          {"op": "add", "path": "/data/n", "value": "1"}, {"op": "copy", "from": "/data/n", "path": "/data/m"},
+          {"op": "remove", "path": "/data/n"}],
+         (200, {"k": "w", "m": "1"})),
+        ([{"op": "test", "path": "/data/k", "value": "other"}, {"op": "replace", "path": "/data/k", "value": "w"}],
+         UNPROCESSABLE),
+        ([{"op": "replace", "path": "/data/missing", "value": "w"}], UNPROCESSABLE),
+        ([{"op": "remove", "path": "/spec/nothing"}], UNPROCESSABLE),
+        ([{"op": "frobnicate", "path": "/data/k"}], UNPROCESSABLE),
+        ([{"op": "replace", "path": "/metadata/resourceVersion", "value": "1"},
+          {"op": "replace", "path": "/data/k", "value": "w"}],
+         (409, "Conflict", 'Operation cannot be fulfilled on configmaps "jp": the object has been modified; please '
+                           "apply your changes to the latest version and try again")),
+        ({"op": "replace", "path": "/data/k", "value": "w"}, (400, "BadRequest", None)),
+    ],
+    ids=["applied", "failed-test", "replace-missing", "remove-missing", "unknown-op", "stale-resource-version",
+         "not-a-list"],
+)
+def test_json_patch(api, client, ops, expected):
+    core = kubernetes.client.CoreV1Api(client)
+    core.create_namespaced_config_map(NS, {"metadata": {"name": "jp"}, "data": {"k": "v"}})
+    try:
+        status, body = _raw(api, "PATCH", f"/api/v1/namespaces/{NS}/configmaps/jp", ops, "application/json-patch+json")
+        stored = core.read_namespaced_config_map("jp", NS).data
+        if status == 200:
+            assert (status, body["data"], stored) == (*expected, expected[1])
+        else:
+            got = (status, body["reason"], body["message"] if expected[2] else None)
+            assert (got, stored) == (expected, {"k": "v"})  # a refused patch changes nothing
+    finally:
+        core.delete_namespaced_config_map("jp", NS)
+
+
 #: What a v1.32 API server answered the CRD as committed at f45cd14 (see tests/api/test_crd_checker.py).
 REFUSED = ("spec.validation.openAPIV3Schema.properties[metadata]: Forbidden: must not specify anything other than "
            "name and generateName, but metadata is implicitly specified")

@@ -5,6 +5,9 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import jsonpatch
+import jsonpointer
+
 from .resources import ApiError, ResourceType
 
 
@@ -21,73 +24,29 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return result
 
 
-def _pointer(path: str) -> list[str]:
-    if path == "":
-        return []
-    if not path.startswith("/"):
-        raise ApiError(422, "Invalid", f"invalid JSON pointer {path!r}")
-    return [p.replace("~1", "/").replace("~0", "~") for p in path[1:].split("/")]
+MAX_JSON_PATCH_OPERATIONS = 10_000  # patch.go maxJSONPatchOperations
 
 
-def _walk(doc: Any, parts: list[str]) -> Any:
-    for p in parts:
-        if isinstance(doc, list):
-            doc = doc[int(p)]
-        elif isinstance(doc, dict):
-            doc = doc[p]
-        else:
-            raise KeyError(p)
-    return doc
-
-
-def json_patch(doc: Any, ops: list[dict[str, Any]]) -> Any:
-    """RFC 6902 JSON patch (add, remove, replace, test, move, copy); a failed `test` answers 422."""
-    doc = copy.deepcopy(doc)
-    for op in ops:
-        kind, parts = op.get("op"), _pointer(op.get("path", ""))
-        try:
-            if kind == "test":
-                if _walk(doc, parts) != op.get("value"):
-                    raise ApiError(422, "Invalid", f"the server rejected our request: test failed at {op['path']}")
-                continue
-            if kind in ("move", "copy"):
-                src = _pointer(op["from"])
-                value = copy.deepcopy(_walk(doc, src))
-                if kind == "move":
-                    parent = _walk(doc, src[:-1])
-                    del parent[int(src[-1]) if isinstance(parent, list) else src[-1]]
-                kind, op = "add", {**op, "value": value}
-            if not parts:
-                doc = copy.deepcopy(op.get("value")) if kind != "remove" else None
-                continue
-            parent, last = _walk(doc, parts[:-1]), parts[-1]
-            if kind == "add":
-                if isinstance(parent, list):
-                    parent.insert(len(parent) if last == "-" else int(last), copy.deepcopy(op["value"]))
-                else:
-                    parent[last] = copy.deepcopy(op["value"])
-            elif kind == "remove":
-                del parent[int(last) if isinstance(parent, list) else last]
-            elif kind == "replace":
-                if isinstance(parent, list):
-                    parent[int(last)] = copy.deepcopy(op["value"])
-                else:
-                    if last not in parent:
-                        raise KeyError(last)
-                    parent[last] = copy.deepcopy(op["value"])
-            else:
-                raise ApiError(422, "Invalid", f"unsupported JSON patch op {kind!r}")
-        except (KeyError, IndexError, ValueError, TypeError) as e:
-            raise ApiError(422, "Invalid", f"the server rejected our request: JSON patch {op!r} failed: {e!r}") from e
-    return doc
-
+def json_patch(doc: Any, ops: Any) -> Any:
+    """RFC 6902 JSON patch (through the `jsonpatch` package), with the real server's answers
+    (apiserver/pkg/endpoints/handlers/patch.go, jsonPatcher.applyJSPatch): a body that does not decode as a list
+    of operations is 400 BadRequest; an operation that cannot be applied (a failed `test`, a missing path, an
+    unknown op) is 422 Invalid with apimachinery's generic message (NewGenericServerResponse), which leaves out
+    why."""
+    if not isinstance(ops, list) or not all(isinstance(op, dict) for op in ops):
+        raise ApiError(400, "BadRequest", "a JSON patch must be a list of operations")
+    if len(ops) > MAX_JSON_PATCH_OPERATIONS:
+        raise ApiError(413, "RequestEntityTooLarge", f"Request entity too large: The allowed maximum operations in a "
+                                                     f"JSON patch is {MAX_JSON_PATCH_OPERATIONS}, got {len(ops)}")
+    try:
+        return jsonpatch.JsonPatch(ops).apply(doc)  # a copy: `doc` is left as it was
+    except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException, TypeError, ValueError) as e:
+        raise ApiError(422, "Invalid", "the server rejected our request due to an error in our request") from e
 
 
 def patched(rt: ResourceType, current: dict[str, Any], body: Any, content_type: str) -> Any:
     """`current` with the PATCH `body` of `content_type` applied (a new object; `current` is left as it was)."""
     if content_type == "application/json-patch+json":
-        if not isinstance(body, list):
-            raise ApiError(400, "BadRequest", "a JSON patch must be a list of operations")
         return json_patch(current, body)
     if content_type in ("application/merge-patch+json", "application/apply-patch+yaml"):
         return merge_patch(current, body)

@@ -170,9 +170,11 @@ class EmulatedKubernetes(kmock.KubernetesScaffold):
     def _patch(self, rt: ResourceType, route: Route, body: Any, ctype: str) -> dict[str, Any]:
         store: Store = self._store
         new = patched(rt, store.get(rt, route.namespace, route.name or ""), body, ctype)
-        # A patch carries a resourceVersion only when the client asks for optimistic concurrency.
-        check = isinstance(body, dict) and bool((body.get("metadata") or {}).get("resourceVersion"))
-        return store.replace(rt, route.namespace, route.name or "", new, route.subresource, check_rv=check)
+        # The patch is applied to the current object, so the result carries its resourceVersion unless the patch
+        # itself sets one (a merge patch's metadata.resourceVersion, a JSON patch's replace of it): only then can it
+        # be stale, and a stale one is a 409 Conflict, whatever the patch type (patch.go applies the patch inside
+        # the registry's GuaranteedUpdate, which compares resourceVersions).
+        return store.replace(rt, route.namespace, route.name or "", new, route.subresource, check_rv=True)
 
     async def _watch(self, raw: aiohttp.web.BaseRequest, rt: ResourceType, route: Route, params: dict[str, str]
                      ) -> aiohttp.web.StreamResponse:
