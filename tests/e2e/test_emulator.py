@@ -192,6 +192,46 @@ def test_json_patch(api, client, ops, expected):
         core.delete_namespaced_config_map("jp", NS)
 
 
+@pytest.mark.parametrize(
+    ("write", "expected"),
+    [
+        ("create", {"user": "alice", "password": "s3cr3t"}),
+        ("replace", {"user": "alice", "password": "n3w"}),
+        ("merge-patch", {"user": "alice", "password": "n3w", "token": "t"}),
+        ("json-patch", {"user": "alice", "password": "s3cr3t", "token": "t"}),
+    ],
+    ids=["create", "replace", "merge-patch", "json-patch"],
+)
+def test_secret_string_data_is_stored_as_base64_data(api, client, write, expected):
+    """stringData is write-only: merged over data as base64 at every write and never stored or returned
+    (kubernetes pkg/apis/core/v1/conversion.go Convert_v1_Secret_To_core_Secret: "StringData overwrites Data")."""
+    import base64
+
+    core = kubernetes.client.CoreV1Api(client)
+    b64 = {k: base64.b64encode(v.encode()).decode() for k, v in {"user": "alice", "password": "old"}.items()}
+    created = core.create_namespaced_secret(NS, {"metadata": {"name": f"s-{write}"}, "data": b64,
+                                                 "stringData": {"password": "s3cr3t"}})
+    try:
+        name = created.metadata.name
+        if write == "replace":
+            core.replace_namespaced_secret(name, NS, {"metadata": {"name": name}, "data": created.data,
+                                                      "stringData": {"password": "n3w"}})
+        elif write == "merge-patch":
+            core.patch_namespaced_secret(name, NS, {"stringData": {"password": "n3w", "token": "t"}})
+        elif write == "json-patch":  # stringData is never stored, so the patch adds it whole
+            status, _ = _raw(api, "PATCH", f"/api/v1/namespaces/{NS}/secrets/{name}",
+                             [{"op": "add", "path": "/stringData", "value": {"token": "t"}}],
+                             "application/json-patch+json")
+            assert status == 200
+        read = core.read_namespaced_secret(name, NS)
+        assert read.string_data is None and created.string_data is None
+        assert {k: base64.b64decode(v).decode() for k, v in read.data.items()} == expected
+        (stored,) = [s for s in api.objects("", "secrets", NS) if s["metadata"]["name"] == name]
+        assert "stringData" not in stored
+    finally:
+        core.delete_namespaced_secret(f"s-{write}", NS)
+
+
 #: What a v1.32 API server answered the CRD as committed at f45cd14 (see tests/api/test_crd_checker.py).
 REFUSED = ("spec.validation.openAPIV3Schema.properties[metadata]: Forbidden: must not specify anything other than "
            "name and generateName, but metadata is implicitly specified")

@@ -499,9 +499,7 @@ class FakeKubeRay:
             if e.status == 404:
                 raise PodStartError(f'secret "{name}" not found') from e
             raise
-        out = {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
-        out.update(secret.string_data or {})
-        return out
+        return {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
 
     def _configmap(self, namespace: str, name: str) -> dict[str, str]:
         try:

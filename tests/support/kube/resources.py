@@ -3,6 +3,7 @@ request log's entries and the `Status` errors."""
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -91,3 +92,19 @@ class ApiError(Exception):
 def now() -> str:
     """The current time as the API server writes timestamps (RFC 3339, seconds, UTC)."""
     return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def convert_on_write(rt: ResourceType, obj: dict[str, Any]) -> None:
+    """What decoding a written object into the server's internal version does to it, in place: a Secret's
+    write-only `stringData` is merged over `data`, base64-encoded, and dropped (kubernetes
+    pkg/apis/core/v1/conversion.go Convert_v1_Secret_To_core_Secret: "StringData overwrites Data"; the internal
+    Secret has no StringData, so it is never stored or returned)."""
+    if (rt.group, rt.kind) != ("", "Secret") or "stringData" not in obj:
+        return
+    string_data = obj.pop("stringData") or {}
+    if not isinstance(string_data, dict) or not all(isinstance(v, str) for v in string_data.values()):
+        raise ApiError(400, "BadRequest", 'Secret in version "v1" cannot be handled as a Secret: stringData must '
+                                          "map keys to strings")
+    if string_data:
+        obj["data"] = {**(obj.get("data") or {}),
+                       **{k: base64.b64encode(v.encode()).decode() for k, v in string_data.items()}}

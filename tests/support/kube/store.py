@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import schema
-from .resources import ApiError, ResourceType, now
+from .resources import ApiError, ResourceType, convert_on_write, now
 from .selectors import field_selector_matches, label_selector_matches
 
 
@@ -105,6 +105,7 @@ class Store:
         if not isinstance(body, dict):
             raise ApiError(400, "BadRequest", "the request body must be a JSON object")
         obj = copy.deepcopy(body)
+        convert_on_write(rt, obj)
         obj.setdefault("apiVersion", rt.api_version)
         obj.setdefault("kind", rt.kind)
         if obj["kind"] != rt.kind or obj["apiVersion"] != rt.api_version:
@@ -167,6 +168,7 @@ class Store:
         if not isinstance(new, dict):
             raise ApiError(400, "BadRequest", "the request body must be a JSON object")
         new = copy.deepcopy(new)
+        convert_on_write(rt, new)
         meta = new.setdefault("metadata", {}) or {}
         new["metadata"] = meta
         old_meta = old["metadata"]
