@@ -232,6 +232,36 @@ def test_secret_string_data_is_stored_as_base64_data(api, client, write, expecte
         core.delete_namespaced_secret(f"s-{write}", NS)
 
 
+def test_events_are_selected_by_involved_object_and_unsupported_field_labels_refused(api, client):
+    """The field labels the real server supports for core/v1 Events (pkg/apis/core/v1/conversion.go
+    AddFieldLabelConversionsForEvent, values from pkg/registry/core/event/strategy.go); any other label is 400
+    "field label not supported" (apiserver/pkg/endpoints/handlers/get.go ListResource)."""
+    core = kubernetes.client.CoreV1Api(client)
+    for i, (name, reason) in enumerate([("job-a", "Started"), ("job-b", "Started"), ("job-a", "Failed")]):
+        core.create_namespaced_event(NS, {
+            "metadata": {"name": f"ev-{i}"}, "reason": reason, "type": "Normal" if reason == "Started" else "Warning",
+            "source": {"component": "graft-operator"},
+            "involvedObject": {"kind": "TransferJob", "name": name, "namespace": NS, "uid": f"uid-{name}"}})
+    try:
+        def names(selector: str) -> list[str]:
+            return [e.metadata.name for e in core.list_namespaced_event(NS, field_selector=selector).items]
+
+        assert names("involvedObject.name=job-a") == ["ev-0", "ev-2"]
+        assert names("involvedObject.name=job-a,reason!=Started") == ["ev-2"]
+        assert names("involvedObject.kind=TransferJob,involvedObject.uid=uid-job-b,type=Normal") == ["ev-1"]
+        assert names("source=graft-operator,involvedObject.namespace=emu,metadata.name=ev-1") == ["ev-1"]
+        for path, label in [(f"/api/v1/namespaces/{NS}/events?fieldSelector=message%3Dx", "message"),
+                            (f"/api/v1/namespaces/{NS}/events?watch=true&fieldSelector=spec.x%3Dy", "spec.x"),
+                            (f"/api/v1/namespaces/{NS}/configmaps?fieldSelector=data.k%3Dv", "data.k"),
+                            (f"/apis/{G}/{V}/namespaces/{NS}/{P}?fieldSelector=spec.image%3Dx", "spec.image")]:
+            status, body = _raw(api, "GET", path)
+            expected = (f'"{label}" is not a known field selector: only "metadata.name", "metadata.namespace"'
+                        if "configmaps" in path else f"field label not supported: {label}")
+            assert (status, body["reason"], body["message"]) == (400, "BadRequest", expected), path
+    finally:
+        core.delete_collection_namespaced_event(NS)
+
+
 #: What a v1.32 API server answered the CRD as committed at f45cd14 (see tests/api/test_crd_checker.py).
 REFUSED = ("spec.validation.openAPIV3Schema.properties[metadata]: Forbidden: must not specify anything other than "
            "name and generateName, but metadata is implicitly specified")

@@ -25,6 +25,7 @@ class ResourceType:
     custom: bool = False  # custom resources refuse strategic-merge patches, like the real server
     schema: dict[str, Any] | None = None  # openAPIV3Schema: pruning and validation
     validator: Any = None
+    selectable_fields: tuple[str, ...] = ()  # a CRD's spec.versions[].selectableFields, as field labels
 
     @property
     def api_version(self) -> str:

@@ -129,6 +129,7 @@ def types_from_crd(crd: dict[str, Any]) -> list[ResourceType]:
             short_names=tuple(names.get("shortNames", [])), categories=tuple(names.get("categories", [])),
             has_status="status" in (v.get("subresources") or {}), custom=True,
             schema=(v.get("schema") or {}).get("openAPIV3Schema"),
+            selectable_fields=tuple(f["jsonPath"].lstrip(".") for f in v.get("selectableFields") or []),
         ))
     return out
 

@@ -17,6 +17,7 @@ import yaml
 
 from .patch import patched
 from .resources import ApiError, LoggedRequest, ResourceType
+from .selectors import refuse_unsupported_field_labels
 from .store import Store, Watcher
 
 _CREATED_NAME = aiohttp.web.ResponseKey("created_name", str)
@@ -119,6 +120,8 @@ class EmulatedKubernetes(kmock.KubernetesScaffold):
         if rt.namespaced and route.name and not route.namespace and raw.method != "GET":
             raise ApiError(404, "NotFound", f"{rt.qualified} is namespaced: use /namespaces/<ns>/{rt.plural}/<name>")
         verb = _verb(raw.method, route, params)
+        if verb in ("list", "watch", "deletecollection"):
+            refuse_unsupported_field_labels(rt, params.get("fieldSelector"))
         if verb == "watch":
             return await self._watch(raw, rt, route, params)
         body: Any = None

@@ -15,7 +15,7 @@ from typing import Any
 
 from . import schema
 from .resources import ApiError, ResourceType, convert_on_write, now
-from .selectors import field_selector_matches, label_selector_matches
+from .selectors import field_paths, field_selector_matches, label_selector_matches
 
 
 @dataclass
@@ -27,13 +27,16 @@ class Watcher:
     fields: str | None
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
 
+    def __post_init__(self) -> None:
+        self.field_paths = field_paths(self.rt)
+
     def wants(self, obj: dict[str, Any]) -> bool:
         meta = obj.get("metadata", {})
         return (
             (self.namespace is None or meta.get("namespace") == self.namespace)
             and (self.name is None or meta.get("name") == self.name)
             and label_selector_matches(self.labels, meta.get("labels"))
-            and field_selector_matches(self.fields, obj)
+            and field_selector_matches(self.fields, obj, self.field_paths)
         )
 
 
