@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from graft.trainer.errors import InputError
 
 from graft import storage
+from graft.api.models import parse_quantity
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".pgm", ".tif", ".tiff")
 
@@ -76,8 +77,6 @@ def as_float(x: torch.Tensor) -> torch.Tensor:
 def keep_budget(memory: str) -> int:
     """How many bytes of decoded images a worker keeps in memory: a quarter of its memory (a Kubernetes
     quantity, `spec.workers.memory`); the rest is for the model, optimizer, activations and Ray."""
-    from kubernetes.utils import parse_quantity
-
     return int(parse_quantity(memory)) // 4
 
 

@@ -8,6 +8,7 @@ from them. Every field's docstring becomes its description in the CRD, so `kubec
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any, Literal, Union
 
@@ -342,15 +343,43 @@ STAGE_TYPES = ("Pretrain", "FrozenFeatures", "Head", "FullFineTune")
 # --------------------------------------------------------------------------------- workers & storage
 
 
+# Powers of 1024 and of 10 that a quantity's suffix stands for.
+_BINARY_SI = {"Ki": 1, "Mi": 2, "Gi": 3, "Ti": 4, "Pi": 5, "Ei": 6}
+_DECIMAL_SI = {"n": -9, "u": -6, "m": -3, "": 0, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15, "E": 18}
+_NUMBER_AND_SUFFIX = re.compile(r"^([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))(.*)$")
+
+
+def parse_quantity(quantity: str | int) -> Decimal:
+    """The exact value of a Kubernetes quantity: `500m` -> 0.5, `16Gi` -> 17179869184, `1e3` -> 1000.
+
+    The grammar of k8s.io/apimachinery's resource.ParseQuantity (pkg/api/resource/quantity.go, suffix.go): a signed
+    decimal number, then a binary-SI suffix (Ki ... Ei), a decimal-SI one (n, u, m, k, M ... E; a bare E is
+    exa) or a decimal exponent (e or E and a signed integer). Raises ValueError for anything else."""
+    parts = _NUMBER_AND_SUFFIX.match(str(quantity))
+    number, suffix = parts.groups() if parts else ("", "?")
+    if suffix in _BINARY_SI:
+        return Decimal(number) * 1024 ** _BINARY_SI[suffix]
+    exponent = _DECIMAL_SI.get(suffix)
+    if exponent is None and re.fullmatch(r"[eE][+-]?[0-9]{1,9}", suffix):
+        exponent = int(suffix[1:])
+    if exponent is None:
+        raise ValueError(f"{quantity!r} is not a Kubernetes quantity (e.g. 500m, 2, 16Gi)")
+    try:
+        return Decimal(number).scaleb(exponent)
+    except ArithmeticError:  # beyond decimal's exponents (+-999999): no amount anyone asks for
+        raise ValueError(f"{quantity!r} is out of range") from None
+
+
 def _check_quantity(v: Any) -> Any:
     if isinstance(v, bool) or not isinstance(v, (int, str)):
         if isinstance(v, float):
             raise ValueError(f"a fractional quantity must be a string, e.g. '500m' or '0.5' (got {v!r})")
         return v  # the strict str check names the wrong type
     s = str(v)
+    # parse_quantity also refuses what the CRD's pattern lets through but Kubernetes does not (1e1.5).
     if not _QUANTITY.match(s):
         raise ValueError(f"{s!r} is not a Kubernetes quantity (e.g. 500m, 2, 16Gi)")
-    if not re.search(r"[1-9]", s.split("e")[0].split("E")[0]):
+    if parse_quantity(s) <= 0:
         raise ValueError(f"{s!r} must be greater than zero")
     return s
 
