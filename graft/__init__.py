@@ -4,12 +4,13 @@ from pathlib import Path as _Path
 
 __version__ = "0.1.0"
 
-# The control plane lives in the checkout's `operator/` folder and the data plane in `trainer/`;
-# a wheel installs them inside this package as `graft.operator` and `graft.trainer`. `operator/`
-# deliberately has no `__init__.py`: with one, any interpreter whose sys.path starts at the checkout
-# (`python -m ...` from the repo root in a fresh venv) imports it instead of the standard library's
-# `operator` and dies at start-up. In a source checkout (editable install) the folders sit beside
-# this package, so the checkout root joins this package's search path for those two names.
+# A wheel installs `operator/` and `trainer/` as `graft.operator` and `graft.trainer` (pyproject.toml's
+# package-dir); `operator/` has no `__init__.py`, or `python -m pip` run in the checkout would import it instead
+# of the standard library's `operator`. In a checkout its root joins this package's path, because packaging
+# cannot say it: setuptools' editable finder misses a namespace package that package-dir maps
+# (pypa/setuptools#4943; editable_mode=compat maps neither folder, =strict works outside the checkout only),
+# and `python -c`/`-m` run in the checkout import this folder, not the install. The cost: every folder of the
+# checkout also imports as `graft.<folder>` (graft.tests, a second copy as graft.graft); nothing imports those.
 _here = _Path(__file__).resolve().parent
 if not (_here / "operator").is_dir() and (_here.parent / "operator").is_dir():
     __path__.append(str(_here.parent))
