@@ -9,6 +9,7 @@ import json
 import jsonschema
 import pytest
 from graft.operator import builder
+from support.diff import diff
 
 from graft.api.validation import validate_document, validate_spec
 
@@ -60,9 +61,14 @@ POD_LABELS = {
 }
 
 
-def pod(container, cpu, memory, head, *, gpus=0, **placement):
-    """The whole pod template the builder makes, with `placement` (nodeSelector, tolerations, ...) added."""
-    env = [{"name": "HOME", "value": "/tmp"}, {"name": "RAY_USAGE_STATS_ENABLED", "value": "0"}]
+ENTRYPOINT = "python -m graft.trainer --job /etc/graft/job/transferjob.json"
+IMAGE = "ghcr.io/graft-dev/graft-trainer:0.1.0"
+BASE_ENV = [{"name": "HOME", "value": "/tmp"}, {"name": "RAY_USAGE_STATS_ENABLED", "value": "0"}]
+
+
+def pod(container, cpu, memory, head, *, gpus=0, image=IMAGE, env=(), **placement):
+    """The whole pod template the builder makes, with `env` after the base variables and `placement`
+    (nodeSelector, tolerations, ...) added."""
     volumes = [{"name": "tmp", "emptyDir": {}}, {"name": "dshm", "emptyDir": {"medium": "Memory"}}]
     mounts = [{"name": "tmp", "mountPath": "/tmp"}, {"name": "dshm", "mountPath": "/dev/shm"}]
     amounts = {"cpu": cpu, "memory": memory, **({"nvidia.com/gpu": gpus} if gpus else {})}
@@ -72,10 +78,10 @@ def pod(container, cpu, memory, head, *, gpus=0, **placement):
             "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
             "containers": [{
                 "name": container,
-                "image": "ghcr.io/graft-dev/graft-trainer:0.1.0",
+                "image": image,
                 "imagePullPolicy": "IfNotPresent",
                 "resources": {"requests": amounts, "limits": amounts},
-                "env": env,
+                "env": [*BASE_ENV, *env],
                 "volumeMounts": mounts + ([{"name": "graft-job", "mountPath": "/etc/graft/job", "readOnly": True}]
                                           if head else []),
                 "securityContext": SECURITY,
@@ -86,15 +92,18 @@ def pod(container, cpu, memory, head, *, gpus=0, **placement):
     }
 
 
-def test_base_rayjob_matches_expected_dict():
-    _, rayjob = builder.build_children(_body(), _spec())
-    name = NAME
+HEAD = pod("ray-head", "1", "2Gi", head=True)
+WORKER = pod("ray-worker", "1", "4Gi", head=False)
 
-    assert rayjob == {
+
+def rayjob(*, head=HEAD, worker=WORKER, replicas=1, labels=(), **spec):
+    """The whole RayJob the builder makes for `_body()`: these pods, `replicas` workers, `labels` added to its
+    own, `spec` fields added or replaced."""
+    return {
         "apiVersion": "ray.io/v1",
         "kind": "RayJob",
         "metadata": {
-            "name": name,
+            "name": NAME,
             "namespace": "ml",
             "labels": {
                 "graft.dev/transferjob": "digits",
@@ -102,6 +111,7 @@ def test_base_rayjob_matches_expected_dict():
                 "app.kubernetes.io/component": "rayjob",
                 "app.kubernetes.io/part-of": "graft",
                 "app.kubernetes.io/managed-by": "graft-operator",
+                **dict(labels),
             },
             "ownerReferences": [{
                 "apiVersion": "graft.dev/v1alpha1", "kind": "TransferJob", "name": "digits", "uid": UID,
@@ -109,7 +119,8 @@ def test_base_rayjob_matches_expected_dict():
             }],
         },
         "spec": {
-            "entrypoint": "python -m graft.trainer --job /etc/graft/job/transferjob.json",
+            # whatever the spec, the entrypoint is this fixed string: no user value is ever interpolated into it
+            "entrypoint": ENTRYPOINT,
             "submissionMode": "K8sJobMode",
             "shutdownAfterJobFinishes": True,
             "suspend": False,
@@ -118,88 +129,71 @@ def test_base_rayjob_matches_expected_dict():
                 "rayVersion": "2.60.0",
                 "headGroupSpec": {
                     "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"},
-                    "template": pod("ray-head", "1", "2Gi", head=True),
+                    "template": head,
                 },
                 "workerGroupSpecs": [{
-                    "groupName": "workers", "replicas": 1, "minReplicas": 1, "maxReplicas": 1, "rayStartParams": {},
-                    "template": pod("ray-worker", "1", "4Gi", head=False),
+                    "groupName": "workers", "replicas": replicas, "minReplicas": replicas, "maxReplicas": replicas,
+                    "rayStartParams": {},
+                    "template": worker,
                 }],
             },
+            **spec,
         },
     }
 
 
-def _worker(rj):
-    return rj["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]
-
-
-def _pods(rj):
-    return [rj["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"], _worker(rj)["template"]["spec"]]
-
+STORAGE = {"uri": "s3://bucket/jobs", "endpoint": "http://minio.storage:9000", "region": "eu-west-1",
+           "credentialsSecret": {"name": "s3-creds", "accessKeyIdKey": "id", "secretAccessKeyKey": "key"}}
+STORAGE_ENV = [
+    {"name": "AWS_ACCESS_KEY_ID", "valueFrom": {"secretKeyRef": {"name": "s3-creds", "key": "id"}}},
+    {"name": "AWS_SECRET_ACCESS_KEY", "valueFrom": {"secretKeyRef": {"name": "s3-creds", "key": "key"}}},
+    {"name": "AWS_ENDPOINT_URL", "value": "http://minio.storage:9000"},
+    {"name": "AWS_REGION", "value": "eu-west-1"},
+]
+DIGEST_IMAGE = "registry.local/graft-trainer@sha256:" + "a" * 64
 
 CASES = [
+    pytest.param({}, rayjob(), id="defaults-no-queue-label-no-selectors"),
     pytest.param(
         {"workers": {"replicas": 4, "gpus": 2, "cpus": "8", "memory": "64Gi"}},
-        lambda rj: (
-            _worker(rj)["replicas"] == _worker(rj)["minReplicas"] == _worker(rj)["maxReplicas"] == 4
-            and _worker(rj)["template"]["spec"]["containers"][0]["resources"]
-            == {"requests": {"cpu": "8", "memory": "64Gi", "nvidia.com/gpu": 2},
-                "limits": {"cpu": "8", "memory": "64Gi", "nvidia.com/gpu": 2}}
-            # the head runs only the driver: never a GPU
-            and "nvidia.com/gpu" not in _pods(rj)[0]["containers"][0]["resources"]["limits"]
-        ),
+        # requests == limits on the workers; the head runs only the driver: never a GPU
+        rayjob(replicas=4, worker=pod("ray-worker", "8", "64Gi", head=False, gpus=2)),
         id="gpu-workers-requests-equal-limits",
     ),
     pytest.param(
         {"scheduling": {"queueName": "team-a"}},
-        lambda rj: rj["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a",
+        rayjob(labels={"kueue.x-k8s.io/queue-name": "team-a"}),
         id="kueue-queue-label",
     ),
     pytest.param(
-        {},
-        lambda rj: "kueue.x-k8s.io/queue-name" not in rj["metadata"]["labels"] and "nodeSelector" not in _pods(rj)[0],
-        id="no-scheduling-no-extras",
-    ),
-    pytest.param(
         {"runPolicy": {"suspend": True, "activeDeadlineSeconds": 600, "backoffLimit": 0}},
-        lambda rj: (rj["spec"]["suspend"], rj["spec"]["activeDeadlineSeconds"], rj["spec"]["backoffLimit"])
-        == (True, 600, 0),
+        rayjob(suspend=True, activeDeadlineSeconds=600, backoffLimit=0),
         id="run-policy-pass-through",
     ),
     pytest.param(
         {"runPolicy": {"ttlSecondsAfterFinished": 60}},
-        lambda rj: "ttlSecondsAfterFinished" not in rj["spec"] and "activeDeadlineSeconds" not in rj["spec"],
+        rayjob(),
         id="ttl-enforced-by-operator-not-kuberay",
     ),
     pytest.param(
-        {"storage": {"uri": "s3://bucket/jobs", "endpoint": "http://minio.storage:9000", "region": "eu-west-1",
-                     "credentialsSecret": {"name": "s3-creds", "accessKeyIdKey": "id", "secretAccessKeyKey": "key"}}},
-        lambda rj: all(
-            p["containers"][0]["env"][2:] == [
-                {"name": "AWS_ACCESS_KEY_ID", "valueFrom": {"secretKeyRef": {"name": "s3-creds", "key": "id"}}},
-                {"name": "AWS_SECRET_ACCESS_KEY", "valueFrom": {"secretKeyRef": {"name": "s3-creds", "key": "key"}}},
-                {"name": "AWS_ENDPOINT_URL", "value": "http://minio.storage:9000"},
-                {"name": "AWS_REGION", "value": "eu-west-1"},
-            ]
-            for p in _pods(rj)
-        ),
+        {"storage": STORAGE},
+        rayjob(head=pod("ray-head", "1", "2Gi", head=True, env=STORAGE_ENV),
+               worker=pod("ray-worker", "1", "4Gi", head=False, env=STORAGE_ENV)),
         id="credentials-only-by-secret-reference",
     ),
     pytest.param(
-        {"image": "registry.local/graft-trainer@sha256:" + "a" * 64},
-        lambda rj: all(p["containers"][0]["image"] == "registry.local/graft-trainer@sha256:" + "a" * 64
-                       for p in _pods(rj)),
+        {"image": DIGEST_IMAGE},
+        rayjob(head=pod("ray-head", "1", "2Gi", head=True, image=DIGEST_IMAGE),
+               worker=pod("ray-worker", "1", "4Gi", head=False, image=DIGEST_IMAGE)),
         id="image-on-every-pod",
     ),
 ]
 
 
-@pytest.mark.parametrize(("overrides", "check"), CASES)
-def test_rayjob_variants(overrides, check):
-    _, rayjob = builder.build_children(_body(), _spec(**overrides))
-    assert check(rayjob)
-    # whatever the spec, the entrypoint is the fixed string: no user value is ever interpolated into it
-    assert rayjob["spec"]["entrypoint"] == "python -m graft.trainer --job /etc/graft/job/transferjob.json"
+@pytest.mark.parametrize(("overrides", "expected"), CASES)
+def test_rayjob(overrides, expected):
+    _, got = builder.build_children(_body(), _spec(**overrides))
+    assert got == expected, diff(expected, got)
 
 
 GPU_SELECTOR = {"nvidia.com/gpu.product": "NVIDIA-H200"}
@@ -252,8 +246,9 @@ PLACEMENT_CASES = [
 def test_head_and_worker_pods_are_placed_apart(overrides, head, worker):
     _, rayjob = builder.build_children(_body(), _spec(**overrides))
     cluster = rayjob["spec"]["rayClusterSpec"]
-    assert cluster["headGroupSpec"]["template"] == head
-    assert cluster["workerGroupSpecs"][0]["template"] == worker
+    got_head, got_worker = cluster["headGroupSpec"]["template"], cluster["workerGroupSpecs"][0]["template"]
+    assert got_head == head, diff(head, got_head)
+    assert got_worker == worker, diff(worker, got_worker)
 
 
 @pytest.mark.parametrize(("overrides", "head", "worker"), PLACEMENT_CASES)
