@@ -20,6 +20,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -191,6 +192,10 @@ def main() -> int:
     (base_status, _, _), (burst_status, overtaken, missing) = rec.status_latencies(base), rec.status_latencies(burst)
     print(f"operator benchmark: {args.jobs} TransferJobs (created in {created_s:.1f} s), all Succeeded in "
           f"{total_s:.1f} s; {len(left)} not Succeeded")
+    jobs = args.jobs + args.baseline
+    kinds = Counter((r.verb, r.rbac_resource) for r in op_requests)
+    print(f"operator requests per job ({len(op_requests) / jobs:.1f} in all, watches excluded): " + ", ".join(
+        f"{verb} {resource} {n / jobs:.1f}" for (verb, resource), n in kinds.most_common()))
     print(summary(f"API server time per operator request ({len(op_requests)} requests, watches excluded)",
                   [r.duration for r in op_requests]))
     print(summary("baseline create->RayJob", base_create))

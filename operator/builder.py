@@ -12,10 +12,6 @@ from typing import Any
 
 from graft.api.models import API_VERSION, KIND, Toleration, TransferJobSpec
 
-# The cluster rules live beside `graft validate`'s (`graft render` and `graft validate --cluster` import them from
-# there); the operator's reconcile reaches them through here.
-from graft.api.validation import cluster_problems, cluster_warnings, validate_for_cluster  # noqa: F401
-
 RAYJOB_API_VERSION = "ray.io/v1"
 RAY_VERSION = "2.60.0"
 
@@ -224,24 +220,19 @@ def build_rayjob(name: str, namespace: str | None, uid: str, spec: TransferJobSp
 
 
 def build_children(body: dict[str, Any], spec: TransferJobSpec) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The ConfigMap and RayJob for a TransferJob body, adopted by it (what the operator creates).
+    """The ConfigMap and RayJob for a TransferJob body, owned by it (what the operator creates).
 
-    Deleting the TransferJob deletes both (ownerReference with controller=true)."""
-    import kopf
-
+    Deleting the TransferJob deletes both: each has an ownerReference with controller=true, and
+    blockOwnerDeletion so that a foreground deletion of the job waits for them. The owner's labels are not
+    copied: a GitOps tool's tracking label (app.kubernetes.io/instance) would claim the children and prune them."""
     meta = body["metadata"]
     name, namespace, uid = meta["name"], meta.get("namespace"), meta["uid"]
-    configmap = build_configmap(name, namespace, uid, spec)
-    rayjob = build_rayjob(name, namespace, uid, spec)
-    # kopf.adopt also copies the owner's labels onto the children; a GitOps tool's tracking label
-    # (app.kubernetes.io/instance) would then claim the children as its own and prune them.
-    owner = {
-        "apiVersion": body.get("apiVersion", API_VERSION),
-        "kind": body.get("kind", KIND),
-        "metadata": {k: meta[k] for k in ("name", "namespace", "uid") if meta.get(k)},
-    }
-    kopf.adopt([configmap, rayjob], owner=owner)
-    return configmap, rayjob
+    owner = {"apiVersion": body.get("apiVersion", API_VERSION), "kind": body.get("kind", KIND), "name": name,
+             "uid": uid, "controller": True, "blockOwnerDeletion": True}
+    children = build_configmap(name, namespace, uid, spec), build_rayjob(name, namespace, uid, spec)
+    for child in children:
+        child["metadata"].setdefault("ownerReferences", []).append(dict(owner))
+    return children
 
 
 def runpolicy_patch(spec: TransferJobSpec) -> dict[str, Any]:

@@ -5,7 +5,6 @@ kopf and the handlers are imported only when `graft operator` runs; `render` and
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -42,8 +41,8 @@ def run_operator(
     import kopf
 
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.JSON, log_refkey="object")
-    os.environ["GRAFT_METRICS_PORT"] = str(metrics_port)
     import graft.operator.handlers  # noqa: F401 (registers the handlers)
+    from graft.operator.memory import Settings
 
     settings = kopf.OperatorSettings()
     # Serving named namespaces under a namespaced Role: no cluster-wide CRD/namespace watches (the Role cannot
@@ -52,7 +51,7 @@ def run_operator(
     settings.scanning.disabled = bool(namespace)
     kopf.run(
         settings=settings,
-        memo=kopf.Memo(ledger_timeout=ledger_timeout),  # read by the startup handler
+        memo=kopf.Memo(settings=Settings(ledger_timeout=ledger_timeout, metrics_port=metrics_port)),
         standalone=True,
         clusterwide=not namespace,
         namespaces=list(namespace or []),

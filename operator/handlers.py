@@ -1,21 +1,24 @@
 """The kopf handlers of the Graft operator (`kopf run -m graft.operator.handlers` or `graft operator`).
 
-Short by design: each one hands over to `reconcile.py`, where the steps live. Started jobs are followed by
-one mirror loop (`reconcile.Supervisor`) rather than a daemon per job: see its docstring for why.
+Short by design: each one hands over to `lifecycle.py` (start, spec changes) or the mirror loop (`supervisor.py`,
+one loop for all started jobs rather than a daemon per job: see its docstring for why). What the operator
+remembers lives in kopf's `memo` (`memo.graft`, a `memory.Memory`) and in kopf's indexes below.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 import kopf
-from graft.operator import builder, client, ledgers, metrics, reconcile
+from graft.operator import builder, client, lifecycle, metrics
+from graft.operator.memory import Memory, Settings
+from graft.operator.supervisor import Supervisor
 
 from graft.api.models import GROUP, PLURAL, VERSION
 
 _HANDLER_BACKOFF = 5  # seconds between retries of a failed handler (kopf's default is 60)
+_OURS = {builder.LABEL_TRANSFERJOB: kopf.PRESENT}
 
 
 class _QuietWatchHandlers(logging.Filter):
@@ -30,12 +33,24 @@ class _QuietWatchHandlers(logging.Filter):
 logging.getLogger("kopf.objects").addFilter(_QuietWatchHandlers())
 
 
+@kopf.index("ray.io", "v1", "rayjobs", labels=_OURS)
+def rayjobs(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    """Our RayJobs as the watch last saw them, by (namespace, name)."""
+    return {(namespace, name): dict(body)}
+
+
+@kopf.index(GROUP, VERSION, PLURAL)
+def jobs_by_phase(status: kopf.Status, **_: Any) -> dict[str | None, None]:
+    """TransferJobs by phase, for the graft_transferjobs gauge."""
+    return {status.get("phase"): None}
+
+
 @kopf.on.startup()
-async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
-    """Operator settings: progress kept in graft.dev annotations, quiet Events, metrics endpoint, and the ledger
-    read deadline (`graft operator --ledger-timeout`, passed in `memo`; the default under `kopf run`)."""
-    client.configure(settings)
-    reconcile.SUPERVISOR.configure(ledger_timeout=float(memo.get("ledger_timeout", ledgers.DEFAULT_TIMEOUT)))
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, rayjobs: kopf.Index,
+                    jobs_by_phase: kopf.Index, **_: Any) -> None:
+    """Operator settings: progress kept in graft.dev annotations, quiet Events, the metrics endpoint; and the
+    operator's memory in `memo.graft`, with `graft operator`'s options from `memo.settings` (defaults under
+    `kopf run`)."""
     settings.persistence.finalizer = "graft.dev/operator"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="graft.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -45,48 +60,56 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: lo
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
     settings.networking.error_backoffs = [1, 2, 4]
-    port = int(os.environ.get("GRAFT_METRICS_PORT", "8080"))
-    if port:
-        metrics.serve(port)
-        logger.info(f"metrics at http://0.0.0.0:{port}/metrics")
+    mem = Memory(client.Kube(), settings=memo.get("settings") or Settings(), rayjobs=rayjobs)
+    mem.supervisor = Supervisor(mem)
+    memo.graft = mem
+    metrics.count_phases(jobs_by_phase)
+    if mem.settings.metrics_port:
+        metrics.serve(mem.settings.metrics_port)
+        logger.info(f"metrics at http://0.0.0.0:{mem.settings.metrics_port}/metrics")
 
 
 @kopf.on.cleanup()
-async def stop_following(**_: Any) -> None:
-    """Stop the mirror loop when the operator exits."""
-    await reconcile.SUPERVISOR.stop()
+async def stop_following(memo: kopf.Memo, **_: Any) -> None:
+    """Stop the mirror loop and the ledger reads, close the API client."""
+    mem: Memory = memo.graft
+    assert mem.supervisor is not None
+    await mem.supervisor.stop()
+    await mem.reads.close()
+    await mem.api.close()
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL, backoff=_HANDLER_BACKOFF)
 @kopf.on.create(GROUP, VERSION, PLURAL, backoff=_HANDLER_BACKOFF)
-async def start(body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
+async def start(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
     """Validate the job, record its RayJob's name, create (or adopt) the ConfigMap and the RayJob."""
     with metrics.measured("create"):
-        await reconcile.start(body, logger)
+        await lifecycle.start(memo.graft, body, logger)
 
 
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec", backoff=_HANDLER_BACKOFF)
-async def spec_changed(body: kopf.Body, diff: kopf.Diff, logger: logging.Logger, **_: Any) -> None:
+async def spec_changed(body: kopf.Body, diff: kopf.Diff, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
     """Suspend/resume, deadline and retry changes go to the RayJob; other changes after the start are refused."""
     with metrics.measured("update"):
-        await reconcile.spec_changed(body, diff, logger)
+        await lifecycle.spec_changed(memo.graft, body, diff, logger)
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-async def transferjob_event(event: kopf.RawEvent, **_: Any) -> None:
-    """Feed every job's latest body to the mirror loop; keep the jobs-by-phase gauge in step."""
+async def transferjob_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    """Feed every job's latest body to the mirror loop."""
+    mem: Memory = memo.graft
     obj = event["object"]
-    meta = obj.get("metadata") or {}
     if event.get("type") == "DELETED":
-        reconcile.forget(meta.get("uid", ""), meta.get("namespace", ""), meta.get("name", ""))
+        mem.forget(obj["metadata"]["uid"])
         return
-    metrics.set_phase(meta.get("namespace", ""), meta.get("name", ""), (obj.get("status") or {}).get("phase"))
-    reconcile.SUPERVISOR.observe(obj)
+    assert mem.supervisor is not None
+    mem.supervisor.observe(obj)
 
 
-@kopf.on.event("ray.io", "v1", "rayjobs", labels={builder.LABEL_TRANSFERJOB: kopf.PRESENT})
-async def rayjob_event(event: kopf.RawEvent, **_: Any) -> None:
-    """A RayJob of ours changed: remember it and wake its TransferJob's mirror loop."""
-    owner = reconcile.remember_rayjob(event.get("type"), event["object"])
-    if owner:
-        reconcile.wake(owner)
+@kopf.on.event("ray.io", "v1", "rayjobs", labels=_OURS)
+async def rayjob_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    """A RayJob of ours changed: wake its TransferJob's mirror loop (kopf's index above already has it)."""
+    refs = event["object"].get("metadata", {}).get("ownerReferences") or []
+    owner = next((r.get("uid") for r in refs if r.get("kind") == "TransferJob"), None)
+    if owner and memo.graft.supervisor is not None:
+        memo.graft.supervisor.kick(owner)

@@ -1,4 +1,4 @@
-"""Reading a job's ledger from object storage with the credentials its spec names (contract 5), off the status path.
+"""Reading a job's ledger from object storage with the credentials its spec names, off the status path.
 
 The keys are read from the Secret in the job's namespace, kept in memory only, and never logged: they travel
 inside `storage.S3Options`, whose repr hides them.
@@ -31,28 +31,34 @@ log = logging.getLogger("graft.operator")
 DEFAULT_TIMEOUT = 5.0  # seconds a ledger read may take before the status says it could not be read
 THREADS = 16  # reader threads in all
 PER_ENDPOINT = 4  # reader threads one storage endpoint may hold: a hung endpoint holds at most these
-_SECRET_TTL = 60.0
-_secrets: dict[tuple[str, str], tuple[float, dict[str, str]]] = {}
+_SECRET_TTL = 60.0  # seconds a Secret's keys are reused before it is read again (a rotated key is seen then)
 
 
 class LedgerUnavailable(RuntimeError):
     """The ledger could not be read; the message names the URI or Secret and the cause, never a key."""
 
 
-async def _secret_data(namespace: str, name: str) -> dict[str, str]:
-    cached = _secrets.get((namespace, name))
-    if cached and time.monotonic() - cached[0] < _SECRET_TTL:
-        return cached[1]
-    body = await client.get(client.path("", "v1", "secrets", namespace, name))
-    if body is None:
-        raise LedgerUnavailable(f"Secret {namespace}/{name} (spec.storage.credentialsSecret) does not exist")
-    data = {k: base64.b64decode(v).decode() for k, v in (body.get("data") or {}).items()}
-    data.update(body.get("stringData") or {})
-    _secrets[(namespace, name)] = (time.monotonic(), data)
-    return data
+class Secrets:
+    """The storage credentials Secrets, read through the API and kept in memory for a minute."""
+
+    def __init__(self, api: client.Kube | None) -> None:
+        self.api = api
+        self._kept: dict[tuple[str, str], tuple[float, dict[str, str]]] = {}
+
+    async def data(self, namespace: str, name: str) -> dict[str, str]:
+        kept = self._kept.get((namespace, name))
+        if kept and time.monotonic() - kept[0] < _SECRET_TTL:
+            return kept[1]
+        body = await self.api.get("Secret", name, namespace) if self.api is not None else None
+        if body is None:
+            raise LedgerUnavailable(f"Secret {namespace}/{name} (spec.storage.credentialsSecret) does not exist")
+        data = {k: base64.b64decode(v).decode() for k, v in (body.get("data") or {}).items()}
+        self._kept[(namespace, name)] = (time.monotonic(), data)
+        return data
 
 
-async def s3_options(namespace: str, spec: TransferJobSpec, deadline: float | None = None) -> storage.S3Options | None:
+async def s3_options(secrets: Secrets, namespace: str, spec: TransferJobSpec, deadline: float | None = None
+                     ) -> storage.S3Options | None:
     """Explicit S3 settings for a job's storage (None for local storage).
 
     With a `deadline` (seconds), pyarrow gives up on a silent endpoint after about that long, in one attempt (the
@@ -63,7 +69,7 @@ async def s3_options(namespace: str, spec: TransferJobSpec, deadline: float | No
     key_id = secret_key = None
     ref = st.credentials_secret
     if ref is not None:
-        data = await _secret_data(namespace, ref.name)
+        data = await secrets.data(namespace, ref.name)
         missing = [k for k in (ref.access_key_id_key, ref.secret_access_key_key) if k not in data]
         if missing:
             raise LedgerUnavailable(f"Secret {namespace}/{ref.name} has no key(s) {', '.join(missing)}")
@@ -139,8 +145,10 @@ def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[[], Any]) -> None:
 class Reads:
     """Ledger reads off the status path: bounded in time, one in flight per job, isolated per endpoint."""
 
-    def __init__(self, timeout: float = DEFAULT_TIMEOUT, threads: int = THREADS, per_endpoint: int = PER_ENDPOINT):
+    def __init__(self, api: client.Kube | None = None, timeout: float = DEFAULT_TIMEOUT, threads: int = THREADS,
+                 per_endpoint: int = PER_ENDPOINT):
         self.timeout, self.threads, self.per_endpoint = timeout, threads, per_endpoint
+        self.secrets = Secrets(api)
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._slots: dict[str, asyncio.Semaphore] = {}
         self._busy: set[str] = set()
@@ -175,7 +183,7 @@ class Reads:
             nonlocal thread
             if root is None:
                 return None
-            options = await s3_options(namespace, spec, deadline=self.timeout)
+            options = await s3_options(self.secrets, namespace, spec, deadline=self.timeout)
             slots = self._slots.setdefault(endpoint_of(spec), asyncio.Semaphore(self.per_endpoint))
             await slots.acquire()  # released when the thread ends, not when the wait does
             try:

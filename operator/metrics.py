@@ -5,12 +5,14 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 PHASES = ("Pending", "Suspended", "Running", "Succeeded", "Failed")
 
-JOBS = Gauge("graft_transferjobs", "TransferJobs known to the operator, by phase.", ["phase"])
 RECONCILE_ERRORS = Counter(
     "graft_reconcile_errors_total", "Reconciliations that raised an error, by handler.", ["handler"]
 )
@@ -26,23 +28,28 @@ LEDGER_READS_OVERDUE = Gauge(
     "Ledger reads past their deadline whose thread has not ended yet (a storage endpoint that does not answer).",
 )
 
-_phases: dict[tuple[str, str], str] = {}
-for _p in PHASES:
-    JOBS.labels(phase=_p).set(0)
+
+class _JobsByPhase(Collector):
+    """graft_transferjobs{phase}: counted at scrape time from kopf's index of the jobs by phase."""
+
+    def __init__(self) -> None:
+        self.index: Any = None  # handlers.jobs_by_phase, handed over by the startup handler
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily("graft_transferjobs", "TransferJobs known to the operator, by phase.",
+                                   labels=["phase"])
+        for phase in PHASES:
+            family.add_metric([phase], len(self.index.get(phase, ())) if self.index is not None else 0)
+        yield family
 
 
-def set_phase(namespace: str, name: str, phase: str | None) -> None:
-    """Record a job's phase (None forgets the job) and update the by-phase gauge."""
-    key = (namespace, name)
-    if phase is None:
-        _phases.pop(key, None)
-    else:
-        _phases[key] = phase
-    counts = dict.fromkeys(PHASES, 0)
-    for p in _phases.values():
-        counts[p] = counts.get(p, 0) + 1
-    for p, n in counts.items():
-        JOBS.labels(phase=p).set(n)
+_JOBS = _JobsByPhase()
+REGISTRY.register(_JOBS)
+
+
+def count_phases(index: Any) -> None:
+    """Count the jobs-by-phase gauge from this kopf index ({phase: ...} per TransferJob)."""
+    _JOBS.index = index
 
 
 @contextmanager

@@ -32,11 +32,9 @@ def from_pods(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
     return None
 
 
-def from_events(events: list[dict[str, Any]], names: set[str]) -> tuple[str, str] | None:
-    """A quota refusal among the Events of the given objects (pods cannot even be created then)."""
+def from_events(events: list[dict[str, Any]]) -> tuple[str, str] | None:
+    """A quota refusal among a job's Events, the latest first (pods cannot even be created then)."""
     for ev in sorted(events, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "", reverse=True):
-        if (ev.get("involvedObject") or {}).get("name") not in names:
-            continue
         message = ev.get("message") or ""
         if "exceeded quota" in message or "ResourceQuota" in message:
             return "QuotaExceeded", f"{ev['involvedObject'].get('kind', 'object')} " \
@@ -44,28 +42,15 @@ def from_events(events: list[dict[str, Any]], names: set[str]) -> tuple[str, str
     return None
 
 
-def from_kueue(rayjob: dict[str, Any], suspend_requested: bool) -> tuple[str, str] | None:
-    """Kueue holds a queued RayJob suspended until its quota admits it."""
-    queue = (rayjob.get("metadata", {}).get("labels") or {}).get("kueue.x-k8s.io/queue-name")
-    if queue and (rayjob.get("spec") or {}).get("suspend") and not suspend_requested:
-        return "QueuedByKueue", f"waiting for Kueue to admit the job in queue {queue} (quota)"
-    return None
-
-
-async def reason(namespace: str, rayjob: dict[str, Any], suspend_requested: bool) -> tuple[str, str] | None:
-    """Look at the RayJob's cluster pods and Events; None when nothing known blocks it."""
-    found = from_kueue(rayjob, suspend_requested)
-    if found:
-        return found
+async def reason(api: client.Kube, namespace: str, rayjob: dict[str, Any]) -> tuple[str, str] | None:
+    """Look at the RayJob's cluster pods, then at the Events of the cluster and the RayJob; None when nothing
+    known blocks it. (A RayJob that Kueue holds is told apart in `status.derive_state`, from the RayJob alone.)"""
     cluster = (rayjob.get("status") or {}).get("rayClusterName")
     if not cluster:
         return None
-    selector = f"{CLUSTER_LABEL}={cluster}"
-    pods = await client.get(client.path("", "v1", "pods", namespace), labelSelector=selector) or {}
-    items = [p for p in pods.get("items") or [] if (p.get("metadata", {}).get("labels") or {}).get(CLUSTER_LABEL)
-             == cluster]
-    found = from_pods(items)
+    found = from_pods(await api.list("Pod", namespace, labels={CLUSTER_LABEL: cluster}))
     if found:
         return found
-    events = await client.get(client.path("", "v1", "events", namespace)) or {}
-    return from_events(events.get("items") or [], {cluster, rayjob["metadata"]["name"]})
+    events = [ev for name in (cluster, rayjob["metadata"]["name"])
+              for ev in await api.list("Event", namespace, fields={"involvedObject.name": name})]
+    return from_events(events)

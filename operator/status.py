@@ -1,4 +1,4 @@
-"""The TransferJob status as a pure projection of the RayJob's status and the ledger (contract 4).
+"""The TransferJob status as a pure projection of the RayJob's status and the ledger.
 
 Conditions are the source of truth; `phase` is derived from them for the printer column; `reason` and
 `message` mirror the latest transition. Nothing here does I/O: the handlers feed in what they observed and
@@ -123,8 +123,10 @@ def derive_state(
     # Suspended before KubeRay has written any status (created suspended); once it has, its word counts, so a
     # suspend request does not flap Suspended -> Running -> Suspended while KubeRay catches up.
     queue = ((rayjob or {}).get("metadata", {}).get("labels") or {}).get(LABEL_QUEUE)
-    if jds in _SUSPENDED and queue and not spec.run_policy.suspend:
-        # Not the user's suspension: Kueue holds a queued RayJob suspended until its quota admits it.
+    held = jds in _SUSPENDED or (((rayjob or {}).get("spec") or {}).get("suspend") and not rj_status)
+    if held and queue and not spec.run_policy.suspend:
+        # Not the user's suspension: Kueue holds a queued RayJob suspended until its quota admits it (the one
+        # place that tells; Kueue's webhook suspends it at creation, before KubeRay writes any status).
         return State("Pending", "QueuedByKueue", f"waiting for Kueue to admit the job in queue {queue} (quota)")
     if jds in _SUSPENDED or (spec.run_policy.suspend and not rj_status):
         return State("Suspended", "Suspended", "the job is suspended: its Ray cluster is deleted, progress is kept")

@@ -16,7 +16,6 @@ import yaml
 from kubernetes.client.exceptions import ApiException
 from support.crdcheck import kubectl_message
 from support.kube import emulated_api, label_selector_matches
-from support.s3 import free_port
 
 from graft.api.crd import COMMITTED_CRD
 
@@ -556,7 +555,7 @@ def test_kopf_run_with_graft_handlers_module_creates_the_rayjob(tmp_path):
     with emulated_api(namespaces=[NS]) as api:
         api.apply_crd(COMMITTED_CRD)
         kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig", user="kopf-m")
-        env = {**os.environ, "KUBECONFIG": str(kubeconfig), "GRAFT_METRICS_PORT": str(free_port())}
+        env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
         log_path = tmp_path / "kopf.log"
         proc = subprocess.Popen(
             [sys.executable, "-m", "kopf", "run", "--standalone", "--namespace", NS, "-m", "graft.operator.handlers"],

@@ -11,7 +11,7 @@ import pytest
 from graft.operator import builder
 from support.diff import diff
 
-from graft.api.validation import validate_document, validate_spec
+from graft.api.validation import validate_document, validate_for_cluster, validate_spec
 
 UID = "5c1f7a0e-1d2b-4c3d-9e8f-0a1b2c3d4e5f"
 
@@ -315,14 +315,14 @@ VALIDATION_CASES = [
 
 @pytest.mark.parametrize(("raw", "path"), VALIDATION_CASES)
 def test_cluster_validation_names_the_field(raw, path):
-    spec, problems = builder.validate_for_cluster(copy.deepcopy(raw))
+    spec, problems = validate_for_cluster(copy.deepcopy(raw))
     assert spec is None
     assert any(p.path.startswith(path) for p in problems), problems
 
 
 def test_cluster_validation_is_graft_validate_plus_storage():
     raw = {**BASE_SPEC, "stages": [{"type": "Head"}], "model": {"backbone": "nope", "numClasses": 1}}
-    _, ours = builder.validate_for_cluster(copy.deepcopy(raw))
+    _, ours = validate_for_cluster(copy.deepcopy(raw))
     _, theirs = validate_spec(copy.deepcopy(raw))
     assert [str(p) for p in ours] == [str(p) for p in theirs]
 

@@ -10,7 +10,7 @@ import threading
 import time
 
 import pytest
-from graft.operator import client, ledgers
+from graft.operator import ledgers
 from support.s3 import hung_endpoint
 
 from graft import storage
@@ -52,28 +52,34 @@ def _read(spec, uid, reads=None):
     return asyncio.run(go())
 
 
+class FakeSecrets:
+    """The API's Secrets, as the operator's client GETs them; `reads()` makes Reads that share one Secret cache."""
+
+    def __init__(self) -> None:
+        self.store: dict[tuple[str, str], dict] = {}
+        self.calls: list[tuple[str, str, str]] = []
+        self.cache = ledgers.Secrets(self)
+
+    async def get(self, kind, name, namespace):
+        self.calls.append((kind, namespace, name))
+        return self.store.get((namespace, name))
+
+    def reads(self, **kwargs) -> ledgers.Reads:
+        reads = ledgers.Reads(self, **kwargs)
+        reads.secrets = self.cache
+        return reads
+
+
 @pytest.fixture()
-def secrets(monkeypatch):
-    """The API's Secrets, as the operator's client would GET them."""
-    store: dict[str, dict] = {}
-    calls: list[str] = []
-
-    async def fake_get(url, **_):
-        calls.append(url)
-        return store.get(url)
-
-    monkeypatch.setattr(client, "get", fake_get)
-    ledgers._secrets.clear()
-    return store, calls
+def secrets():
+    return FakeSecrets()
 
 
-def _put_secret(store, name, data):
-    url = client.path("", "v1", "secrets", "ml", name)
-    store[url] = {"data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}}
+def _put_secret(secrets: FakeSecrets, name, data):
+    secrets.store[("ml", name)] = {"data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}}
 
 
 def test_reads_the_ledger_with_explicit_settings_not_the_environment(s3_endpoint, s3_bucket, secrets, monkeypatch):
-    store, calls = secrets
     uid = "job-uid-1"
     ledger = Ledger.create(uid, "demo", ["FrozenFeatures", "Head"])
     ledger.stages[0].state = StageState.SUCCEEDED
@@ -81,19 +87,19 @@ def test_reads_the_ledger_with_explicit_settings_not_the_environment(s3_endpoint
     # The operator's own environment knows nothing of this store: only the spec and the Secret do.
     for var in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         monkeypatch.delenv(var, raising=False)
-    _put_secret(store, "s3-creds", {"id": KEY_ID, "key": SECRET})
+    _put_secret(secrets, "s3-creds", {"id": KEY_ID, "key": SECRET})
     spec = _spec(f"{s3_bucket}/jobs", s3_endpoint)
-    projected = _read(spec, uid).ledger
+    projected = _read(spec, uid, secrets.reads()).ledger
     assert projected["progress"] == "1/2"
     assert [s["state"] for s in projected["stages"]] == ["Succeeded", "Pending"]
     # the Secret is read once and cached, not on every poll
-    _read(spec, uid)
-    assert len(calls) == 1
+    _read(spec, uid, secrets.reads())
+    assert secrets.calls == [("Secret", "ml", "s3-creds")]
 
 
 def test_no_ledger_yet_is_not_an_error(s3_endpoint, s3_bucket, secrets):
-    _put_secret(secrets[0], "s3-creds", {"id": KEY_ID, "key": SECRET})
-    assert _read(_spec(f"{s3_bucket}/jobs", s3_endpoint), "never-ran") == ledgers.Outcome(ledger=None)
+    _put_secret(secrets, "s3-creds", {"id": KEY_ID, "key": SECRET})
+    assert _read(_spec(f"{s3_bucket}/jobs", s3_endpoint), "never-ran", secrets.reads()) == ledgers.Outcome(ledger=None)
 
 
 @pytest.mark.parametrize(
@@ -105,14 +111,14 @@ def test_no_ledger_yet_is_not_an_error(s3_endpoint, s3_bucket, secrets):
 )
 def test_secret_problems_are_named_without_values(secrets, data, expected):
     if data is not None:
-        _put_secret(secrets[0], "s3-creds", data)
-    outcome = _read(_spec("s3://bucket/jobs", "http://127.0.0.1:1"), "uid")
+        _put_secret(secrets, "s3-creds", data)
+    outcome = _read(_spec("s3://bucket/jobs", "http://127.0.0.1:1"), "uid", secrets.reads())
     assert outcome == ledgers.Outcome(problem=("LedgerUnavailable", expected))
 
 
 def test_unreachable_store_names_the_uri_and_never_the_keys(secrets):
-    _put_secret(secrets[0], "s3-creds", {"id": KEY_ID, "key": SECRET})
-    reason, message = _read(_spec("s3://bucket/jobs", "http://127.0.0.1:9"), "uid").problem
+    _put_secret(secrets, "s3-creds", {"id": KEY_ID, "key": SECRET})
+    reason, message = _read(_spec("s3://bucket/jobs", "http://127.0.0.1:9"), "uid", secrets.reads()).problem
     assert reason == "LedgerUnavailable" and "s3://bucket/jobs/uid/ledger.json" in message
     assert SECRET not in message and KEY_ID not in message
 
@@ -196,10 +202,10 @@ def test_a_hung_endpoint_holds_only_its_own_threads(stuck):
 
 
 def test_pyarrow_lets_go_of_a_silent_endpoint_soon_after_the_deadline(secrets):
-    _put_secret(secrets[0], "s3-creds", {"id": KEY_ID, "key": SECRET})
+    _put_secret(secrets, "s3-creds", {"id": KEY_ID, "key": SECRET})
 
     async def scenario(url):
-        reads = ledgers.Reads(timeout=1.0)
+        reads = secrets.reads(timeout=1.0)
         outcomes = []
         assert reads.start("uid", "ml", _spec("s3://bucket/jobs", url), outcomes.append)
         # pyarrow's defaults (3 attempts x 30 s) would hold the thread for 90 s; the operator's reads ask for one

@@ -38,27 +38,11 @@ def test_from_pods(pods, expected):
     assert pending.from_pods(pods) == expected
 
 
-def test_quota_from_events_of_the_cluster_only():
+def test_quota_from_the_latest_events():
     quota = 'pods "c-head-x" is forbidden: exceeded quota: gpu-quota, requested: nvidia.com/gpu=1'
     events = [
-        {"involvedObject": {"kind": "RayCluster", "name": "other"}, "message": "exceeded quota: x"},
-        {"involvedObject": {"kind": "RayCluster", "name": "c"}, "message": quota, "lastTimestamp": "t2"},
         {"involvedObject": {"kind": "RayCluster", "name": "c"}, "message": "Created head pod", "lastTimestamp": "t1"},
+        {"involvedObject": {"kind": "RayCluster", "name": "c"}, "message": quota, "lastTimestamp": "t2"},
     ]
-    assert pending.from_events(events, {"c"}) == ("QuotaExceeded", f"RayCluster c: {quota}")
-    assert pending.from_events(events[2:], {"c"}) is None
-
-
-@pytest.mark.parametrize(
-    ("labels", "suspend", "requested", "expected"),
-    [
-        pytest.param({"kueue.x-k8s.io/queue-name": "team-a"}, True, False, "QueuedByKueue", id="held-by-kueue"),
-        pytest.param({"kueue.x-k8s.io/queue-name": "team-a"}, True, True, None, id="user-suspended"),
-        pytest.param({"kueue.x-k8s.io/queue-name": "team-a"}, False, False, None, id="admitted"),
-        pytest.param({}, True, False, None, id="no-queue"),
-    ],
-)
-def test_from_kueue(labels, suspend, requested, expected):
-    rayjob = {"metadata": {"name": "rj", "labels": labels}, "spec": {"suspend": suspend}}
-    found = pending.from_kueue(rayjob, requested)
-    assert (found[0] if found else None) == expected
+    assert pending.from_events(events) == ("QuotaExceeded", f"RayCluster c: {quota}")
+    assert pending.from_events(events[:1]) is None

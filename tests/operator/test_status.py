@@ -64,6 +64,12 @@ STATE_CASES = [
                  {}, None, ("Pending", "QueuedByKueue"), id="held-by-kueue"),
     pytest.param({**_rj("Suspended"), "metadata": {"name": "rj", "labels": {"kueue.x-k8s.io/queue-name": "q"}}},
                  {"suspend": True}, None, ("Suspended", "Suspended"), id="queued-and-user-suspended"),
+    pytest.param({**_rj(), "metadata": {"name": "rj", "labels": {"kueue.x-k8s.io/queue-name": "q"}},
+                  "spec": {"suspend": True}}, {}, None, ("Pending", "QueuedByKueue"),
+                 id="suspended-by-kueue-webhook-before-any-status"),
+    pytest.param({**_rj("Running", "RUNNING"), "metadata": {"name": "rj", "labels": {
+        "kueue.x-k8s.io/queue-name": "q"}}, "spec": {"suspend": False}}, {}, None, ("Running", "Running"),
+                 id="admitted-by-kueue"),
     pytest.param(_rj("Initializing"), {"suspend": True}, None, ("Pending", "ClusterStarting"),
                  id="suspend-asked-kuberay-not-caught-up"),
     pytest.param(_rj("Initializing", message="Secret s3 not found"), {}, None, ("Pending", "ClusterStarting"),

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from graft.operator import reconcile
+from graft.operator import follow, memory, metrics
+from graft.operator.supervisor import Supervisor
 
 
 def _body(uid, started=True, deleting=False):
@@ -20,15 +21,14 @@ def calls(monkeypatch):
     seen: list[str] = []
     plan: dict[str, list[float | None]] = {}
 
-    async def fake_follow_once(body, follower):
+    async def fake_follow_once(mem, body, follower):
         uid = body["metadata"]["uid"]
         seen.append(uid)
         await asyncio.sleep(0.01)
         delays = plan.get(uid) or [None]
         return delays.pop(0) if len(delays) > 1 else delays[0]
 
-    monkeypatch.setattr(reconcile, "follow_once", fake_follow_once)
-    monkeypatch.setattr(reconcile, "_status", {})
+    monkeypatch.setattr(follow, "follow_once", fake_follow_once)
     return seen, plan
 
 
@@ -36,7 +36,7 @@ def test_followed_until_done_rechecked_when_due_and_woken_at_once(calls):
     seen, plan = calls
 
     async def scenario():
-        sup = reconcile.Supervisor()
+        sup = Supervisor(memory.Memory(api=None))
         plan["a"] = [0.05, 0.05, None]  # running, running, finished
         plan["b"] = [60.0]  # e.g. suspended: nothing due for a minute
         sup.observe(_body("a"))
@@ -59,7 +59,7 @@ def test_a_wake_during_a_look_is_not_lost(calls):
     seen, plan = calls
 
     async def scenario():
-        sup = reconcile.Supervisor()
+        sup = Supervisor(memory.Memory(api=None))
         plan["a"] = [None]
         sup.observe(_body("a"))
         await asyncio.sleep(0.005)  # inside its first look
@@ -71,23 +71,36 @@ def test_a_wake_during_a_look_is_not_lost(calls):
     asyncio.run(scenario())
 
 
-def test_one_failing_job_does_not_stop_the_loop(calls, monkeypatch):
-    seen, _ = calls
-    original = reconcile.follow_once
+def _errors() -> float:
+    return metrics.RECONCILE_ERRORS.labels(handler="mirror")._value.get()
 
-    async def flaky(body, follower):
+
+def test_a_job_whose_look_raises_is_logged_counted_and_looked_at_again_while_others_go_on(calls, monkeypatch,
+                                                                                            caplog):
+    seen, plan = calls
+    original = follow.follow_once
+    monkeypatch.setattr("graft.operator.supervisor.POLL_SECONDS", 0.05)
+
+    async def flaky(mem, body, follower):
         if body["metadata"]["uid"] == "bad":
+            seen.append("bad")
             raise RuntimeError("surprise")
-        return await original(body, follower)
+        return await original(mem, body, follower)
 
-    monkeypatch.setattr(reconcile, "follow_once", flaky)
+    monkeypatch.setattr(follow, "follow_once", flaky)
+    errors = _errors()
 
     async def scenario():
-        sup = reconcile.Supervisor()
+        sup = Supervisor(memory.Memory(api=None))
+        plan["good"] = [0.02]  # a running job: looked at again and again
         sup.observe(_body("bad"))
         sup.observe(_body("good"))
-        await asyncio.sleep(0.1)
-        assert "good" in seen
+        await asyncio.sleep(0.3)
+        assert seen.count("good") >= 5  # the loop went on
+        assert seen.count("bad") >= 2 and "bad" in sup.bodies  # retried after POLL_SECONDS, not dropped
         await sup.stop()
 
     asyncio.run(scenario())
+    assert _errors() - errors >= 2  # graft_reconcile_errors_total{handler="mirror"}
+    failures = [r for r in caplog.records if r.getMessage() == "following the job failed"]
+    assert failures and failures[0].k8s_ref["uid"] == "bad" and failures[0].exc_info  # the job and the traceback

@@ -1,4 +1,4 @@
-"""One look at a job (`reconcile.sync`) never waits for its ledger read (issue 10): RayJob transitions are written at
+"""One look at a job (`follow.sync`) never waits for its ledger read (issue 10): RayJob transitions are written at
 once and the read's outcome later; only a finished job waits for its final read, and no longer than the deadline."""
 
 from __future__ import annotations
@@ -7,7 +7,8 @@ import asyncio
 import copy
 
 import pytest
-from graft.operator import builder, client, ledgers, reconcile, status
+from graft.operator import builder, follow, ledgers, memory, status
+from graft.operator.supervisor import Supervisor
 
 from graft.api.validation import validate_spec
 
@@ -51,36 +52,51 @@ class FakeReads:
         pass
 
 
-class Job:
-    """The API as far as one job's sync sees it: its RayJob (as the watch saw it) and its status writes."""
+class FakeKube:
+    """The API as far as one job's sync sees it: the status subresource it patches."""
 
-    def __init__(self, monkeypatch):
-        self.reads = FakeReads()
-        supervisor = reconcile.Supervisor()
-        supervisor.reads = self.reads
-        monkeypatch.setattr(reconcile, "SUPERVISOR", supervisor)
-        monkeypatch.setattr(reconcile, "_status", {})
-        monkeypatch.setattr(reconcile, "_rayjobs", {})
-        monkeypatch.setattr(reconcile, "POLL_SECONDS", 0.05)
-        monkeypatch.setattr(reconcile, "_event", lambda body, *event: self.events.append(event))
-        monkeypatch.setattr(client, "merge_patch", self._patch)
-        self.spec, problems = validate_spec(copy.deepcopy(SPEC))
-        assert not problems
+    def __init__(self) -> None:
         self.stored: dict = {}
         self.writes: list[dict] = []
-        self.events: list[tuple] = []
-        self.body = {"metadata": {"uid": UID, "name": NAME, "namespace": NS, "generation": 1}, "spec": SPEC}
 
-    async def _patch(self, url, body):
+    async def merge_patch(self, kind, name, namespace, body, *, status=False):
+        assert (kind, name, namespace, status) == ("TransferJob", NAME, NS, True)
         patch = body["status"]
         self.writes.append(patch)
         self.stored = {k: v for k, v in {**self.stored, **patch}.items() if v is not None}
         return {"status": copy.deepcopy(self.stored)}
 
+
+class Job:
+    """One job's sync against its RayJob (as the watch saw it, in kopf's index) and its status writes."""
+
+    def __init__(self, monkeypatch):
+        self.api = FakeKube()
+        self.mem = memory.Memory(self.api)
+        self.mem.reads = self.reads = FakeReads()
+        self.mem.supervisor = Supervisor(self.mem)
+        self.index: dict = {}
+        self.mem.rayjobs = self.index  # kopf's index: key -> the values (one RayJob)
+        self.follower = follow.Follower()
+        monkeypatch.setattr(follow, "POLL_SECONDS", 0.05)
+        self.events: list[tuple] = []
+        monkeypatch.setattr(memory, "event", lambda body, *event: self.events.append(event))
+        self.spec, problems = validate_spec(copy.deepcopy(SPEC))
+        assert not problems
+        self.body = {"metadata": {"uid": UID, "name": NAME, "namespace": NS, "generation": 1}, "spec": SPEC}
+
+    @property
+    def stored(self) -> dict:
+        return self.api.stored
+
+    @property
+    def writes(self) -> list[dict]:
+        return self.api.writes
+
     async def look(self, jds: str, **rj_status) -> dict:
-        reconcile._rayjobs[(NS, RJ)] = {"metadata": {"name": RJ, "namespace": NS},
-                                        "status": {"jobDeploymentStatus": jds, **rj_status}}
-        return await reconcile.sync(self.body, self.spec)
+        self.index[(NS, RJ)] = [{"metadata": {"name": RJ, "namespace": NS},
+                                 "status": {"jobDeploymentStatus": jds, **rj_status}}]
+        return await follow.sync(self.mem, self.body, self.spec, self.follower)
 
 
 def _cond(st, type_):
@@ -121,7 +137,7 @@ def test_a_transition_is_written_at_once_while_the_read_hangs_and_the_status_the
         assert job.stored["progress"] == "1/2"
         assert _ledger_cond(job.stored) == {"status": "False", "reason": "LedgerTimeout"}
         # The next read answers within the deadline: the condition says the progress is current again.
-        await asyncio.sleep(reconcile.POLL_SECONDS)
+        await asyncio.sleep(follow.POLL_SECONDS)
         await job.look("Running", jobStatus="RUNNING")
         job.reads.answer(ledgers.Outcome(ledger=RUNNING_LEDGER))
         await job.look("Running", jobStatus="RUNNING")
@@ -162,7 +178,7 @@ def test_a_finished_job_whose_read_hangs_is_written_at_the_deadline_and_complete
         assert done["phase"] == "Succeeded" and "no ledger was read" in done["message"]
         assert done["progress"] == "1/2"  # the last read, not claimed as final:
         assert _ledger_cond(done) == {"status": "False", "reason": "LedgerTimeout"}
-        assert reconcile.final_read_missing(done)
+        assert follow.final_read_missing(done)
         await job.look("Complete", jobStatus="SUCCEEDED")  # what was read before the finish answers nothing now
         assert _ledger_cond(job.stored) == {"status": "False", "reason": "LedgerTimeout"}
         # The read answers after all: the results are filled in; the phase and the transition's message stay.
@@ -172,6 +188,6 @@ def test_a_finished_job_whose_read_hangs_is_written_at_the_deadline_and_complete
         assert (filled["phase"], filled["message"]) == ("Succeeded", done["message"])
         assert (filled["progress"], filled["modelURI"]) == ("2/2", FINAL_LEDGER["modelURI"])
         assert _ledger_cond(filled) == {"status": "True", "reason": "LedgerRead"}
-        assert not reconcile.final_read_missing(filled)
+        assert not follow.final_read_missing(filled)
 
     asyncio.run(scenario())

@@ -1,0 +1,85 @@
+"""A TransferJob's children, the ConfigMap and the RayJob: create or adopt them, find the RayJob, delete it after
+its TTL. Both carry an ownerReference to the job, so deleting the job deletes them (and the Ray cluster)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+from graft.operator import builder, client
+from graft.operator.memory import Memory, event, ref
+
+from graft.api.models import TransferJobSpec
+
+
+async def create_or_adopt(mem: Memory, obj: dict[str, Any], owner_uid: str) -> tuple[dict[str, Any], bool]:
+    """Create a child; when one of that name exists (409), adopt it. Returns (object, created)."""
+    kind, namespace, name = obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"]
+    try:
+        return await mem.api.create(obj), True
+    except client.Conflict:
+        pass
+    existing = await mem.api.get(kind, name, namespace)
+    if existing is None:
+        raise kopf.TemporaryError(f"{kind} {name} was being deleted while it was created; retrying", delay=2)
+    refs = existing.get("metadata", {}).get("ownerReferences") or []
+    if any(r.get("uid") == owner_uid for r in refs):
+        return existing, False
+    if any(r.get("controller") for r in refs):
+        raise kopf.PermanentError(f"{kind} {namespace}/{name} exists and belongs to another controller")
+    # An orphan of this job's deterministic name (e.g. created before an operator crash lost track): adopt it.
+    patched = await mem.api.merge_patch(kind, name, namespace, {"metadata": {
+        "ownerReferences": refs + obj["metadata"]["ownerReferences"], "labels": obj["metadata"]["labels"]}})
+    return patched or existing, False
+
+
+async def create_both(mem: Memory, body: Any, spec: TransferJobSpec) -> tuple[dict[str, Any], bool]:
+    """Create (or adopt) the ConfigMap, then the RayJob that mounts it. Returns (RayJob, created)."""
+    configmap, rayjob = builder.build_children(dict(body), spec)
+    await create_or_adopt(mem, configmap, body["metadata"]["uid"])
+    return await create_or_adopt(mem, rayjob, body["metadata"]["uid"])
+
+
+def rayjob_seen(mem: Memory, follower: Any, namespace: str, name: str) -> dict[str, Any] | None:
+    """The RayJob as the watch last saw it; until the watch has seen what we last wrote, what we wrote. None when
+    neither (deleted, or the watch has not caught up: ask the API server)."""
+    seen = mem.seen_rayjob(namespace, name)
+    if seen is not None:
+        follower.written_rayjob = None
+        return seen
+    return follower.written_rayjob
+
+
+async def recreate(mem: Memory, body: Any, spec: TransferJobSpec, rj_name: str) -> dict[str, Any]:
+    """The RayJob was deleted under a running job: make it again (the trainer resumes from the ledger)."""
+    obj, created = await create_both(mem, body, spec)
+    if created:
+        event(body, "Warning", "RayJobRecreated",
+              f"RayJob {rj_name} was deleted before the job finished; created it again (it resumes from the ledger)")
+    return obj
+
+
+def _seconds_until(timestamp: str | None, seconds: int) -> float:
+    if not timestamp:
+        return 0.0
+    when = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+    return when.timestamp() + seconds - datetime.now(UTC).timestamp()
+
+
+async def expire(mem: Memory, body: Any, spec: TransferJobSpec, current: dict[str, Any]) -> float | None:
+    """ttlSecondsAfterFinished: delete the RayJob (and so its Ray cluster) of a finished job, keep the job.
+
+    Returns seconds until it is due, or None when there is nothing (more) to do."""
+    ttl = spec.run_policy.ttl_seconds_after_finished
+    if ttl is None:
+        return None
+    due = _seconds_until(current.get("completionTime"), ttl)
+    if due > 0:
+        return due
+    rj_name = current["rayJobName"]
+    if await mem.api.delete("RayJob", rj_name, ref(body)[1]):
+        event(body, "Normal", "RayJobDeleted",
+              f"ttlSecondsAfterFinished ({ttl}s) passed: deleted RayJob {rj_name} and its Ray cluster; the "
+              "TransferJob, its status and everything in object storage stay")
+    return None

@@ -1,0 +1,99 @@
+"""A TransferJob's start and its spec changes: the steps the kopf handlers in `handlers.py` hand over to.
+
+Start: validate, record the RayJob's name in status, then create (or adopt) the ConfigMap and the RayJob. A spec
+change after the start: run-policy fields go to the RayJob, anything else is refused with a Warning Event.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any
+
+from graft.operator import builder, children, follow, ledgers, status
+from graft.operator.memory import Memory, event, ref, started
+
+from graft.api.validation import cluster_warnings, validate_for_cluster
+from graft.ledger import now
+
+Logger = logging.Logger | logging.LoggerAdapter
+
+
+def _problems_text(problems: list[Any]) -> str:
+    return "; ".join(str(p) for p in problems)
+
+
+async def start(mem: Memory, body: Any, logger: Logger) -> None:
+    """Run on create, on resume (operator restart) and when a not-yet-started job's spec changes."""
+    uid, _, name = ref(body)
+    generation = body["metadata"].get("generation")
+    current = mem.known_status(body)
+    spec, problems = validate_for_cluster(copy.deepcopy(dict(body.get("spec") or {})))
+    if spec is None:
+        message = _problems_text(problems)
+        if started(current):
+            # The spec changed after the RayJob was made from it; that one runs on (see spec_changed).
+            logger.warning(f"spec is no longer valid; the running job keeps its original spec: {message}")
+            return
+        await mem.write_status(body, status.invalid_status(message=message, generation=generation, current=current,
+                                                           now=now()))
+        # Handled, not raised: the status and its Warning event are the verdict. A PermanentError would log the
+        # user's mistake as an operator ERROR ("failed permanently"); the next spec change runs this again.
+        logger.info(f"invalid spec: {message}")
+        return
+    if started(current) and status.is_terminal(current):
+        return  # a finished job (resumed after a restart): nothing to create again
+    rj_name = current.get("rayJobName") if started(current) else builder.rayjob_name(name, uid)
+    if not started(current) or current.get("rayJobName") != rj_name:
+        # Recorded before anything is created: a crash after this line can only ever adopt this name.
+        creating = status.build_status(
+            spec=spec, generation=generation, current=current,
+            state=status.State("Pending", "Creating", f"creating RayJob {rj_name}"),
+            rayjob_name=rj_name, created=False, rayjob=None, ledger=None, storage_uri=ledgers.storage_root(spec, uid),
+            now=now(),
+        )
+        current = await mem.write_status(body, creating)
+        for warning in cluster_warnings(spec):
+            event(body, "Warning", "StorageNotShared", str(warning))
+    rayjob, created = await children.create_both(mem, body, spec)
+    if created:
+        event(body, "Normal", "RayJobCreated", f"created RayJob {rj_name} and ConfigMap {rj_name}")
+        logger.info(f"created RayJob {rj_name}")
+    else:
+        logger.info(f"adopted existing RayJob {rj_name}")
+    assert mem.supervisor is not None
+    await follow.sync(mem, body, spec, mem.supervisor.follower(uid), rayjob=rayjob)
+    mem.supervisor.observe(copy.deepcopy(dict(body)))
+
+
+async def spec_changed(mem: Memory, body: Any, diff: Any, logger: Logger) -> None:
+    """Apply run-policy changes to the RayJob; refuse changes to anything else once the job has started."""
+    uid, namespace, _ = ref(body)
+    current = mem.known_status(body)
+    if not started(current):
+        await start(mem, body, logger)
+        return
+    paths = [tuple(d[1]) for d in diff]
+    immutable = sorted({".".join(("spec", *p)) if p else "spec" for p in paths if not p or p[0] != "runPolicy"})
+    spec, problems = validate_for_cluster(copy.deepcopy(dict(body.get("spec") or {})))
+    override = None
+    if immutable:
+        message = (
+            f"{', '.join(immutable)} cannot change after the job started; the change is ignored and the job runs "
+            "on as it started. To run the new spec, create a new TransferJob (or delete and re-create this one)."
+        )
+        event(body, "Warning", "ImmutableFieldChanged", message)
+        logger.info(message)  # info: kopf posts warnings as Events, and this one has its own
+        override = ("ImmutableFieldChanged", message)
+    if spec is None:
+        logger.warning(f"spec change not applied, it is invalid: {_problems_text(problems)}")
+        return
+    patched = None
+    if any(p and p[0] == "runPolicy" for p in paths) and not status.is_terminal(current):
+        rj_name, change = current["rayJobName"], builder.runpolicy_patch(spec)
+        patched = await mem.api.merge_patch("RayJob", rj_name, namespace, change)
+        if patched is not None:
+            logger.info(f"run policy applied to RayJob {rj_name}: {change['spec']}")
+    assert mem.supervisor is not None
+    await follow.sync(mem, body, spec, mem.supervisor.follower(uid), override=override, rayjob=patched)
+    mem.supervisor.kick(uid)
