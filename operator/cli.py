@@ -42,7 +42,6 @@ def run_operator(
 
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.JSON, log_refkey="object")
     import graft.operator.handlers  # noqa: F401 (registers the handlers)
-    from graft.operator.memory import Settings
 
     settings = kopf.OperatorSettings()
     # Serving named namespaces under a namespaced Role: no cluster-wide CRD/namespace watches (the Role cannot
@@ -51,7 +50,7 @@ def run_operator(
     settings.scanning.disabled = bool(namespace)
     kopf.run(
         settings=settings,
-        memo=kopf.Memo(settings=Settings(ledger_timeout=ledger_timeout, metrics_port=metrics_port)),
+        memo=kopf.Memo(ledger_timeout=ledger_timeout, metrics_port=metrics_port),  # read by the startup handler
         standalone=True,
         clusterwide=not namespace,
         namespaces=list(namespace or []),

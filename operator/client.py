@@ -34,8 +34,14 @@ class Conflict(Exception):
     """An object of that name exists already (409 on create)."""
 
 
-def _code(exc: ApiError) -> int:
-    return exc.status.code or exc.response.status_code
+async def _unless_absent(call: Any) -> Any:
+    """The call's answer, or None when the object does not exist (404)."""
+    try:
+        return await call
+    except ApiError as exc:
+        if exc.status.code == 404:
+            return None
+        raise
 
 
 class Kube:
@@ -46,12 +52,8 @@ class Kube:
 
     async def get(self, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
         """The object, or None when it does not exist."""
-        try:
-            return dict(await self.api.get(KINDS[kind], name, namespace=namespace))
-        except ApiError as exc:
-            if _code(exc) == 404:
-                return None
-            raise
+        found = await _unless_absent(self.api.get(KINDS[kind], name, namespace=namespace))
+        return None if found is None else dict(found)
 
     async def list(self, kind: str, namespace: str, *, labels: dict[str, str] | None = None,
                    fields: dict[str, str] | None = None) -> list[dict[str, Any]]:
@@ -60,31 +62,27 @@ class Kube:
 
     async def create(self, obj: dict[str, Any]) -> dict[str, Any]:
         """Create an object; raises Conflict when one of that name exists."""
-        res = KINDS[obj["kind"]]
         try:
-            return dict(await self.api.create(res.from_dict(obj), namespace=obj["metadata"]["namespace"]))
+            created = await self.api.create(KINDS[obj["kind"]].from_dict(obj), namespace=obj["metadata"]["namespace"])
         except ApiError as exc:
-            if _code(exc) == 409:
+            if exc.status.code == 409:
                 raise Conflict(f"{obj['kind']} {obj['metadata']['name']} exists") from exc
             raise
+        return dict(created)
 
     async def merge_patch(self, kind: str, name: str, namespace: str, patch: dict[str, Any], *,
                           status: bool = False) -> dict[str, Any] | None:
         """Merge-patch an object (or its status subresource); None when it does not exist."""
         res = KINDS[kind].Status if status else KINDS[kind]
-        try:
-            return dict(await self.api.patch(res, name, patch, namespace=namespace, patch_type=PatchType.MERGE))
-        except ApiError as exc:
-            if _code(exc) == 404:
-                return None
-            raise
+        done = await _unless_absent(self.api.patch(res, name, patch, namespace=namespace, patch_type=PatchType.MERGE))
+        return None if done is None else dict(done)
 
     async def delete(self, kind: str, name: str, namespace: str) -> bool:
         """Delete with background propagation (its dependents go too); False when it was gone already."""
         try:
             await self.api.delete(KINDS[kind], name, namespace=namespace, cascade=CascadeType.BACKGROUND)
         except ApiError as exc:
-            if _code(exc) == 404:
+            if exc.status.code == 404:
                 return False
             raise
         return True

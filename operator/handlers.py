@@ -11,8 +11,8 @@ import logging
 from typing import Any
 
 import kopf
-from graft.operator import builder, client, lifecycle, metrics
-from graft.operator.memory import Memory, Settings
+from graft.operator import builder, client, ledgers, lifecycle, metrics
+from graft.operator.memory import Memory
 from graft.operator.supervisor import Supervisor
 
 from graft.api.models import GROUP, PLURAL, VERSION
@@ -49,8 +49,7 @@ def jobs_by_phase(status: kopf.Status, **_: Any) -> dict[str | None, None]:
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, rayjobs: kopf.Index,
                     jobs_by_phase: kopf.Index, **_: Any) -> None:
     """Operator settings: progress kept in graft.dev annotations, quiet Events, the metrics endpoint; and the
-    operator's memory in `memo.graft`, with `graft operator`'s options from `memo.settings` (defaults under
-    `kopf run`)."""
+    operator's memory in `memo.graft`, with `graft operator`'s options from `memo` (defaults under `kopf run`)."""
     settings.persistence.finalizer = "graft.dev/operator"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="graft.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -60,13 +59,14 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: lo
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
     settings.networking.error_backoffs = [1, 2, 4]
-    mem = Memory(client.Kube(), settings=memo.get("settings") or Settings(), rayjobs=rayjobs)
+    mem = Memory(client.Kube(), memo.get("ledger_timeout", ledgers.DEFAULT_TIMEOUT), rayjobs=rayjobs)
     mem.supervisor = Supervisor(mem)
     memo.graft = mem
     metrics.count_phases(jobs_by_phase)
-    if mem.settings.metrics_port:
-        metrics.serve(mem.settings.metrics_port)
-        logger.info(f"metrics at http://0.0.0.0:{mem.settings.metrics_port}/metrics")
+    # Under `kopf run` no metrics endpoint: its command line has no way to choose the port.
+    if port := memo.get("metrics_port", 0):
+        metrics.serve(port)
+        logger.info(f"metrics at http://0.0.0.0:{port}/metrics")
 
 
 @kopf.on.cleanup()

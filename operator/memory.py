@@ -2,7 +2,7 @@
 
 kopf's own index (`handlers.rayjobs`) keeps the RayJobs the watch has seen; this object keeps what the watch
 cannot: the status as this process last wrote it (the watch lags behind our own writes), one lock per job so two
-writers never interleave, the settings `graft operator` was started with, and the mirror loop.
+writers never interleave, the ledger reads in flight and the mirror loop.
 """
 
 from __future__ import annotations
@@ -19,14 +19,6 @@ from graft.api.models import API_VERSION, KIND
 
 if TYPE_CHECKING:
     from graft.operator.supervisor import Supervisor
-
-
-@dataclass
-class Settings:
-    """How `graft operator` was started (its command-line options; kopf's defaults under `kopf run`)."""
-
-    ledger_timeout: float = ledgers.DEFAULT_TIMEOUT  # seconds a ledger read may take before the status says so
-    metrics_port: int = 0  # no /metrics endpoint under `kopf run`, whose command line cannot choose its port
 
 
 def ref(body: Any) -> tuple[str, str, str]:
@@ -55,7 +47,7 @@ def started(current: dict[str, Any]) -> bool:
 @dataclass
 class Memory:
     api: client.Kube
-    settings: Settings = field(default_factory=Settings)
+    ledger_timeout: float = ledgers.DEFAULT_TIMEOUT  # seconds a ledger read may take before the status says so
     rayjobs: Any = None  # kopf's index of our RayJobs by (namespace, name), handed over by the startup handler
     statuses: dict[str, dict[str, Any]] = field(default_factory=dict)  # uid -> status as last written
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
@@ -63,7 +55,7 @@ class Memory:
     reads: ledgers.Reads = field(init=False)  # the ledger reads in flight, with the storage Secrets they use
 
     def __post_init__(self) -> None:
-        self.reads = ledgers.Reads(self.api, timeout=self.settings.ledger_timeout)
+        self.reads = ledgers.Reads(self.api, timeout=self.ledger_timeout)
 
     def forget(self, uid: str) -> None:
         """Drop what is remembered of a deleted job."""
