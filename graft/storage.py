@@ -220,25 +220,6 @@ def list_dir(uri: str, recursive: bool = False) -> list[str]:
     return sorted(out)
 
 
-def upload_dir(local_dir: str | Path, uri: str) -> None:
-    """Copy a local folder to a URI (each file written atomically)."""
-    local_dir = Path(local_dir)
-    for file in sorted(p for p in local_dir.rglob("*") if p.is_file()):
-        write_bytes(join(uri, *file.relative_to(local_dir).parts), file.read_bytes())
-
-
-def download_dir(uri: str, local_dir: str | Path) -> Path:
-    """Copy everything under a URI into a local folder."""
-    local_dir = Path(local_dir)
-    prefix = uri.rstrip("/")
-    for file_uri in list_dir(prefix, recursive=True):
-        rel = file_uri[len(prefix) :].lstrip("/")
-        target = local_dir / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(read_bytes(file_uri))
-    return local_dir
-
-
 def ray_storage(uri: str) -> tuple[str, pafs.FileSystem | None]:
     """`(storage_path, storage_filesystem)` for Ray Train's RunConfig.
 

@@ -167,14 +167,6 @@ def validate_document(doc: Any) -> tuple[TransferJob | None, list[Problem]]:
     return (None if creds else job), creds
 
 
-def parse_spec(spec: Any) -> TransferJobSpec:
-    """Validate a spec mapping or raise InvalidSpec listing every problem."""
-    parsed, problems = validate_spec(spec)
-    if problems or parsed is None:
-        raise InvalidSpec(problems)
-    return parsed
-
-
 # ------------------------------------------------------------------------------------------------ cluster
 
 # URIs every pod of a cluster can read; anything else (a path, file://) is read on the pod's own filesystem.
@@ -333,11 +325,6 @@ def _check_stream(text: str, *, cluster: bool) -> tuple[int, list[tuple[int, Pro
     if not docs:
         out.append((0, Problem("(document)", "no documents found; expected a TransferJob")))
     return len(docs), out, warned
-
-
-def validate_text(text: str) -> list[tuple[int, Problem]]:
-    """Validate every document in a YAML/JSON text; returns (document index, problem) pairs."""
-    return validate_stream(text)[1]
 
 
 def load_job(text: str) -> TransferJob:

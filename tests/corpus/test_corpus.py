@@ -12,8 +12,9 @@ import jsonschema
 import pytest
 import yaml
 from support.cel import cel_violations
+from support.kube.schema import jsonschema_for
 
-from graft.api.crd import build_crd, jsonschema_for
+from graft.api.crd import build_crd
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent

@@ -256,8 +256,7 @@ def test_rayjob_passes_kuberays_own_schema(overrides, head, worker):
     # What the API server does with a RayJob: KubeRay's real CRD (shared/kuberay) validates it and prunes what it
     # does not declare; nothing of what the builder writes may be dropped.
     from support import crdcheck, kuberay_crds
-
-    from graft.api.crd import jsonschema_for
+    from support.kube.schema import jsonschema_for
 
     _, rayjob = builder.build_children(_body(), _spec(**overrides))
     schema = kuberay_crds.crd("ray.io_rayjobs.yaml")["spec"]["versions"][0]["schema"]["openAPIV3Schema"]

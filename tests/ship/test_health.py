@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import jsonschema
 import pytest
+from support.kube.schema import jsonschema_for
 
-from graft.api.crd import build_crd, jsonschema_for
+from graft.api.crd import build_crd
 from graft.api.models import TransferJobStatus
 from ship.status import (
     HEALTH_LUA,

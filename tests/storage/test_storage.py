@@ -6,6 +6,7 @@ import json
 import threading
 
 import pytest
+from support.storage_files import download_dir, upload_dir
 
 from graft import storage
 from graft.api.models import StageState
@@ -36,8 +37,8 @@ def test_dir_upload_and_download(root, tmp_path):
     (src / "sub").mkdir(parents=True)
     (src / "one.txt").write_text("1")
     (src / "sub" / "two.txt").write_text("2")
-    storage.upload_dir(src, storage.join(root, "ckpt"))
-    out = storage.download_dir(storage.join(root, "ckpt"), tmp_path / "out")
+    upload_dir(src, storage.join(root, "ckpt"))
+    out = download_dir(storage.join(root, "ckpt"), tmp_path / "out")
     assert (out / "one.txt").read_text() == "1" and (out / "sub" / "two.txt").read_text() == "2"
 
 

@@ -651,7 +651,7 @@ def _value_errors(value: Any, schema: dict[str, Any], path: str) -> list[FieldEr
     rest are Invalid with kube-openapi's message."""
     import jsonschema
 
-    from graft.api.crd import jsonschema_for
+    from support.kube.schema import jsonschema_for
 
     validator = jsonschema.Draft4Validator(jsonschema_for(schema, strict_fields=False))
     errs: list[FieldError] = []

@@ -7,8 +7,8 @@ import pytest
 import torch
 from graft.trainer import data
 from graft.trainer.errors import InputError
+from support.storage_files import upload_dir
 
-from graft import storage
 from graft.storage import StorageError
 
 
@@ -46,7 +46,7 @@ def test_decoded_files_kept_compact_are_the_same_images_in_a_quarter_of_the_memo
 
 
 def test_image_folder_on_s3(image_folder, s3_bucket):
-    storage.upload_dir(image_folder, f"{s3_bucket}/ds")
+    upload_dir(image_folder, f"{s3_bucket}/ds")
     src = data.open_source(f"{s3_bucket}/ds")
     assert src.classes == ["bright", "dark", "mid"] and len(src) == 18
     assert src.files[0].startswith(f"{s3_bucket}/ds/bright/")

@@ -10,10 +10,36 @@ from typing import Any
 
 import jsonschema
 
-from graft.api.crd import jsonschema_for
 from support import crdcheck
 
 from .resources import ApiError, ResourceType
+
+
+def jsonschema_for(schema: dict[str, Any], strict_fields: bool = True) -> dict[str, Any]:
+    """Translate an openAPIV3Schema into plain JSON Schema (draft 4) to check objects the way the
+    API server would. `strict_fields` rejects unknown fields like `kubectl apply --validate=strict`."""
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        if not isinstance(node, dict):
+            return node
+        node = {k: walk(v) for k, v in node.items() if not k.startswith("x-kubernetes-validations")}
+        if node.pop("x-kubernetes-int-or-string", False):
+            node.pop("anyOf", None)
+            node["type"] = ["integer", "string"]
+        if node.pop("nullable", False) and "type" in node:
+            t = node["type"]
+            node["type"] = ([*t] if isinstance(t, list) else [t]) + ["null"]
+            if "enum" in node:
+                node["enum"] = [*node["enum"], None]
+        if strict_fields and node.get("type") in ("object", ["object", "null"]) and "properties" in node:
+            if node["properties"] and "additionalProperties" not in node:
+                node["additionalProperties"] = False
+        return node
+
+    # Draft 4 is the JSON Schema that OpenAPI v3.0 extends (boolean exclusiveMinimum/Maximum).
+    return {"$schema": "http://json-schema.org/draft-04/schema#", **walk(schema)}
 
 
 def prune(obj: Any, schema: dict[str, Any] | None, *, root: bool = False) -> Any:
