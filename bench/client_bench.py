@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import statistics
@@ -42,6 +43,15 @@ def _body(i: int) -> dict[str, Any]:
             "data": {"spec.json": json.dumps({"i": i, "stages": ["FrozenFeatures", "Head"]})}}
 
 
+async def _by_path(call: Any, base: str, i: int) -> None:
+    """One object's requests through a client that takes a method and a path (the baseline, kubernetes_asyncio)."""
+    await call("POST", base, _body(i))
+    await call("GET", f"{base}/cm-{i}")
+    await call("PATCH", f"{base}/cm-{i}", {"data": {"phase": "Running"}}, "application/merge-patch+json")
+    await call("GET", base, labelSelector=f"app=bench,idx={i}")
+    await call("DELETE", f"{base}/cm-{i}", {"propagationPolicy": "Background"})
+
+
 async def _aiohttp(kubeconfig: dict[str, Any]):
     import aiohttp
 
@@ -56,14 +66,7 @@ async def _aiohttp(kubeconfig: dict[str, Any]):
             r.raise_for_status()
             return await r.json()
 
-    async def unit(i: int) -> None:
-        await call("POST", base, _body(i))
-        await call("GET", f"{base}/cm-{i}")
-        await call("PATCH", f"{base}/cm-{i}", {"data": {"phase": "Running"}}, "application/merge-patch+json")
-        await call("GET", base, labelSelector=f"app=bench,idx={i}")
-        await call("DELETE", f"{base}/cm-{i}", {"propagationPolicy": "Background"})
-
-    return unit, session.close
+    return functools.partial(_by_path, call, base), session.close
 
 
 async def _kubernetes_asyncio(kubeconfig_path: str):
@@ -82,14 +85,7 @@ async def _kubernetes_asyncio(kubeconfig_path: str):
                                   auth_settings=["BearerToken"], response_types_map={200: "object", 201: "object"},
                                   _return_http_data_only=True)
 
-    async def unit(i: int) -> None:
-        await call("POST", base, _body(i))
-        await call("GET", f"{base}/cm-{i}")
-        await call("PATCH", f"{base}/cm-{i}", {"data": {"phase": "Running"}}, "application/merge-patch+json")
-        await call("GET", base, labelSelector=f"app=bench,idx={i}")
-        await call("DELETE", f"{base}/cm-{i}", {"propagationPolicy": "Background"})
-
-    return unit, api.close
+    return functools.partial(_by_path, call, base), api.close
 
 
 async def _lightkube(kubeconfig_path: str):

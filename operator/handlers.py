@@ -18,7 +18,7 @@ from graft.operator.supervisor import Supervisor
 from graft.api.models import GROUP, PLURAL, VERSION
 
 _HANDLER_BACKOFF = 5  # seconds between retries of a failed handler (kopf's default is 60)
-_OURS = {builder.LABEL_TRANSFERJOB: kopf.PRESENT}
+OURS = {builder.LABEL_TRANSFERJOB: kopf.PRESENT}
 
 
 class _QuietWatchHandlers(logging.Filter):
@@ -33,7 +33,7 @@ class _QuietWatchHandlers(logging.Filter):
 logging.getLogger("kopf.objects").addFilter(_QuietWatchHandlers())
 
 
-@kopf.index("ray.io", "v1", "rayjobs", labels=_OURS)
+@kopf.index("ray.io", "v1", "rayjobs", labels=OURS)
 def rayjobs(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
     """Our RayJobs as the watch last saw them, by (namespace, name)."""
     return {(namespace, name): dict(body)}
@@ -106,7 +106,7 @@ async def transferjob_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> 
     mem.supervisor.observe(obj)
 
 
-@kopf.on.event("ray.io", "v1", "rayjobs", labels=_OURS)
+@kopf.on.event("ray.io", "v1", "rayjobs", labels=OURS)
 async def rayjob_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     """A RayJob of ours changed: wake its TransferJob's mirror loop (kopf's index above already has it)."""
     refs = event["object"].get("metadata", {}).get("ownerReferences") or []
