@@ -43,6 +43,7 @@ class Follower:
         self.pending_checked_at = 0.0
         self.pending_since: float | None = None
         self.written_rayjob: dict[str, Any] | None = None  # the RayJob as we last wrote it, until the watch sees it
+        self.spec: tuple[Any, TransferJobSpec | None, list[Any]] | None = None  # (generation, spec, problems)
 
     def shown_problem(self, t: float, deadline: float) -> tuple[str, str] | None:
         """The read problem the status shows: once reads have failed for at least the deadline (a timeout has by
@@ -186,7 +187,10 @@ async def follow_once(mem: Memory, body: Any, follower: Follower) -> float | Non
     Returns the seconds until it should be looked at again (sooner if woken), None when there is nothing more
     to follow (finished and cleaned up)."""
     with metrics.measured("mirror"):
-        spec, problems = validate_for_cluster(copy.deepcopy(dict(body.get("spec") or {})))
+        generation = body["metadata"].get("generation")
+        if follower.spec is None or follower.spec[0] != generation:  # validated once per spec change, not per look
+            follower.spec = generation, *validate_for_cluster(copy.deepcopy(dict(body.get("spec") or {})))
+        _, spec, problems = follower.spec
         if spec is None:
             log.warning(f"not following, the spec is invalid: {'; '.join(map(str, problems))}", extra=log_ref(body))
             return None
