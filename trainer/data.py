@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import posixpath
+import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -131,15 +132,56 @@ class ImageSet:
 
 def decode_image(uri: str, size: int) -> np.ndarray:
     """Read and decode one image to uint8 `[3, size, size]` (RGB, resized); InputError names a bad file."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     data = storage.read_bytes(uri)
     try:
         with Image.open(io.BytesIO(data)) as img:
             img = img.convert("RGB").resize((size, size), Image.BILINEAR)
             return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).copy()
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise InputError(uri, f"not a readable image ({type(exc).__name__}: {exc})") from None
+    except (OSError, ValueError, SyntaxError) as exc:  # UnidentifiedImageError is an OSError
+        raise InputError(uri, f"not a readable image ({_image_reason(exc)})") from None
+
+
+def _image_reason(exc: BaseException) -> str:
+    """Why Pillow could not decode a file, in words: the error's type and message without the
+    `<_io.BytesIO object at 0x...>` that Pillow puts in it (the file's path is said beside it)."""
+    from PIL import UnidentifiedImageError
+
+    if isinstance(exc, UnidentifiedImageError):
+        return "UnidentifiedImageError: not an image format Pillow knows, or a corrupt header"
+    text = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", str(exc)).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def image_problem(uri: str, size: int = 8) -> str | None:
+    """Why one image file cannot be used (not found, not decodable), or None when it decodes. Storage errors
+    (endpoint, credentials, bucket) are raised: they are not about the file."""
+    try:
+        decode_image(uri, size)
+    except FileNotFoundError:
+        return "not found"
+    except InputError as exc:
+        return exc.cause
+    return None
+
+
+#: How many unreadable files an error message lists by name (the rest are counted).
+LISTED_PROBLEMS = 10
+
+
+def images_error(where: str, problems: list[tuple[str, str]], checked: int, of: int | None = None) -> InputError:
+    """One InputError for every unreadable file of a set: a single one names its path; several are listed one a
+    line (the first LISTED_PROBLEMS, then how many more) under the set's URI, with the count. `of`: the size of
+    the whole set when only a sample of `checked` images was read."""
+    if len(problems) == 1:
+        return InputError(*problems[0])
+    lines = [f"  {uri}: {reason}" for uri, reason in problems[:LISTED_PROBLEMS]]
+    if len(problems) > LISTED_PROBLEMS:
+        lines.append(f"  ... and {len(problems) - LISTED_PROBLEMS} more")
+    sample = f" (a sample of the set's {of})" if of is not None else ""
+    return InputError(where, f"{len(problems)} of {checked} images checked{sample} are not readable:\n"
+                      + "\n".join(lines))
 
 
 def decode_files(uris: list[str], size: int, pool: ThreadPoolExecutor) -> torch.Tensor:
@@ -160,12 +202,17 @@ def check_sample(source: Source, seed: int, size: int | None = None) -> Source:
     return source.subset(np.unique(np.concatenate([np.asarray(firsts, dtype=np.int64), others]).astype(np.int64)))
 
 
-def verify_images(source: Source, threads: int = 8) -> None:
-    """Check that every file of an ImageFolder source decodes (the run-time check for corrupt images)."""
+def verify_images(source: Source, threads: int = 8, of: int | None = None) -> None:
+    """Check that every file of an ImageFolder source decodes (the run-time check for corrupt images). Reads them
+    all and raises one InputError listing every unreadable file (`images_error`), not just the first. `of`: the
+    whole set's size when `source` is a sample of it (`check_sample`)."""
     if source.files is None:
         return
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        list(pool.map(lambda uri: decode_image(uri, 8), source.files))
+        found = list(pool.map(image_problem, source.files))
+    problems = [(uri, reason) for uri, reason in zip(source.files, found, strict=True) if reason]
+    if problems:
+        raise images_error(source.uri, problems, len(source.files), of)
 
 
 # ------------------------------------------------------------------------------------------- listing

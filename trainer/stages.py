@@ -61,8 +61,9 @@ def verify_up_front(source: data_mod.Source, spec: TransferJobSpec) -> None:
     workers stream (too large to keep) only a sample (`data.check_sample`): reading it all here would take as long
     as an epoch, so a corrupt image outside the sample fails the stage when a worker reaches it, by name as well."""
     if data_mod.streams(source, spec.data.image_size, data_mod.keep_budget(spec.workers.memory)):
-        source = data_mod.check_sample(source, spec.data.seed)
-    data_mod.verify_images(source)
+        data_mod.verify_images(data_mod.check_sample(source, spec.data.seed), of=len(source))
+    else:
+        data_mod.verify_images(source)
 
 
 class StageType:

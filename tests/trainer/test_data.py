@@ -69,6 +69,35 @@ def test_corrupt_image_is_named(image_folder):
     assert err.value.uri == str(bad)
 
 
+def test_every_corrupt_image_is_listed_with_a_human_reason(image_folder):
+    """Issue 11: only the first of three corrupt images was reported, as `<_io.BytesIO object at 0x...>`."""
+    bad = [image_folder / "dark" / "a.png", image_folder / "mid" / "b.jpg", image_folder / "mid" / "c.png"]
+    for path in bad:
+        path.write_bytes(b"not an image at all")
+    src = data.open_source(str(image_folder))
+    with pytest.raises(InputError) as err:
+        data.verify_images(src)
+    message = str(err.value)
+    assert message.splitlines() == [f"{image_folder}: 3 of 21 images checked are not readable:"] + [
+        f"  {p}: not a readable image (UnidentifiedImageError: not an image format Pillow knows, or a corrupt header)"
+        for p in sorted(bad)
+    ]
+    assert "BytesIO" not in message and "0x" not in message
+
+
+def test_many_corrupt_images_are_capped_with_a_count(image_folder):
+    for i in range(13):
+        (image_folder / "bright" / f"bad{i:02d}.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    with pytest.raises(InputError) as err:
+        data.verify_images(data.open_source(str(image_folder)))
+    lines = str(err.value).splitlines()
+    assert lines[0] == f"{image_folder}: 13 of 31 images checked are not readable:"
+    assert [line.split(": ")[0].strip() for line in lines[1:11]] == [
+        str(image_folder / "bright" / f"bad{i:02d}.png") for i in range(10)
+    ]
+    assert lines[11:] == ["  ... and 3 more"]
+
+
 def test_missing_bucket_is_named(s3_endpoint):
     with pytest.raises(StorageError, match="s3://no-such-bucket-here/ds: bucket does not exist"):
         data.open_source("s3://no-such-bucket-here/ds")

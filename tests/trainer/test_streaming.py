@@ -58,7 +58,7 @@ def test_the_driver_verifies_a_kept_set_up_front_and_a_sample_of_a_streamed_one(
 
     verified: list[data.Source] = []
     monkeypatch.setattr(data, "CHECK_SAMPLE", 4)
-    monkeypatch.setattr(data, "verify_images", lambda s, threads=8: verified.append(s))
+    monkeypatch.setattr(data, "verify_images", lambda s, threads=8, of=None: verified.append(s))
     src = data.open_source(str(image_folder))
     for memory in ("4Gi", "4Ki"):
         verified.clear()

@@ -110,3 +110,23 @@ def test_a_streamed_target_set_is_checked_by_sample(tmp_path, image_folder, monk
     with pytest.raises(StageFailed, match=r"dark/0\.png: not a readable image"):
         Driver(TransferJob.model_validate(job_doc("s", spec)), str(tmp_path), executor=executor).run()
     assert executor.runs == []
+
+
+@pytest.mark.parametrize("memory, checked", [("4Gi", "3 of 18 images checked"),
+                                             ("4Ki", "3 of 3 images checked (a sample of the set's 18)")],
+                         ids=["kept", "streamed-sample"])
+def test_every_corrupt_target_image_is_in_the_runs_failure(tmp_path, image_folder, monkeypatch, memory, checked):
+    """Issue 11: the run stopped at the first of three corrupt images; now the failure (and the ledger) lists all."""
+    from graft.trainer import data
+
+    monkeypatch.setattr(data, "CHECK_SAMPLE", 0)  # a streamed set's sample: the first image of every class
+    bad = [image_folder / c / "0.png" for c in ("bright", "dark", "mid")]
+    for path in bad:
+        path.write_bytes(b"not a png")
+    spec = {"model": {"backbone": "smallcnn", "numClasses": 3}, "data": {"train": str(image_folder), "imageSize": 8,
+            "validation": str(image_folder)}, "stages": [PRETRAIN, *LPFT], "workers": {"memory": memory}}
+    with pytest.raises(StageFailed) as err:
+        Driver(TransferJob.model_validate(job_doc("c", spec)), str(tmp_path), executor=Recording()).run()
+    assert f"{image_folder}: {checked} are not readable:" in str(err.value)
+    assert all(f"  {p}: not a readable image (UnidentifiedImageError" in str(err.value) for p in bad)
+    assert str(err.value).endswith(Ledger.load(job_root(str(tmp_path), "c")).stage("FrozenFeatures").message)
