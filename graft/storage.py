@@ -204,6 +204,15 @@ def exists(uri: str) -> bool:
         raise _explain(uri, exc) from exc
 
 
+def is_dir(uri: str) -> bool:
+    """Whether a URI is a folder: a local directory, or an S3 prefix with objects below it."""
+    fs, path = filesystem(uri)
+    try:
+        return fs.get_file_info(path).type == pafs.FileType.Directory
+    except OSError as exc:
+        raise _explain(uri, exc) from exc
+
+
 def list_dir(uri: str, recursive: bool = False) -> list[str]:
     """URIs of the files below a prefix (empty when it does not exist)."""
     fs, path = filesystem(uri)

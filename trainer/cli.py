@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
 from pathlib import Path
@@ -178,24 +179,51 @@ def _shutdown_ray() -> None:
             ray.shutdown()
 
 
+def _output_format(output: str) -> str:
+    if output not in ("text", "json"):
+        raise typer.BadParameter("must be 'text' or 'json'", param_hint="--output")
+    return output
+
+
 def predict(
     model: Annotated[str, typer.Argument(help="Exported model folder or URI (`<storage>/<uid>/model`).")],
-    images: Annotated[list[str], typer.Argument(help="Image files or s3:// URIs.")],
+    images: Annotated[list[str], typer.Argument(
+        help="Image files, folders (every image file under them, recursively) or s3:// URIs of either.")],
     top: Annotated[int, typer.Option("--top", "-k", min=1, help="How many classes to print per image.")] = 3,
+    output: Annotated[str, typer.Option(
+        "--output", "-o",
+        help='text, or json: one JSON document, a list of {"image", "top": [{"label", "probability"}]} or '
+        '{"image", "error"}.')] = "text",
 ) -> None:
-    """Print the top classes with probabilities for each image."""
+    """Print the top classes with probabilities for each image. An unreadable image is reported with the reason
+    (on stderr as text) and the rest go on; exit 1 at the end if any could not be read."""
     from graft.trainer.errors import InputError
     from graft.trainer.export import predict as _predict
 
     from graft.storage import StorageError
 
+    output = _output_format(output)
     try:
         results = _predict(model, images, top)
     except (FileNotFoundError, InputError, StorageError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
-    for image, ranked in zip(images, results, strict=True):
-        typer.echo(f"{image}: " + "  ".join(f"{label} {p:.3f}" for label, p in ranked))
+    failed = total = 0
+    documents = []
+    for result in results:  # text is printed as the batches finish; JSON is one document, at the end
+        total += 1
+        failed += result.error is not None
+        if output == "json":
+            documents.append(result.as_json())
+        elif result.error is not None:
+            typer.echo(f"error: {result.image}: {result.error}", err=True)
+        else:
+            typer.echo(f"{result.image}: " + "  ".join(f"{label} {p:.3f}" for label, p in result.top))
+    if output == "json":
+        typer.echo(json.dumps(documents, indent=2))
+    if failed:
+        typer.echo(f"{failed} of {total} image(s) could not be read", err=True)
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:

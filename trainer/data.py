@@ -14,6 +14,7 @@ import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import pyarrow.fs as pafs
@@ -154,16 +155,34 @@ def _image_reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def image_problem(uri: str, size: int = 8) -> str | None:
-    """Why one image file cannot be used (not found, not decodable), or None when it decodes. Storage errors
-    (endpoint, credentials, bucket) are raised: they are not about the file."""
+def try_decode(uri: str, size: int) -> tuple[np.ndarray | None, str | None]:
+    """`(image, None)` as `decode_image` gives it, or `(None, why not)` for a file that is missing or does not
+    decode. Storage errors (endpoint, credentials, bucket) are raised: they are not about the file."""
     try:
-        decode_image(uri, size)
+        return decode_image(uri, size), None
     except FileNotFoundError:
-        return "not found"
+        return None, "not found"
     except InputError as exc:
-        return exc.cause
-    return None
+        return None, exc.cause
+
+
+def image_problem(uri: str, size: int = 8) -> str | None:
+    """Why one image file cannot be used (not found, not decodable), or None when it decodes."""
+    return try_decode(uri, size)[1]
+
+
+def list_images(uri: str) -> list[str]:
+    """The image files under a folder (local or an `s3://` prefix), recursively, sorted, hidden ones left out as
+    an ImageFolder's are; a URI that is not a folder is returned as it is (a file, or a path that may not exist)."""
+    if not storage.is_dir(uri):
+        return [uri]
+    base = uri.rstrip("/")
+    found = []
+    for file in storage.list_dir(uri, recursive=True):
+        parts = file[len(base) + 1 :].split("/") if storage.is_s3(base) else Path(file).relative_to(base).parts
+        if parts[-1].lower().endswith(IMAGE_EXTENSIONS) and not any(p.startswith(".") for p in parts):
+            found.append(file)
+    return found
 
 
 #: How many unreadable files an error message lists by name (the rest are counted).

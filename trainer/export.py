@@ -3,8 +3,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from graft.trainer import models
 
@@ -36,20 +40,84 @@ def load_model(uri: str) -> tuple[models.GraftNet, dict[str, Any]]:
     return net, meta
 
 
-def predict(uri: str, images: list[str], top: int = 3) -> list[list[tuple[str, float]]]:
-    """Top classes with probabilities for each image (local paths or `s3://` URIs)."""
-    from graft.trainer.data import decode_image, normalize
+@dataclass
+class Prediction:
+    """One image's result: the top classes with probabilities, or why it could not be read."""
+
+    image: str
+    top: list[tuple[str, float]] = field(default_factory=list)
+    error: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        if self.error is not None:
+            return {"image": self.image, "error": self.error}
+        return {"image": self.image, "top": [{"label": label, "probability": p} for label, p in self.top]}
+
+
+#: How many images `predict` decodes and runs at a time (memory stays bounded for a folder of any size).
+PREDICT_BATCH = 64
+
+
+def _decode_all(uris: list[str], size: int, pool: ThreadPoolExecutor) -> list[tuple[np.ndarray | None, str | None]]:
+    from graft.trainer.data import try_decode
+
+    def one(uri: str) -> tuple[np.ndarray | None, str | None]:
+        try:
+            return try_decode(uri, size)
+        except storage.StorageError as exc:  # a wrong bucket or key for this one file: say so, go on
+            return None, exc.cause
+
+    return list(pool.map(one, uris))
+
+
+def predict(uri: str, images: list[str], top: int = 3, batch: int | None = None) -> Iterator[Prediction]:
+    """Top classes with probabilities for each image (local paths or `s3://` URIs), in the order given; a folder
+    stands for every image file under it (`data.list_images`). A file that cannot be read gives a Prediction
+    with its `error` and the others go on. Images are decoded and run `batch` (PREDICT_BATCH) at a time, as the
+    caller reads. The model is loaded before the first result (FileNotFoundError or StorageError if it cannot be)."""
+    from graft.trainer.data import list_images, normalize
 
     net, meta = load_model(uri)
-    pre = meta["preprocessing"]
-    x = torch.stack([torch.from_numpy(decode_image(img, pre["image_size"])) for img in images]).float() / 255.0
-    with torch.inference_mode():
-        probs = torch.softmax(net(normalize(x, pre["mean"], pre["std"])), dim=1)
-    k = min(top, probs.shape[1])
-    values, index = probs.topk(k, dim=1)
-    labels = meta["labels"]
-    return [
-        [(labels[j], float(v)) for v, j in zip(vs.tolist(), ix.tolist(), strict=True)]
-        for vs, ix in zip(values, index, strict=True)
-    ]
+    pre, labels = meta["preprocessing"], meta["labels"]
+    k = min(top, len(labels))
 
+    def files() -> Iterator[str | Prediction]:
+        for image in images:
+            try:
+                found = list_images(image)
+            except storage.StorageError as exc:
+                yield Prediction(image, error=exc.cause)
+                continue
+            yield from found or [Prediction(image, error="a folder with no image files under it")]
+
+    def run(chunk: list[str | Prediction], pool: ThreadPoolExecutor) -> Iterator[Prediction]:
+        named = [c for c in chunk if isinstance(c, str)]
+        decoded = dict(zip(named, _decode_all(named, pre["image_size"], pool), strict=True))
+        good = [name for name in named if decoded[name][0] is not None]
+        ranked: dict[str, list[tuple[str, float]]] = {}
+        if good:
+            x = torch.from_numpy(np.stack([decoded[name][0] for name in good])).float() / 255.0
+            with torch.inference_mode():
+                probs = torch.softmax(net(normalize(x, pre["mean"], pre["std"])), dim=1)
+            values, index = probs.topk(k, dim=1)
+            for name, vs, ix in zip(good, values.tolist(), index.tolist(), strict=True):
+                ranked[name] = [(labels[j], float(v)) for v, j in zip(vs, ix, strict=True)]
+        for c in chunk:
+            if isinstance(c, Prediction):
+                yield c
+            elif c in ranked:
+                yield Prediction(c, ranked[c])
+            else:
+                yield Prediction(c, error=decoded[c][1])
+
+    def generate() -> Iterator[Prediction]:
+        chunk: list[str | Prediction] = []
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            for item in files():
+                chunk.append(item)
+                if len(chunk) == (batch or PREDICT_BATCH):
+                    yield from run(chunk, pool)
+                    chunk = []
+            yield from run(chunk, pool)
+
+    return generate()
