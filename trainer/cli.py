@@ -1,4 +1,4 @@
-"""`graft run` (the embedded default: the whole job on this machine) and `graft predict`."""
+"""`graft run` (the embedded default: the whole job on this machine), `graft predict` and `graft evaluate`."""
 
 from __future__ import annotations
 
@@ -226,7 +226,82 @@ def predict(
         raise typer.Exit(1)
 
 
+#: Above this many classes the text output leaves the confusion matrix to the PNG and the JSON.
+MATRIX_TABLE_MAX = 20
+
+
+def evaluate(
+    model: Annotated[str, typer.Argument(help="Exported model folder or URI (`<storage>/<uid>/model`).")],
+    data: Annotated[str, typer.Argument(
+        help="Labelled images: an ImageFolder (local or s3://), builtin:NAME, or a TransferJob manifest (its "
+        "validation set: data.validation, or the split of data.train its run held out).")],
+    png: Annotated[str, typer.Option("--png", help="Where to write the confusion matrix PNG (a path or s3:// URI).")]
+    = "confusion.png",
+    output: Annotated[str, typer.Option("--output", "-o", help="text, or json: one JSON document.")] = "text",
+) -> None:
+    """Print the model's accuracy on DATA, per-class precision, recall and support, and the confusion matrix
+    (rows: true class, columns: predicted), and write the matrix as a PNG. DATA's classes must be the model's."""
+    from graft.trainer.errors import InputError
+    from graft.trainer.evaluate import evaluate as _evaluate
+    from graft.trainer.plot import plot_confusion
+
+    from graft import storage
+    from graft.api.validation import InvalidSpec
+    from graft.storage import StorageError
+
+    output = _output_format(output)
+    try:
+        report = _evaluate(model, data).report()
+    except InvalidSpec as exc:
+        for problem in exc.problems:
+            typer.echo(f"{data}: {problem}", err=True)
+        raise typer.Exit(2) from exc
+    except (FileNotFoundError, InputError, StorageError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    try:
+        storage.write_bytes(png, plot_confusion(report))
+    except (OSError, StorageError) as exc:
+        typer.echo(f"error: {png}: cannot write the confusion matrix: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    report["png"] = png if storage.is_s3(png) else str(Path(png).expanduser().resolve())
+    if output == "json":
+        typer.echo(json.dumps(report, indent=2))
+        return
+    _print_evaluation(report)
+
+
+def _print_evaluation(report: dict) -> None:
+    from rich.table import Table
+
+    from graft.console import console as make_console
+
+    console = make_console()
+    console.print(f"model: {report['model']}")
+    console.print(f"data: {report['data']}")
+    console.print(f"accuracy: {report['accuracy']:.4f} ({report['correct']} of {report['images']} images)")
+    per_class = Table(title="per class")
+    for col in ("class", "precision", "recall", "support"):
+        per_class.add_column(col, justify="left" if col == "class" else "right")
+    for c in report["classes"]:
+        per_class.add_row(c["label"], f"{c['precision']:.3f}", f"{c['recall']:.3f}", str(c["support"]))
+    console.print(per_class)
+    labels = [c["label"] for c in report["classes"]]
+    if len(labels) <= MATRIX_TABLE_MAX:
+        matrix = Table(title="confusion matrix (rows: true class, columns: predicted)")
+        matrix.add_column("true \\ predicted")
+        for label in labels:
+            matrix.add_column(label, justify="right")
+        for label, row in zip(labels, report["confusion_matrix"], strict=True):
+            matrix.add_row(label, *(str(n) for n in row))
+        console.print(matrix)
+    else:
+        console.print(f"confusion matrix: {len(labels)} classes, too many for a table here (see the PNG, or -o json)")
+    console.print(f"confusion matrix PNG: {report['png']}")
+
+
 def register(app: typer.Typer) -> None:
     """Add the trainer's commands to the `graft` CLI."""
     app.command(name="run")(run)
     app.command(name="predict")(predict)
+    app.command(name="evaluate")(evaluate)

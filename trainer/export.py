@@ -40,6 +40,14 @@ def load_model(uri: str) -> tuple[models.GraftNet, dict[str, Any]]:
     return net, meta
 
 
+def probabilities(net: models.GraftNet, preprocessing: dict[str, Any], x: torch.Tensor) -> torch.Tensor:
+    """The class probabilities `[N, classes]` of a batch of float images in [0, 1], resized to the model's size."""
+    from graft.trainer.data import normalize
+
+    with torch.inference_mode():
+        return torch.softmax(net(normalize(x, preprocessing["mean"], preprocessing["std"])), dim=1)
+
+
 @dataclass
 class Prediction:
     """One image's result: the top classes with probabilities, or why it could not be read."""
@@ -75,7 +83,7 @@ def predict(uri: str, images: list[str], top: int = 3, batch: int | None = None)
     stands for every image file under it (`data.list_images`). A file that cannot be read gives a Prediction
     with its `error` and the others go on. Images are decoded and run `batch` (PREDICT_BATCH) at a time, as the
     caller reads. The model is loaded before the first result (FileNotFoundError or StorageError if it cannot be)."""
-    from graft.trainer.data import list_images, normalize
+    from graft.trainer.data import list_images
 
     net, meta = load_model(uri)
     pre, labels = meta["preprocessing"], meta["labels"]
@@ -97,9 +105,7 @@ def predict(uri: str, images: list[str], top: int = 3, batch: int | None = None)
         ranked: dict[str, list[tuple[str, float]]] = {}
         if good:
             x = torch.from_numpy(np.stack([decoded[name][0] for name in good])).float() / 255.0
-            with torch.inference_mode():
-                probs = torch.softmax(net(normalize(x, pre["mean"], pre["std"])), dim=1)
-            values, index = probs.topk(k, dim=1)
+            values, index = probabilities(net, pre, x).topk(k, dim=1)
             for name, vs, ix in zip(good, values.tolist(), index.tolist(), strict=True):
                 ranked[name] = [(labels[j], float(v)) for v, j in zip(vs, ix, strict=True)]
         for c in chunk:

@@ -1,8 +1,10 @@
-"""Training curves of a run as a PNG: per training stage, loss (train/validation) and validation accuracy."""
+"""Plots as PNGs: a run's training curves (per training stage, loss (train/validation) and validation accuracy)
+and an evaluation's confusion matrix."""
 
 from __future__ import annotations
 
 import io
+from typing import Any
 
 from graft import storage
 from graft.ledger import Ledger
@@ -44,3 +46,35 @@ def write_plot(ledger: Ledger, root: str) -> str:
     uri = storage.join(root, "curves.png")
     storage.write_bytes(uri, plot_curves(ledger))
     return uri
+
+
+def plot_confusion(report: dict[str, Any]) -> bytes:
+    """The PNG bytes of an evaluation's confusion matrix (`evaluate.Evaluation.report()`): rows true class,
+    columns predicted, counts in the cells."""
+    import matplotlib
+    import numpy as np
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [c["label"] for c in report["classes"]]
+    matrix = np.asarray(report["confusion_matrix"])
+    side = min(24.0, 2.5 + 0.45 * len(labels))
+    fig, ax = plt.subplots(figsize=(side + 1.2, side))
+    shown = ax.imshow(matrix, cmap="Blues")
+    fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
+    ticks = range(len(labels))
+    ax.set_xticks(ticks, labels, rotation=45 if len(labels) > 6 else 0, ha="right" if len(labels) > 6 else "center")
+    ax.set_yticks(ticks, labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if len(labels) <= 30:  # counts stay legible up to about this many classes
+        top = matrix.max() if matrix.size else 0
+        for (i, j), n in np.ndenumerate(matrix):
+            ax.text(j, i, str(n), ha="center", va="center", color="white" if n > top / 2 else "black", fontsize=8)
+    ax.set_title(f"accuracy {report['accuracy']:.3f} ({report['correct']} of {report['images']})")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    return buf.getvalue()

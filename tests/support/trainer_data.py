@@ -44,3 +44,17 @@ def job_doc(name: str, spec: dict, uid: str | None = None) -> dict:
 def write_job(path: Path, doc: dict) -> Path:
     path.write_text(json.dumps(doc))
     return path
+
+
+def export_constant_model(root: Path, labels: list[str], answer: str, image_size: int = 8) -> str:
+    """Export a SmallCNN model (as a finished job would) that answers `answer` for every image; returns its URI."""
+    from graft.trainer import export, models
+
+    net = models.build("smallcnn", num_classes=len(labels), image_size=image_size)
+    with torch.no_grad():
+        net.head.weight.zero_()
+        net.head.bias.zero_()
+        net.head.bias[labels.index(answer)] = 4.0
+    meta = {"architecture": "smallcnn", "num_classes": len(labels), "labels": labels,
+            "preprocessing": {"image_size": image_size, "mean": [0.5] * 3, "std": [0.5] * 3}}
+    return export.export_model(str(root), net.state_dict(), meta)
