@@ -2,7 +2,9 @@
 
 The foundation commands live here; the trainer (`graft.trainer.cli`) and the operator
 (`graft.operator.cli`) register theirs through a `register(app)` function, importing their heavy
-dependencies (torch, Ray, kopf) only when one of their commands runs.
+dependencies (torch, Ray, kopf) only when one of their commands runs. A plugin module may also offer hooks
+that a foundation command calls by name (`_plugin_hook`): `validate --check-data` runs the trainer's
+`check_data`, so this module never imports the trainer itself.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import importlib
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -50,10 +53,21 @@ def validate(
                      "spec.storage required; local data, weights and storage paths warned about "
                      "(`FILE: warning: field.path: reason`, exit 0 when warnings are all)."),
     ] = False,
+    check_data: Annotated[
+        bool,
+        typer.Option("--check-data", help="Also run the input checks `graft run` makes before its first stage, "
+                     "without training: data listed, class counts against numClasses, images decoded (a sample of "
+                     "a set too large for a worker's memory), weights loaded (`FILE: check-data: stage S: reason`). "
+                     "Reads the data and weights (S3 too); needs the trainer; starts no Ray."),
+    ] = False,
 ) -> None:
     """Check TransferJob manifests. Prints `FILE: field.path: reason` per problem; exit 1 if any."""
     from graft.api.validation import validate_stream, validate_stream_for_cluster
 
+    data_check = _plugin_hook("check_data") if check_data else None
+    if check_data and data_check is None:
+        typer.echo("error: --check-data needs the trainer (graft.trainer), which is not installed", err=True)
+        raise typer.Exit(2)
     bad = 0
     for file in files:
         name = "(stdin)" if str(file) == "-" else str(file)
@@ -69,15 +83,50 @@ def validate(
         else:
             (documents, problems), warnings = validate_stream(text), []
         findings = [(i, str(p)) for i, p in problems] + [(i, f"warning: {w}") for i, w in warnings]
+        failed = bool(problems)
+        if data_check is not None and not failed:
+            data_problems = _check_data(data_check, text)
+            findings += data_problems
+            failed = bool(data_problems)
         for index, line in sorted(findings, key=lambda f: f[0]):
             # Documents are numbered from 0 (as `yq` and kubectl's error messages do) when a file has several.
             where = f"{name}[{index}]" if documents > 1 else name
             typer.echo(f"{where}: {line}")
-        bad += bool(problems)
+        bad += failed
     if bad:
         typer.echo(f"{bad} of {len(files)} file(s) invalid", err=True)
         raise typer.Exit(1)
-    typer.echo(f"{len(files)} file(s) valid" + (" for a cluster" if cluster else ""), err=True)
+    typer.echo(f"{len(files)} file(s) valid" + (" for a cluster" if cluster else "")
+               + (", inputs checked" if check_data else ""), err=True)
+
+
+def _check_data(check: Callable[[Any], list[str]], text: str) -> list[tuple[int, str]]:
+    """(document index, `check-data: ...` line) for every input problem of the (valid) TransferJobs in `text`."""
+    from graft.api.validation import parse_stream, validate_document
+
+    found = []
+    for index, doc in enumerate(parse_stream(text)[0]):
+        job, _ = validate_document(doc)
+        try:
+            lines = check(job)
+        except ModuleNotFoundError as exc:  # the trainer is there, its dependencies (torch) are not
+            typer.echo(f"error: --check-data needs the trainer's dependencies: {exc}", err=True)
+            raise typer.Exit(2) from exc
+        found += [(index, f"check-data: {line}") for line in lines]
+    return found
+
+
+def _plugin_hook(name: str) -> Callable[..., Any] | None:
+    """A function a plugin module offers besides its commands, or None when no installed plugin has one.
+
+    The core never imports the trainer (it needs torch) but `validate --check-data` must run the trainer's
+    input checks: the trainer's plugin module (`graft.trainer.cli`, already imported by `_register_plugins`)
+    offers them as `check_data(job) -> [problem lines]`, found here by name."""
+    for module in PLUGINS:
+        hook = getattr(sys.modules.get(module), name, None)
+        if hook is not None:
+            return hook
+    return None
 
 
 @app.command()
@@ -185,8 +234,12 @@ def _print_runs(runs: dict[str, Any], output: str) -> None:
     console().print(table)
 
 
+#: Modules that add commands (`register(app)`) and may offer hooks (`_plugin_hook`), when installed.
+PLUGINS = ("graft.trainer.cli", "graft.operator.cli")
+
+
 def _register_plugins() -> None:
-    for module in ("graft.trainer.cli", "graft.operator.cli"):
+    for module in PLUGINS:
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:

@@ -300,6 +300,22 @@ def _print_evaluation(report: dict) -> None:
     console.print(f"confusion matrix PNG: {report['png']}")
 
 
+def check_data(job) -> list[str]:
+    """The input checks a run makes before its first stage (listing, class counts against numClasses, decoding or
+    a sample of it, weights), for `graft validate --check-data`: one line per stage whose inputs fail. graft/cli.py
+    finds this function by name on the plugin module, as the core cannot import the trainer (torch). Reads the
+    data and weights; trains nothing, writes nothing, starts no Ray."""
+    from graft.trainer.driver import Driver
+    from graft.trainer.errors import InputError
+    from graft.trainer.executors import LocalExecutor
+
+    try:
+        driver = Driver(job, DEFAULT_RUNS, executor=LocalExecutor())
+    except InputError as exc:
+        return [str(exc)]
+    return [f"stage {stage}: {message}" for stage, message in driver.input_problems()]
+
+
 def register(app: typer.Typer) -> None:
     """Add the trainer's commands to the `graft` CLI."""
     app.command(name="run")(run)

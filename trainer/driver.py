@@ -162,8 +162,7 @@ class Driver:
                     f"{' ...' if len(train.classes) > 10 else ''}) but spec.model.numClasses is "
                     f"{self.spec.model.num_classes}",
                 )
-            verify_up_front(train, self.spec)
-            verify_up_front(val, self.spec)
+            verify_up_front(self.spec, train, val)
             self._target = (train, val)
         return self._target
 
@@ -263,6 +262,22 @@ class Driver:
                 ledger.message = f"{stage.type}: {message}"
                 self._save(ledger)
                 raise StageFailed(stage.type, message) from exc
+
+    def input_problems(self) -> list[tuple[str, str]]:
+        """Every stage's input checks, the ones a run makes before its first stage (`_check_inputs`), for all the
+        stages and without a ledger: `(stage type, message)` for each stage whose inputs fail, a message said once
+        (stages share the target data's checks). Reads the data and weights; writes nothing and starts no Ray
+        (`graft validate --check-data`)."""
+        apply_storage_env(self.job)
+        problems: list[tuple[str, str]] = []
+        for stage in self.spec.stages:
+            try:
+                STAGES[stage.type].check(self, stage)
+            except Exception as exc:
+                message = user_message(exc)
+                if all(message != m for _, m in problems):
+                    problems.append((stage.type, message))
+        return problems
 
     def run(self) -> Ledger:
         """Run (or resume) every stage, then export the model. Raises SpecChanged before anything when the spec

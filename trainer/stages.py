@@ -7,9 +7,10 @@ same code either way. Workers get a `StageConfig`, typed and pickled as it is.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from graft.trainer import data as data_mod
 from graft.trainer import loops, models
 from graft.trainer.errors import InputError
@@ -56,14 +57,24 @@ class StageResult:
     checkpoint: str | None = None
 
 
-def verify_up_front(source: data_mod.Source, spec: TransferJobSpec) -> None:
-    """Decode every image before the first stage, so a corrupt one fails the job at once, by name. For a set the
-    workers stream (too large to keep) only a sample (`data.check_sample`): reading it all here would take as long
-    as an epoch, so a corrupt image outside the sample fails the stage when a worker reaches it, by name as well."""
-    if data_mod.streams(source, spec.data.image_size, data_mod.keep_budget(spec.workers.memory)):
-        data_mod.verify_images(data_mod.check_sample(source, spec.data.seed), of=len(source))
-    else:
-        data_mod.verify_images(source)
+def verify_up_front(spec: TransferJobSpec, *sources: data_mod.Source) -> None:
+    """Decode every image before the first stage, so a corrupt one fails the job at once, by name: every unreadable
+    file of all `sources` (a training set and its validation set) in one error. For a set the workers stream (too
+    large to keep) only a sample (`data.check_sample`): reading it all here would take as long as an epoch, so a
+    corrupt image outside the sample fails the stage when a worker reaches it, by name as well."""
+    budget = data_mod.keep_budget(spec.workers.memory)
+    listed = [s for s in sources if s.files is not None]  # built-in sets are pixels already
+    if not listed:
+        return
+    chosen = [data_mod.check_sample(s, spec.data.seed) if data_mod.streams(s, spec.data.image_size, budget) else s
+              for s in listed]
+    sampled = any(len(c) < len(s) for c, s in zip(chosen, listed, strict=True))
+    # One Source of them all, each file once (the same classes: a validation set's are checked against its
+    # training set's, and may be the same folder).
+    files = dict(zip((f for c in chosen for f in c.files), np.concatenate([c.labels for c in chosen]), strict=True))
+    merged = replace(chosen[0], uri=", ".join(dict.fromkeys(c.uri for c in chosen)), files=list(files),
+                     labels=np.asarray(list(files.values()), dtype=np.int64))
+    data_mod.verify_images(merged, of=len({f for s in listed for f in s.files}) if sampled else None)
 
 
 class StageType:
@@ -116,7 +127,7 @@ class Pretrain(TrainingStage):
             raise InputError(
                 stage.data, f"has {len(src.classes)} classes but the Pretrain stage's numClasses is {stage.num_classes}"
             )
-        verify_up_front(src, driver.spec)
+        verify_up_front(driver.spec, src)
         driver.check_weights()
 
     def inputs(self, driver: Driver, ledger: Ledger) -> dict[str, Any]:

@@ -68,7 +68,7 @@ def test_the_driver_verifies_a_kept_set_up_front_and_a_sample_of_a_streamed_one(
             "stages": [{"type": "FrozenFeatures"}, {"type": "Head"}],
             "workers": {"memory": memory},
         })
-        verify_up_front(src, spec)
+        verify_up_front(spec, src)
         assert len(verified) == 1 and set(verified[0].labels) == {0, 1, 2}, memory
         if memory == "4Gi":
             assert verified[0].files == src.files

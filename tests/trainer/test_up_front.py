@@ -130,3 +130,22 @@ def test_every_corrupt_target_image_is_in_the_runs_failure(tmp_path, image_folde
     assert f"{image_folder}: {checked} are not readable:" in str(err.value)
     assert all(f"  {p}: not a readable image (UnidentifiedImageError" in str(err.value) for p in bad)
     assert str(err.value).endswith(Ledger.load(job_root(str(tmp_path), "c")).stage("FrozenFeatures").message)
+
+
+def test_corrupt_images_of_the_training_and_validation_sets_are_listed_together(tmp_path, image_folder):
+    import shutil
+
+    validation = tmp_path / "validation"
+    shutil.copytree(image_folder, validation)
+    (image_folder / "dark" / "1.png").write_bytes(b"not a png")
+    (validation / "mid" / "2.png").write_bytes(b"not a png")
+    spec = {"model": {"backbone": "smallcnn", "numClasses": 3},
+            "data": {"train": str(image_folder), "validation": str(validation), "imageSize": 8},
+            "stages": [PRETRAIN, *LPFT]}
+    with pytest.raises(StageFailed) as err:
+        Driver(TransferJob.model_validate(job_doc("tv", spec)), str(tmp_path), executor=Recording()).run()
+    lines = str(err.value).splitlines()
+    assert lines[0] == (f"stage FrozenFeatures failed: {image_folder}, {validation}: 2 of 36 images checked are "
+                        "not readable:")
+    assert [line.split(": ")[0].strip() for line in lines[1:]] == [
+        str(image_folder / "dark" / "1.png"), str(validation / "mid" / "2.png")]
