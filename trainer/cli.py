@@ -272,32 +272,34 @@ def evaluate(
 
 
 def _print_evaluation(report: dict) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     from graft.console import console as make_console
 
     console = make_console()
-    console.print(f"model: {report['model']}")
-    console.print(f"data: {report['data']}")
-    console.print(f"accuracy: {report['accuracy']:.4f} ({report['correct']} of {report['images']} images)")
+    # Plain lines through typer, cells escaped: paths and class names are data, never rich markup.
+    typer.echo(f"model: {report['model']}")
+    typer.echo(f"data: {report['data']}")
+    typer.echo(f"accuracy: {report['accuracy']:.4f} ({report['correct']} of {report['images']} images)")
     per_class = Table(title="per class")
     for col in ("class", "precision", "recall", "support"):
         per_class.add_column(col, justify="left" if col == "class" else "right")
     for c in report["classes"]:
-        per_class.add_row(c["label"], f"{c['precision']:.3f}", f"{c['recall']:.3f}", str(c["support"]))
+        per_class.add_row(escape(c["label"]), f"{c['precision']:.3f}", f"{c['recall']:.3f}", str(c["support"]))
     console.print(per_class)
     labels = [c["label"] for c in report["classes"]]
     if len(labels) <= MATRIX_TABLE_MAX:
         matrix = Table(title="confusion matrix (rows: true class, columns: predicted)")
         matrix.add_column("true \\ predicted")
         for label in labels:
-            matrix.add_column(label, justify="right")
+            matrix.add_column(escape(label), justify="right")
         for label, row in zip(labels, report["confusion_matrix"], strict=True):
-            matrix.add_row(label, *(str(n) for n in row))
+            matrix.add_row(escape(label), *(str(n) for n in row))
         console.print(matrix)
     else:
-        console.print(f"confusion matrix: {len(labels)} classes, too many for a table here (see the PNG, or -o json)")
-    console.print(f"confusion matrix PNG: {report['png']}")
+        typer.echo(f"confusion matrix: {len(labels)} classes, too many for a table here (see the PNG, or -o json)")
+    typer.echo(f"confusion matrix PNG: {report['png']}")
 
 
 def check_data(job) -> list[str]:
