@@ -183,6 +183,7 @@ def main() -> int:
             op_cpu, kuberay_cpu, own_cpu = cpu_seconds(op.proc.pid), cpu_seconds(kuberay.pid), time.process_time()
             load = os.getloadavg()[0]
             op_requests = [r for r in api.requests_by("graft-operator") if r.verb != "watch"]
+            event_reasons = Counter(e.get("reason") for e in api.objects("", "events", NS))
         finally:
             kuberay.terminate()
             kuberay.wait(30)
@@ -196,6 +197,7 @@ def main() -> int:
     kinds = Counter((r.verb, r.rbac_resource) for r in op_requests)
     print(f"operator requests per job ({len(op_requests) / jobs:.1f} in all, watches excluded): " + ", ".join(
         f"{verb} {resource} {n / jobs:.1f}" for (verb, resource), n in kinds.most_common()))
+    print("events per job by reason: " + ", ".join(f"{r} {n / jobs:.1f}" for r, n in event_reasons.most_common()))
     print(summary(f"API server time per operator request ({len(op_requests)} requests, watches excluded)",
                   [r.duration for r in op_requests]))
     print(summary("baseline create->RayJob", base_create))

@@ -53,8 +53,9 @@ async def start(mem: Memory, body: Any, logger: Logger) -> None:
             now=now(),
         )
         current = await mem.write_status(body, creating)
-        for warning in cluster_warnings(spec):
-            event(body, "Warning", "StorageNotShared", str(warning))
+        warnings = cluster_warnings(spec)
+        if warnings:  # one Event for them all: each is an API request, and they say the same kind of thing
+            event(body, "Warning", "StorageNotShared", "; ".join(map(str, warnings)))
     rayjob, created = await children.create_both(mem, body, spec)
     if created:
         event(body, "Normal", "RayJobCreated", f"created RayJob {rj_name} and ConfigMap {rj_name}")
