@@ -14,26 +14,42 @@ DEFAULT_RUNS = "./graft-runs"
 
 
 def _fmt_metrics(metrics: dict[str, float]) -> str:
+    """The headline metrics; a finished stage's are its best epoch's (the one its result keeps), and say so."""
     keys = [k for k in ("val_accuracy", "val_loss", "train_loss") if k in metrics]
-    return ", ".join(f"{k}={metrics[k]:.3f}" for k in keys)
+    text = ", ".join(f"{k}={metrics[k]:.3f}" for k in keys)
+    return f"best epoch {int(metrics['best_epoch'])}: {text}" if "best_epoch" in metrics and text else text
+
+
+def _stage_time(rec) -> str:
+    """The stage's own time: its recorded seconds once finished, else the time since it started."""
+    from datetime import UTC, datetime
+
+    seconds = rec.seconds if rec.state.value != "Running" else None
+    if seconds is None and rec.start_time:
+        seconds = (datetime.now(UTC) - datetime.fromisoformat(rec.start_time.replace("Z", "+00:00"))).total_seconds()
+    if seconds is None:
+        return ""
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}:{secs:02d}"
 
 
 class _ProgressWatcher:
     """Polls the ledger (workers write it after every epoch) and drives one progress bar per stage."""
 
     def __init__(self, root: str, stage_types: list[str], console):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
         self.root = root
         self.progress = Progress(
             TextColumn("{task.description:<15}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TimeElapsedColumn(),
+            TextColumn("{task.fields[time]:>6}"),  # the stage's own time (rich's elapsed counts from the run's start)
             TextColumn("{task.fields[state]:<9} {task.fields[metrics]}"),
             console=console,
         )
-        self.tasks = {t: self.progress.add_task(t, total=None, state="Pending", metrics="") for t in stage_types}
+        self.tasks = {t: self.progress.add_task(t, total=None, state="Pending", metrics="", time="")
+                      for t in stage_types}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -56,9 +72,8 @@ class _ProgressWatcher:
                 completed=rec.epoch or 0,
                 state=rec.state.value,
                 metrics=_fmt_metrics(rec.metrics),
+                time=_stage_time(rec),
             )
-            if rec.state.value == "Running" and not self.progress.tasks[task].started:
-                self.progress.start_task(task)
 
     def _loop(self) -> None:
         while not self._stop.wait(0.5):
@@ -96,7 +111,8 @@ def run(
     storage: Annotated[
         str, typer.Option("--storage", help="Storage root when the manifest names none (local folder or s3://).")
     ] = DEFAULT_RUNS,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Ray's worker logs.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Ray's own output (worker logs, Ray Data, "
+                                          "its C++ logs); without it they go to ray.log in the run folder.")] = False,
     restart: Annotated[
         bool, typer.Option("--restart", help="Start over: a new run of this job that reuses no earlier result.")
     ] = False,
@@ -145,6 +161,7 @@ def run(
     except StorageError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
+    native = None if verbose else _native_output_to(driver.root)
     code = 0
     try:
         with _ProgressWatcher(driver.root, [s.type for s in job.spec.stages], console):
@@ -154,7 +171,9 @@ def run(
         _shutdown_ray()
         raise typer.Exit(130) from None
     except (StageFailed, InputError, StorageError) as exc:
-        console.print(f"[red]error[/]: {exc}")
+        console.print(f"[red]error[/]: {exc}", markup=True, highlight=False)
+        if native is not None:
+            console.print(f"Ray's own output: {native}")
         code = 1
     from graft.ledger import Ledger
 
@@ -169,6 +188,28 @@ def run(
             console.print(f"model: {ledger.model_uri}   (try: graft predict {ledger.model_uri} IMAGE...)")
     _shutdown_ray()
     raise typer.Exit(code)
+
+
+def _native_output_to(root: str) -> Path:
+    """Send what is written straight to file descriptor 2 (Ray's C++ parts: the driver's core worker logs at
+    ERROR level things that are no error for Graft, e.g. "constructor arguments in the object store and
+    max_restarts > 0" for every Ray Data actor pool) to `ray.log` in the run folder, so it cannot land in the
+    middle of the progress bars. Python's own stderr (Graft's messages, real errors) stays on the terminal."""
+    import os
+    import tempfile
+
+    from graft import storage
+
+    folder = Path(root) if not storage.is_s3(root) else Path(tempfile.mkdtemp(prefix="graft-run-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "ray.log"
+    sys.stderr.flush()
+    terminal = os.dup(2)
+    log = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(log, 2)
+    os.close(log)
+    sys.stderr = os.fdopen(terminal, "w", buffering=1, encoding=sys.stderr.encoding, errors="backslashreplace")
+    return path
 
 
 def _shutdown_ray() -> None:

@@ -171,6 +171,10 @@ class RayExecutor:
 
         workers, stage = cfg.spec.workers, cfg.stage
         ensure_ray(workers, self.log_to_driver)
+        if not self.log_to_driver:  # Ray Data's plan, progress and "finished in" lines, unless --verbose
+            logging.getLogger("ray.data").setLevel(logging.ERROR)
+            context = ray.data.DataContext.get_current()
+            context.enable_progress_bars = context.print_on_execution_start = False
         rows: list[dict[str, Any]] = []  # train then validation images; `pos` puts the features back in order
         for src in (train_src, val_src):
             for i in range(len(src)):

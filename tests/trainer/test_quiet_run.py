@@ -1,0 +1,42 @@
+"""`graft run`'s piped output is Graft's own (issue 11, problem 4): no line from Ray's loggers or its C++ parts,
+per-stage times, and a finished stage's metrics labelled as its best epoch's."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from support.trainer_data import smallcnn_weights
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[2]
+GRAFT = str(Path(sys.executable).with_name("graft"))
+#: What Ray prints on its own: Python loggers ("2026-12-02 08:52:16,345\tINFO file.py:215 -- ..."), C++ logs
+#: ("[2026-12-02 08:52:16,381 E 12174 12174] core_worker.cc:2465: ..."), forwarded worker output ("(pid=...)").
+RAY_LINE = re.compile(r"^\d{4}-\d\d-\d\d [\d:,]+\s+(DEBUG|INFO|WARNING|ERROR)\s"
+                      r"|^\[\d{4}-\d\d-\d\d [^]]* [IWEF] \d+ \d+\]"
+                      r"|\((pid|raylet|RayTrainWorker|MapWorker)[^)]*\)")
+
+
+def test_a_piped_run_prints_no_ray_line_and_labels_stage_times_and_best_epochs(tmp_path):
+    doc = yaml.safe_load((REPO / "examples" / "digits-lpft.yaml").read_text())
+    # FrozenFeatures runs on a Ray Data actor pool (Ray Data's plan and progress lines, the core worker's
+    # "constructor arguments in the object store" error line); Head trains on two Ray Train workers.
+    doc["spec"]["stages"] = [{"type": "FrozenFeatures"}, {"type": "Head", "epochs": 4, "lr": 0.01}]
+    doc["spec"]["model"]["weights"] = str(smallcnn_weights(tmp_path / "w.pt"))
+    manifest = tmp_path / "job.yaml"
+    manifest.write_text(yaml.safe_dump(doc))
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}  # pytest sets them: a pipe has none
+    done = subprocess.run([GRAFT, "run", str(manifest), "--storage", "runs"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=400, env=env)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-3000:]
+    ray_lines = [line for line in out.splitlines() if RAY_LINE.search(line)]
+    assert not ray_lines, "\n".join(ray_lines)
+    assert re.search(r"^Head .* 4/4 +0:\d\d Succeeded best epoch \d: val_accuracy=", done.stdout, re.M), done.stdout
+    assert (tmp_path / "runs" / "digits-lpft" / "ray.log").exists()  # where Ray's own output went
