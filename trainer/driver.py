@@ -11,7 +11,6 @@ them starts and is recorded as that stage's failure reason; nothing already writ
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from collections.abc import Callable
@@ -25,8 +24,6 @@ from graft.trainer.stages import STAGES, StageConfig, run_name, verify_up_front
 
 from graft.api.models import StageState, TransferJob
 from graft.ledger import Ledger, StageRecord, job_root, now
-
-log = logging.getLogger("graft.trainer")
 
 
 class SpecChanged(RuntimeError):
@@ -257,7 +254,6 @@ class Driver:
                 STAGES[stage.type].check(self, stage)
             except Exception as exc:
                 message = user_message(exc)
-                log.error("stage %s: bad input: %s", stage.type, message)
                 rec.state, rec.message, rec.end_time = StageState.FAILED, message, now()
                 ledger.message = f"{stage.type}: {message}"
                 self._save(ledger)
@@ -307,7 +303,6 @@ class Driver:
                 result = kind.run(self, cfg)
             except Exception as exc:
                 message = user_message(exc)
-                log.error("stage %s failed: %s", stage.type, message)
                 self._finish(stage.type, t0, f"{stage.type}: {message}", state=StageState.FAILED, message=message)
                 raise StageFailed(stage.type, message) from exc
             # The result's metrics, output and checkpoint are ledger fields of the same names.

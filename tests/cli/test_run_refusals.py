@@ -69,6 +69,7 @@ def test_a_wrong_num_classes_fails_before_pretrain_runs(tmp_path):
     proc = graft_run("job.json", "--storage", "runs", cwd=tmp_path)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "has 10 classes" in proc.stdout and "spec.model.numClasses is 5" in proc.stdout
+    assert (proc.stdout + proc.stderr).count("spec.model.numClasses is 5") == 1  # said once, not logged and printed
     ledger = Ledger.load(str(tmp_path / "runs" / "digits"))
     assert [s.state for s in ledger.stages] == [StageState.PENDING, StageState.FAILED, StageState.PENDING,
                                                 StageState.PENDING]
