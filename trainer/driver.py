@@ -18,7 +18,7 @@ from pathlib import Path
 
 from graft.trainer import data as data_mod
 from graft.trainer import export, identity, models
-from graft.trainer.errors import InputError, user_message
+from graft.trainer.errors import InputError, out_of_memory, user_message
 from graft.trainer.executors import RayExecutor
 from graft.trainer.stages import STAGES, StageConfig, run_name, verify_up_front
 
@@ -302,7 +302,7 @@ class Driver:
                 cfg = StageConfig(self.spec, index, self.root, rec.run_name, **kind.inputs(self, ledger))
                 result = kind.run(self, cfg)
             except Exception as exc:
-                message = user_message(exc)
+                message = out_of_memory(exc, index, self.spec) or user_message(exc)
                 self._finish(stage.type, t0, f"{stage.type}: {message}", state=StageState.FAILED, message=message)
                 raise StageFailed(stage.type, message) from exc
             # The result's metrics, output and checkpoint are ledger fields of the same names.

@@ -16,10 +16,8 @@ class InputError(ValueError):
         return (self.__class__, (self.uri, self.cause))
 
 
-def user_message(exc: BaseException) -> str:
-    """One line for the ledger: the innermost Graft/storage error if there is one, else the exception."""
-    from graft.storage import StorageError
-
+def _chain(exc: BaseException):
+    """The exception and everything it wraps: causes, contexts, and Ray Train's worker and controller failures."""
     seen: set[int] = set()
     stack = [exc]
     while stack:
@@ -27,8 +25,7 @@ def user_message(exc: BaseException) -> str:
         if e is None or id(e) in seen:
             continue
         seen.add(id(e))
-        if isinstance(e, InputError | StorageError):
-            return str(e)
+        yield e
         # Ray Train wraps worker errors: WorkerGroupError.worker_failures, ControllerError.controller_failure,
         # RayTaskError.cause.
         failures = getattr(e, "worker_failures", None)
@@ -36,5 +33,36 @@ def user_message(exc: BaseException) -> str:
             stack.extend(failures.values())
         for attr in ("controller_failure", "cause", "__cause__", "__context__"):
             stack.append(getattr(e, attr, None))
+
+
+#: What running out of memory raises: Python's MemoryError, torch's (CUDA) OutOfMemoryError, Ray's
+#: OutOfMemoryError (its memory monitor killed a worker); matched by name so that neither is imported here.
+_OOM_TYPES = ("MemoryError", "OutOfMemoryError")
+
+
+def out_of_memory(exc: BaseException, stage_index: int, spec) -> str | None:
+    """One line in Graft's words when a stage ran out of memory (host or GPU), naming the fields that size it;
+    None for any other failure."""
+    for e in _chain(exc):
+        if type(e).__name__ in _OOM_TYPES or "out of memory" in str(e).lower():
+            gpu = "cuda" in f"{type(e).__module__} {e}".lower()
+            batch = getattr(spec.stages[stage_index], "batch_size", None)
+            smaller = f"lower spec.data.imageSize ({spec.data.image_size})"
+            if batch:
+                smaller += f" or spec.stages[{stage_index}].batchSize ({batch})"
+            if gpu:
+                return f"a GPU ran out of memory: {smaller}, or use a GPU with more memory"
+            return (f"a worker ran out of memory: {smaller}, or give each worker more with spec.workers.memory "
+                    f"({spec.workers.memory})")
+    return None
+
+
+def user_message(exc: BaseException) -> str:
+    """One line for the ledger: the innermost Graft/storage error if there is one, else the exception."""
+    from graft.storage import StorageError
+
+    for e in _chain(exc):
+        if isinstance(e, InputError | StorageError):
+            return str(e)
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[-1] if text else ''}".strip()
