@@ -171,7 +171,9 @@ def run(
         _shutdown_ray()
         raise typer.Exit(130) from None
     except (StageFailed, InputError, StorageError) as exc:
-        console.print(f"[red]error[/]: {exc}", markup=True, highlight=False)
+        from rich.markup import escape
+
+        console.print(f"[red]error[/]: {escape(str(exc))}", highlight=False)  # a path may hold "[...]"
         if native is not None:
             console.print(f"Ray's own output: {native}")
         code = 1

@@ -73,3 +73,17 @@ def test_a_wrong_num_classes_fails_before_pretrain_runs(tmp_path):
     ledger = Ledger.load(str(tmp_path / "runs" / "digits"))
     assert [s.state for s in ledger.stages] == [StageState.PENDING, StageState.FAILED, StageState.PENDING,
                                                 StageState.PENDING]
+
+
+def test_a_failure_naming_a_path_with_brackets_prints_the_path_as_it_is(tmp_path):
+    from support.trainer_data import write_png
+
+    folder = tmp_path / "data[red]"  # rich would read "[red]" as markup and drop it
+    for c in ("a", "b", "c"):
+        write_png(folder / c / "0.png", 100, size=8)
+    spec = {"model": {"backbone": "smallcnn", "numClasses": 5}, "data": {"train": str(folder), "imageSize": 8},
+            "stages": [{"type": "Pretrain", "data": str(folder), "numClasses": 5, "epochs": 1}]}
+    _manifest(tmp_path / "job.json", spec)
+    proc = graft_run("job.json", "--storage", "runs", cwd=tmp_path)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert f"{folder}: has 3 classes" in proc.stdout, proc.stdout
