@@ -178,6 +178,9 @@ def build_rayjob(name: str, namespace: str | None, uid: str, spec: TransferJobSp
         "entrypoint": ENTRYPOINT,
         "submissionMode": "K8sJobMode",
         "shutdownAfterJobFinishes": True,
+        # KubeRay deletes the Ray cluster this long after the job ends (0: at once); the operator then deletes
+        # the RayJob (children.expire).
+        "ttlSecondsAfterFinished": policy.ttl_seconds_after_finished or 0,
         "suspend": policy.suspend,
         "backoffLimit": policy.backoff_limit,
         "rayClusterSpec": {

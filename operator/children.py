@@ -68,7 +68,8 @@ def _seconds_until(timestamp: str | None, seconds: int) -> float:
 
 
 async def expire(mem: Memory, body: Any, spec: TransferJobSpec, current: dict[str, Any]) -> float | None:
-    """ttlSecondsAfterFinished: delete the RayJob (and so its Ray cluster) of a finished job, keep the job.
+    """ttlSecondsAfterFinished: KubeRay deletes the Ray cluster that long after the job ended (the RayJob's own
+    TTL); then delete the RayJob too, keep the TransferJob.
 
     Returns seconds until it is due, or None when there is nothing (more) to do."""
     ttl = spec.run_policy.ttl_seconds_after_finished
@@ -80,6 +81,7 @@ async def expire(mem: Memory, body: Any, spec: TransferJobSpec, current: dict[st
     rj_name = current["rayJobName"]
     if await mem.api.delete("RayJob", rj_name, ref(body)[1]):
         event(body, "Normal", "RayJobDeleted",
-              f"ttlSecondsAfterFinished ({ttl}s) passed: deleted RayJob {rj_name} and its Ray cluster; the "
+              f"ttlSecondsAfterFinished ({ttl}s) passed: KubeRay deleted the Ray cluster and this deleted RayJob "
+              f"{rj_name}; the "
               "TransferJob, its status and everything in object storage stay")
     return None

@@ -466,8 +466,9 @@ class RunPolicy(_Model):
     """Failed attempts retried (each resuming from the ledger) before the job fails. Default 3."""
 
     ttl_seconds_after_finished: int | None = Field(default=None, ge=0, le=31_536_000)
-    """Delete the RayJob and its cluster this long after the job finishes; the TransferJob and its
-    status stay. Never when empty."""
+    """How long the Ray cluster stays up after the job finishes, to look into it (KubeRay then deletes it, and the
+    operator deletes the RayJob); the TransferJob and its status stay. Empty: the cluster goes when the job
+    finishes and the RayJob stays."""
 
 
 class Toleration(_Model):

@@ -175,14 +175,24 @@ def s3_keys(uri: str) -> list[str]:
 # ---------------------------------------------------------------------------------------- scenarios
 
 
+TTL = 10
+
+
+def _clusters_of(c: Cluster, rayjob_name: str) -> list[dict[str, Any]]:
+    return [rc for rc in c.api.objects("ray.io", "rayclusters", NS) if rc["metadata"]["name"].startswith(rayjob_name)]
+
+
 def scenario_succeeds_then_ttl(c: Cluster) -> dict[str, Any]:
-    c.create("happy", runPolicy={"ttlSecondsAfterFinished": 3})
+    c.create("happy", runPolicy={"ttlSecondsAfterFinished": TTL})
     st = c.wait_phase("happy", "Succeeded")
     rayjob_name = st.get("rayJobName")
-    # The TTL deletes the RayJob (and so its cluster) but keeps the TransferJob and its status.
-    c.wait("happy's RayJob deleted after the TTL", lambda: not c.rayjobs("happy"), 3 + STATUS_LAG, "happy")
-    return {"status": st, "after_ttl": c.get("happy"), "rayjob_name": rayjob_name,
-            "clusters": c.api.objects("ray.io", "rayclusters", NS)}
+    # The Ray cluster stays up for the TTL after the finish (to exec in and look), then KubeRay deletes it and
+    # the operator the RayJob; the TransferJob and its status stay.
+    rayjob_ttl = c.rayjob("happy")["spec"].get("ttlSecondsAfterFinished")
+    clusters_at_finish = _clusters_of(c, rayjob_name)
+    c.wait("happy's RayJob deleted after the TTL", lambda: not c.rayjobs("happy"), TTL + STATUS_LAG, "happy")
+    return {"status": st, "after_ttl": c.get("happy"), "rayjob_name": rayjob_name, "rayjob_ttl": rayjob_ttl,
+            "clusters_at_finish": clusters_at_finish}
 
 
 def scenario_suspend_resume(c: Cluster) -> dict[str, Any]:
@@ -391,13 +401,15 @@ def test_small_job_succeeds_with_metrics_checkpoints_and_model_in_status(cluster
     assert len(reasons) >= 2, f"expected an Event per transition, got {reasons}"
 
 
-def test_ttl_deletes_the_rayjob_and_cluster_but_keeps_the_transferjob(cluster):
+def test_the_ttl_keeps_the_cluster_up_after_the_finish_then_deletes_it_and_the_rayjob_but_keeps_the_transferjob(
+        cluster):
     c = cluster
     result = outcome(c, "succeeds_then_ttl")
     kept = result["after_ttl"]
     assert kept["status"]["phase"] == "Succeeded" and kept["status"]["modelURI"] == result["status"]["modelURI"]
-    assert not [rc for rc in c.api.objects("ray.io", "rayclusters", NS)
-                if rc["metadata"]["name"].startswith(result["rayjob_name"])]
+    assert result["rayjob_ttl"] == TTL  # KubeRay's own TTL: it deletes the cluster then
+    assert result["clusters_at_finish"], "the Ray cluster was gone at the finish: nothing left to look into"
+    assert not _clusters_of(c, result["rayjob_name"])
     # Checkpoints and the model are never deleted by the operator.
     assert s3_keys(kept["status"]["modelURI"]) and s3_keys(kept["status"]["stages"][1]["checkpoint"])
     time.sleep(3)

@@ -123,6 +123,7 @@ def rayjob(*, head=HEAD, worker=WORKER, replicas=1, labels=(), **spec):
             "entrypoint": ENTRYPOINT,
             "submissionMode": "K8sJobMode",
             "shutdownAfterJobFinishes": True,
+            "ttlSecondsAfterFinished": 0,
             "suspend": False,
             "backoffLimit": 3,
             "rayClusterSpec": {
@@ -172,8 +173,8 @@ CASES = [
     ),
     pytest.param(
         {"runPolicy": {"ttlSecondsAfterFinished": 60}},
-        rayjob(),
-        id="ttl-enforced-by-operator-not-kuberay",
+        rayjob(ttlSecondsAfterFinished=60),
+        id="ttl-keeps-the-cluster-up-through-kuberay",
     ),
     pytest.param(
         {"storage": STORAGE},

@@ -6,10 +6,11 @@ jobStatus PENDING/RUNNING/SUCCEEDED/FAILED, startTime, endTime, jobId, rayCluste
 reason and message; failed attempts retried up to spec.backoffLimit through Retrying -> New (status.failed
 counts them); spec.suspend kills the run and goes Suspending -> Suspended, and resuming starts it anew;
 spec.activeDeadlineSeconds (from startTime) ends in Failed / DeadlineExceeded; a RayCluster object owned by
-the RayJob stands for the cluster (deleted on suspend and, with shutdownAfterJobFinishes, at the end), with
-head and worker Pods owned by it (labels `ray.io/cluster`, `ray.io/node-type`) whose status says what the
-scheduler and kubelet would: Running, Unschedulable when the one fake node lacks the GPUs asked for
-(`node_gpus`, default 0), or CreateContainerConfigError when a Secret / ConfigMap or key is missing. As in
+the RayJob stands for the cluster (deleted on suspend and, with shutdownAfterJobFinishes,
+ttlSecondsAfterFinished after the end), with head and worker Pods owned by it (labels `ray.io/cluster`,
+`ray.io/node-type`) whose status says what the scheduler and kubelet would: Running, Unschedulable when the
+one fake node lacks the GPUs asked for (`node_gpus`, default 0), or CreateContainerConfigError when a Secret /
+ConfigMap or key is missing. As in
 KubeRay, such a job stays Initializing; only its pods say why.
 
 How a head pod would run the RayJob's entrypoint: every configMap volume mounted into the head container is
@@ -117,6 +118,7 @@ class _Run:
     killed: bool = False
     pods: list[tuple[str, str, int]] = field(default_factory=list)  # (name, node type, GPUs) of the cluster
     pod_state: str | None = None  # what the pods' status last said
+    cluster_deleted: bool = False  # after the finish, once its TTL passed
 
 
 class FakeKubeRay:
@@ -262,6 +264,8 @@ class FakeKubeRay:
         suspend = bool(spec.get("suspend"))
         if deployment in ("Complete", "Failed"):
             self._kill(run)
+            if not run.cluster_deleted:
+                run.cluster_deleted = self._finish_cluster(obj)
             return
         if deployment in ("", "New", "Suspended"):
             if suspend:
@@ -372,9 +376,18 @@ class FakeKubeRay:
                         message=message, reason="AppFailed")
             self._finish_cluster(obj)
 
-    def _finish_cluster(self, obj: dict[str, Any]) -> None:
-        if obj["spec"].get("shutdownAfterJobFinishes"):
-            self._delete_cluster(obj)
+    def _finish_cluster(self, obj: dict[str, Any]) -> bool:
+        """With shutdownAfterJobFinishes, delete the cluster once endTime + ttlSecondsAfterFinished has passed
+        (KubeRay's ray-operator/controllers/ray/rayjob_controller.go requeues the finished RayJob until then, and
+        keeps the RayJob). Returns whether it is deleted (or never will be: no shutdownAfterJobFinishes)."""
+        spec, end = obj["spec"], (obj.get("status") or {}).get("endTime")
+        if not spec.get("shutdownAfterJobFinishes"):
+            return True
+        ttl = int(spec.get("ttlSecondsAfterFinished") or 0)
+        if ttl and time.time() < (_parse_time(end) if end else time.time()) + ttl:
+            return False  # not yet: the finished job's loop comes back each tick
+        self._delete_cluster(obj)
+        return True
 
     def _delete_cluster(self, obj: dict[str, Any]) -> None:
         name = (obj.get("status") or {}).get("rayClusterName")
