@@ -185,6 +185,67 @@ def status(
         typer.echo(f"failed: {failed.type}: {failed.message}")
 
 
+@app.command()
+def logs(
+    target: Annotated[str, typer.Argument(
+        metavar="RUN_OR_URI", help="A run folder, a job's storage URI `<storage.uri>/<uid>` (or its logs/ folder); "
+        "with -n, the TransferJob's name.")],
+    namespace: Annotated[str | None, typer.Option(
+        "--namespace", "-n", help="Find the job's storage through the TransferJob RUN_OR_URI in this namespace "
+        "(kubeconfig as kubectl's); S3 keys from the environment, else from the job's credentials Secret.")] = None,
+    stage: Annotated[str | None, typer.Option("--stage", help="Only this stage's logs.")] = None,
+    worker: Annotated[int | None, typer.Option("--worker", help="Only this Ray Train worker's logs (its rank).")
+                      ] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing as the logs grow, until the job "
+                                         "has finished or failed.")] = False,
+) -> None:
+    """Print a job's logs from its storage: each stage's driver and Ray Train workers, kept after the Ray cluster
+    is gone. Several files are printed one after the other, each line prefixed with `STAGE/PROCESS | `."""
+    from graft import joblogs
+    from graft.ledger import Ledger
+    from graft.storage import StorageError
+
+    options = None
+    try:
+        if namespace is not None:
+            from graft.kubelookup import job_storage
+
+            root, options = job_storage(namespace, target)
+        else:
+            root = joblogs.job_root_of(target)
+        ledger = Ledger.load(root, options)
+        order = [s.type for s in ledger.stages] if ledger else None
+
+        def files() -> list:
+            return joblogs.find(root, stage=stage, worker=worker, order=order, options=options)
+
+        if follow:
+            def finished() -> bool:
+                now = Ledger.load(root, options)
+                return now is not None and (now.done or now.failed is not None)
+
+            chunks = joblogs.follow(files, finished, options=options)
+        else:
+            found = files()
+            if not found:
+                what = " ".join(x for x in (f"stage {stage}" if stage else "", f"worker {worker}"
+                                            if worker is not None else "") if x)
+                typer.echo(f"error: no logs{' of ' + what if what else ''} in {joblogs.logs_uri(root)}"
+                           + ("" if ledger else " (and no ledger.json: is this a job's storage URI?)"), err=True)
+                raise typer.Exit(1)
+            chunks = ((f, joblogs.read(f, options)) for f in found)
+        prefixed = not (stage and worker is not None)
+        for f, text in chunks:
+            if prefixed:
+                text = "".join(f"{f.label} | {line}" for line in text.splitlines(keepends=True))
+            typer.echo(text, nl=not text.endswith("\n"))
+    except (StorageError, LookupError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
 def _runs_below(folder: str) -> dict[str, Any]:
     """The runs one level below `folder` (e.g. graft-runs/), by name: their ledgers."""
     from graft import storage

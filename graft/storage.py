@@ -51,7 +51,7 @@ class S3Options:
     max_attempts: int = 3
 
 
-def _env_s3_options() -> S3Options:
+def env_s3_options() -> S3Options:
     return S3Options(
         endpoint=os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"),
         region=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"),
@@ -89,7 +89,7 @@ def filesystem(uri: str, options: S3Options | None = None) -> tuple[pafs.FileSys
 
     `options` replaces the environment's S3 settings (endpoint, region, keys) for this call."""
     if is_s3(uri):
-        return _s3_filesystem(options or _env_s3_options()), uri[len("s3://") :].rstrip("/")
+        return _s3_filesystem(options or env_s3_options()), uri[len("s3://") :].rstrip("/")
     path = uri[len("file://") :] if uri.startswith("file://") else uri
     return pafs.LocalFileSystem(), str(Path(path).expanduser().resolve())
 
@@ -213,9 +213,9 @@ def is_dir(uri: str) -> bool:
         raise _explain(uri, exc) from exc
 
 
-def list_dir(uri: str, recursive: bool = False) -> list[str]:
+def list_dir(uri: str, recursive: bool = False, options: S3Options | None = None) -> list[str]:
     """URIs of the files below a prefix (empty when it does not exist)."""
-    fs, path = filesystem(uri)
+    fs, path = filesystem(uri, options)
     try:
         infos = fs.get_file_info(pafs.FileSelector(path, recursive=recursive, allow_not_found=True))
     except OSError as exc:

@@ -13,6 +13,7 @@ from typing import Any
 
 from graft.operator.builder import LABEL_QUEUE
 
+from graft import joblogs
 from graft.api.models import TransferJobSpec
 
 CONDITION_TYPES = ("Created", "Running", "Suspended", "Succeeded", "Failed", "Reconciling", "Stalled")
@@ -270,6 +271,7 @@ def build_status(
         "phase": phase_of(conds),
         "rayJobName": rayjob_name,
         "storageURI": storage_uri,
+        "logsURI": joblogs.logs_uri(storage_uri) if storage_uri else None,
     }
     _with_projection(status, ledger or _last_projection(current) or planned_stages(spec), current)
     status |= {

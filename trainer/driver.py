@@ -17,11 +17,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from graft.trainer import data as data_mod
-from graft.trainer import export, identity, models
+from graft.trainer import export, identity, logship, models
 from graft.trainer.errors import InputError, out_of_memory, user_message
 from graft.trainer.executors import RayExecutor
 from graft.trainer.stages import STAGES, StageConfig, run_name, verify_up_front
 
+from graft import joblogs
 from graft.api.models import StageState, TransferJob
 from graft.ledger import Ledger, StageRecord, job_root, now
 
@@ -297,16 +298,22 @@ class Driver:
             rec.epochs = getattr(stage, "epochs", 1)
             self._save(ledger)
             t0 = time.monotonic()
-            try:
-                kind = STAGES[stage.type]
-                cfg = StageConfig(self.spec, index, self.root, rec.run_name, **kind.inputs(self, ledger))
-                result = kind.run(self, cfg)
-            except Exception as exc:
-                message = out_of_memory(exc, index, self.spec) or user_message(exc)
-                self._finish(stage.type, t0, f"{stage.type}: {message}", state=StageState.FAILED, message=message)
-                raise StageFailed(stage.type, message) from exc
-            # The result's metrics, output and checkpoint are ledger fields of the same names.
-            ledger = self._finish(stage.type, t0, None, state=StageState.SUCCEEDED, epoch=rec.epochs, **vars(result))
+            with logship.capture(self.root, stage.type, joblogs.DRIVER) as log:
+                log.line(f"stage {stage.type} ({index + 1} of {len(self.spec.stages)}), attempt {ledger.attempt}")
+                try:
+                    kind = STAGES[stage.type]
+                    cfg = StageConfig(self.spec, index, self.root, rec.run_name, **kind.inputs(self, ledger))
+                    result = kind.run(self, cfg)
+                except Exception as exc:
+                    message = out_of_memory(exc, index, self.spec) or user_message(exc)
+                    self._finish(stage.type, t0, f"{stage.type}: {message}", state=StageState.FAILED, message=message)
+                    log.line(f"stage {stage.type} failed: {message}")
+                    raise StageFailed(stage.type, message) from exc
+                # The result's metrics, output and checkpoint are ledger fields of the same names.
+                ledger = self._finish(stage.type, t0, None, state=StageState.SUCCEEDED, epoch=rec.epochs,
+                                      **vars(result))
+                log.line(f"stage {stage.type} succeeded in {time.monotonic() - t0:.1f}s: "
+                         f"{logship.metrics_text(result.metrics)}")
         if ledger.model_uri is None:
             try:
                 uri = self._export(ledger)

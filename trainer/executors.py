@@ -98,9 +98,13 @@ def ensure_ray(workers: WorkersSpec, log_to_driver: bool = True) -> None:
 
 
 def _worker_loop(config: dict[str, Any]) -> None:
+    from graft.trainer import logship
     from graft.trainer.session import RaySession
 
-    config["loop"](RaySession(config["stage"]), config["stage"])
+    cfg = config["stage"]
+    session = RaySession(cfg)
+    with logship.capture(cfg.root, cfg.stage.type, f"worker-{session.rank}", tee=True) as session.log:
+        config["loop"](session, cfg)
 
 
 class RayExecutor:

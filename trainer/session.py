@@ -7,15 +7,19 @@ code runs under Ray Train and in-process (statistical tests, benchmarks' baselin
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import tempfile
 from typing import Any
 
 import torch
+from graft.trainer.logship import LogShipper, metrics_text
 from graft.trainer.stages import StageConfig
 
 from graft import storage
 from graft.ledger import Ledger
+
+_log = logging.getLogger(__name__)
 
 
 class LocalSession:
@@ -66,6 +70,7 @@ class RaySession:
         self.device = ray.train.torch.get_device()
         self.ledger_root, self.stage = cfg.root, cfg.stage.type
         self.checkpoint_root = storage.join(cfg.root, "checkpoints", cfg.run_name)
+        self.log: LogShipper | None = None  # this worker's log in storage (executors._worker_loop)
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
         import ray.train.torch
@@ -111,6 +116,10 @@ class RaySession:
                 ray.train.report(metrics, checkpoint=None, checkpoint_dir_name=name)
         if self.rank == 0 and self.ledger_root:
             record_epoch(self.ledger_root, self.stage, metrics, epoch, epochs, checkpoint_uri)
+        _log.info("epoch %d/%d (worker %d of %d): %s", epoch, epochs, self.rank, self.world_size,
+                  metrics_text({k: v for k, v in metrics.items() if k != "epoch"}))
+        if self.log is not None:
+            self.log.flush()
 
     def _agree(self, flag: bool) -> bool:
         """Rank 0 decides whether this epoch is checkpointed; the others follow (equal report counts)."""

@@ -204,6 +204,7 @@ def build_crd() -> dict[str, Any]:
                         {"name": "Backbone", "type": "string", "jsonPath": ".spec.model.backbone", "priority": 1},
                         {"name": "RayJob", "type": "string", "jsonPath": ".status.rayJobName", "priority": 1},
                         {"name": "Model", "type": "string", "jsonPath": ".status.modelURI", "priority": 1},
+                        {"name": "Logs", "type": "string", "jsonPath": ".status.logsURI", "priority": 1},
                         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
                     ],
                     "schema": {"openAPIV3Schema": root},

@@ -730,6 +730,10 @@ class TransferJobStatus(_StatusModel):
     storage_uri: str | None = Field(default=None, alias="storageURI")
     """Where this job writes: `<storage.uri>/<job uid>/`."""
 
+    logs_uri: str | None = Field(default=None, alias="logsURI")
+    """Where the job's logs are kept, per stage, for the driver and each Ray worker (`<storageURI>/logs`): they
+    outlive the Ray cluster. `graft logs -n NAMESPACE NAME` prints them."""
+
     attempts: int | None = None
     """Attempts started so far (1 on the first run)."""
 
