@@ -103,7 +103,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
 
     cfg = config["stage"]
     session = RaySession(cfg)
-    with logship.capture(cfg.root, cfg.stage.type, f"worker-{session.rank}", tee=True) as session.log:
+    with logship.capture(cfg.root, cfg.stage.type, f"worker-{session.rank}") as session.log:
         config["loop"](session, cfg)
 
 

@@ -2,7 +2,7 @@
 `graft.joblogs`; `graft logs` reads them).
 
 Each process keeps its own file per stage: the driver (the stage's start and end, a failure with its traceback,
-what the process logs) and each Ray Train worker (its epochs, warnings, prints, a failure's traceback). A file is
+what the process logs) and each Ray Train worker (its epochs, warnings, a failure's traceback). A file is
 uploaded whole (an S3 object cannot be appended to) every `INTERVAL` seconds while it grows, after every epoch and
 when the stage ends, so a killed pod loses a few seconds of it at most. A rerun appends to what an earlier attempt
 wrote. Whatever looks like a credential is masked before it is kept. A log that cannot be uploaded never fails the
@@ -18,7 +18,6 @@ import logging
 import os
 import re
 import socket
-import sys
 import threading
 import traceback
 from collections.abc import Iterator, Mapping
@@ -67,8 +66,10 @@ def metrics_text(metrics: Mapping[str, object]) -> str:
     return ", ".join(f"{k}={v:.4g}" if isinstance(v, (int, float)) else f"{k}={v}" for k, v in sorted(metrics.items()))
 
 
-def _stamp() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+def _stamp(seconds: float | None = None) -> str:
+    """RFC 3339 in UTC with milliseconds: one clock for every line of every file."""
+    moment = datetime.now(UTC) if seconds is None else datetime.fromtimestamp(seconds, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _earlier(uri: str) -> str:
@@ -139,42 +140,36 @@ class LogShipper:
         self.flush()
 
 
+class _Formatter(logging.Formatter):
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return _stamp(record.created)
+
+
 class _Handler(logging.Handler):
     def __init__(self, shipper: LogShipper):
         super().__init__(logging.INFO)
         self.shipper = shipper
-        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        self.setFormatter(_Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
 
     def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno < logging.WARNING and not record.name.startswith("graft"):
+            return  # Ray's INFO lines (every report, whole) would drown Graft's own
         try:
             self.shipper.write(self.format(record) + "\n")
         except Exception:
             self.handleError(record)
 
 
-class _Tee:
-    """A text stream that writes to the stream it stands in for and to the log."""
-
-    def __init__(self, stream, shipper: LogShipper):
-        self._stream, self._shipper = stream, shipper
-
-    def write(self, text: str) -> int:
-        self._shipper.write(text)
-        return self._stream.write(text)
-
-    def __getattr__(self, name: str):
-        return getattr(self._stream, name)
-
-
 @contextmanager
-def capture(root: str, stage: str, name: str, *, tee: bool = False) -> Iterator[LogShipper]:
+def capture(root: str, stage: str, name: str) -> Iterator[LogShipper]:
     """Keep `<root>/logs/<stage>/<name>.log` while the block runs: this process's log records (INFO and up from
-    Graft, WARNING and up from the rest) and, with `tee`, what it prints. An exception leaving the block is
-    written with its traceback."""
+    Graft, WARNING and up from the rest, Python warnings included). An exception leaving the block is written
+    with its traceback. (Not print(): Ray's worker log handler writes to the same streams, so a copy of them
+    would hold every record twice.)"""
     shipper = LogShipper(joblogs.log_uri(root, stage, name))
     shipper.line(f"--- {stage} {name}: started (pid {os.getpid()} on {socket.gethostname()})")
     root_logger, graft_logger = logging.getLogger(), logging.getLogger("graft")
-    handlers = [_Handler(shipper)]
+    handlers: list[logging.Handler] = [_Handler(shipper)]
     if not root_logger.handlers:
         # With no handler at all, Python prints WARNING and up to stderr (logging.lastResort); one handler of ours
         # would silence that, so keep it explicitly.
@@ -185,9 +180,7 @@ def capture(root: str, stage: str, name: str, *, tee: bool = False) -> Iterator[
         graft_logger.setLevel(logging.INFO)
     for h in handlers:
         root_logger.addHandler(h)
-    streams = sys.stdout, sys.stderr
-    if tee:
-        sys.stdout, sys.stderr = _Tee(sys.stdout, shipper), _Tee(sys.stderr, shipper)
+    logging.captureWarnings(True)
     shipper.start()
     try:
         yield shipper
@@ -195,8 +188,7 @@ def capture(root: str, stage: str, name: str, *, tee: bool = False) -> Iterator[
         shipper.write(traceback.format_exc())
         raise
     finally:
-        if tee:
-            sys.stdout, sys.stderr = streams
+        logging.captureWarnings(False)
         for h in handlers:
             root_logger.removeHandler(h)
         graft_logger.setLevel(graft_level)

@@ -169,6 +169,24 @@ def test_s3_two_workers_driver_killed_mid_stage_resumes_from_checkpoint(tmp_path
     assert {prefix + "features/train.pt", prefix + "features/val.pt"} <= keys
     assert any(k.startswith(f"{prefix}checkpoints/{uid}-fullfinetune/epoch_") and k.endswith("state.pt") for k in keys)
 
+    # The logs outlive the Ray processes: `graft logs` reads each stage's driver and worker lines from S3, the killed
+    # attempt's included, and no key is in them.
+    second.reap_ray()
+    shown = subprocess.run([GRAFT, "logs", root], env={**env, "AWS_ENDPOINT_URL": s3_endpoint}, capture_output=True,
+                           text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    labels = [line.split(" | ")[0] for line in lines]
+    assert sorted(set(labels), key=labels.index) == [
+        "FrozenFeatures/driver", "FullFineTune/driver", "FullFineTune/worker-0", "FullFineTune/worker-1"]
+    for worker in (0, 1):
+        epochs = [line for line in lines if line.startswith(f"FullFineTune/worker-{worker} |") and "epoch 6/6" in line]
+        assert epochs, f"worker {worker}'s last epoch is not in its log:\n{shown.stdout[-3000:]}"
+    started = [line for line in lines if line.startswith("FullFineTune/driver |") and ", attempt " in line]
+    assert [line.rsplit(" ", 1)[1] for line in started] == ["1", "2"], "the killed attempt's driver log was lost"
+    assert "stage FullFineTune succeeded" in shown.stdout
+    assert TEST_CREDENTIALS["AWS_SECRET_ACCESS_KEY"] not in shown.stdout
+
 
 def test_worker_killed_mid_epoch_is_restarted_from_the_latest_checkpoint(tmp_path):
     weights = smallcnn_weights(tmp_path / "w.pt")
