@@ -180,6 +180,10 @@ def status(
     console().print(table)
     if ledger.model_uri:
         typer.echo(f"model: {ledger.model_uri}")
+    from graft import joblogs
+
+    if joblogs.find(run):
+        typer.echo(f"logs: {joblogs.logs_uri(run)}   (graft logs {run})")
     failed = ledger.failed
     if failed and failed.message:
         typer.echo(f"failed: {failed.type}: {failed.message}")

@@ -177,6 +177,7 @@ def run(
         if native is not None:
             console.print(f"Ray's own output: {native}")
         code = 1
+    from graft import joblogs
     from graft.ledger import Ledger
 
     ledger = Ledger.load(driver.root)
@@ -188,6 +189,8 @@ def run(
             console.print(f"[yellow]could not write the plot[/]: {exc}")
         if ledger.model_uri:
             console.print(f"model: {ledger.model_uri}   (try: graft predict {ledger.model_uri} IMAGE...)")
+        if joblogs.find(driver.root):
+            console.print(f"logs: {joblogs.logs_uri(driver.root)}   (graft logs {driver.root})")
     _shutdown_ray()
     raise typer.Exit(code)
 

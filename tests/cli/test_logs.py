@@ -90,3 +90,11 @@ def test_follow_prints_lines_as_they_come_and_stops_when_the_job_ends(tmp_path):
     lines = proc.stdout.splitlines()
     assert lines.count("FullFineTune/worker-0 | fft w0 epoch 1") == 1, "a line printed again when the file grew"
     assert "FullFineTune/worker-0 | fft w0 epoch 3" in lines
+
+
+def test_graft_status_says_where_the_logs_are(tmp_path):
+    root = _job(tmp_path)
+    assert f"logs: {root}/logs   (graft logs {root})" in graft("status", root).stdout.splitlines()
+    bare = str(tmp_path / "bare")
+    Ledger.create("uid-2", "no-logs", STAGES).save(bare)
+    assert "logs:" not in graft("status", bare).stdout

@@ -91,6 +91,21 @@ def test_runs_the_entrypoint_with_the_mounted_job_and_secret_env(client, fake_ku
     wait_for(lambda: not kube_api.objects("", "pods", NS), what="the pods deleted")
 
 
+def test_with_a_ttl_the_cluster_outlives_the_finish_by_the_ttl_and_the_rayjob_stays(client, fake_kuberay, tmp_path,
+                                                                                     kube_api):
+    """KubeRay's rayjob_controller.go: with shutdownAfterJobFinishes the finished RayJob is requeued until
+    endTime + ttlSecondsAfterFinished, then its cluster is deleted; the RayJob itself stays. The e2e TTL test relies
+    on this: a fake that deleted the cluster at the finish would fail here (and there)."""
+    make_rayjob(client, "kept", tmp_path / "kept", "succeed", ttlSecondsAfterFinished=4)
+    wait_for(lambda: status(client, "kept").get("jobDeploymentStatus") == "Complete", what="Complete")
+    finished = time.monotonic()
+    time.sleep(1)
+    assert kube_api.objects("ray.io", "rayclusters", NS), "the cluster was deleted before its TTL passed"
+    wait_for(lambda: not kube_api.objects("ray.io", "rayclusters", NS), timeout=15, what="the RayCluster deleted")
+    assert time.monotonic() - finished >= 3, "deleted before endTime + TTL"
+    assert status(client, "kept")["jobDeploymentStatus"] == "Complete", "the RayJob went with its cluster"
+
+
 def test_failed_attempt_is_retried_up_to_the_backoff_limit(client, fake_kuberay, tmp_path):
     make_rayjob(client, "flaky", tmp_path / "flaky", "fail-once", backoffLimit=1)
     make_rayjob(client, "broken", tmp_path / "broken", "fail", backoffLimit=1)

@@ -11,12 +11,16 @@ that killing that operator cannot delay the other scenarios.
 from __future__ import annotations
 
 import io
+import os
 import shutil
+import subprocess
+import sys
 import time
 import traceback
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -399,6 +403,27 @@ def test_small_job_succeeds_with_metrics_checkpoints_and_model_in_status(cluster
     assert st["jobStatus"] == "SUCCEEDED" and st["startTime"] and st["completionTime"]
     reasons = {e.reason for e in c.events("happy")}
     assert len(reasons) >= 2, f"expected an Event per transition, got {reasons}"
+
+
+def test_the_logs_are_read_through_the_transferjob_after_the_cluster_is_gone(cluster, tmp_path):
+    c = cluster
+    result = outcome(c, "succeeds_then_ttl")
+    st = result["after_ttl"]["status"]
+    assert st["logsURI"] == f"{st['storageURI']}/logs"
+    assert not _clusters_of(c, result["rayjob_name"]), "the Ray cluster is still there"
+    # A user with a kubeconfig and no S3 keys of their own: the keys come from the job's credentials Secret.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "KUBECONFIG"))}
+    env["KUBECONFIG"] = str(c.api.write_kubeconfig(tmp_path / "kubeconfig", user="someone"))
+    shown = subprocess.run([str(Path(sys.executable).with_name("graft")), "logs", "-n", NS, "happy"], env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    labels = [line.split(" | ")[0] for line in shown.stdout.splitlines()]
+    assert sorted(set(labels), key=labels.index) == [
+        "FrozenFeatures/driver", "Head/driver", "Head/worker-0", "Head/worker-1"]
+    assert "stage Head succeeded" in shown.stdout and "epoch 3/3 (worker 1 of 2)" in shown.stdout
+    missing = subprocess.run([str(Path(sys.executable).with_name("graft")), "logs", "-n", NS, "nosuchjob"], env=env,
+                             capture_output=True, text=True, timeout=60)
+    assert (missing.returncode, missing.stderr.strip()) == (1, f"error: TransferJob {NS}/nosuchjob not found")
 
 
 def test_the_ttl_keeps_the_cluster_up_after_the_finish_then_deletes_it_and_the_rayjob_but_keeps_the_transferjob(

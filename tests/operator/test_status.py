@@ -162,6 +162,8 @@ def test_running_status_has_every_condition_and_kstatus_reconciling():
     # before a ledger exists, every planned stage is listed as Pending
     assert st["stages"] == [{"type": "FrozenFeatures", "state": "Pending"}, {"type": "Head", "state": "Pending"}]
     assert st["progress"] == "0/2"
+    # where the job writes, and where its logs are (they outlive the cluster: `graft logs`)
+    assert (st["storageURI"], st["logsURI"]) == ("s3://bucket/jobs/uid", "s3://bucket/jobs/uid/logs")
     # the result fits the CRD's status schema (what the API server would keep)
     TransferJobStatus.model_validate(st)
 

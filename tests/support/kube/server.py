@@ -20,6 +20,14 @@ from .resources import ApiError, LoggedRequest, ResourceType
 from .selectors import refuse_unsupported_field_labels
 from .store import Store, Watcher
 
+
+def _json(obj: Any, status: int) -> aiohttp.web.Response:
+    """A JSON answer with the real server's Content-Type, `application/json` and no charset (apimachinery's JSON
+    serializer, staging/src/k8s.io/apimachinery/pkg/runtime/serializer/json): clients match it exactly (lightkube
+    turns only such an error into an ApiError; aiohttp's json_response would add "; charset=utf-8")."""
+    return aiohttp.web.Response(body=json.dumps(obj).encode(), status=status,
+                                headers={"Content-Type": "application/json"})
+
 _CREATED_NAME = aiohttp.web.ResponseKey("created_name", str)
 _ALL_VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
 
@@ -99,11 +107,10 @@ class EmulatedKubernetes(kmock.KubernetesScaffold):
             return response
         except ApiError as e:
             status, error = e.code, e.message
-            return aiohttp.web.json_response(e.status(), status=e.code)
+            return _json(e.status(), e.code)
         except Exception as e:  # an emulator bug: answer like the real server's 500, keep serving
             status, error = 500, repr(e)
-            return aiohttp.web.json_response(
-                ApiError(500, "InternalError", f"emulator error: {e!r}").status(), status=500)
+            return _json(ApiError(500, "InternalError", f"emulator error: {e!r}").status(), 500)
         finally:
             self.request_log.append(LoggedRequest(
                 method=raw.method, path=raw.path, verb=_verb(raw.method, route, params), group=route.group,
@@ -165,7 +172,7 @@ class EmulatedKubernetes(kmock.KubernetesScaffold):
             if len(store.types) != types_before or rt.kind == "CustomResourceDefinition":
                 self.sync_discovery()
             result = copy.deepcopy(result)
-        response = aiohttp.web.json_response(result, status=201 if created else 200)
+        response = _json(result, 201 if created else 200)
         if created:
             response[_CREATED_NAME] = result["metadata"]["name"]  # logged: a create's URL has no name
         return response
