@@ -1,7 +1,7 @@
 """A TransferJob's start and its spec changes: the steps the kopf handlers in `handlers.py` hand over to.
 
-Start: validate, record the RayJob's name in status, then create (or adopt) the ConfigMap and the RayJob. A spec
-change after the start: run-policy fields go to the RayJob, anything else is refused with a Warning Event.
+Start: validate, then create (or adopt) the ConfigMap and the RayJob (deterministic names), then write the status.
+A spec change after the start: run-policy fields go to the RayJob, anything else is refused with a Warning Event.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import copy
 import logging
 from typing import Any
 
-from graft.operator import builder, children, follow, ledgers, status
+from graft.operator import builder, children, follow, status
 from graft.operator.memory import Memory, event, ref, started
 
 from graft.api.validation import cluster_warnings, validate_for_cluster
@@ -43,16 +43,11 @@ async def start(mem: Memory, body: Any, logger: Logger) -> None:
         return
     if started(current) and status.is_terminal(current):
         return  # a finished job (resumed after a restart): nothing to create again
+    # The RayJob's name is not recorded in status before it is created (KubeRay's habit, for generated names): it is
+    # a function of the job's name and uid, so a retry after a crash at any point finds the same name and adopts
+    # what it finds (409), and the first status write, after the create, names it. One API request less per job.
     rj_name = current.get("rayJobName") if started(current) else builder.rayjob_name(name, uid)
-    if not started(current) or current.get("rayJobName") != rj_name:
-        # Recorded before anything is created: a crash after this line can only ever adopt this name.
-        creating = status.build_status(
-            spec=spec, generation=generation, current=current,
-            state=status.State("Pending", "Creating", f"creating RayJob {rj_name}"),
-            rayjob_name=rj_name, created=False, rayjob=None, ledger=None, storage_uri=ledgers.storage_root(spec, uid),
-            now=now(),
-        )
-        current = await mem.write_status(body, creating)
+    if not started(current):
         warnings = cluster_warnings(spec)
         if warnings:  # one Event for them all: each is an API request, and they say the same kind of thing
             event(body, "Warning", "StorageNotShared", "; ".join(map(str, warnings)))

@@ -365,7 +365,7 @@ def transition(current: dict[str, Any] | None, new: dict[str, Any]) -> tuple[str
         # A refusal is not a transition (its Warning is posted where it is decided); Creating lasts
         # milliseconds and is followed by the RayJobCreated Event.
         return None
-    if current.get("reason") == "Creating" and new.get("reason") == "ClusterStarting":
+    if current.get("reason") in (None, "Creating") and new.get("reason") == "ClusterStarting":
         return None  # the RayJobCreated Event, milliseconds before, says the same (one API request less per job)
     warn = new.get("phase") == "Failed" or new.get("reason") in (*PENDING_PROBLEMS, "Retrying")
     return ("Warning" if warn else "Normal", new["reason"], new.get("message") or "")

@@ -1,5 +1,5 @@
-"""Starting a job (`lifecycle.start`): the RayJob's name is recorded before its children are made, and the user
-hears once about every local path in the spec."""
+"""Starting a job (`lifecycle.start`): its children are made, then one status write names the RayJob; a start
+that dies between the two makes no second RayJob; the user hears once about every local path in the spec."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import asyncio
 import copy
 import logging
 
-from graft.operator import builder, lifecycle, memory
+from graft.operator import builder, client, lifecycle, memory
 from graft.operator.supervisor import Supervisor
 
 SPEC = {
@@ -26,6 +26,7 @@ class FakeKube:
     def __init__(self) -> None:
         self.calls: list[tuple[str, str]] = []
         self.status: dict = {}
+        self.objects: dict[tuple[str, str], dict] = {}
 
     async def merge_patch(self, kind, name, namespace, body, *, status=False):
         self.calls.append(("patch status" if status else "patch", kind))
@@ -34,27 +35,57 @@ class FakeKube:
 
     async def create(self, obj):
         self.calls.append(("create", obj["kind"]))
+        key = (obj["kind"], obj["metadata"]["name"])
+        if key in self.objects:
+            raise client.Conflict(f"{key} exists")
+        self.objects[key] = copy.deepcopy(obj)
         return copy.deepcopy(obj)
 
+    async def get(self, kind, name, namespace):
+        self.calls.append(("get", kind))
+        return copy.deepcopy(self.objects.get((kind, name)))
 
-def test_start_records_the_name_first_and_warns_once_about_every_local_path(monkeypatch):
+
+def _start(mem, body=BODY):
+    async def go():
+        await lifecycle.start(mem, copy.deepcopy(body), logging.getLogger("test"))
+        await mem.supervisor.stop()
+        await mem.reads.close()
+
+    asyncio.run(go())
+
+
+def test_start_makes_the_children_then_names_the_rayjob_in_one_status_write_and_warns_once_about_local_paths(
+        monkeypatch):
     events: list[tuple] = []
     monkeypatch.setattr(lifecycle, "event", lambda body, *e: events.append(e))
     monkeypatch.setattr(memory, "event", lambda body, *e: events.append(e))
     api = FakeKube()
     mem = memory.Memory(api)
     mem.supervisor = Supervisor(mem)
-
-    async def go():
-        await lifecycle.start(mem, copy.deepcopy(BODY), logging.getLogger("test"))
-        await mem.supervisor.stop()
-        await mem.reads.close()
-
-    asyncio.run(go())
-    assert api.calls[:3] == [("patch status", "TransferJob"), ("create", "ConfigMap"), ("create", "RayJob")]
+    _start(mem)
+    assert api.calls[:3] == [("create", "ConfigMap"), ("create", "RayJob"), ("patch status", "TransferJob")]
     assert api.status["rayJobName"] == builder.rayjob_name("job", "uid-1")
+    assert (api.status["phase"], api.status["reason"]) == ("Pending", "ClusterStarting")
     warnings = [e for e in events if e[1] == "StorageNotShared"]
     assert len(warnings) == 1, events
     for path in ("spec.storage.uri", "spec.model.weights", "spec.data.train"):
         assert path in warnings[0][2]
-    assert [e[1] for e in events if e[1] != "StorageNotShared"][:1] == ["RayJobCreated"]
+    # RayJobCreated says it; a ClusterStarting Event milliseconds later would say the same again
+    assert [e[1] for e in events if e[1] != "StorageNotShared"] == ["RayJobCreated"]
+
+
+def test_a_start_that_died_before_its_status_write_adopts_its_rayjob_and_makes_no_second_one(monkeypatch):
+    monkeypatch.setattr(lifecycle, "event", lambda body, *e: None)
+    monkeypatch.setattr(memory, "event", lambda body, *e: None)
+    api = FakeKube()
+    # What the dead operator left: both children, owned by the job, and no status at all.
+    configmap, rayjob = builder.build_children(copy.deepcopy(BODY), lifecycle.validate_for_cluster(
+        copy.deepcopy(SPEC))[0])
+    api.objects = {(o["kind"], o["metadata"]["name"]): o for o in (configmap, rayjob)}
+    mem = memory.Memory(api)
+    mem.supervisor = Supervisor(mem)
+    _start(mem)
+    assert [c for c in api.calls if c[0] == "create"] == [("create", "ConfigMap"), ("create", "RayJob")]
+    assert len([k for k in api.objects if k[0] == "RayJob"]) == 1
+    assert api.status["rayJobName"] == rayjob["metadata"]["name"]

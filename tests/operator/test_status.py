@@ -260,8 +260,8 @@ def test_reason_and_message_only_change_at_transitions():
 @pytest.mark.parametrize(
     ("before", "after", "expected"),
     [
-        pytest.param({}, {"phase": "Pending", "reason": "ClusterStarting", "message": "m"},
-                     ("Normal", "ClusterStarting", "m"), id="first"),
+        pytest.param({}, {"phase": "Pending", "reason": "ClusterStarting", "message": "m"}, None,
+                     id="the-first-status-right-after-rayjob-created-is-silent"),
         pytest.param({}, {"phase": "Pending", "reason": "Creating", "message": "m"}, None, id="creating-is-silent"),
         pytest.param({"phase": "Pending", "reason": "Creating"}, {"phase": "Pending", "reason": "ClusterStarting",
                                                                   "message": "m"}, None,
