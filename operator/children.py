@@ -1,5 +1,5 @@
-"""A TransferJob's children, the ConfigMap and the RayJob: create or adopt them, find the RayJob, delete it after
-its TTL. Both carry an ownerReference to the job, so deleting the job deletes them (and the Ray cluster)."""
+"""A TransferJob's child, its RayJob: create or adopt it, find it, delete it after its TTL. It carries an
+ownerReference to the job, so deleting the job deletes it (and KubeRay the Ray cluster)."""
 
 from __future__ import annotations
 
@@ -34,11 +34,9 @@ async def create_or_adopt(mem: Memory, obj: dict[str, Any], owner_uid: str) -> t
     return patched or existing, False
 
 
-async def create_both(mem: Memory, body: Any, spec: TransferJobSpec) -> tuple[dict[str, Any], bool]:
-    """Create (or adopt) the ConfigMap, then the RayJob that mounts it. Returns (RayJob, created)."""
-    configmap, rayjob = builder.build_children(dict(body), spec)
-    await create_or_adopt(mem, configmap, body["metadata"]["uid"])
-    return await create_or_adopt(mem, rayjob, body["metadata"]["uid"])
+async def create_rayjob(mem: Memory, body: Any, spec: TransferJobSpec) -> tuple[dict[str, Any], bool]:
+    """Create (or adopt) the job's RayJob. Returns (RayJob, created)."""
+    return await create_or_adopt(mem, builder.build_owned_rayjob(dict(body), spec), body["metadata"]["uid"])
 
 
 def rayjob_seen(mem: Memory, follower: Any, namespace: str, name: str) -> dict[str, Any] | None:
@@ -53,7 +51,7 @@ def rayjob_seen(mem: Memory, follower: Any, namespace: str, name: str) -> dict[s
 
 async def recreate(mem: Memory, body: Any, spec: TransferJobSpec, rj_name: str) -> dict[str, Any]:
     """The RayJob was deleted under a running job: make it again (the trainer resumes from the ledger)."""
-    obj, created = await create_both(mem, body, spec)
+    obj, created = await create_rayjob(mem, body, spec)
     if created:
         event(body, "Warning", "RayJobRecreated",
               f"RayJob {rj_name} was deleted before the job finished; created it again (it resumes from the ledger)")

@@ -82,8 +82,8 @@ def render(
         str | None, typer.Option(help="The job's uid (default: metadata.uid, else a placeholder).")
     ] = None,
 ) -> None:
-    """Print the ConfigMap and RayJob the operator would create for a TransferJob (same builder, no cluster)."""
-    from graft.operator.builder import build_children
+    """Print the RayJob the operator would create for a TransferJob (same builder, no cluster)."""
+    from graft.operator.builder import build_owned_rayjob
 
     from graft.api.validation import cluster_warnings, validate_for_cluster
 
@@ -100,19 +100,7 @@ def render(
         raise typer.Exit(1)
     for w in cluster_warnings(spec):
         typer.echo(f"{file}: warning: {w}", err=True)
-    configmap, rayjob = build_children(doc, spec)
-    typer.echo(yaml.dump_all([configmap, rayjob], Dumper=_BlockDumper, sort_keys=False), nl=False)
-
-
-class _BlockDumper(yaml.SafeDumper):
-    """Multi-line strings (the ConfigMap's JSON) as `|` blocks, readable as they are mounted."""
-
-
-def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
-    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|" if "\n" in value else None)
-
-
-_BlockDumper.add_representer(str, _str)
+    typer.echo(yaml.safe_dump(build_owned_rayjob(doc, spec), sort_keys=False, width=120), nl=False)
 
 
 def rbac(

@@ -1,4 +1,4 @@
-"""The operator's Kubernetes API client for the calls kopf does not make for it: children, status, Secrets, pods.
+"""The operator's Kubernetes API client for the calls kopf does not make for it: the RayJob, status, Secrets, pods.
 
 Built on lightkube, a public, maintained async client (chosen over kubernetes_asyncio by `bench/client_bench.py`:
 the same CPU per request, 40 MB less memory, a third of the import time; figures in bench/RESULTS.md). Every kind
@@ -23,7 +23,6 @@ Errors = (ApiError, httpx2.HTTPError)
 KINDS = {
     "TransferJob": create_namespaced_resource(GROUP, VERSION, KIND, PLURAL),
     "RayJob": create_namespaced_resource("ray.io", "v1", "RayJob", "rayjobs"),
-    "ConfigMap": create_namespaced_resource("", "v1", "ConfigMap", "configmaps"),
     "Secret": create_namespaced_resource("", "v1", "Secret", "secrets"),
     "Pod": create_namespaced_resource("", "v1", "Pod", "pods"),
     "Event": create_namespaced_resource("", "v1", "Event", "events"),

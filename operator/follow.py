@@ -25,6 +25,10 @@ log = logging.getLogger("graft.operator")
 POLL_SECONDS = 3.0  # ledger polling while a job runs (or its reads fail): progress follows within ~POLL_SECONDS
 IDLE_SECONDS = 30.0  # re-check while nothing should change (RayJob events wake a job earlier)
 PENDING_CHECK_SECONDS = 10.0  # how often a job that is not starting looks at its pods and Events
+# KubeRay writes a new RayJob's first status (Initializing, or Suspended) within milliseconds of its creation; the
+# job's first status write waits for it, this long at most, so that one write says both "created" and what KubeRay
+# made of it (one API request less per job). Without KubeRay's answer it is written anyway when this has passed.
+FIRST_STATUS_WAIT = 2.0
 
 
 class Follower:
@@ -44,6 +48,7 @@ class Follower:
         self.pending_since: float | None = None
         self.written_rayjob: dict[str, Any] | None = None  # the RayJob as we last wrote it, until the watch sees it
         self.spec: tuple[Any, TransferJobSpec | None, list[Any]] | None = None  # (generation, spec, problems)
+        self.first_write_by: float | None = None  # a new RayJob's job: write its first status by then at the latest
 
     def shown_problem(self, t: float, deadline: float) -> tuple[str, str] | None:
         """The read problem the status shows: once reads have failed for at least the deadline (a timeout has by
@@ -141,6 +146,11 @@ async def sync(mem: Memory, body: Any, spec: TransferJobSpec, follower: Follower
         # resumes from the ledger, as after a retry.
         rayjob = follower.written_rayjob = await children.recreate(mem, body, spec, rj_name)
     jds = ((rayjob or {}).get("status") or {}).get("jobDeploymentStatus") or ""
+    if follower.first_write_by is not None:
+        if rayjob is not None and not jds and not current.get("rayJobName") and t < follower.first_write_by:
+            follower.recheck_at = follower.first_write_by  # KubeRay's first status will wake it sooner
+            return current
+        follower.first_write_by = None
     _read_ledger(mem, body, spec, follower, jds, t)
     deadline = mem.reads.timeout
     problem, ledger = follower.shown_problem(t, deadline), follower.ledger
@@ -162,7 +172,9 @@ async def sync(mem: Memory, body: Any, spec: TransferJobSpec, follower: Follower
         follower.finished_at = None
     if rayjob is not None and state.phase == "Pending" and state.reason == "ClusterStarting":
         follower.pending_since = follower.pending_since or t
-        if t - follower.pending_checked_at >= PENDING_CHECK_SECONDS:
+        # A cluster's first seconds of starting are no problem (its pods may not even exist): look once it has been
+        # starting for PENDING_CHECK_SECONDS, then as often.
+        if t - max(follower.pending_checked_at, follower.pending_since) >= PENDING_CHECK_SECONDS:
             follower.pending_checked_at = t
             try:
                 follower.pending = await pending.reason(mem.api, namespace, rayjob)

@@ -82,7 +82,7 @@ async def stop_following(memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.resume(GROUP, VERSION, PLURAL, backoff=_HANDLER_BACKOFF)
 @kopf.on.create(GROUP, VERSION, PLURAL, backoff=_HANDLER_BACKOFF)
 async def start(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
-    """Validate the job, record its RayJob's name, create (or adopt) the ConfigMap and the RayJob."""
+    """Validate the job, create (or adopt) its RayJob, write the status that names it."""
     with metrics.measured("create"):
         await lifecycle.start(memo.graft, body, logger)
 

@@ -1,6 +1,6 @@
 """A TransferJob's start and its spec changes: the steps the kopf handlers in `handlers.py` hand over to.
 
-Start: validate, then create (or adopt) the ConfigMap and the RayJob (deterministic names), then write the status.
+Start: validate, then create (or adopt) the RayJob (a deterministic name), then write the status.
 A spec change after the start: run-policy fields go to the RayJob, anything else is refused with a Warning Event.
 """
 
@@ -51,13 +51,17 @@ async def start(mem: Memory, body: Any, logger: Logger) -> None:
         warnings = cluster_warnings(spec)
         if warnings:  # one Event for them all: each is an API request, and they say the same kind of thing
             event(body, "Warning", "StorageNotShared", "; ".join(map(str, warnings)))
-    rayjob, created = await children.create_both(mem, body, spec)
+    rayjob, created = await children.create_rayjob(mem, body, spec)
     if created:
-        event(body, "Normal", "RayJobCreated", f"created RayJob {rj_name} and ConfigMap {rj_name}")
+        event(body, "Normal", "RayJobCreated", f"created RayJob {rj_name}")
         logger.info(f"created RayJob {rj_name}")
     else:
         logger.info(f"adopted existing RayJob {rj_name}")
     assert mem.supervisor is not None
+    if created and not started(current):
+        # The first status write waits (briefly) for KubeRay's first status of the RayJob: see follow_new.
+        mem.supervisor.follow_new(copy.deepcopy(dict(body)), rayjob)
+        return
     await follow.sync(mem, body, spec, mem.supervisor.follower(uid), rayjob=rayjob)
     mem.supervisor.observe(copy.deepcopy(dict(body)))
 

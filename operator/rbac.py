@@ -30,12 +30,6 @@ RULES: list[dict[str, Any]] = [
     },
     {
         "apiGroups": [""],
-        "resources": ["configmaps"],
-        "verbs": ["get", "create", "patch"],
-        "why": "hand the job to the trainer entrypoint without shell interpolation",
-    },
-    {
-        "apiGroups": [""],
         "resources": ["events"],
         "verbs": ["create", "patch", "list"],
         "why": "post an Event at each transition; read a pending Ray cluster's Events (quota refusals)",

@@ -46,6 +46,17 @@ class Supervisor:
             self.follower(uid)
             self.kick(uid)
 
+    def follow_new(self, body: dict[str, Any], rayjob: dict[str, Any]) -> None:
+        """A job whose RayJob was just created, followed before its status names the RayJob: looked at now, and its
+        first status written once KubeRay has written the RayJob's (`follow.FIRST_STATUS_WAIT` at most)."""
+        self.ensure_running()
+        uid = body["metadata"]["uid"]
+        self.bodies[uid] = body
+        follower = self.follower(uid)
+        follower.written_rayjob = rayjob
+        follower.first_write_by = asyncio.get_running_loop().time() + follow.FIRST_STATUS_WAIT
+        self.kick(uid)
+
     def follower(self, uid: str) -> Follower:
         """The job's follower (made on first use: the create handler's first look may come before the loop's)."""
         return self.followers.setdefault(uid, Follower())

@@ -1,4 +1,4 @@
-"""The RayJob entrypoint: `python -m graft.trainer --job FILE [--storage URI]`.
+"""The RayJob entrypoint: `python -m graft.trainer --job-env GRAFT_JOB` (or `--job FILE`) `[--storage URI]`.
 
 Exit code 0 when every stage succeeded; 1 when a stage failed (the reason is in the ledger); 2 when the job
 file is unreadable or invalid, or its spec no longer matches the results its ledger records (`--restart`,
@@ -11,13 +11,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m graft.trainer", description=__doc__.splitlines()[0])
-    parser.add_argument("--job", required=True, help="TransferJob as a JSON or YAML file, or inline JSON ({...})")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--job", help="TransferJob as a JSON or YAML file, or inline JSON ({...})")
+    source.add_argument("--job-env", metavar="NAME", help="TransferJob as JSON in this environment variable (the "
+                        "RayJob's head carries it in GRAFT_JOB)")
     parser.add_argument("--storage", default=None, help="storage root when spec.storage.uri is empty")
     parser.add_argument("--restart", action="store_true", help="start over, reusing no earlier result")
     parser.add_argument("--from-stage", default=None, help="rerun this stage and the later ones, keep earlier ones")
@@ -26,15 +30,23 @@ def main(argv: list[str] | None = None) -> int:
 
     from graft.api.validation import InvalidSpec, load_job
 
+    where = f"${args.job_env}" if args.job_env else args.job
     try:
-        # Inline JSON ({...}) is for local runs and tests. KubeRay joins the entrypoint into one `bash -c` string,
-        # so the operator passes the job as a mounted file and no user string reaches that shell.
-        job = load_job(args.job if args.job.lstrip().startswith("{") else Path(args.job).read_text())
+        # KubeRay joins the entrypoint into one `bash -c` string, so the operator passes the job in the head's
+        # environment and no user string reaches that shell. Inline JSON ({...}) is for local runs and tests.
+        if args.job_env:
+            text = os.environ.get(args.job_env)
+            if not text:
+                print(f"error: the environment has no {args.job_env} (the job, as JSON)", file=sys.stderr)
+                return 2
+        else:
+            text = args.job if args.job.lstrip().startswith("{") else Path(args.job).read_text()
+        job = load_job(text)
     except OSError as exc:
-        print(f"error: {args.job}: cannot read the job file: {exc.strerror or exc}", file=sys.stderr)
+        print(f"error: {where}: cannot read the job file: {exc.strerror or exc}", file=sys.stderr)
         return 2
     except InvalidSpec as exc:
-        print(f"error: {args.job}: invalid TransferJob: {exc}", file=sys.stderr)
+        print(f"error: {where}: invalid TransferJob: {exc}", file=sys.stderr)
         return 2
 
     from graft.trainer.driver import Driver, SpecChanged, StageFailed

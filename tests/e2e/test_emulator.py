@@ -570,8 +570,15 @@ def test_kopf_run_with_graft_handlers_module_creates_the_rayjob(tmp_path):
                 while time.monotonic() < deadline and not rayjobs:
                     rayjobs = api.objects("ray.io", "rayjobs", NS)
                     time.sleep(0.3)
-                obj = co.get_namespaced_custom_object(G, V, NS, P, "via-kopf")
                 assert rayjobs, log_path.read_text()[-3000:]
+                # The status names it once KubeRay has said something of it, or after FIRST_STATUS_WAIT without
+                # KubeRay (none runs here).
+                deadline = time.monotonic() + 15
+                while time.monotonic() < deadline:
+                    obj = co.get_namespaced_custom_object(G, V, NS, P, "via-kopf")
+                    if (obj.get("status") or {}).get("rayJobName"):
+                        break
+                    time.sleep(0.3)
                 assert obj["status"]["rayJobName"] == rayjobs[0]["metadata"]["name"]
                 assert rayjobs[0]["metadata"]["ownerReferences"][0]["uid"] == obj["metadata"]["uid"]
                 # Its storage is a local path (file://): valid, but the user hears what that means on a cluster.

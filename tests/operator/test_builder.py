@@ -1,4 +1,4 @@
-"""The pure RayJob / ConfigMap builders against expected dicts (table-driven, named cases)."""
+"""The pure RayJob builder against expected dicts (table-driven, named cases)."""
 # ruff: noqa: S104, S108 (expected pod specs: an emptyDir at /tmp, the dashboard on all interfaces)
 
 from __future__ import annotations
@@ -61,7 +61,10 @@ POD_LABELS = {
 }
 
 
-ENTRYPOINT = "python -m graft.trainer --job /etc/graft/job/transferjob.json"
+ENTRYPOINT = "python -m graft.trainer --job-env GRAFT_JOB"
+#: Stands for the head's GRAFT_JOB value (the job's JSON, which each case's spec changes) in the expected objects;
+#: `built` checks the real value on its own.
+JOB = "<the job document>"
 IMAGE = "ghcr.io/graft-dev/graft-trainer:0.1.0"
 BASE_ENV = [{"name": "HOME", "value": "/tmp"}, {"name": "RAY_USAGE_STATS_ENABLED", "value": "0"}]
 
@@ -81,12 +84,11 @@ def pod(container, cpu, memory, head, *, gpus=0, image=IMAGE, env=(), **placemen
                 "image": image,
                 "imagePullPolicy": "IfNotPresent",
                 "resources": {"requests": amounts, "limits": amounts},
-                "env": [*BASE_ENV, *env],
-                "volumeMounts": mounts + ([{"name": "graft-job", "mountPath": "/etc/graft/job", "readOnly": True}]
-                                          if head else []),
+                "env": [*BASE_ENV, *env, *([{"name": "GRAFT_JOB", "value": JOB}] if head else [])],
+                "volumeMounts": mounts,
                 "securityContext": SECURITY,
             }],
-            "volumes": volumes + ([{"name": "graft-job", "configMap": {"name": NAME}}] if head else []),
+            "volumes": volumes,
             **placement,
         },
     }
@@ -191,9 +193,24 @@ CASES = [
 ]
 
 
+def built(spec) -> dict:
+    """The RayJob the builder makes for `_body()` and `spec`, its head's GRAFT_JOB checked against the job (the whole
+    document, every default filled in, valid for the trainer) and replaced by `JOB`."""
+    rayjob = builder.build_owned_rayjob(_body(), spec)
+    env = rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["env"]
+    carried = [v for v in env if v["name"] == "GRAFT_JOB"]
+    assert len(carried) == 1
+    doc = json.loads(carried[0]["value"])
+    assert doc == {"apiVersion": "graft.dev/v1alpha1", "kind": "TransferJob",
+                   "metadata": {"name": "digits", "namespace": "ml", "uid": UID},
+                   "spec": spec.model_dump(mode="json", by_alias=True, exclude_none=True)}
+    carried[0]["value"] = JOB
+    return rayjob
+
+
 @pytest.mark.parametrize(("overrides", "expected"), CASES)
 def test_rayjob(overrides, expected):
-    _, got = builder.build_children(_body(), _spec(**overrides))
+    got = built(_spec(**overrides))
     assert got == expected, diff(expected, got)
 
 
@@ -245,7 +262,7 @@ PLACEMENT_CASES = [
 
 @pytest.mark.parametrize(("overrides", "head", "worker"), PLACEMENT_CASES)
 def test_head_and_worker_pods_are_placed_apart(overrides, head, worker):
-    _, rayjob = builder.build_children(_body(), _spec(**overrides))
+    rayjob = built(_spec(**overrides))
     cluster = rayjob["spec"]["rayClusterSpec"]
     got_head, got_worker = cluster["headGroupSpec"]["template"], cluster["workerGroupSpecs"][0]["template"]
     assert got_head == head, diff(head, got_head)
@@ -259,7 +276,7 @@ def test_rayjob_passes_kuberays_own_schema(overrides, head, worker):
     from support import crdcheck, kuberay_crds
     from support.kube.schema import jsonschema_for
 
-    _, rayjob = builder.build_children(_body(), _spec(**overrides))
+    rayjob = builder.build_owned_rayjob(_body(), _spec(**overrides))
     schema = kuberay_crds.crd("ray.io_rayjobs.yaml")["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     errors = [e.message for e in jsonschema.Draft4Validator(jsonschema_for(schema)).iter_errors(rayjob)]
     assert errors == []
@@ -287,23 +304,23 @@ def test_a_recreated_job_of_the_same_name_gets_a_new_rayjob():
     assert builder.rayjob_name("digits", UID) != builder.rayjob_name("digits", "another-uid")
 
 
-def test_configmap_carries_the_whole_job_and_the_trainer_accepts_it():
-    configmap, rayjob = builder.build_children(_body(), _spec())
-    assert configmap["metadata"]["name"] == rayjob["metadata"]["name"]
-    assert configmap["metadata"]["ownerReferences"][0]["uid"] == UID
-    doc = json.loads(configmap["data"]["transferjob.json"])
+def test_the_head_carries_the_whole_job_and_the_trainer_accepts_it():
+    rayjob = builder.build_owned_rayjob(_body(), _spec())
+    head = rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    doc = json.loads(next(v["value"] for v in head["env"] if v["name"] == "GRAFT_JOB"))
     assert doc["metadata"] == {"name": "digits", "namespace": "ml", "uid": UID}
-    job, problems = validate_document(doc)  # what `python -m graft.trainer --job FILE` validates with
+    job, problems = validate_document(doc)  # what `python -m graft.trainer --job-env GRAFT_JOB` validates with
     assert not problems and job is not None
     # defaults are pinned at creation time
     assert doc["spec"]["stages"][1]["lr"] == 0.01 and doc["spec"]["workers"]["replicas"] == 1
+    workers = rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
+    assert "GRAFT_JOB" not in {v["name"] for v in workers["env"]}  # only the driver, on the head, reads it
 
 
-def test_owner_labels_are_not_copied_onto_children():
+def test_owner_labels_are_not_copied_onto_the_rayjob():
     # a GitOps tracking label on the TransferJob must not make Argo CD claim (and prune) the RayJob
-    configmap, rayjob = builder.build_children(_body(), _spec())
+    rayjob = builder.build_owned_rayjob(_body(), _spec())
     assert "app.kubernetes.io/instance" not in rayjob["metadata"]["labels"]
-    assert "app.kubernetes.io/instance" not in configmap["metadata"]["labels"]
 
 
 VALIDATION_CASES = [

@@ -27,18 +27,19 @@ spec:
 """
 
 
-def test_render_prints_configmap_and_rayjob(tmp_path):
+def test_render_prints_the_rayjob_carrying_the_job(tmp_path):
     f = tmp_path / "job.yaml"
     f.write_text(JOB)
     result = runner.invoke(app, ["render", str(f)])
     assert result.exit_code == 0, result.output
-    configmap, rayjob = yaml.safe_load_all(result.stdout)
+    (rayjob,) = yaml.safe_load_all(result.stdout)
     name = builder.rayjob_name("demo", "1234-abcd")
-    assert (configmap["kind"], configmap["metadata"]["name"]) == ("ConfigMap", name)
     assert (rayjob["kind"], rayjob["metadata"]["name"]) == ("RayJob", name)
     assert rayjob["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
     assert rayjob["metadata"]["ownerReferences"][0]["uid"] == "1234-abcd"
-    assert json.loads(configmap["data"]["transferjob.json"])["metadata"]["uid"] == "1234-abcd"
+    head = rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    job = json.loads(next(v["value"] for v in head["env"] if v["name"] == "GRAFT_JOB"))
+    assert job["metadata"]["uid"] == "1234-abcd"
 
 
 def test_render_without_uid_uses_a_placeholder_and_says_so(tmp_path):
@@ -47,7 +48,7 @@ def test_render_without_uid_uses_a_placeholder_and_says_so(tmp_path):
     result = runner.invoke(app, ["render", str(f)])
     assert result.exit_code == 0
     assert "no metadata.uid" in result.stderr
-    rayjob = list(yaml.safe_load_all(result.stdout))[1]
+    (rayjob,) = yaml.safe_load_all(result.stdout)
     assert rayjob["metadata"]["name"] == builder.rayjob_name("demo", "00000000-0000-0000-0000-000000000000")
 
 
@@ -66,7 +67,7 @@ def test_render_warns_that_local_storage_is_not_shared_between_pods(tmp_path):
     result = runner.invoke(app, ["render", str(f)])
     assert result.exit_code == 0, result.output
     assert "warning: spec.storage.uri: a local path" in result.stderr and "use s3://" in result.stderr
-    assert len(list(yaml.safe_load_all(result.stdout))) == 2
+    assert len(list(yaml.safe_load_all(result.stdout))) == 1
     f.write_text(JOB)
     assert "warning" not in runner.invoke(app, ["render", str(f)]).stderr
 
@@ -86,7 +87,7 @@ def test_render_of_the_shipped_example(tmp_path):
     example = ROOT / "examples" / "resnet50-imagefolder-s3.yaml"
     result = runner.invoke(app, ["render", str(example)])
     assert result.exit_code == 0, result.output
-    rayjob = list(yaml.safe_load_all(result.stdout))[1]
+    (rayjob,) = yaml.safe_load_all(result.stdout)
     env = rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["env"]
     creds = [e for e in env if e["name"].startswith("AWS_") and "KEY" in e["name"]]
     assert creds and all("secretKeyRef" in e["valueFrom"] and "value" not in e for e in creds)
@@ -108,4 +109,4 @@ def test_rbac_allows_what_the_operator_calls_and_nothing_more():
     assert rbac.allows("get", "", "secrets")
     assert not rbac.allows("list", "", "secrets")
     assert not rbac.allows("delete", "graft.dev", "transferjobs")
-    assert not rbac.allows("delete", "", "configmaps")
+    assert not rbac.allows("create", "", "configmaps")  # the job travels in the RayJob's head env

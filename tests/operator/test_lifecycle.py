@@ -1,4 +1,4 @@
-"""Starting a job (`lifecycle.start`): its children are made, then one status write names the RayJob; a start
+"""Starting a job (`lifecycle.start`): its RayJob is made, then one status write names it; a start
 that dies between the two makes no second RayJob; the user hears once about every local path in the spec."""
 
 from __future__ import annotations
@@ -47,8 +47,13 @@ class FakeKube:
 
 
 def _start(mem, body=BODY):
+    """lifecycle.start, then the mirror loop until it has written the first status (or 10 s have passed)."""
     async def go():
         await lifecycle.start(mem, copy.deepcopy(body), logging.getLogger("test"))
+        for _ in range(100):
+            if mem.api.status:
+                break
+            await asyncio.sleep(0.1)
         await mem.supervisor.stop()
         await mem.reads.close()
 
@@ -64,7 +69,7 @@ def test_start_makes_the_children_then_names_the_rayjob_in_one_status_write_and_
     mem = memory.Memory(api)
     mem.supervisor = Supervisor(mem)
     _start(mem)
-    assert api.calls[:3] == [("create", "ConfigMap"), ("create", "RayJob"), ("patch status", "TransferJob")]
+    assert api.calls[:2] == [("create", "RayJob"), ("patch status", "TransferJob")]
     assert api.status["rayJobName"] == builder.rayjob_name("job", "uid-1")
     assert (api.status["phase"], api.status["reason"]) == ("Pending", "ClusterStarting")
     warnings = [e for e in events if e[1] == "StorageNotShared"]
@@ -79,13 +84,41 @@ def test_a_start_that_died_before_its_status_write_adopts_its_rayjob_and_makes_n
     monkeypatch.setattr(lifecycle, "event", lambda body, *e: None)
     monkeypatch.setattr(memory, "event", lambda body, *e: None)
     api = FakeKube()
-    # What the dead operator left: both children, owned by the job, and no status at all.
-    configmap, rayjob = builder.build_children(copy.deepcopy(BODY), lifecycle.validate_for_cluster(
-        copy.deepcopy(SPEC))[0])
-    api.objects = {(o["kind"], o["metadata"]["name"]): o for o in (configmap, rayjob)}
+    # What the dead operator left: the RayJob, owned by the job, and no status at all.
+    rayjob = builder.build_owned_rayjob(copy.deepcopy(BODY), lifecycle.validate_for_cluster(copy.deepcopy(SPEC))[0])
+    api.objects = {("RayJob", rayjob["metadata"]["name"]): rayjob}
     mem = memory.Memory(api)
     mem.supervisor = Supervisor(mem)
     _start(mem)
-    assert [c for c in api.calls if c[0] == "create"] == [("create", "ConfigMap"), ("create", "RayJob")]
+    assert [c for c in api.calls if c[0] == "create"] == [("create", "RayJob")]
     assert len([k for k in api.objects if k[0] == "RayJob"]) == 1
     assert api.status["rayJobName"] == rayjob["metadata"]["name"]
+
+
+def test_the_first_status_write_waits_for_kuberays_first_status_and_says_both(monkeypatch):
+    monkeypatch.setattr(lifecycle, "event", lambda body, *e: None)
+    monkeypatch.setattr(memory, "event", lambda body, *e: None)
+    api = FakeKube()
+    mem = memory.Memory(api, rayjobs={})  # kopf's index of our RayJobs, as the RayJob watch fills it
+    mem.supervisor = Supervisor(mem)
+    name = builder.rayjob_name("job", "uid-1")
+
+    async def go():
+        await lifecycle.start(mem, copy.deepcopy(BODY), logging.getLogger("test"))
+        await asyncio.sleep(0.5)
+        assert api.status == {}, "written before KubeRay said anything about the RayJob"
+        seen = copy.deepcopy(api.objects[("RayJob", name)])
+        seen["status"] = {"jobDeploymentStatus": "Initializing", "jobStatus": "PENDING"}
+        mem.rayjobs[("ml", name)] = [seen]
+        mem.supervisor.kick("uid-1")  # what the RayJob watch does
+        for _ in range(50):
+            if api.status:
+                break
+            await asyncio.sleep(0.05)
+        await mem.supervisor.stop()
+        await mem.reads.close()
+
+    asyncio.run(go())
+    assert api.calls.count(("patch status", "TransferJob")) == 1
+    assert (api.status["rayJobName"], api.status["reason"], api.status["jobDeploymentStatus"]) == (
+        name, "ClusterStarting", "Initializing")

@@ -7,7 +7,7 @@ capabilities, no privilege escalation. It passes when, within the timeout:
 
 - the process in the container is uid 10001 with a user name (kopf calls getpass.getuser());
 - /healthz answers and /metrics serves Prometheus text;
-- for a new TransferJob the operator creates the ConfigMap and the RayJob, and mirrors the RayJob's
+- for a new TransferJob the operator creates the RayJob (the job in its head's GRAFT_JOB), and mirrors the RayJob's
   progress (driven by the fake KubeRay controller) into the TransferJob's status up to a finished phase,
   with observedGeneration and the Reconciling condition (kstatus reads both);
 - every API request it made is allowed by the RBAC rules the chart grants it.
@@ -210,10 +210,9 @@ def _check(api, sh, job_name: str, s3: str, bucket: str, metrics_port: int, live
 
         (rayjob,) = wait_for("the operator to create a RayJob", owned_rayjobs, timeout)
         name = rayjob["metadata"]["name"]
-        configmaps = [c for c in api.objects("", "configmaps", NAMESPACE)
-                      if c["metadata"]["name"] == name and "transferjob.json" in c.get("data", {})]
-        assert configmaps, "no ConfigMap carrying transferjob.json"
-        log(f"RayJob {rayjob['metadata']['name']} and ConfigMap {configmaps[0]['metadata']['name']} created")
+        head = rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+        assert any(v["name"] == "GRAFT_JOB" for v in head.get("env", [])), "the RayJob's head carries no GRAFT_JOB"
+        log(f"RayJob {name} created")
 
         seen: list[str] = []
 

@@ -131,10 +131,11 @@ def test_s3_two_workers_driver_killed_mid_stage_resumes_from_checkpoint(tmp_path
         "storage": {"uri": f"{s3_bucket}/jobs", "endpoint": s3_endpoint},
     }
     job = write_job(tmp_path / "job.json", job_doc("s3-resume", spec, uid=uid))
-    # The pod gets only the keys (from the Secret); the endpoint comes from the spec.
+    # The pod gets only the keys (from the Secret) and the job (in GRAFT_JOB, as the operator's RayJob hands it to
+    # the head); the endpoint comes from the spec.
     env = {k: v for k, v in os.environ.items() if k != "AWS_ENDPOINT_URL"}
-    env.update(TEST_CREDENTIALS)
-    cmd = [sys.executable, "-m", "graft.trainer", "--job", str(job)]
+    env.update(TEST_CREDENTIALS, GRAFT_JOB=job.read_text())
+    cmd = [sys.executable, "-m", "graft.trainer", "--job-env", "GRAFT_JOB"]
     root = f"{s3_bucket}/jobs/{uid}"
 
     first = Driver(cmd, tmp_path, env)
