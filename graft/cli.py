@@ -180,6 +180,8 @@ def status(
     console().print(table)
     if ledger.model_uri:
         typer.echo(f"model: {ledger.model_uri}")
+    if ledger.tracking:
+        typer.echo(ledger.tracking.describe())
     failed = ledger.failed
     if failed and failed.message:
         typer.echo(f"failed: {failed.type}: {failed.message}")

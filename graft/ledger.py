@@ -66,6 +66,17 @@ class TrackingRecord(BaseModel):
     model_version: str | None = None
     message: str | None = None
 
+    def describe(self) -> str:
+        """One line for `graft status` and `graft run`: the run and model version, or why tracking failed."""
+        if self.state == "Failed":
+            return f"mlflow: {self.message}"
+        line = f"mlflow: run {self.run_id or '(not created yet)'} at {self.tracking_uri}"
+        if self.model_version:
+            line += f", model {self.registered_model} version {self.model_version}"
+        if self.message:  # a pass failing now, retried
+            line += f" ({self.message})"
+        return line
+
     def to_status(self) -> dict[str, Any]:
         """`status.tracking` (camelCase, as the CRD declares it); fields not known yet are left out."""
         out = {"state": self.state, "trackingURI": self.tracking_uri, "experimentID": self.experiment_id,
