@@ -194,10 +194,12 @@ class Ledger(BaseModel):
                 entry["metrics"] = dict(s.metrics)
             out.append(entry)
         cur = self.current
-        return {
+        projection = {
             "stages": out,
             "stage": cur.type if cur else None,
             "progress": self.progress(),
             "modelURI": self.model_uri,
-            "tracking": self.tracking.to_status() if self.tracking else None,
         }
+        if self.tracking is not None:  # only jobs with spec.tracking have it
+            projection["tracking"] = self.tracking.to_status()
+        return projection
