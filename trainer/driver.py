@@ -286,7 +286,10 @@ class Driver:
         ledger.message = None
         ledger.spec = self.view
         params = self.spec.model_dump(mode="json", by_alias=True, exclude_none=True)
-        self.tracker = tracking.start(self.job, params, self.root, self.uid, ledger)
+        try:
+            self.tracker = tracking.start(self.job, params, self.root, self.uid, ledger)
+        except Exception as exc:  # e.g. no MLflow client in the image: tracking never fails the job
+            ledger.tracking = tracking.not_started(self.job, exc)
         try:
             ledger = self._run(ledger)
         except BaseException:

@@ -303,3 +303,13 @@ def start(job: TransferJob, params: dict[str, Any], root: str, uid: str, ledger:
     if tracking is None or tracking.mlflow is None:
         return None
     return Tracker(tracking.mlflow, job, params, root, uid, ledger.tracking, ledger.resets).start()
+
+
+def not_started(job: TransferJob, exc: BaseException) -> TrackingRecord | None:
+    """The record of a tracker that could not even start (the job runs on untracked)."""
+    mlflow = job.spec.tracking.mlflow if job.spec.tracking else None
+    if mlflow is None:
+        return None
+    message = f"tracking failed: the MLflow client could not start: {describe(exc)}"
+    log.warning("%s", message)
+    return TrackingRecord(tracking_uri=mlflow.tracking_uri, state="Failed", message=message)

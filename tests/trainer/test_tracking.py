@@ -129,3 +129,15 @@ def test_mlflow_unreachable_never_fails_the_job_and_the_ledger_says_tracking_fai
     assert "tracking failed" in ledger.tracking.message and "127.0.0.1" in ledger.tracking.message
     status = ledger.to_status()["tracking"]
     assert status["state"] == "Failed" and status["message"] == ledger.tracking.message
+
+
+def test_a_tracker_that_cannot_start_leaves_the_job_running_and_says_why(tmp_path, monkeypatch):
+    def broken(*_a, **_k):
+        raise ImportError("No module named 'mlflow'")
+
+    monkeypatch.setattr(tracking, "Tracker", broken)
+    job = _job("digits-no-client", "http://127.0.0.1:9", uid="uid-no-client")
+    ledger = Driver(job, str(tmp_path), executor=LocalExecutor()).run()
+    assert ledger.done and ledger.model_uri
+    assert ledger.tracking.state == "Failed"
+    assert ledger.tracking.message == "tracking failed: the MLflow client could not start: No module named 'mlflow'"
