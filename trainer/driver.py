@@ -292,6 +292,13 @@ class Driver:
             ledger.tracking = tracking.not_started(self.job, exc)
         try:
             ledger = self._run(ledger)
+        except KeyboardInterrupt:
+            # Interrupted to be resumed (graft run's Ctrl-C): the MLflow runs stay open for the rerun, and the user
+            # does not wait on MLflow.
+            if self.tracker is not None:
+                self.tracker.stop()
+                self.tracker = None
+            raise
         except BaseException:
             self._finish_tracking()
             raise

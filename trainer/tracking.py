@@ -125,6 +125,12 @@ class Tracker:
                 log.warning("%s", rec.message)
             return rec
 
+    def stop(self) -> None:
+        """Stop without a last pass (the job is interrupted, to be resumed): the runs stay open."""
+        with self._lock:
+            self._stop = True
+        self._wake.set()
+
     # -- the thread ----------------------------------------------------------------------------
 
     def _loop(self) -> None:

@@ -141,3 +141,20 @@ def test_a_tracker_that_cannot_start_leaves_the_job_running_and_says_why(tmp_pat
     assert ledger.done and ledger.model_uri
     assert ledger.tracking.state == "Failed"
     assert ledger.tracking.message == "tracking failed: the MLflow client could not start: No module named 'mlflow'"
+
+
+def test_an_interrupted_run_does_not_wait_on_mlflow(tmp_path, monkeypatch):
+    import time
+
+    from support.s3 import free_port
+
+    class Interrupted(LocalExecutor):
+        def fit(self, loop, cfg, keep):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(tracking, "FINISH_TIMEOUT_S", 60.0)
+    job = _job("digits-interrupted", f"http://127.0.0.1:{free_port()}", uid="uid-interrupted")
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        Driver(job, str(tmp_path), executor=Interrupted()).run()
+    assert time.monotonic() - started < 30  # the finish pass would wait the whole 60 s for the server
