@@ -180,6 +180,8 @@ def status(
     console().print(table)
     if ledger.model_uri:
         typer.echo(f"model: {ledger.model_uri}")
+    if ledger.tracking:
+        typer.echo(ledger.tracking.describe())
     from graft import joblogs
 
     if joblogs.find(run):

@@ -49,6 +49,42 @@ class StageRecord(BaseModel):
     spec_hash: str | None = None
 
 
+class TrackingRecord(BaseModel):
+    """Where the job is tracked in MLflow (`spec.tracking.mlflow`), written by the driver only: a retried or resumed
+    run continues `run_id` and its per-stage runs instead of opening new ones."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    #: Tracking (logging as the job runs), Succeeded (all logged, the model registered) or Failed (see message).
+    state: str = "Tracking"
+    tracking_uri: str
+    experiment_id: str | None = None
+    run_id: str | None = None
+    #: Stage type -> its nested run's id.
+    stage_runs: dict[str, str] = Field(default_factory=dict)
+    registered_model: str | None = None
+    model_version: str | None = None
+    message: str | None = None
+
+    def describe(self) -> str:
+        """One line for `graft status` and `graft run`: the run and model version, or why tracking failed."""
+        if self.state == "Failed":
+            return f"mlflow: {self.message}"
+        line = f"mlflow: run {self.run_id or '(not created yet)'} at {self.tracking_uri}"
+        if self.model_version:
+            line += f", model {self.registered_model} version {self.model_version}"
+        if self.message:  # a pass failing now, retried
+            line += f" ({self.message})"
+        return line
+
+    def to_status(self) -> dict[str, Any]:
+        """`status.tracking` (camelCase, as the CRD declares it); fields not known yet are left out."""
+        out = {"state": self.state, "trackingURI": self.tracking_uri, "experimentID": self.experiment_id,
+               "runID": self.run_id, "registeredModel": self.registered_model, "modelVersion": self.model_version,
+               "message": self.message}
+        return {k: v for k, v in out.items() if v is not None}
+
+
 class Ledger(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -66,6 +102,8 @@ class Ledger(BaseModel):
     #: How many times `--restart` or `--from-stage` set stages back; it suffixes their Ray run names so that a
     #: rerun never resumes an old run's checkpoints.
     resets: int = 0
+    #: MLflow tracking of this job (None: not tracked).
+    tracking: TrackingRecord | None = None
 
     # -- queries ------------------------------------------------------------------------------
 
@@ -156,9 +194,12 @@ class Ledger(BaseModel):
                 entry["metrics"] = dict(s.metrics)
             out.append(entry)
         cur = self.current
-        return {
+        projection = {
             "stages": out,
             "stage": cur.type if cur else None,
             "progress": self.progress(),
             "modelURI": self.model_uri,
         }
+        if self.tracking is not None:  # only jobs with spec.tracking have it
+            projection["tracking"] = self.tracking.to_status()
+        return projection

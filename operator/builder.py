@@ -78,6 +78,13 @@ def _env(spec: TransferJobSpec) -> list[dict[str, Any]]:
         {"name": "HOME", "value": "/tmp"},  # noqa: S108 (an emptyDir of the pod)
         {"name": "RAY_USAGE_STATS_ENABLED", "value": "0"},
     ]
+    mlflow = spec.tracking.mlflow if spec.tracking else None
+    if mlflow is not None and mlflow.credentials_secret is not None:
+        # MLflow's own variables; each key optional (basic auth, a token, or both). The operator never reads them.
+        ref = mlflow.credentials_secret
+        for var, key in (("MLFLOW_TRACKING_USERNAME", ref.username_key), ("MLFLOW_TRACKING_PASSWORD", ref.password_key),
+                         ("MLFLOW_TRACKING_TOKEN", ref.token_key)):
+            env.append({"name": var, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": key, "optional": True}}})
     storage = spec.storage
     if storage is None:
         return env

@@ -228,7 +228,7 @@ def _last_projection(current: dict[str, Any]) -> dict[str, Any] | None:
     """The ledger part of the status as written last (kept while no newer read has answered)."""
     if not current.get("stages"):
         return None
-    return {k: current.get(k) for k in ("stages", "stage", "progress", "modelURI")}
+    return {k: current.get(k) for k in ("stages", "stage", "progress", "modelURI", "tracking")}
 
 
 def _with_projection(status: dict[str, Any], projection: dict[str, Any], current: dict[str, Any]) -> None:
@@ -236,6 +236,7 @@ def _with_projection(status: dict[str, Any], projection: dict[str, Any], current
     status["progress"] = projection.get("progress")
     status["stages"] = _clean_metrics(projection.get("stages") or [])
     status["modelURI"] = projection.get("modelURI") or current.get("modelURI")
+    status["tracking"] = projection.get("tracking") or current.get("tracking")
 
 
 def build_status(

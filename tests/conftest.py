@@ -23,6 +23,18 @@ def s3_endpoint():
             mp.undo()
 
 
+@pytest.fixture(scope="session")
+def mlflow_server(s3_endpoint, tmp_path_factory):
+    """A real `mlflow server` on 127.0.0.1 for the whole session: SQLite backend, artifacts on the moto server."""
+    from support.mlflow_server import MlflowServer
+
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow"), s3_endpoint, f"mlflow-{uuid.uuid4().hex[:12]}")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture()
 def s3_bucket(s3_endpoint):
     """A fresh, empty bucket; returns its `s3://name` URI."""

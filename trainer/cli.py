@@ -189,6 +189,8 @@ def run(
             console.print(f"[yellow]could not write the plot[/]: {exc}")
         if ledger.model_uri:
             console.print(f"model: {ledger.model_uri}   (try: graft predict {ledger.model_uri} IMAGE...)")
+        if ledger.tracking:
+            console.print(ledger.tracking.describe(), highlight=False, markup=False)
         if joblogs.find(driver.root):
             console.print(f"logs: {joblogs.logs_uri(driver.root)}   (graft logs {driver.root})")
     _shutdown_ray()

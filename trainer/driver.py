@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from graft.trainer import data as data_mod
-from graft.trainer import export, identity, logship, models
+from graft.trainer import export, identity, logship, models, tracking
 from graft.trainer.errors import InputError, out_of_memory, user_message
 from graft.trainer.executors import RayExecutor
 from graft.trainer.stages import STAGES, StageConfig, run_name, verify_up_front
@@ -126,10 +126,13 @@ class Driver:
         self.view = identity.view(self.spec)
         self.hashes = identity.hashes(self.view)
         self._prepared: Ledger | None = None
+        self.tracker: tracking.Tracker | None = None
 
     # -- ledger --------------------------------------------------------------------------------
 
     def _save(self, ledger: Ledger) -> None:
+        if self.tracker is not None:
+            ledger.tracking = self.tracker.snapshot()
         ledger.save(self.root)
         self.on_update(ledger)
 
@@ -283,6 +286,41 @@ class Driver:
         ledger.attempt += 1
         ledger.message = None
         ledger.spec = self.view
+        params = self.spec.model_dump(mode="json", by_alias=True, exclude_none=True)
+        try:
+            self.tracker = tracking.start(self.job, params, self.root, self.uid, ledger)
+        except Exception as exc:  # e.g. no MLflow client in the image: tracking never fails the job
+            ledger.tracking = tracking.not_started(self.job, exc)
+        try:
+            ledger = self._run(ledger)
+        except KeyboardInterrupt:
+            # Interrupted to be resumed (graft run's Ctrl-C): the MLflow runs stay open for the rerun, and the user
+            # does not wait on MLflow.
+            if self.tracker is not None:
+                self.tracker.stop()
+                self.tracker = None
+            raise
+        except BaseException:
+            self._finish_tracking()
+            raise
+        return self._finish_tracking() or ledger
+
+    def _finish_tracking(self) -> Ledger | None:
+        """The tracker's last pass, with the ledger as the run left it; its outcome is recorded in the ledger. A
+        tracking failure never fails the job (the record says it)."""
+        tracker, self.tracker = self.tracker, None
+        if tracker is None:
+            return None
+        try:
+            ledger = Ledger.load(self.root)
+            if ledger is not None:
+                ledger.tracking = tracker.finish(ledger)
+                self._save(ledger)
+            return ledger
+        except Exception:  # storage down as well: the run's own error (if any) is the one to raise
+            return None
+
+    def _run(self, ledger: Ledger) -> Ledger:
         self._save(ledger)
         self._check_inputs(ledger)
         for index, stage in enumerate(self.spec.stages):

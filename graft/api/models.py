@@ -453,6 +453,57 @@ class StorageSpec(_Model):
         return v
 
 
+class MlflowSecretReference(_Model):
+    """A Secret in the TransferJob's namespace holding MLflow tracking-server credentials. The trainer pods get its
+    keys as MLflow's own environment variables; each key is optional (basic auth, a bearer token, or both)."""
+
+    name: str = Field(min_length=1, max_length=253, pattern=_DNS1123_SUBDOMAIN)
+    """Name of the Secret."""
+
+    username_key: str = Field(default="MLFLOW_TRACKING_USERNAME", max_length=253, pattern=_SECRET_KEY)
+    """Key in the Secret holding the user name (basic auth). Default MLFLOW_TRACKING_USERNAME."""
+
+    password_key: str = Field(default="MLFLOW_TRACKING_PASSWORD", max_length=253, pattern=_SECRET_KEY)
+    """Key in the Secret holding the password (basic auth). Default MLFLOW_TRACKING_PASSWORD."""
+
+    token_key: str = Field(default="MLFLOW_TRACKING_TOKEN", max_length=253, pattern=_SECRET_KEY)
+    """Key in the Secret holding a bearer token. Default MLFLOW_TRACKING_TOKEN."""
+
+
+class MlflowSpec(_Model):
+    """An MLflow tracking server: one run per job (a nested run per stage) and, optionally, a registered model."""
+
+    tracking_uri: str = Field(min_length=1, max_length=MAX_URI_LENGTH, alias="trackingURI")
+    """The tracking server, e.g. `http://mlflow.mlflow.svc:5000`."""
+
+    experiment: str = Field(default="graft", min_length=1, max_length=500)
+    """Experiment the job's run goes to (created when missing). Default graft."""
+
+    registered_model_name: str | None = Field(default=None, min_length=1, max_length=256)
+    """Register the exported model as a new version of this model at the end (no registration when empty)."""
+
+    credentials_secret: MlflowSecretReference | None = None
+    """Secret with the tracking server's credentials. Credentials are never accepted inline in the spec."""
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _tracking_uri(cls, v: str) -> str:
+        if _URI_USERINFO.match(v):
+            raise ValueError("credentials must not be inline in a URL ('user:key@' found); put them in a Secret "
+                             "and name it in spec.tracking.mlflow.credentialsSecret")
+        if not re.match(r"^https?://[^/\s?#]+(/\S*)?$", v):
+            raise ValueError(f"{v!r} is not an http(s) URL, e.g. http://mlflow.mlflow.svc:5000")
+        return v
+
+
+class TrackingSpec(_Model):
+    """Experiment tracking of the job's runs."""
+
+    mlflow: MlflowSpec | None = None
+    """Log params, per-epoch metrics, curves and the model to MLflow, and register the model. Tracking never fails
+    the job: when the server cannot be reached the job goes on and the status says so (`status.tracking`)."""
+
+
 class RunPolicy(_Model):
     """How the job runs, retries and is cleaned up (the Kubernetes Job / Kubeflow conventions)."""
 
@@ -583,6 +634,9 @@ class TransferJobSpec(_Model):
     run_policy: RunPolicy = Field(default_factory=RunPolicy)
     """Suspension, deadline, retries and clean-up."""
 
+    tracking: TrackingSpec | None = None
+    """Experiment tracking and model registry (MLflow)."""
+
     scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec)
     """Pod scheduling pass-through: the workers' node selector and tolerations, the head pod's own (`head`),
     priority class and Kueue queue."""
@@ -688,6 +742,32 @@ class StageStatus(_StatusModel):
     """Why the stage failed, when it did."""
 
 
+class TrackingStatus(_StatusModel):
+    """Where the job is tracked (MLflow), projected from the ledger."""
+
+    state: Literal["Tracking", "Succeeded", "Failed"] | None = None
+    """Tracking (runs being logged), Succeeded (everything logged and registered) or Failed (the job goes on;
+    `message` says what was not logged and why)."""
+
+    tracking_uri: str | None = Field(default=None, alias="trackingURI")
+    """The MLflow tracking server."""
+
+    experiment_id: str | None = Field(default=None, alias="experimentID")
+    """The MLflow experiment's id."""
+
+    run_id: str | None = Field(default=None, alias="runID")
+    """The job's MLflow run (a retried or resumed job continues it)."""
+
+    registered_model: str | None = None
+    """The registered model's name."""
+
+    model_version: str | None = None
+    """The registered model version this job created."""
+
+    message: str | None = None
+    """Why tracking failed, when it did."""
+
+
 class TransferJobStatus(_StatusModel):
     """Observed state, written only by the operator."""
 
@@ -733,6 +813,9 @@ class TransferJobStatus(_StatusModel):
     logs_uri: str | None = Field(default=None, alias="logsURI")
     """Where the job's logs are kept, per stage, for the driver and each Ray worker (`<storageURI>/logs`): they
     outlive the Ray cluster. `graft logs -n NAMESPACE NAME` prints them."""
+
+    tracking: TrackingStatus | None = None
+    """MLflow tracking: the run, the registered model version, or why tracking failed."""
 
     attempts: int | None = None
     """Attempts started so far (1 on the first run)."""

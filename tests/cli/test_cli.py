@@ -9,9 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from graft.api.crd import COMMITTED_CRD
 from graft.api.models import StageState
-from graft.ledger import Ledger
+from graft.ledger import Ledger, TrackingRecord
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
@@ -138,6 +140,23 @@ def test_status_prints_a_ledger(tmp_path):
     assert "failed: Head: out of memory" in table.stdout
     as_json = json.loads(graft("status", str(tmp_path), "-o", "json").stdout)
     assert as_json["job_uid"] == "uid-7" and as_json["stages"][1]["state"] == "Failed"
+
+
+@pytest.mark.parametrize(("record", "line"), [
+    pytest.param({"state": "Succeeded", "tracking_uri": "http://mlflow:5000", "run_id": "9f2c", "registered_model":
+                  "flowers", "model_version": "4"},
+                 "mlflow: run 9f2c at http://mlflow:5000, model flowers version 4", id="run-and-version"),
+    pytest.param({"state": "Failed", "tracking_uri": "http://mlflow:5000", "run_id": "9f2c",
+                  "message": "tracking failed: MLflow at http://mlflow:5000 did not answer"},
+                 "mlflow: tracking failed: MLflow at http://mlflow:5000 did not answer", id="tracking-failed"),
+])
+def test_status_shows_the_mlflow_run_and_model_version(tmp_path, record, line):
+    led = Ledger.create("uid-8", "digits", ["FrozenFeatures"])
+    led.tracking = TrackingRecord(**record)
+    led.save(str(tmp_path))
+    proc = graft("status", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert line in proc.stdout.splitlines()
 
 
 def test_status_on_a_folder_without_ledger(tmp_path):

@@ -153,6 +153,17 @@ STORAGE_ENV = [
     {"name": "AWS_ENDPOINT_URL", "value": "http://minio.storage:9000"},
     {"name": "AWS_REGION", "value": "eu-west-1"},
 ]
+MLFLOW = {"trackingURI": "http://mlflow.mlflow:5000", "registeredModelName": "flowers",
+          "credentialsSecret": {"name": "mlflow-creds", "tokenKey": "token"}}
+# MLflow's own variables from the Secret, each key optional (basic auth, a token, or both); the URI stays in the spec.
+MLFLOW_ENV = [
+    {"name": "MLFLOW_TRACKING_USERNAME",
+     "valueFrom": {"secretKeyRef": {"name": "mlflow-creds", "key": "MLFLOW_TRACKING_USERNAME", "optional": True}}},
+    {"name": "MLFLOW_TRACKING_PASSWORD",
+     "valueFrom": {"secretKeyRef": {"name": "mlflow-creds", "key": "MLFLOW_TRACKING_PASSWORD", "optional": True}}},
+    {"name": "MLFLOW_TRACKING_TOKEN",
+     "valueFrom": {"secretKeyRef": {"name": "mlflow-creds", "key": "token", "optional": True}}},
+]
 DIGEST_IMAGE = "registry.local/graft-trainer@sha256:" + "a" * 64
 
 CASES = [
@@ -183,6 +194,17 @@ CASES = [
         rayjob(head=pod("ray-head", "1", "2Gi", head=True, env=STORAGE_ENV),
                worker=pod("ray-worker", "1", "4Gi", head=False, env=STORAGE_ENV)),
         id="credentials-only-by-secret-reference",
+    ),
+    pytest.param(
+        {"tracking": {"mlflow": MLFLOW}, "storage": STORAGE},
+        rayjob(head=pod("ray-head", "1", "2Gi", head=True, env=MLFLOW_ENV + STORAGE_ENV),
+               worker=pod("ray-worker", "1", "4Gi", head=False, env=MLFLOW_ENV + STORAGE_ENV)),
+        id="mlflow-credentials-only-by-secret-reference",
+    ),
+    pytest.param(
+        {"tracking": {"mlflow": {"trackingURI": "http://mlflow.mlflow:5000"}}},
+        rayjob(),
+        id="mlflow-without-secret-adds-nothing",
     ),
     pytest.param(
         {"image": DIGEST_IMAGE},

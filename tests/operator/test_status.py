@@ -320,3 +320,14 @@ def test_the_last_projection_stays_until_a_read_answers():
     again = _build(_rj("Running", "RUNNING"), current=shown, ledger=None)
     assert ({k: again[k] for k in ("stage", "progress", "stages")}
             == {"stage": "Head", "progress": "1/2", "stages": LEDGER_FAILED["stages"]})
+
+
+def test_the_mlflow_run_and_model_version_come_from_the_ledger_and_stay_while_reads_fail():
+    tracked = {**LEDGER_FAILED, "tracking": {"state": "Succeeded", "trackingURI": "http://mlflow:5000",
+                                             "experimentID": "1", "runID": "abc123", "registeredModel": "flowers",
+                                             "modelVersion": "4"}}
+    shown = _build(_rj("Running", "RUNNING"), ledger=tracked)
+    assert shown["tracking"] == tracked["tracking"]
+    again = _build(_rj("Running", "RUNNING"), current=shown, ledger=None)
+    assert again["tracking"] == tracked["tracking"]
+    assert _build(_rj("Running", "RUNNING"), ledger=LEDGER_FAILED)["tracking"] is None

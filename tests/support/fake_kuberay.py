@@ -493,11 +493,19 @@ class FakeKubeRay:
                 env[var["name"]] = str(var["value"])
                 continue
             ref = var.get("valueFrom") or {}
-            if "secretKeyRef" in ref:
-                data, key = self._secret(namespace, ref["secretKeyRef"]["name"]), ref["secretKeyRef"]["key"]
-            elif "configMapKeyRef" in ref:
-                data, key = self._configmap(namespace, ref["configMapKeyRef"]["name"]), ref["configMapKeyRef"]["key"]
-            else:
+            selector = ref.get("secretKeyRef") or ref.get("configMapKeyRef")
+            if selector is None:
+                continue
+            # `optional: true` (core/v1 SecretKeySelector / ConfigMapKeySelector: "Specify whether the Secret or its
+            # key must be defined"): a missing object or key leaves the variable unset, and the pod starts.
+            try:
+                data = (self._secret if "secretKeyRef" in ref else self._configmap)(namespace, selector["name"])
+            except PodStartError:
+                if selector.get("optional"):
+                    continue
+                raise
+            key = selector["key"]
+            if key not in data and selector.get("optional"):
                 continue
             if key not in data:
                 raise PodStartError(f"couldn't find key {key} in {'Secret' if 'secretKeyRef' in ref else 'ConfigMap'}"
