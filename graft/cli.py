@@ -178,11 +178,37 @@ def status(
         epoch = f"{s.epoch}/{s.epochs}" if s.epochs else str(s.epoch or "")
         table.add_row(s.type, s.state.value, epoch, metrics, s.checkpoint or s.output or "")
     console().print(table)
+    for s in ledger.stages:
+        if s.stop:
+            typer.echo(f"{s.type}: {s.stop}")
+        if s.sweep:
+            console().print(_sweep_table(s))
     if ledger.model_uri:
         typer.echo(f"model: {ledger.model_uri}")
     failed = ledger.failed
     if failed and failed.message:
         typer.echo(f"failed: {failed.type}: {failed.message}")
+
+
+#: The Head sweep table's columns: (row key, heading, format).
+_SWEEP_COLUMNS = (("lr", "lr", "{:g}"), ("weight_decay", "weight decay", "{:g}"),
+                  ("label_smoothing", "label smoothing", "{:g}"), ("val_accuracy", "val accuracy", "{:.4f}"),
+                  ("val_loss", "val loss", "{:.4f}"), ("best_epoch", "best epoch", "{:.0f}"),
+                  ("stopped_at", "stopped at", "{:.0f}"))
+
+
+def _sweep_table(stage):
+    """A stage's sweep, one row per setting, the chosen one marked (it is the stage's result)."""
+    from rich.table import Table
+
+    table = Table(title=f"{stage.type} sweep: {len(stage.sweep)} settings, chosen by validation (*)")
+    table.add_column("")
+    for _, heading, _ in _SWEEP_COLUMNS:
+        table.add_column(heading, justify="right")
+    for i, row in enumerate(stage.sweep):
+        cells = [fmt.format(row[key]) if key != "stopped_at" or row[key] else "-" for key, _, fmt in _SWEEP_COLUMNS]
+        table.add_row("*" if i == stage.chosen else "", *cells, style="bold" if i == stage.chosen else None)
+    return table
 
 
 def _runs_below(folder: str) -> dict[str, Any]:

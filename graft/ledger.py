@@ -44,6 +44,12 @@ class StageRecord(BaseModel):
     output: str | None = None
     message: str | None = None
     seconds: float | None = None
+    #: The Head sweep: one row per setting (its settings, best validation scores, best epoch, stop epoch).
+    sweep: list[dict[str, float]] | None = None
+    #: The row of `sweep` the stage's result is (chosen by validation).
+    chosen: int | None = None
+    #: Why the stage ended where it did: early stopping (the epoch and the metric) or all epochs run.
+    stop: str | None = None
     #: Hash of what this stage's result depends on (its spec fields and earlier stages'), written when it starts;
     #: None in ledgers written before 2026-12 (then "unknown": a rerun accepts the stage as it is).
     spec_hash: str | None = None

@@ -17,7 +17,10 @@ def _fmt_metrics(metrics: dict[str, float]) -> str:
     """The headline metrics; a finished stage's are its best epoch's (the one its result keeps), and say so."""
     keys = [k for k in ("val_accuracy", "val_loss", "train_loss") if k in metrics]
     text = ", ".join(f"{k}={metrics[k]:.3f}" for k in keys)
-    return f"best epoch {int(metrics['best_epoch'])}: {text}" if "best_epoch" in metrics and text else text
+    text = f"best epoch {int(metrics['best_epoch'])}: {text}" if "best_epoch" in metrics and text else text
+    # The held-out test score is said apart: it chose nothing, the validation figures chose the checkpoint.
+    test = ", ".join(f"{k}={metrics[k]:.3f}" for k in ("test_accuracy", "test_loss") if k in metrics)
+    return f"{text}; held-out {test}" if test else text
 
 
 def _stage_time(rec) -> str:

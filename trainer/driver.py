@@ -115,6 +115,7 @@ class Driver:
         self.on_update = on_update or (lambda _l: None)
         self.preprocessing = models.torchvision_preset(self.spec.model.backbone, self.spec.model.weights)
         self._target: tuple[data_mod.Source, data_mod.Source] | None = None
+        self._test: data_mod.Source | None = None
         self._weights_checked = False
         types = [s.type for s in self.spec.stages]
         if restart and from_stage:
@@ -151,7 +152,7 @@ class Driver:
         """Train and validation sources of the target set, listed, decoded once and class-counted."""
         if self._target is None:
             d = self.spec.data
-            train, val = data_mod.train_val(d.train, d.validation, d.validation_split, d.seed, d.shots_per_class)
+            train, val, self._test = data_mod.target_sets(d)
             if len(train.classes) != self.spec.model.num_classes:
                 raise InputError(
                     d.train,
@@ -159,9 +160,14 @@ class Driver:
                     f"{' ...' if len(train.classes) > 10 else ''}) but spec.model.numClasses is "
                     f"{self.spec.model.num_classes}",
                 )
-            verify_up_front(self.spec, train, val)
+            verify_up_front(self.spec, train, val, *([self._test] if self._test else []))
             self._target = (train, val)
         return self._target
+
+    def test_data(self) -> data_mod.Source | None:
+        """The held-out test set (`spec.data.test` or `testFraction`), or None: scored, never chosen by."""
+        self.target_data()
+        return self._test
 
     def stage(self, stage_type: str):
         """The job's stage of that type, or None."""
@@ -300,13 +306,15 @@ class Driver:
             try:
                 kind = STAGES[stage.type]
                 cfg = StageConfig(self.spec, index, self.root, rec.run_name, **kind.inputs(self, ledger))
-                result = kind.run(self, cfg)
+                result = kind.scored(self, cfg, kind.run(self, cfg))
             except Exception as exc:
                 message = out_of_memory(exc, index, self.spec) or user_message(exc)
                 self._finish(stage.type, t0, f"{stage.type}: {message}", state=StageState.FAILED, message=message)
                 raise StageFailed(stage.type, message) from exc
-            # The result's metrics, output and checkpoint are ledger fields of the same names.
-            ledger = self._finish(stage.type, t0, None, state=StageState.SUCCEEDED, epoch=rec.epochs, **vars(result))
+            # The result's fields (metrics, output, checkpoint, ...) are ledger fields of the same names; a stage that
+            # stopped early says at which epoch, the others ran all of them.
+            fields = {**vars(result), "epoch": result.epoch or rec.epochs}
+            ledger = self._finish(stage.type, t0, None, state=StageState.SUCCEEDED, **fields)
         if ledger.model_uri is None:
             try:
                 uri = self._export(ledger)

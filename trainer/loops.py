@@ -2,7 +2,7 @@
 
 - `train_network`: Pretrain (from scratch, SGD) and FullFineTune (AdamW, discriminative LR, warm-up +
   cosine, label smoothing, gradient clipping, bf16 autocast and channels_last on GPU).
-- `train_head`: a linear head on stored features. It never builds or runs a backbone.
+- (the Head stage's sweep of linear heads on stored features is in `sweep.py`.)
 - `extract_features`: the frozen backbone over a batch of images (used by the FrozenFeatures actors).
 """
 
@@ -20,8 +20,7 @@ from graft.trainer import data as data_mod
 from graft.trainer import models
 from torch import nn
 
-from graft import storage
-from graft.api.models import FullFineTuneStage, HeadStage, PretrainStage
+from graft.api.models import FullFineTuneStage, PretrainStage
 
 if TYPE_CHECKING:
     from graft.trainer.stages import StageConfig
@@ -100,9 +99,7 @@ def train_network(session, cfg: StageConfig) -> None:
         train_src, val_src = data_mod.train_val(stage.data, None, spec.data.validation_split, seed)
         num_classes = stage.num_classes
     else:
-        train_src, val_src = data_mod.train_val(
-            spec.data.train, spec.data.validation, spec.data.validation_split, seed, spec.data.shots_per_class
-        )
+        train_src, val_src, _ = data_mod.target_sets(spec.data)
         num_classes = spec.model.num_classes
     # Kept decoded (uint8) while a quarter of the worker's memory holds them, else streamed from storage.
     budget = data_mod.keep_budget(spec.workers.memory)
@@ -193,59 +190,6 @@ def train_network(session, cfg: StageConfig) -> None:
         state = None
         if session.rank == 0:
             state = _checkpoint("model", model, optimizer, scheduler, epoch + 1, history, classes=train_src.classes)
-        session.report(metrics, state, epoch + 1, stage.epochs)
-
-
-def train_head(session, cfg: StageConfig) -> None:
-    """Head: a linear classifier on stored features (`features/train.pt`, `features/val.pt`).
-
-    Only `nn.Linear` is built here: the backbone is never constructed, loaded or run."""
-    spec, stage = cfg.spec, cfg.stage
-    assert isinstance(stage, HeadStage) and cfg.features
-    train = models.read_tensors(storage.join(cfg.features, "train.pt"))
-    val = models.read_tensors(storage.join(cfg.features, "val.pt"))
-    x_train, y_train, x_val, y_val = train["features"], train["labels"], val["features"], val["labels"]
-    num_classes = spec.model.num_classes
-    torch.manual_seed(spec.data.seed)
-    head = nn.Linear(x_train.shape[1], num_classes)
-    optimizer = torch.optim.AdamW(head.parameters(), lr=stage.lr, weight_decay=stage.weight_decay)
-    world = session.world_size
-    per_rank_batch = max(1, stage.batch_size // world)
-    steps_per_epoch = math.ceil(math.ceil(len(y_train) / world) / per_rank_batch)
-    scheduler = _schedule(optimizer, 0, steps_per_epoch * stage.epochs)
-    start_epoch, history = _resume(session, "head", head, optimizer, scheduler)
-    model = session.prepare_model(head)
-    every = max(1, stage.epochs // 10)
-    for epoch in range(start_epoch, stage.epochs):
-        model.train()
-        gen = torch.Generator().manual_seed(spec.data.seed * 100_003 + epoch)
-        idx = _shard(len(y_train), session.rank, world, gen)
-        loss_sum = 0.0
-        for start in range(0, len(idx), per_rank_batch):
-            b = idx[start : start + per_rank_batch]
-            loss = F.cross_entropy(model(x_train[b].to(session.device)), y_train[b].to(session.device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            loss_sum += loss.item() * len(b)
-        loss_sum, seen = session.all_sum([loss_sum, float(len(idx))])
-        model.eval()
-        with torch.no_grad():
-            logits = model(x_val.to(session.device))
-            val_loss = F.cross_entropy(logits, y_val.to(session.device)).item()
-            val_acc = (logits.argmax(1).cpu() == y_val).float().mean().item()
-        metrics = {
-            "epoch": float(epoch + 1),
-            "train_loss": loss_sum / max(1.0, seen),
-            "val_loss": val_loss,
-            "val_accuracy": val_acc,
-            "resumed_from": float(start_epoch),
-        }
-        history.append(metrics)
-        state = None
-        if (epoch + 1 == stage.epochs or (epoch + 1) % every == 0) and session.rank == 0:
-            state = _checkpoint("head", model, optimizer, scheduler, epoch + 1, history)
         session.report(metrics, state, epoch + 1, stage.epochs)
 
 

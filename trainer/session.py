@@ -7,6 +7,7 @@ code runs under Ray Train and in-process (statistical tests, benchmarks' baselin
 from __future__ import annotations
 
 import copy
+import io
 import os
 import tempfile
 from typing import Any
@@ -51,6 +52,35 @@ class LocalSession:
                 self.best = self.state
         if self.ledger_root and self.stage:
             record_epoch(self.ledger_root, self.stage, metrics, epoch, epochs, None)
+
+
+class StoredSession(LocalSession):
+    """The current process, its checkpoints written to storage (`<root>/checkpoints/<run name>/latest/state.pt`)
+    so that a driver killed mid-stage resumes from the latest one when it is run again: a stage that runs in the
+    driver (a Head sweep whose features fit in memory) without a Ray worker group."""
+
+    def __init__(self, cfg: StageConfig, device: str = "cpu"):
+        super().__init__(device, cfg.root, cfg.stage.type)
+        self.uri = storage.join(cfg.root, "checkpoints", cfg.run_name, "latest")
+
+    def load_state(self) -> dict[str, Any] | None:
+        if self.state is None:
+            try:
+                data = storage.read_bytes(storage.join(self.uri, "state.pt"))
+            except FileNotFoundError:
+                return None
+            self.state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+        return self.state
+
+    def report(self, metrics: dict[str, float], state: dict[str, Any] | None, epoch: int, epochs: int) -> None:
+        self.reports.append(dict(metrics))
+        if state is not None:
+            buf = io.BytesIO()
+            torch.save(state, buf)
+            storage.write_bytes(storage.join(self.uri, "state.pt"), buf.getvalue())
+            self.state = copy.deepcopy(state)
+        if self.ledger_root and self.stage:
+            record_epoch(self.ledger_root, self.stage, metrics, epoch, epochs, self.uri if state is not None else None)
 
 
 class RaySession:

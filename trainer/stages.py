@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from graft.trainer import data as data_mod
-from graft.trainer import loops, models
+from graft.trainer import loops, models, scoring, sweep
 from graft.trainer.errors import InputError
 
 from graft import storage
@@ -55,6 +55,10 @@ class StageResult:
     metrics: dict[str, float]
     output: str
     checkpoint: str | None = None
+    sweep: list[dict[str, float]] | None = None  #: the Head sweep's table, one row per setting
+    chosen: int | None = None  #: the row of `sweep` the result is
+    stop: str | None = None  #: why the stage ended where it did (early stopping, or all epochs)
+    epoch: int | None = None  #: the last epoch run, when the stage stopped early
 
 
 def verify_up_front(spec: TransferJobSpec, *sources: data_mod.Source) -> None:
@@ -77,6 +81,12 @@ def verify_up_front(spec: TransferJobSpec, *sources: data_mod.Source) -> None:
     data_mod.verify_images(merged, of=len({f for s in listed for f in s.files}) if sampled else None)
 
 
+def in_process_budget(spec: TransferJobSpec) -> int:
+    """Bytes of stored features a stage may hold in the driver's process: a quarter of the smaller of a worker's
+    and the Ray head pod's memory (the driver runs on the head)."""
+    return min(data_mod.keep_budget(spec.workers.memory), data_mod.keep_budget(spec.scheduling.head.memory))
+
+
 class StageType:
     """The defaults: checks the target data and weights, takes nothing from earlier stages, exports nothing."""
 
@@ -97,6 +107,19 @@ class StageType:
     def model(self, driver: Driver, ledger: Ledger) -> tuple[dict, list[str], int] | None:
         """The exported model (state_dict, label names, number of classes) if the job ends with this stage."""
         return None
+
+    def test_logits(self, driver: Driver, cfg: StageConfig, output: str) -> tuple[Any, Any] | None:
+        """(logits, labels) of the stage's result on the held-out test set, or None (no test set, or a stage whose
+        result is not a classifier of the target classes)."""
+        return None
+
+    def scored(self, driver: Driver, cfg: StageConfig, result: StageResult) -> StageResult:
+        """The result with its test metrics (`test_accuracy`, `test_loss`) added: measured after the stage chose
+        its checkpoint, so the test set never chooses anything."""
+        found = self.test_logits(driver, cfg, result.output)
+        if found is None:
+            return result
+        return replace(result, metrics={**result.metrics, **scoring.metrics(*found, "test")})
 
 
 class TrainingStage(StageType):
@@ -150,22 +173,49 @@ class FrozenFeatures(StageType):
 
     def run(self, driver: Driver, cfg: StageConfig) -> StageResult:
         train, val = driver.target_data()
+        sets = {"train": train, "val": val, **({"test": driver.test_data()} if driver.test_data() else {})}
         out = self.output(driver.root)
-        return StageResult(driver.executor.features(cfg, train, val, out), out)
+        return StageResult(driver.executor.features(cfg, sets, out), out)
 
 
 class Head(TrainingStage):
-    """Trains on the stored features only; its output is the `nn.Linear` state_dict as it is."""
+    """The sweep of heads on the stored features only (`sweep.py`); its output is the chosen `nn.Linear` state_dict
+    as it is. Runs in the driver's process when the features fit in memory, else on the worker group."""
 
     type = "Head"
-    loop = staticmethod(loops.train_head)
+    loop = staticmethod(sweep.train_head)
     state_key = "head"
+
+    def run(self, driver: Driver, cfg: StageConfig) -> StageResult:
+        features = Ledger.load(driver.root).stage("FrozenFeatures").metrics
+        rows = sum(v for k, v in features.items() if k.endswith("_images"))
+        fits = rows * features.get("feature_dim", 0) * 4 <= in_process_budget(driver.spec)
+        if fits:
+            state, checkpoint = driver.executor.in_process(self.loop, cfg)
+        else:
+            state, checkpoint = driver.executor.fit(self.loop, cfg, 2, latest=True)
+        if state is None:
+            raise RuntimeError(f"{cfg.run_name}: the run reported no checkpoint")
+        out = self.output(driver.root)
+        models.save_tensors(out, state["head"])
+        row = state["table"][state["chosen"]]
+        metrics = {k: v for k, v in state["history"][-1].items() if k not in ("epoch", "resumed_from", "stopped_early")}
+        metrics.update(val_accuracy=row["val_accuracy"], val_loss=row["val_loss"], best_epoch=row["best_epoch"])
+        return StageResult(metrics, out, checkpoint, sweep=state["table"], chosen=state["chosen"], stop=state["stop"],
+                           epoch=state["epoch"])
 
     def check(self, driver: Driver, stage: Any) -> None:
         pass  # reads only the stored features
 
     def inputs(self, driver: Driver, ledger: Ledger) -> dict[str, Any]:
         return {"features": ledger.stage("FrozenFeatures").output}
+
+    def test_logits(self, driver: Driver, cfg: StageConfig, output: str) -> tuple[Any, Any] | None:
+        found = scoring.stored_features(cfg.features, "test") if cfg.features else None
+        if found is None:
+            return None
+        x, labels = found
+        return scoring.head_logits(models.read_tensors(output), x), labels
 
     def model(self, driver: Driver, ledger: Ledger) -> tuple[dict, list[str], int] | None:
         net = driver.build_net()
@@ -182,6 +232,15 @@ class FullFineTune(TrainingStage):
     def inputs(self, driver: Driver, ledger: Ledger) -> dict[str, Any]:
         head = ledger.stage("Head").output if driver.stage("Head") else None
         return {"init_backbone": driver.init_backbone(ledger), "init_head": head}
+
+    def test_logits(self, driver: Driver, cfg: StageConfig, output: str) -> tuple[Any, Any] | None:
+        test = driver.test_data()
+        if test is None:
+            return None
+        net = driver.build_net()
+        net.load_state_dict(models.read_state_dict(output))
+        logits = scoring.network_logits(net, test, driver.spec.data.image_size, driver.preprocessing)
+        return logits, test.labels
 
     def model(self, driver: Driver, ledger: Ledger) -> tuple[dict, list[str], int] | None:
         state = models.read_state_dict(ledger.stage(self.type).output)
