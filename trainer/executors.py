@@ -133,6 +133,8 @@ class RayExecutor:
 
         workers = cfg.spec.workers
         ensure_ray(workers, self.log_to_driver)
+        # Pretrain and FullFineTune rank their epochs by `selection` (their monitor, see loops.EarlyStopping).
+        score = "val_accuracy" if latest else "selection"
         storage_path, fs = storage.ray_storage(storage.join(cfg.root, "checkpoints"))
         resources: dict[str, float] = {"CPU": cpus_per_worker(workers)}
         if workers.gpus:
@@ -148,7 +150,7 @@ class RayExecutor:
                 storage_path=storage_path,
                 storage_filesystem=fs,
                 checkpoint_config=CheckpointConfig(
-                    num_to_keep=keep, checkpoint_score_attribute="val_accuracy", checkpoint_score_order="max"
+                    num_to_keep=keep, checkpoint_score_attribute=score, checkpoint_score_order="max"
                 ),
                 failure_config=FailureConfig(max_failures=self.max_failures),
             ),
@@ -170,7 +172,7 @@ class RayExecutor:
             raise KeyboardInterrupt(f"{cfg.run_name}: training run stopped at epoch {reached} of {cfg.stage.epochs}")
         best = None
         if result.best_checkpoints and not latest:
-            best = max(result.best_checkpoints, key=lambda cm: cm[1].get("val_accuracy", float("-inf")))[0]
+            best = max(result.best_checkpoints, key=lambda cm: cm[1].get(score, float("-inf")))[0]
         chosen = best or result.checkpoint
         if chosen is None:
             return None, None

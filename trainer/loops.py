@@ -89,6 +89,47 @@ def _evaluate(session, model, x: data_mod.ImageSet, y, preset, batch, autocast, 
     return loss_sum / max(1.0, count), correct / max(1.0, count)
 
 
+class EarlyStopping:
+    """The best epoch by `monitor` (the other metric breaking ties) and early stopping after `patience` epochs
+    without improvement. Every epoch's metrics get `selection`: the number of the improvement an improving epoch
+    is (1, 2, ...), a non-improving one half a point less than the last; so the highest `selection` is the best
+    epoch, for Ray Train's checkpoint ranking and the local session alike. Rebuilt from the history on resume."""
+
+    def __init__(self, monitor: str, patience: int | None, history: list[dict[str, float]]):
+        self.monitor, self.patience = monitor, patience
+        self.best: tuple[float, float] | None = None
+        self.improvements, self.since, self.stopped = 0, 0, False
+        for h in history:
+            self.update(h, True)
+            self.stopped = bool(h.get("stopped_early"))
+
+    def update(self, metrics: dict[str, float], more_epochs: bool) -> dict[str, float]:
+        """This epoch's `selection` (and `stopped_early` when it is the last one) to add to its metrics."""
+        from graft.trainer.sweep import better
+
+        now = (metrics["val_accuracy"], metrics["val_loss"])
+        if self.best is None or better(now, self.best, self.monitor):
+            self.best, self.improvements, self.since = now, self.improvements + 1, 0
+            out = {"selection": float(self.improvements)}
+        else:
+            self.since += 1
+            out = {"selection": self.improvements - 0.5}
+        if self.patience is not None and self.since >= self.patience and more_epochs:
+            self.stopped = True
+            out["stopped_early"] = 1.0
+        return out
+
+
+def stop_reason(stage, history: list[dict[str, float]]) -> tuple[str, int]:
+    """(why the stage ended where it did, the last epoch run) from its history."""
+    last = history[-1] if history else {"epoch": 0.0}
+    epoch = int(last["epoch"])
+    if last.get("stopped_early"):
+        return (f"early stop at epoch {epoch} of {stage.epochs}: {stage.monitor} did not improve for "
+                f"{stage.patience} epochs"), epoch
+    return f"ran all {stage.epochs} epochs", epoch
+
+
 def train_network(session, cfg: StageConfig) -> None:
     """Pretrain or FullFineTune: epochs over decoded images, a checkpoint per epoch."""
     spec, stage = cfg.spec, cfg.stage
@@ -153,7 +194,10 @@ def train_network(session, cfg: StageConfig) -> None:
 
     grad_clip = stage.grad_clip_norm if fft else None
     eval_batch = max(per_rank_batch, 256)
+    stopper = EarlyStopping(stage.monitor, stage.patience, history)
     for epoch in range(start_epoch, stage.epochs):
+        if stopper.stopped:  # a run resumed from the checkpoint of the epoch it stopped at
+            break
         model.train()
         gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
         idx = _shard(len(y_train), session.rank, world, gen)
@@ -186,6 +230,7 @@ def train_network(session, cfg: StageConfig) -> None:
             "images_per_second": seen / max(1e-9, train_seconds / world),
             "resumed_from": float(start_epoch),
         }
+        metrics.update(stopper.update(metrics, epoch + 1 < stage.epochs))
         history.append(metrics)
         state = None
         if session.rank == 0:

@@ -44,14 +44,19 @@ class LocalSession:
 
     def report(self, metrics: dict[str, float], state: dict[str, Any] | None, epoch: int, epochs: int) -> None:
         """Keep a copy of `state` (the loops hand over live tensors that later steps change) as the latest
-        checkpoint, and as the best while its val_accuracy beats the earlier ones; record the epoch in the ledger."""
+        checkpoint, and as the best while it ranks above the earlier ones (`_selection`); record the epoch in the ledger."""
         self.reports.append(dict(metrics))
         if state is not None:
             self.state = copy.deepcopy(state)
-            if self.best is None or metrics["val_accuracy"] > self.best["history"][-1]["val_accuracy"]:
+            if self.best is None or _selection(metrics) > _selection(self.best["history"][-1]):
                 self.best = self.state
         if self.ledger_root and self.stage:
             record_epoch(self.ledger_root, self.stage, metrics, epoch, epochs, None)
+
+
+def _selection(metrics: dict[str, float]) -> float:
+    """How a checkpoint ranks: `selection` where the loop reports it (best by its `monitor`), else val_accuracy."""
+    return metrics.get("selection", metrics["val_accuracy"])
 
 
 class StoredSession(LocalSession):

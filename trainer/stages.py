@@ -135,8 +135,11 @@ class TrainingStage(StageType):
         out = self.output(driver.root)
         models.save_tensors(out, state[self.state_key])
         epoch = state["epoch"]
-        metrics = {k: v for k, v in state["history"][epoch - 1].items() if k not in ("epoch", "resumed_from")}
-        return StageResult({**metrics, "best_epoch": float(epoch)}, out, checkpoint)
+        skip = ("epoch", "resumed_from", "selection", "stopped_early")
+        metrics = {k: v for k, v in state["history"][epoch - 1].items() if k not in skip}
+        # The best checkpoint's history ends at its epoch; the ledger's goes on to where the stage stopped.
+        stop, last = loops.stop_reason(cfg.stage, Ledger.load(driver.root).stage(self.type).history)
+        return StageResult({**metrics, "best_epoch": float(epoch)}, out, checkpoint, stop=stop, epoch=last)
 
 
 class Pretrain(TrainingStage):
