@@ -44,7 +44,8 @@ class LocalSession:
 
     def report(self, metrics: dict[str, float], state: dict[str, Any] | None, epoch: int, epochs: int) -> None:
         """Keep a copy of `state` (the loops hand over live tensors that later steps change) as the latest
-        checkpoint, and as the best while it ranks above the earlier ones (`_selection`); record the epoch in the ledger."""
+        checkpoint, and as the best while it ranks above the earlier ones (`_selection`); record the epoch in the
+        ledger."""
         self.reports.append(dict(metrics))
         if state is not None:
             self.state = copy.deepcopy(state)
