@@ -185,6 +185,8 @@ def status(
             console().print(_sweep_table(s))
     if ledger.model_uri:
         typer.echo(f"model: {ledger.model_uri}")
+        if ledger.export:
+            typer.echo(f"exported: {ledger.export['stage']}: {ledger.export['reason']}")
     failed = ledger.failed
     if failed and failed.message:
         typer.echo(f"failed: {failed.type}: {failed.message}")

@@ -72,6 +72,8 @@ class Ledger(BaseModel):
     #: How many times `--restart` or `--from-stage` set stages back; it suffixes their Ray run names so that a
     #: rerun never resumes an old run's checkpoints.
     resets: int = 0
+    #: Which stage's model was exported and why (the best candidate by validation): {"stage": ..., "reason": ...}.
+    export: dict[str, str] | None = None
 
     # -- queries ------------------------------------------------------------------------------
 

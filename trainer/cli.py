@@ -191,6 +191,8 @@ def run(
             console.print(f"[yellow]could not write the plot[/]: {exc}")
         if ledger.model_uri:
             console.print(f"model: {ledger.model_uri}   (try: graft predict {ledger.model_uri} IMAGE...)")
+            if ledger.export:
+                console.print(f"exported: {ledger.export['stage']}: {ledger.export['reason']}", markup=False)
     _shutdown_ray()
     raise typer.Exit(code)
 

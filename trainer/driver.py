@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from graft.trainer import data as data_mod
-from graft.trainer import export, identity, models
+from graft.trainer import export, identity, models, selection
 from graft.trainer.errors import InputError, out_of_memory, user_message
 from graft.trainer.executors import RayExecutor
 from graft.trainer.stages import STAGES, StageConfig, run_name, verify_up_front
@@ -195,8 +195,24 @@ class Driver:
     # -- stages --------------------------------------------------------------------------------
 
     def _export(self, ledger: Ledger) -> str:
-        made = None
+        found = selection.candidates(ledger)
+        chosen_stage, chosen_block = None, None
+        if found:  # the best target classifier by validation, never silently the last stage's
+            chosen, reason = selection.choose(found)
+            chosen_stage = chosen.stage
+            rec = ledger.stage(chosen.stage)
+            stage_spec = self.stage(chosen.stage)
+            chosen_block = {
+                "stage": chosen.stage, "model": selection.NAMES[chosen.stage], "rule": selection.RULE,
+                "reason": reason, "candidates": [c.summary() for c in found],
+                "checkpoint": {"best_epoch": rec.metrics.get("best_epoch"), "monitor": stage_spec.monitor,
+                               "stop": rec.stop, "note": "the best epoch by validation (monitor), not the last"},
+            }
+            ledger.export = {"stage": chosen.stage, "reason": reason}
+        made, last = None, None
         for last in reversed(self.spec.stages):
+            if chosen_stage and last.type != chosen_stage:
+                continue
             made = STAGES[last.type].model(self, ledger)
             if made:
                 break
@@ -214,6 +230,8 @@ class Driver:
             "load": "net = graft.trainer.models.build(architecture, num_classes, image_size); "
             "net.load_state_dict(torch.load('model.pt'))",
         }
+        if chosen_block:
+            meta["selection"] = chosen_block
         return export.export_model(self.root, state, meta)
 
     def prepare(self) -> Ledger:
