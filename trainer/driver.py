@@ -232,6 +232,9 @@ class Driver:
         }
         if chosen_block:
             meta["selection"] = chosen_block
+        temperature = ledger.stage(last.type).metrics.get("temperature")
+        if temperature:  # fitted on validation logits after the stage; `graft predict` divides logits by it
+            meta["temperature"] = temperature
         return export.export_model(self.root, state, meta)
 
     def prepare(self) -> Ledger:

@@ -4,6 +4,8 @@ after each stage; nothing here chooses anything."""
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn.functional as F
 from graft.trainer import data as data_mod
@@ -51,3 +53,51 @@ def metrics(logits: torch.Tensor, labels: torch.Tensor, prefix: str) -> dict[str
         f"{prefix}_accuracy": (logits.argmax(1) == labels).float().mean().item(),
         f"{prefix}_loss": F.cross_entropy(logits, labels).item(),
     }
+
+
+# --------------------------------------------------------------------------------------------- calibration
+
+#: Bins of the expected calibration error (Guo et al. 2017 use 15).
+ECE_BINS = 15
+
+
+def ece(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0, bins: int = ECE_BINS) -> float:
+    """Expected calibration error: the mean |accuracy - confidence| over equal-width confidence bins, weighted by
+    the share of samples in each."""
+    labels = torch.as_tensor(labels)
+    confidence, predicted = torch.softmax(logits / temperature, dim=1).max(dim=1)
+    correct = (predicted == labels).float()
+    edges = torch.linspace(0, 1, bins + 1)
+    total = torch.zeros(())
+    for lo, hi in itertools.pairwise(edges.tolist()):
+        inside = (confidence > lo) & (confidence <= hi)
+        if inside.any():
+            total += inside.float().mean() * (correct[inside].mean() - confidence[inside].mean()).abs()
+    return total.item()
+
+
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """The one temperature T that minimises the cross-entropy of logits / T (temperature scaling, Guo et al.):
+    fitted on validation logits; it rescales confidence and never changes a prediction."""
+    labels = torch.as_tensor(labels)
+    log_t = torch.zeros((), requires_grad=True)  # T = exp(log_t) stays positive
+    optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = F.cross_entropy(logits.detach() / log_t.exp(), labels)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return float(log_t.detach().exp().clamp(0.05, 20.0))
+
+
+def calibration(val: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor] | None
+                ) -> dict[str, float]:
+    """`temperature` fitted on validation, and ECE before / after it on validation and (when there is one) test."""
+    t = fit_temperature(*val)
+    out = {"temperature": t, "val_ece": ece(*val), "val_ece_calibrated": ece(*val, temperature=t)}
+    if test is not None:
+        out.update(test_ece=ece(*test), test_ece_calibrated=ece(*test, temperature=t))
+    return out

@@ -108,18 +108,23 @@ class StageType:
         """The exported model (state_dict, label names, number of classes) if the job ends with this stage."""
         return None
 
-    def test_logits(self, driver: Driver, cfg: StageConfig, output: str) -> tuple[Any, Any] | None:
-        """(logits, labels) of the stage's result on the held-out test set, or None (no test set, or a stage whose
+    def logits(self, driver: Driver, cfg: StageConfig, output: str, split: str) -> tuple[Any, Any] | None:
+        """(logits, labels) of the stage's result on the `val` or `test` set, or None (no such set, or a stage whose
         result is not a classifier of the target classes)."""
         return None
 
     def scored(self, driver: Driver, cfg: StageConfig, result: StageResult) -> StageResult:
-        """The result with its test metrics (`test_accuracy`, `test_loss`) added: measured after the stage chose
+        """The result with its test metrics (`test_accuracy`, `test_loss`) and its calibration (a temperature fitted
+        on validation logits, ECE before and after on validation and test) added: measured after the stage chose
         its checkpoint, so the test set never chooses anything."""
-        found = self.test_logits(driver, cfg, result.output)
-        if found is None:
+        val = self.logits(driver, cfg, result.output, "val")
+        if val is None:
             return result
-        return replace(result, metrics={**result.metrics, **scoring.metrics(*found, "test")})
+        test = self.logits(driver, cfg, result.output, "test")
+        metrics = {**result.metrics, **scoring.calibration(val, test)}
+        if test is not None:
+            metrics.update(scoring.metrics(*test, "test"))
+        return replace(result, metrics=metrics)
 
 
 class TrainingStage(StageType):
@@ -213,8 +218,8 @@ class Head(TrainingStage):
     def inputs(self, driver: Driver, ledger: Ledger) -> dict[str, Any]:
         return {"features": ledger.stage("FrozenFeatures").output}
 
-    def test_logits(self, driver: Driver, cfg: StageConfig, output: str) -> tuple[Any, Any] | None:
-        found = scoring.stored_features(cfg.features, "test") if cfg.features else None
+    def logits(self, driver: Driver, cfg: StageConfig, output: str, split: str) -> tuple[Any, Any] | None:
+        found = scoring.stored_features(cfg.features, split) if cfg.features else None
         if found is None:
             return None
         x, labels = found
@@ -236,14 +241,14 @@ class FullFineTune(TrainingStage):
         head = ledger.stage("Head").output if driver.stage("Head") else None
         return {"init_backbone": driver.init_backbone(ledger), "init_head": head}
 
-    def test_logits(self, driver: Driver, cfg: StageConfig, output: str) -> tuple[Any, Any] | None:
-        test = driver.test_data()
-        if test is None:
+    def logits(self, driver: Driver, cfg: StageConfig, output: str, split: str) -> tuple[Any, Any] | None:
+        source = driver.target_data()[1] if split == "val" else driver.test_data()
+        if source is None:
             return None
         net = driver.build_net()
         net.load_state_dict(models.read_state_dict(output))
-        logits = scoring.network_logits(net, test, driver.spec.data.image_size, driver.preprocessing)
-        return logits, test.labels
+        logits = scoring.network_logits(net, source, driver.spec.data.image_size, driver.preprocessing)
+        return logits, source.labels
 
     def model(self, driver: Driver, ledger: Ledger) -> tuple[dict, list[str], int] | None:
         state = models.read_state_dict(ledger.stage(self.type).output)
