@@ -50,6 +50,9 @@ class StageRecord(BaseModel):
     chosen: int | None = None
     #: Why the stage ended where it did: early stopping (the epoch and the metric) or all epochs run.
     stop: str | None = None
+    #: FullFineTune's weight interpolation: `curve` (alpha, val_accuracy, val_loss per alpha), the chosen `alpha`,
+    #: the interpolated weights' `output` and their `metrics` (validation, test, calibration).
+    interpolation: dict[str, Any] | None = None
     #: Hash of what this stage's result depends on (its spec fields and earlier stages'), written when it starts;
     #: None in ledgers written before 2026-12 (then "unknown": a rerun accepts the stage as it is).
     spec_hash: str | None = None

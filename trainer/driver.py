@@ -196,26 +196,19 @@ class Driver:
 
     def _export(self, ledger: Ledger) -> str:
         found = selection.candidates(ledger)
-        chosen_stage, chosen_block = None, None
+        block = None
         if found:  # the best target classifier by validation, never silently the last stage's
             chosen, reason = selection.choose(found)
-            chosen_stage = chosen.stage
-            rec = ledger.stage(chosen.stage)
-            stage_spec = self.stage(chosen.stage)
-            chosen_block = {
-                "stage": chosen.stage, "model": selection.NAMES[chosen.stage], "rule": selection.RULE,
-                "reason": reason, "candidates": [c.summary() for c in found],
-                "checkpoint": {"best_epoch": rec.metrics.get("best_epoch"), "monitor": stage_spec.monitor,
-                               "stop": rec.stop, "note": "the best epoch by validation (monitor), not the last"},
-            }
+            made, block = self._candidate(chosen, ledger), self._selection_block(chosen, reason, found, ledger)
+            metrics = chosen.metrics
             ledger.export = {"stage": chosen.stage, "reason": reason}
-        made, last = None, None
-        for last in reversed(self.spec.stages):
-            if chosen_stage and last.type != chosen_stage:
-                continue
-            made = STAGES[last.type].model(self, ledger)
-            if made:
-                break
+        else:
+            made = metrics = None
+            for last in reversed(self.spec.stages):
+                made = STAGES[last.type].model(self, ledger)
+                if made:
+                    metrics = ledger.stage(last.type).metrics
+                    break
         if made is None:
             return ""  # FrozenFeatures alone produces features, not a model
         state, classes, num_classes = made
@@ -224,18 +217,43 @@ class Driver:
             "num_classes": num_classes,
             "labels": classes,
             "preprocessing": {"image_size": self.spec.data.image_size, "resize": "bilinear", **self.preprocessing},
-            "metrics": ledger.stage(last.type).metrics,
+            "metrics": metrics,
             "stages": [s.type for s in self.spec.stages],
             "job": {"name": self.job.metadata.name, "uid": self.uid},
             "load": "net = graft.trainer.models.build(architecture, num_classes, image_size); "
             "net.load_state_dict(torch.load('model.pt'))",
         }
-        if chosen_block:
-            meta["selection"] = chosen_block
-        temperature = ledger.stage(last.type).metrics.get("temperature")
-        if temperature:  # fitted on validation logits after the stage; `graft predict` divides logits by it
-            meta["temperature"] = temperature
+        if block:
+            meta["selection"] = block
+        if metrics and metrics.get("temperature"):
+            # Fitted on validation logits of the exported weights; `graft predict` divides logits by it.
+            meta["temperature"] = metrics["temperature"]
         return export.export_model(self.root, state, meta)
+
+    def _candidate(self, chosen: selection.Candidate, ledger: Ledger) -> tuple[dict, list[str], int]:
+        """The chosen candidate's weights, label names and class count."""
+        if chosen.stage == selection.INTERPOLATED:
+            state = models.read_state_dict(ledger.stage("FullFineTune").interpolation["output"])
+            return state, self.target_data()[0].classes, self.spec.model.num_classes
+        made = STAGES[chosen.stage].model(self, ledger)
+        assert made is not None
+        return made
+
+    def _selection_block(self, chosen: selection.Candidate, reason: str, found: list[selection.Candidate],
+                         ledger: Ledger) -> dict:
+        """model.json's account of the choice: the rule, the reason, every candidate, the checkpoint kept."""
+        stage = "FullFineTune" if chosen.stage == selection.INTERPOLATED else chosen.stage
+        rec = ledger.stage(stage)
+        block = {
+            "stage": chosen.stage, "model": selection.NAMES[chosen.stage], "rule": selection.RULE, "reason": reason,
+            "candidates": [c.summary() for c in found],
+            "checkpoint": {"stage": stage, "best_epoch": rec.metrics.get("best_epoch"),
+                           "monitor": self.stage(stage).monitor, "stop": rec.stop,
+                           "note": "the best epoch by validation (monitor), not the last"},
+        }
+        if rec.interpolation:
+            block["interpolation"] = {"alpha": rec.interpolation["alpha"], "curve": rec.interpolation["curve"]}
+        return block
 
     def prepare(self) -> Ledger:
         """Decide which ledger this run continues, writing nothing (`graft run` calls it before it shows any

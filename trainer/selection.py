@@ -15,7 +15,11 @@ from graft.ledger import Ledger
 #: The stages whose result is a classifier of the target classes, in the order a tie is settled (the first wins:
 #: the linear probe keeps the pretrained features, Kumar et al.'s safer choice out of distribution).
 CANDIDATE_STAGES = ("Head", "FullFineTune")
-NAMES = {"Head": "LP (Head on the frozen backbone)", "FullFineTune": "FullFineTune"}
+NAMES = {"Head": "LP (Head on the frozen backbone)", "FullFineTune": "FullFineTune",
+         "Interpolated": "WiSE-FT interpolation of LP and FullFineTune"}
+#: The weight interpolation's candidate comes after both: it includes them as alpha 0 and 1, so it wins only
+#: where some alpha in between is better on validation.
+INTERPOLATED = "Interpolated"
 RULE = "the highest val_accuracy, then the lowest val_loss (validation only; the test set chooses nothing)"
 
 
@@ -29,7 +33,7 @@ class Candidate:
         return self.metrics["val_accuracy"], self.metrics["val_loss"]
 
     def summary(self) -> dict[str, Any]:
-        keys = ("val_accuracy", "val_loss", "test_accuracy", "test_loss", "best_epoch")
+        keys = ("val_accuracy", "val_loss", "test_accuracy", "test_loss", "best_epoch", "alpha")
         return {"stage": self.stage, "model": NAMES[self.stage], **{k: self.metrics[k] for k in keys
                                                                     if k in self.metrics}}
 
@@ -41,6 +45,8 @@ def candidates(ledger: Ledger) -> list[Candidate]:
         rec = next((s for s in ledger.stages if s.type == stage), None)
         if rec and rec.state == StageState.SUCCEEDED and {"val_accuracy", "val_loss"} <= set(rec.metrics):
             found.append(Candidate(stage, dict(rec.metrics)))
+            if rec.interpolation:
+                found.append(Candidate(INTERPOLATED, dict(rec.interpolation["metrics"])))
     return found
 
 

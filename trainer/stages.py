@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from graft.trainer import data as data_mod
-from graft.trainer import loops, models, scoring, sweep
+from graft.trainer import interpolate, loops, models, scoring, sweep
 from graft.trainer.errors import InputError
 
 from graft import storage
@@ -59,6 +59,7 @@ class StageResult:
     chosen: int | None = None  #: the row of `sweep` the result is
     stop: str | None = None  #: why the stage ended where it did (early stopping, or all epochs)
     epoch: int | None = None  #: the last epoch run, when the stage stopped early
+    interpolation: dict[str, Any] | None = None  #: FullFineTune's weight interpolation: curve, alpha, output, metrics
 
 
 def verify_up_front(spec: TransferJobSpec, *sources: data_mod.Source) -> None:
@@ -249,6 +250,32 @@ class FullFineTune(TrainingStage):
         net.load_state_dict(models.read_state_dict(output))
         logits = scoring.network_logits(net, source, driver.spec.data.image_size, driver.preprocessing)
         return logits, source.labels
+
+    def scored(self, driver: Driver, cfg: StageConfig, result: StageResult) -> StageResult:
+        result = super().scored(driver, cfg, result)
+        alphas = interpolate.alphas_of(cfg.stage)
+        if not alphas:
+            return result
+        # The LP model: the backbone the fine-tuning started from, with the Head's head.
+        lp_net = driver.build_net()
+        if cfg.init_backbone:
+            models.load_weights(lp_net, cfg.init_backbone)
+        models.load_head(lp_net, cfg.init_head)
+        lp = {k: v.detach().clone() for k, v in lp_net.state_dict().items()}
+        ft = models.read_state_dict(result.output)
+        size, preset = driver.spec.data.image_size, driver.preprocessing
+        val, test = driver.target_data()[1], driver.test_data()
+        rows, best, state = interpolate.curve(lp, ft, alphas, driver.build_net(), val, size, preset)
+        out = storage.join(driver.root, "outputs", "interpolated.pt")
+        models.save_tensors(out, state)
+        net = driver.build_net()
+        net.load_state_dict(state)
+        val_logits = (scoring.network_logits(net, val, size, preset), val.labels)
+        test_logits = (scoring.network_logits(net, test, size, preset), test.labels) if test is not None else None
+        metrics = {**scoring.metrics(*val_logits, "val"), **scoring.calibration(val_logits, test_logits),
+                   **(scoring.metrics(*test_logits, "test") if test_logits else {}), "alpha": rows[best]["alpha"]}
+        return replace(result, interpolation={"curve": rows, "alpha": rows[best]["alpha"], "output": out,
+                                              "metrics": metrics})
 
     def model(self, driver: Driver, ledger: Ledger) -> tuple[dict, list[str], int] | None:
         state = models.read_state_dict(ledger.stage(self.type).output)

@@ -400,6 +400,15 @@ class FullFineTuneStage(_StageBase):
     keep_checkpoints: int = Field(default=2, ge=1, le=100)
     """Keep this many best checkpoints by validation accuracy. Default 2."""
 
+    interpolate: Literal["off", "auto"] = "off"
+    """Weight interpolation (WiSE-FT) after fine-tuning: `auto` evaluates alpha x fine-tuned + (1 - alpha) x LP
+    weights (the pretrained backbone with the Head's head) for alpha = 0, 0.1, ..., 1 on validation and offers the
+    best as an export candidate; the curve goes into the ledger. Needs a Head stage. Default off."""
+
+    interpolation_alpha: float | None = Field(default=None, ge=0, le=1)
+    """Interpolate with this one alpha instead (1 = the fine-tuned weights, 0 = the LP model); sets `interpolate`
+    on. Needs a Head stage."""
+
     augment: bool = True
     """Train-time augmentation: a random translation (pad by an eighth of the image size, then crop back)
     and, except for the built-in digits sets, a random horizontal flip."""
@@ -679,6 +688,14 @@ class TransferJobSpec(_Model):
             raise ValueError(
                 f"stages[{types.index('Head')}].type: 'Head' trains on stored features and needs a preceding "
                 "'FrozenFeatures' stage"
+            )
+        fft = next((s for s in self.stages if s.type == "FullFineTune"), None)
+        interpolating = fft is not None and (fft.interpolate == "auto" or fft.interpolation_alpha is not None)
+        if interpolating and "Head" not in types:
+            field = "interpolate" if fft.interpolate == "auto" else "interpolationAlpha"
+            raise ValueError(
+                f"stages[{types.index('FullFineTune')}].{field}: interpolation mixes the fine-tuned weights with the "
+                "LP model's (the Head's head on the pretrained backbone); add a 'Head' stage or leave it off"
             )
         if self.model.weights is None and "Pretrain" not in types and "FrozenFeatures" in types:
             raise ValueError(
