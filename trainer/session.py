@@ -10,6 +10,7 @@ import copy
 import io
 import os
 import tempfile
+import time
 from typing import Any
 
 import torch
@@ -32,6 +33,8 @@ class LocalSession:
         self.reports: list[dict[str, float]] = []
         self.ledger_root = ledger_root
         self.stage = stage
+        self._pending: list[dict[str, float]] = []  # epochs not yet in the ledger
+        self._written = 0.0  # when the ledger was last written (monotonic)
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
         return model.to(self.device)
@@ -51,8 +54,24 @@ class LocalSession:
             self.state = copy.deepcopy(state)
             if self.best is None or _selection(metrics) > _selection(self.best["history"][-1]):
                 self.best = self.state
-        if self.ledger_root and self.stage:
-            record_epoch(self.ledger_root, self.stage, metrics, epoch, epochs, None)
+        self._record(metrics, epoch, epochs, state is not None, None)
+
+    def _record(self, metrics: dict[str, float], epoch: int, epochs: int, checkpointed: bool,
+                checkpoint: str | None) -> None:
+        """Record the epoch in the ledger at checkpoints, at the last epoch, and otherwise at most every
+        LEDGER_EVERY_S: in-process epochs can take milliseconds (a Head sweep's), and rewriting the whole ledger
+        after each took twice as long as the sweep itself on the demo."""
+        if not (self.ledger_root and self.stage):
+            return
+        self._pending.append(dict(metrics))
+        now = time.monotonic()
+        if checkpointed or epoch == epochs or metrics.get("stopped_early") or now - self._written >= LEDGER_EVERY_S:
+            record_epochs(self.ledger_root, self.stage, self._pending, epochs, checkpoint)
+            self._pending, self._written = [], now
+
+
+#: The longest an in-process stage leaves finished epochs out of the ledger (its progress display reads them).
+LEDGER_EVERY_S = 1.0
 
 
 def _selection(metrics: dict[str, float]) -> float:
@@ -85,8 +104,7 @@ class StoredSession(LocalSession):
             torch.save(state, buf)
             storage.write_bytes(storage.join(self.uri, "state.pt"), buf.getvalue())
             self.state = copy.deepcopy(state)
-        if self.ledger_root and self.stage:
-            record_epoch(self.ledger_root, self.stage, metrics, epoch, epochs, self.uri if state is not None else None)
+        self._record(metrics, epoch, epochs, state is not None, self.uri if state is not None else None)
 
 
 class RaySession:
@@ -157,15 +175,24 @@ def record_epoch(
     root: str, stage: str, metrics: dict[str, float], epoch: int, epochs: int, checkpoint: str | None
 ) -> None:
     """Write one finished epoch into the ledger (rank 0 only; the driver is blocked in `fit` meanwhile)."""
+    record_epochs(root, stage, [{**metrics, "epoch": float(epoch)}], epochs, checkpoint)
+
+
+def record_epochs(root: str, stage: str, finished: list[dict[str, float]], epochs: int, checkpoint: str | None
+                  ) -> None:
+    """Write finished epochs (each metrics with its `epoch`, in order) into the ledger in one write."""
     ledger = Ledger.load(root)
-    if ledger is None:
+    if ledger is None or not finished:
         return
     rec = ledger.stage(stage)
-    rec.epoch = epoch
+    last = finished[-1]
+    rec.epoch = int(last["epoch"])
     rec.epochs = epochs
-    rec.metrics = {k: float(v) for k, v in metrics.items() if k != "epoch"}
-    # A resumed attempt replays history from its checkpoint: drop entries at or after this epoch first.
-    rec.history = [h for h in rec.history if h.get("epoch", 0) < epoch] + [{k: float(v) for k, v in metrics.items()}]
+    rec.metrics = {k: float(v) for k, v in last.items() if k != "epoch"}
+    # A resumed attempt replays history from its checkpoint: drop entries at or after its first epoch first.
+    first = finished[0]["epoch"]
+    rec.history = [h for h in rec.history if h.get("epoch", 0) < first] + [
+        {k: float(v) for k, v in m.items()} for m in finished]
     if checkpoint:
         rec.checkpoint = checkpoint
     ledger.save(root)
