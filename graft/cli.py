@@ -245,6 +245,8 @@ def _print_runs(runs: dict[str, Any], output: str) -> None:
         state = "Succeeded" if ledger.done else "Failed" if ledger.failed else ledger.current.state.value
         scored = [(s.metrics["val_accuracy"], s.type) for s in ledger.stages if "val_accuracy" in s.metrics]
         best = f"val_accuracy={max(scored)[0]:.4g} ({max(scored)[1]})" if scored else ""
+        test = ledger.stage(max(scored)[1]).metrics.get("test_accuracy") if scored else None
+        best += f", held-out test_accuracy={test:.4g}" if test is not None else ""
         rows.append({"run": name, "state": state, "stages": ledger.progress(), "best": best,
                      "age": _age(ledger.updated_at), "updated_at": ledger.updated_at})
     if output == "json":

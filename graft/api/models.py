@@ -768,7 +768,8 @@ class StageStatus(_StatusModel):
     """Epochs planned."""
 
     metrics: dict[str, float] = Field(default_factory=dict)
-    """Latest metrics, e.g. train_loss, val_accuracy."""
+    """Latest metrics, e.g. train_loss, val_accuracy; when the job has a test set, test_accuracy and test_loss
+    (the held-out set, which chooses nothing) apart from them."""
 
     checkpoint: str | None = None
     """URI of the stage's latest (or best) checkpoint."""

@@ -171,3 +171,35 @@ def test_graft_status_shows_the_whole_sweep_with_the_chosen_row_marked(tmp_path)
     assert marked == [state["chosen"]]
     chosen = state["table"][state["chosen"]]
     assert f"{chosen['val_accuracy']:.4f}" in sweep_rows[state["chosen"]]
+
+
+@pytest.mark.parametrize(("memory", "path"), [("2Gi", "in_process"), ("64Ki", "fit")], ids=["fits", "too-big"])
+def test_head_runs_in_the_driver_only_when_the_features_fit_in_memory(tmp_path, memory, path, one_thread):
+    """In the driver (no worker group, no DDP) when the stored features fit a quarter of the smaller of the
+    worker's and the Ray head's memory; else on the worker group, where the same sweep runs under DDP."""
+    from graft.trainer.driver import Driver
+    from graft.trainer.executors import LocalExecutor
+    from support.trainer_data import smallcnn_weights
+
+    class Recording(LocalExecutor):
+        used: list[str] = []
+
+        def in_process(self, loop, cfg):
+            self.used.append("in_process")
+            return super().in_process(loop, cfg)
+
+        def fit(self, loop, cfg, keep, latest=False):
+            self.used.append("fit")
+            return super().fit(loop, cfg, keep, latest)
+
+    spec = {
+        "model": {"backbone": "smallcnn", "numClasses": 10, "weights": str(smallcnn_weights(tmp_path / "w.pt"))},
+        "data": {"train": "builtin:digits-noisy", "imageSize": 8, "shotsPerClass": 5},
+        "stages": [{"type": "FrozenFeatures"}, {"type": "Head", "epochs": 5}],
+        "workers": {"memory": memory},
+    }
+    executor = Recording()
+    ledger = Driver(TransferJob.model_validate(job_doc("where", spec)), str(tmp_path / "runs"),
+                    executor=executor).run()
+    assert executor.used == [path]
+    assert len(ledger.stage("Head").sweep) == 32
