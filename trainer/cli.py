@@ -107,6 +107,9 @@ def _summary(ledger, console) -> None:
             rec.type, rec.state.value, seconds, epochs, _fmt_metrics(rec.metrics), rec.checkpoint or rec.output or ""
         )
     console.print(table)
+    for rec in ledger.stages:
+        if rec.stop and rec.stop.startswith("early stop"):
+            console.print(f"{rec.type}: {rec.stop}", markup=False)
 
 
 def run(
