@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from graft.trainer import data as data_mod
-from graft.trainer import loops, models
+from graft.trainer import loops, models, sweep
 from graft.trainer.driver import Driver
 from graft.trainer.session import LocalSession
 from graft.trainer.stages import StageConfig
@@ -110,7 +110,10 @@ def bench_head(tiny: bool) -> dict:
             buf = io.BytesIO()
             torch.save({"features": feats, "labels": y}, buf)
             storage.write_bytes(storage.join(tmp, f"{name}.pt"), buf.getvalue())
-        loops.train_head(LocalSession(), StageConfig(_job("b", spec).spec, 1, features=tmp))
+        # One pinned setting: the figure compares the stored features with the backbone, not sweep sizes.
+        pinned = {**spec, "stages": [spec["stages"][0], {**spec["stages"][1], "lr": 1e-2, "weightDecay": 1e-2,
+                                                          "labelSmoothing": 0.0, "patience": None}]}
+        sweep.train_head(LocalSession(), StageConfig(_job("b", pinned).spec, 1, features=tmp))
         stored = time.perf_counter() - t0
     head = torch.nn.Linear(512, 10)
     opt = torch.optim.AdamW(head.parameters(), lr=1e-2)

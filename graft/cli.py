@@ -178,8 +178,15 @@ def status(
         epoch = f"{s.epoch}/{s.epochs}" if s.epochs else str(s.epoch or "")
         table.add_row(s.type, s.state.value, epoch, metrics, s.checkpoint or s.output or "")
     console().print(table)
+    for s in ledger.stages:
+        if s.stop:
+            typer.echo(f"{s.type}: {s.stop}")
+        if s.sweep:
+            console().print(_sweep_table(s))
     if ledger.model_uri:
         typer.echo(f"model: {ledger.model_uri}")
+        if ledger.export:
+            typer.echo(f"exported: {ledger.export['stage']}: {ledger.export['reason']}")
     if ledger.tracking:
         typer.echo(ledger.tracking.describe())
     from graft import joblogs
@@ -252,6 +259,27 @@ def logs(
         raise typer.Exit(130) from None
 
 
+#: The Head sweep table's columns: (row key, heading, format).
+_SWEEP_COLUMNS = (("lr", "lr", "{:g}"), ("weight_decay", "weight decay", "{:g}"),
+                  ("label_smoothing", "label smoothing", "{:g}"), ("val_accuracy", "val accuracy", "{:.4f}"),
+                  ("val_loss", "val loss", "{:.4f}"), ("best_epoch", "best epoch", "{:.0f}"),
+                  ("stopped_at", "stopped at", "{:.0f}"))
+
+
+def _sweep_table(stage):
+    """A stage's sweep, one row per setting, the chosen one marked (it is the stage's result)."""
+    from rich.table import Table
+
+    table = Table(title=f"{stage.type} sweep: {len(stage.sweep)} settings, chosen by validation (*)")
+    table.add_column("")
+    for _, heading, _ in _SWEEP_COLUMNS:
+        table.add_column(heading, justify="right")
+    for i, row in enumerate(stage.sweep):
+        cells = [fmt.format(row[key]) if key != "stopped_at" or row[key] else "-" for key, _, fmt in _SWEEP_COLUMNS]
+        table.add_row("*" if i == stage.chosen else "", *cells, style="bold" if i == stage.chosen else None)
+    return table
+
+
 def _runs_below(folder: str) -> dict[str, Any]:
     """The runs one level below `folder` (e.g. graft-runs/), by name: their ledgers."""
     from graft import storage
@@ -284,6 +312,8 @@ def _print_runs(runs: dict[str, Any], output: str) -> None:
         state = "Succeeded" if ledger.done else "Failed" if ledger.failed else ledger.current.state.value
         scored = [(s.metrics["val_accuracy"], s.type) for s in ledger.stages if "val_accuracy" in s.metrics]
         best = f"val_accuracy={max(scored)[0]:.4g} ({max(scored)[1]})" if scored else ""
+        test = ledger.stage(max(scored)[1]).metrics.get("test_accuracy") if scored else None
+        best += f", held-out test_accuracy={test:.4g}" if test is not None else ""
         rows.append({"run": name, "state": state, "stages": ledger.progress(), "best": best,
                      "age": _age(ledger.updated_at), "updated_at": ledger.updated_at})
     if output == "json":

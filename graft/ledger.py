@@ -44,6 +44,15 @@ class StageRecord(BaseModel):
     output: str | None = None
     message: str | None = None
     seconds: float | None = None
+    #: The Head sweep: one row per setting (its settings, best validation scores, best epoch, stop epoch).
+    sweep: list[dict[str, float]] | None = None
+    #: The row of `sweep` the stage's result is (chosen by validation).
+    chosen: int | None = None
+    #: Why the stage ended where it did: early stopping (the epoch and the metric) or all epochs run.
+    stop: str | None = None
+    #: FullFineTune's weight interpolation: `curve` (alpha, val_accuracy, val_loss per alpha), the chosen `alpha`,
+    #: the interpolated weights' `output` and their `metrics` (validation, test, calibration).
+    interpolation: dict[str, Any] | None = None
     #: Hash of what this stage's result depends on (its spec fields and earlier stages'), written when it starts;
     #: None in ledgers written before 2026-12 (then "unknown": a rerun accepts the stage as it is).
     spec_hash: str | None = None
@@ -104,6 +113,8 @@ class Ledger(BaseModel):
     resets: int = 0
     #: MLflow tracking of this job (None: not tracked).
     tracking: TrackingRecord | None = None
+    #: Which stage's model was exported and why (the best candidate by validation): {"stage": ..., "reason": ...}.
+    export: dict[str, str] | None = None
 
     # -- queries ------------------------------------------------------------------------------
 

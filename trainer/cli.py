@@ -17,7 +17,10 @@ def _fmt_metrics(metrics: dict[str, float]) -> str:
     """The headline metrics; a finished stage's are its best epoch's (the one its result keeps), and say so."""
     keys = [k for k in ("val_accuracy", "val_loss", "train_loss") if k in metrics]
     text = ", ".join(f"{k}={metrics[k]:.3f}" for k in keys)
-    return f"best epoch {int(metrics['best_epoch'])}: {text}" if "best_epoch" in metrics and text else text
+    text = f"best epoch {int(metrics['best_epoch'])}: {text}" if "best_epoch" in metrics and text else text
+    # The held-out test score is said apart: it chose nothing, the validation figures chose the checkpoint.
+    test = ", ".join(f"{k}={metrics[k]:.3f}" for k in ("test_accuracy", "test_loss") if k in metrics)
+    return f"{text}; held-out {test}" if test else text
 
 
 def _stage_time(rec) -> str:
@@ -104,6 +107,9 @@ def _summary(ledger, console) -> None:
             rec.type, rec.state.value, seconds, epochs, _fmt_metrics(rec.metrics), rec.checkpoint or rec.output or ""
         )
     console.print(table)
+    for rec in ledger.stages:
+        if rec.stop and rec.stop.startswith("early stop"):
+            console.print(f"{rec.type}: {rec.stop}", markup=False)
 
 
 def run(
@@ -189,6 +195,8 @@ def run(
             console.print(f"[yellow]could not write the plot[/]: {exc}")
         if ledger.model_uri:
             console.print(f"model: {ledger.model_uri}   (try: graft predict {ledger.model_uri} IMAGE...)")
+            if ledger.export:
+                console.print(f"exported: {ledger.export['stage']}: {ledger.export['reason']}", markup=False)
         if ledger.tracking:
             console.print(ledger.tracking.describe(), highlight=False, markup=False)
         if joblogs.find(driver.root):

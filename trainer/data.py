@@ -331,9 +331,30 @@ def few_shot(source: Source, shots: int, seed: int) -> Source:
     return source.subset(np.sort(keep))
 
 
-def train_val(train_uri: str, validation_uri: str | None, fraction: float, seed: int, shots: int | None = None):
+#: Offsets the test split's random stream from the validation split's (same `seed`, independent draws).
+_TEST_SEED_OFFSET = 104_729
+
+
+def target_sets(data) -> tuple[Source, Source, Source | None]:
+    """(train, validation, test or None) of a `spec.data`. The test set (`test`, or `testFraction` of `train`,
+    stratified and seeded) is split off before anything else, so no validation split or few-shot draw ever sees
+    it; nothing chooses anything by it."""
+    train = open_source(data.train)
+    test = None
+    if data.test:
+        test = open_source(data.test)
+        if test.classes != train.classes:
+            raise InputError(data.test, f"test classes {test.classes} differ from the training classes {train.classes}")
+    elif data.test_fraction:
+        train, test = split(train, data.test_fraction, data.seed + _TEST_SEED_OFFSET)
+    train, val = train_val(train, data.validation, data.validation_split, data.seed, data.shots_per_class)
+    return train, val, test
+
+
+def train_val(train_uri: str | Source, validation_uri: str | None, fraction: float, seed: int,
+              shots: int | None = None):
     """The (train, validation) sources of a data spec: explicit validation set or a stratified split."""
-    train = open_source(train_uri)
+    train = open_source(train_uri) if isinstance(train_uri, str) else train_uri
     if validation_uri:
         val = open_source(validation_uri)
         if val.classes != train.classes:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from graft.trainer import data as data_mod
-from graft.trainer import export, identity, logship, models, tracking
+from graft.trainer import export, identity, logship, models, selection, tracking
 from graft.trainer.errors import InputError, out_of_memory, user_message
 from graft.trainer.executors import RayExecutor
 from graft.trainer.stages import STAGES, StageConfig, run_name, verify_up_front
@@ -116,6 +116,7 @@ class Driver:
         self.on_update = on_update or (lambda _l: None)
         self.preprocessing = models.torchvision_preset(self.spec.model.backbone, self.spec.model.weights)
         self._target: tuple[data_mod.Source, data_mod.Source] | None = None
+        self._test: data_mod.Source | None = None
         self._weights_checked = False
         types = [s.type for s in self.spec.stages]
         if restart and from_stage:
@@ -155,7 +156,7 @@ class Driver:
         """Train and validation sources of the target set, listed, decoded once and class-counted."""
         if self._target is None:
             d = self.spec.data
-            train, val = data_mod.train_val(d.train, d.validation, d.validation_split, d.seed, d.shots_per_class)
+            train, val, self._test = data_mod.target_sets(d)
             if len(train.classes) != self.spec.model.num_classes:
                 raise InputError(
                     d.train,
@@ -163,9 +164,14 @@ class Driver:
                     f"{' ...' if len(train.classes) > 10 else ''}) but spec.model.numClasses is "
                     f"{self.spec.model.num_classes}",
                 )
-            verify_up_front(self.spec, train, val)
+            verify_up_front(self.spec, train, val, *([self._test] if self._test else []))
             self._target = (train, val)
         return self._target
+
+    def test_data(self) -> data_mod.Source | None:
+        """The held-out test set (`spec.data.test` or `testFraction`), or None: scored, never chosen by."""
+        self.target_data()
+        return self._test
 
     def stage(self, stage_type: str):
         """The job's stage of that type, or None."""
@@ -193,11 +199,20 @@ class Driver:
     # -- stages --------------------------------------------------------------------------------
 
     def _export(self, ledger: Ledger) -> str:
-        made = None
-        for last in reversed(self.spec.stages):
-            made = STAGES[last.type].model(self, ledger)
-            if made:
-                break
+        found = selection.candidates(ledger)
+        block = None
+        if found:  # the best target classifier by validation, never silently the last stage's
+            chosen, reason = selection.choose(found)
+            made, block = self._candidate(chosen, ledger), self._selection_block(chosen, reason, found, ledger)
+            metrics = chosen.metrics
+            ledger.export = {"stage": chosen.stage, "reason": reason}
+        else:
+            made = metrics = None
+            for last in reversed(self.spec.stages):
+                made = STAGES[last.type].model(self, ledger)
+                if made:
+                    metrics = ledger.stage(last.type).metrics
+                    break
         if made is None:
             return ""  # FrozenFeatures alone produces features, not a model
         state, classes, num_classes = made
@@ -206,13 +221,43 @@ class Driver:
             "num_classes": num_classes,
             "labels": classes,
             "preprocessing": {"image_size": self.spec.data.image_size, "resize": "bilinear", **self.preprocessing},
-            "metrics": ledger.stage(last.type).metrics,
+            "metrics": metrics,
             "stages": [s.type for s in self.spec.stages],
             "job": {"name": self.job.metadata.name, "uid": self.uid},
             "load": "net = graft.trainer.models.build(architecture, num_classes, image_size); "
             "net.load_state_dict(torch.load('model.pt'))",
         }
+        if block:
+            meta["selection"] = block
+        if metrics and metrics.get("temperature"):
+            # Fitted on validation logits of the exported weights; `graft predict` divides logits by it.
+            meta["temperature"] = metrics["temperature"]
         return export.export_model(self.root, state, meta)
+
+    def _candidate(self, chosen: selection.Candidate, ledger: Ledger) -> tuple[dict, list[str], int]:
+        """The chosen candidate's weights, label names and class count."""
+        if chosen.stage == selection.INTERPOLATED:
+            state = models.read_state_dict(ledger.stage("FullFineTune").interpolation["output"])
+            return state, self.target_data()[0].classes, self.spec.model.num_classes
+        made = STAGES[chosen.stage].model(self, ledger)
+        assert made is not None
+        return made
+
+    def _selection_block(self, chosen: selection.Candidate, reason: str, found: list[selection.Candidate],
+                         ledger: Ledger) -> dict:
+        """model.json's account of the choice: the rule, the reason, every candidate, the checkpoint kept."""
+        stage = "FullFineTune" if chosen.stage == selection.INTERPOLATED else chosen.stage
+        rec = ledger.stage(stage)
+        block = {
+            "stage": chosen.stage, "model": selection.NAMES[chosen.stage], "rule": selection.RULE, "reason": reason,
+            "candidates": [c.summary() for c in found],
+            "checkpoint": {"stage": stage, "best_epoch": rec.metrics.get("best_epoch"),
+                           "monitor": self.stage(stage).monitor, "stop": rec.stop,
+                           "note": "the best epoch by validation (monitor), not the last"},
+        }
+        if rec.interpolation:
+            block["interpolation"] = {"alpha": rec.interpolation["alpha"], "curve": rec.interpolation["curve"]}
+        return block
 
     def prepare(self) -> Ledger:
         """Decide which ledger this run continues, writing nothing (`graft run` calls it before it shows any
@@ -341,15 +386,16 @@ class Driver:
                 try:
                     kind = STAGES[stage.type]
                     cfg = StageConfig(self.spec, index, self.root, rec.run_name, **kind.inputs(self, ledger))
-                    result = kind.run(self, cfg)
+                    result = kind.scored(self, cfg, kind.run(self, cfg))
                 except Exception as exc:
                     message = out_of_memory(exc, index, self.spec) or user_message(exc)
                     self._finish(stage.type, t0, f"{stage.type}: {message}", state=StageState.FAILED, message=message)
                     log.line(f"stage {stage.type} failed: {message}")
                     raise StageFailed(stage.type, message) from exc
-                # The result's metrics, output and checkpoint are ledger fields of the same names.
-                ledger = self._finish(stage.type, t0, None, state=StageState.SUCCEEDED, epoch=rec.epochs,
-                                      **vars(result))
+                # The result's fields (metrics, output, checkpoint, ...) are ledger fields of the same names; a stage
+                # that stopped early says at which epoch, the others ran all of them.
+                fields = {**vars(result), "epoch": result.epoch or rec.epochs}
+                ledger = self._finish(stage.type, t0, None, state=StageState.SUCCEEDED, **fields)
                 log.line(f"stage {stage.type} succeeded in {time.monotonic() - t0:.1f}s: "
                          f"{logship.metrics_text(result.metrics)}")
         if ledger.model_uri is None:

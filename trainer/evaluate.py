@@ -70,7 +70,7 @@ def open_data(data: str) -> tuple[data_mod.Source, str]:
     job = load_job(Path(data).read_text(encoding="utf-8"))
     apply_storage_env(job)
     d = job.spec.data
-    _, val = data_mod.train_val(d.train, d.validation, d.validation_split, d.seed, d.shots_per_class)
+    _, val, _ = data_mod.target_sets(d)
     if d.validation:
         return val, f"{d.validation} (data.validation of {data})"
     return val, f"{d.train}: the validation split of {data} ({d.validation_split:g} of each class, seed {d.seed})"

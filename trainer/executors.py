@@ -32,20 +32,18 @@ def cpus_per_worker(workers: WorkersSpec) -> float:
     return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
 
 
-def save_features(out_uri: str, x: torch.Tensor, train_src, val_src, seconds: float) -> dict[str, float]:
-    """Store `<out_uri>/{train,val}.pt`: pooled features (`x`: the training images', then the validation
-    images') and labels. Returns FrozenFeatures' metrics."""
-    n = len(train_src)
-    for name, feats, src in (("train", x[:n], train_src), ("val", x[n:], val_src)):
+def save_features(out_uri: str, x: torch.Tensor, sets: dict[str, Any], seconds: float) -> dict[str, float]:
+    """Store `<out_uri>/<name>.pt` for each of `sets` (`train`, `val`, and `test` when there is one): pooled
+    features (`x`: the sets' images one set after the other, in that order) and labels. Returns FrozenFeatures'
+    metrics."""
+    start = 0
+    for name, src in sets.items():
         # A clone: torch.save of a slice would write the whole tensor's storage.
-        tensors = {"features": feats.clone(), "labels": torch.from_numpy(src.labels)}
+        tensors = {"features": x[start : start + len(src)].clone(), "labels": torch.from_numpy(src.labels)}
         models.save_tensors(storage.join(out_uri, f"{name}.pt"), tensors)
-    return {
-        "train_images": float(n),
-        "val_images": float(len(val_src)),
-        "feature_dim": float(x.shape[1]),
-        "images_per_second": len(x) / max(1e-9, seconds),
-    }
+        start += len(src)
+    metrics = {f"{name}_images": float(len(src)) for name, src in sets.items()}
+    return {**metrics, "feature_dim": float(x.shape[1]), "images_per_second": len(x) / max(1e-9, seconds)}
 
 
 class LocalExecutor:
@@ -54,18 +52,25 @@ class LocalExecutor:
     def __init__(self, device: str = "cpu"):
         self.device = device
 
-    def fit(self, loop: Callable, cfg: StageConfig, keep: int) -> tuple[dict[str, Any] | None, str | None]:
-        """The best checkpoint's state (by val_accuracy), kept in memory: no URI."""
+    def fit(self, loop: Callable, cfg: StageConfig, keep: int, latest: bool = False
+            ) -> tuple[dict[str, Any] | None, str | None]:
+        """The best checkpoint's state (by val_accuracy), or the `latest`, kept in memory: no URI."""
         session = LocalSession(self.device, cfg.root, cfg.stage.type)
         loop(session, cfg)
-        return session.best, None
+        return (session.state if latest else session.best), None
 
-    def features(self, cfg: StageConfig, train_src, val_src, out_uri: str) -> dict[str, float]:
+    def in_process(self, loop: Callable, cfg: StageConfig) -> tuple[dict[str, Any] | None, str | None]:
+        """The loop in this process; its latest checkpoint's state."""
+        session = LocalSession(self.device, cfg.root, cfg.stage.type)
+        loop(session, cfg)
+        return session.state, None
+
+    def features(self, cfg: StageConfig, sets: dict[str, Any], out_uri: str) -> dict[str, float]:
         t0 = time.perf_counter()
         backbone, size, device = loops.feature_model(cfg).backbone, cfg.spec.data.image_size, torch.device(self.device)
-        images = (src.images(size) for src in (train_src, val_src))
+        images = (src.images(size) for src in sets.values())
         x = torch.cat([loops.extract_features(backbone, b, cfg.preprocessing, device) for b in images])
-        return save_features(out_uri, x, train_src, val_src, time.perf_counter() - t0)
+        return save_features(out_uri, x, sets, time.perf_counter() - t0)
 
 
 def ensure_ray(workers: WorkersSpec, log_to_driver: bool = True) -> None:
@@ -114,13 +119,26 @@ class RayExecutor:
         self.max_failures = max_failures
         self.log_to_driver = log_to_driver
 
-    def fit(self, loop: Callable, cfg: StageConfig, keep: int) -> tuple[dict[str, Any] | None, str | None]:
-        """One TorchTrainer run of a training stage: the best checkpoint's state (by val_accuracy) and URI."""
+    def in_process(self, loop: Callable, cfg: StageConfig) -> tuple[dict[str, Any] | None, str | None]:
+        """The loop in the driver's process, no worker group (no start-up, no DDP): its latest checkpoint's state
+        and URI. Checkpoints go to storage, so a rerun after a killed driver resumes from the latest."""
+        from graft.trainer.session import StoredSession
+
+        session = StoredSession(cfg, "cuda" if torch.cuda.is_available() and cfg.spec.workers.gpus else "cpu")
+        loop(session, cfg)
+        return session.state, session.uri
+
+    def fit(self, loop: Callable, cfg: StageConfig, keep: int, latest: bool = False
+            ) -> tuple[dict[str, Any] | None, str | None]:
+        """One TorchTrainer run of a training stage: the best checkpoint's state (by val_accuracy), or the
+        `latest`, and its URI."""
         from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
         from ray.train.torch import TorchTrainer
 
         workers = cfg.spec.workers
         ensure_ray(workers, self.log_to_driver)
+        # Pretrain and FullFineTune rank their epochs by `selection` (their monitor, see loops.EarlyStopping).
+        score = "val_accuracy" if latest else "selection"
         storage_path, fs = storage.ray_storage(storage.join(cfg.root, "checkpoints"))
         resources: dict[str, float] = {"CPU": cpus_per_worker(workers)}
         if workers.gpus:
@@ -136,7 +154,7 @@ class RayExecutor:
                 storage_path=storage_path,
                 storage_filesystem=fs,
                 checkpoint_config=CheckpointConfig(
-                    num_to_keep=keep, checkpoint_score_attribute="val_accuracy", checkpoint_score_order="max"
+                    num_to_keep=keep, checkpoint_score_attribute=score, checkpoint_score_order="max"
                 ),
                 failure_config=FailureConfig(max_failures=self.max_failures),
             ),
@@ -154,11 +172,11 @@ class RayExecutor:
             if main:
                 signal.signal(signal.SIGINT, previous)
         reached = (result.metrics or {}).get("epoch", 0)
-        if reached < cfg.stage.epochs:
+        if reached < cfg.stage.epochs and not (result.metrics or {}).get("stopped_early"):
             raise KeyboardInterrupt(f"{cfg.run_name}: training run stopped at epoch {reached} of {cfg.stage.epochs}")
         best = None
-        if result.best_checkpoints:
-            best = max(result.best_checkpoints, key=lambda cm: cm[1].get("val_accuracy", float("-inf")))[0]
+        if result.best_checkpoints and not latest:
+            best = max(result.best_checkpoints, key=lambda cm: cm[1].get(score, float("-inf")))[0]
         chosen = best or result.checkpoint
         if chosen is None:
             return None, None
@@ -168,9 +186,9 @@ class RayExecutor:
         uri = chosen.path if chosen.path.startswith("s3://") or not storage.is_s3(cfg.root) else f"s3://{chosen.path}"
         return state, uri
 
-    def features(self, cfg: StageConfig, train_src, val_src, out_uri: str) -> dict[str, float]:
-        """Run the frozen backbone once over train and validation images on a Ray Data actor pool and store
-        `<out_uri>/train.pt` and `<out_uri>/val.pt` (features and labels)."""
+    def features(self, cfg: StageConfig, sets: dict[str, Any], out_uri: str) -> dict[str, float]:
+        """Run the frozen backbone once over the images of `sets` (train, validation, test) on a Ray Data actor pool
+        and store `<out_uri>/<set>.pt` (features and labels)."""
         import ray.data
 
         workers, stage = cfg.spec.workers, cfg.stage
@@ -179,8 +197,8 @@ class RayExecutor:
             logging.getLogger("ray.data").setLevel(logging.ERROR)
             context = ray.data.DataContext.get_current()
             context.enable_progress_bars = context.print_on_execution_start = False
-        rows: list[dict[str, Any]] = []  # train then validation images; `pos` puts the features back in order
-        for src in (train_src, val_src):
+        rows: list[dict[str, Any]] = []  # the sets' images in order; `pos` puts the features back in order
+        for src in sets.values():
             for i in range(len(src)):
                 image = {"uri": src.files[i]} if src.files is not None else {"pixels": src.pixels[i]}
                 rows.append({"pos": len(rows), **image})
@@ -203,4 +221,4 @@ class RayExecutor:
             feats.extend(batch["feature"])
         seconds = time.perf_counter() - t0
         x = torch.from_numpy(np.stack(feats)[np.argsort(np.concatenate(pos))].astype(np.float32))
-        return save_features(out_uri, x, train_src, val_src, seconds)
+        return save_features(out_uri, x, sets, seconds)

@@ -40,12 +40,14 @@ def load_model(uri: str) -> tuple[models.GraftNet, dict[str, Any]]:
     return net, meta
 
 
-def probabilities(net: models.GraftNet, preprocessing: dict[str, Any], x: torch.Tensor) -> torch.Tensor:
-    """The class probabilities `[N, classes]` of a batch of float images in [0, 1], resized to the model's size."""
+def probabilities(net: models.GraftNet, preprocessing: dict[str, Any], x: torch.Tensor, temperature: float = 1.0
+                  ) -> torch.Tensor:
+    """The class probabilities `[N, classes]` of a batch of float images in [0, 1], resized to the model's size,
+    the logits divided by the model's `temperature` (fitted on validation: calibrated confidence, same ranking)."""
     from graft.trainer.data import normalize
 
     with torch.inference_mode():
-        return torch.softmax(net(normalize(x, preprocessing["mean"], preprocessing["std"])), dim=1)
+        return torch.softmax(net(normalize(x, preprocessing["mean"], preprocessing["std"])) / temperature, dim=1)
 
 
 @dataclass
@@ -105,7 +107,7 @@ def predict(uri: str, images: list[str], top: int = 3, batch: int | None = None)
         ranked: dict[str, list[tuple[str, float]]] = {}
         if good:
             x = torch.from_numpy(np.stack([decoded[name][0] for name in good])).float() / 255.0
-            values, index = probabilities(net, pre, x).topk(k, dim=1)
+            values, index = probabilities(net, pre, x, meta.get("temperature", 1.0)).topk(k, dim=1)
             for name, vs, ix in zip(good, values.tolist(), index.tolist(), strict=True):
                 ranked[name] = [(labels[j], float(v)) for v, j in zip(vs, ix, strict=True)]
         for c in chunk:

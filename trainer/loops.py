@@ -2,7 +2,7 @@
 
 - `train_network`: Pretrain (from scratch, SGD) and FullFineTune (AdamW, discriminative LR, warm-up +
   cosine, label smoothing, gradient clipping, bf16 autocast and channels_last on GPU).
-- `train_head`: a linear head on stored features. It never builds or runs a backbone.
+- (the Head stage's sweep of linear heads on stored features is in `sweep.py`.)
 - `extract_features`: the frozen backbone over a batch of images (used by the FrozenFeatures actors).
 """
 
@@ -20,8 +20,7 @@ from graft.trainer import data as data_mod
 from graft.trainer import models
 from torch import nn
 
-from graft import storage
-from graft.api.models import FullFineTuneStage, HeadStage, PretrainStage
+from graft.api.models import FullFineTuneStage, PretrainStage
 
 if TYPE_CHECKING:
     from graft.trainer.stages import StageConfig
@@ -90,6 +89,47 @@ def _evaluate(session, model, x: data_mod.ImageSet, y, preset, batch, autocast, 
     return loss_sum / max(1.0, count), correct / max(1.0, count)
 
 
+class EarlyStopping:
+    """The best epoch by `monitor` (the other metric breaking ties) and early stopping after `patience` epochs
+    without improvement. Every epoch's metrics get `selection`: the number of the improvement an improving epoch
+    is (1, 2, ...), a non-improving one half a point less than the last; so the highest `selection` is the best
+    epoch, for Ray Train's checkpoint ranking and the local session alike. Rebuilt from the history on resume."""
+
+    def __init__(self, monitor: str, patience: int | None, history: list[dict[str, float]]):
+        self.monitor, self.patience = monitor, patience
+        self.best: tuple[float, float] | None = None
+        self.improvements, self.since, self.stopped = 0, 0, False
+        for h in history:
+            self.update(h, True)
+            self.stopped = bool(h.get("stopped_early"))
+
+    def update(self, metrics: dict[str, float], more_epochs: bool) -> dict[str, float]:
+        """This epoch's `selection` (and `stopped_early` when it is the last one) to add to its metrics."""
+        from graft.trainer.sweep import better
+
+        now = (metrics["val_accuracy"], metrics["val_loss"])
+        if self.best is None or better(now, self.best, self.monitor):
+            self.best, self.improvements, self.since = now, self.improvements + 1, 0
+            out = {"selection": float(self.improvements)}
+        else:
+            self.since += 1
+            out = {"selection": self.improvements - 0.5}
+        if self.patience is not None and self.since >= self.patience and more_epochs:
+            self.stopped = True
+            out["stopped_early"] = 1.0
+        return out
+
+
+def stop_reason(stage, history: list[dict[str, float]]) -> tuple[str, int]:
+    """(why the stage ended where it did, the last epoch run) from its history."""
+    last = history[-1] if history else {"epoch": 0.0}
+    epoch = int(last["epoch"])
+    if last.get("stopped_early"):
+        return (f"early stop at epoch {epoch} of {stage.epochs}: {stage.monitor} did not improve for "
+                f"{stage.patience} epochs"), epoch
+    return f"ran all {stage.epochs} epochs", epoch
+
+
 def train_network(session, cfg: StageConfig) -> None:
     """Pretrain or FullFineTune: epochs over decoded images, a checkpoint per epoch."""
     spec, stage = cfg.spec, cfg.stage
@@ -100,9 +140,7 @@ def train_network(session, cfg: StageConfig) -> None:
         train_src, val_src = data_mod.train_val(stage.data, None, spec.data.validation_split, seed)
         num_classes = stage.num_classes
     else:
-        train_src, val_src = data_mod.train_val(
-            spec.data.train, spec.data.validation, spec.data.validation_split, seed, spec.data.shots_per_class
-        )
+        train_src, val_src, _ = data_mod.target_sets(spec.data)
         num_classes = spec.model.num_classes
     # Kept decoded (uint8) while a quarter of the worker's memory holds them, else streamed from storage.
     budget = data_mod.keep_budget(spec.workers.memory)
@@ -156,7 +194,10 @@ def train_network(session, cfg: StageConfig) -> None:
 
     grad_clip = stage.grad_clip_norm if fft else None
     eval_batch = max(per_rank_batch, 256)
+    stopper = EarlyStopping(stage.monitor, stage.patience, history)
     for epoch in range(start_epoch, stage.epochs):
+        if stopper.stopped:  # a run resumed from the checkpoint of the epoch it stopped at
+            break
         model.train()
         gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
         idx = _shard(len(y_train), session.rank, world, gen)
@@ -189,63 +230,11 @@ def train_network(session, cfg: StageConfig) -> None:
             "images_per_second": seen / max(1e-9, train_seconds / world),
             "resumed_from": float(start_epoch),
         }
+        metrics.update(stopper.update(metrics, epoch + 1 < stage.epochs))
         history.append(metrics)
         state = None
         if session.rank == 0:
             state = _checkpoint("model", model, optimizer, scheduler, epoch + 1, history, classes=train_src.classes)
-        session.report(metrics, state, epoch + 1, stage.epochs)
-
-
-def train_head(session, cfg: StageConfig) -> None:
-    """Head: a linear classifier on stored features (`features/train.pt`, `features/val.pt`).
-
-    Only `nn.Linear` is built here: the backbone is never constructed, loaded or run."""
-    spec, stage = cfg.spec, cfg.stage
-    assert isinstance(stage, HeadStage) and cfg.features
-    train = models.read_tensors(storage.join(cfg.features, "train.pt"))
-    val = models.read_tensors(storage.join(cfg.features, "val.pt"))
-    x_train, y_train, x_val, y_val = train["features"], train["labels"], val["features"], val["labels"]
-    num_classes = spec.model.num_classes
-    torch.manual_seed(spec.data.seed)
-    head = nn.Linear(x_train.shape[1], num_classes)
-    optimizer = torch.optim.AdamW(head.parameters(), lr=stage.lr, weight_decay=stage.weight_decay)
-    world = session.world_size
-    per_rank_batch = max(1, stage.batch_size // world)
-    steps_per_epoch = math.ceil(math.ceil(len(y_train) / world) / per_rank_batch)
-    scheduler = _schedule(optimizer, 0, steps_per_epoch * stage.epochs)
-    start_epoch, history = _resume(session, "head", head, optimizer, scheduler)
-    model = session.prepare_model(head)
-    every = max(1, stage.epochs // 10)
-    for epoch in range(start_epoch, stage.epochs):
-        model.train()
-        gen = torch.Generator().manual_seed(spec.data.seed * 100_003 + epoch)
-        idx = _shard(len(y_train), session.rank, world, gen)
-        loss_sum = 0.0
-        for start in range(0, len(idx), per_rank_batch):
-            b = idx[start : start + per_rank_batch]
-            loss = F.cross_entropy(model(x_train[b].to(session.device)), y_train[b].to(session.device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            loss_sum += loss.item() * len(b)
-        loss_sum, seen = session.all_sum([loss_sum, float(len(idx))])
-        model.eval()
-        with torch.no_grad():
-            logits = model(x_val.to(session.device))
-            val_loss = F.cross_entropy(logits, y_val.to(session.device)).item()
-            val_acc = (logits.argmax(1).cpu() == y_val).float().mean().item()
-        metrics = {
-            "epoch": float(epoch + 1),
-            "train_loss": loss_sum / max(1.0, seen),
-            "val_loss": val_loss,
-            "val_accuracy": val_acc,
-            "resumed_from": float(start_epoch),
-        }
-        history.append(metrics)
-        state = None
-        if (epoch + 1 == stage.epochs or (epoch + 1) % every == 0) and session.rank == 0:
-            state = _checkpoint("head", model, optimizer, scheduler, epoch + 1, history)
         session.report(metrics, state, epoch + 1, stage.epochs)
 
 

@@ -7,9 +7,11 @@ code runs under Ray Train and in-process (statistical tests, benchmarks' baselin
 from __future__ import annotations
 
 import copy
+import io
 import logging
 import os
 import tempfile
+import time
 from typing import Any
 
 import torch
@@ -35,6 +37,8 @@ class LocalSession:
         self.reports: list[dict[str, float]] = []
         self.ledger_root = ledger_root
         self.stage = stage
+        self._pending: list[dict[str, float]] = []  # epochs not yet in the ledger
+        self._written = 0.0  # when the ledger was last written (monotonic)
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
         return model.to(self.device)
@@ -47,14 +51,64 @@ class LocalSession:
 
     def report(self, metrics: dict[str, float], state: dict[str, Any] | None, epoch: int, epochs: int) -> None:
         """Keep a copy of `state` (the loops hand over live tensors that later steps change) as the latest
-        checkpoint, and as the best while its val_accuracy beats the earlier ones; record the epoch in the ledger."""
+        checkpoint, and as the best while it ranks above the earlier ones (`_selection`); record the epoch in the
+        ledger."""
         self.reports.append(dict(metrics))
         if state is not None:
             self.state = copy.deepcopy(state)
-            if self.best is None or metrics["val_accuracy"] > self.best["history"][-1]["val_accuracy"]:
+            if self.best is None or _selection(metrics) > _selection(self.best["history"][-1]):
                 self.best = self.state
-        if self.ledger_root and self.stage:
-            record_epoch(self.ledger_root, self.stage, metrics, epoch, epochs, None)
+        self._record(metrics, epoch, epochs, state is not None, None)
+
+    def _record(self, metrics: dict[str, float], epoch: int, epochs: int, checkpointed: bool,
+                checkpoint: str | None) -> None:
+        """Record the epoch in the ledger at checkpoints, at the last epoch, and otherwise at most every
+        LEDGER_EVERY_S: in-process epochs can take milliseconds (a Head sweep's), and rewriting the whole ledger
+        after each took twice as long as the sweep itself on the demo."""
+        if not (self.ledger_root and self.stage):
+            return
+        self._pending.append(dict(metrics))
+        now = time.monotonic()
+        if checkpointed or epoch == epochs or metrics.get("stopped_early") or now - self._written >= LEDGER_EVERY_S:
+            record_epochs(self.ledger_root, self.stage, self._pending, epochs, checkpoint)
+            self._pending, self._written = [], now
+
+
+#: The longest an in-process stage leaves finished epochs out of the ledger (its progress display reads them).
+LEDGER_EVERY_S = 1.0
+
+
+def _selection(metrics: dict[str, float]) -> float:
+    """How a checkpoint ranks: `selection` where the loop reports it (best by its `monitor`), else val_accuracy."""
+    return metrics.get("selection", metrics["val_accuracy"])
+
+
+class StoredSession(LocalSession):
+    """The current process, its checkpoints written to storage (`<root>/checkpoints/<run name>/latest/state.pt`)
+    so that a driver killed mid-stage resumes from the latest one when it is run again: a stage that runs in the
+    driver (a Head sweep whose features fit in memory) without a Ray worker group."""
+
+    def __init__(self, cfg: StageConfig, device: str = "cpu"):
+        super().__init__(device, cfg.root, cfg.stage.type)
+        self.uri = storage.join(cfg.root, "checkpoints", cfg.run_name, "latest")
+
+    def load_state(self) -> dict[str, Any] | None:
+        if self.state is None:
+            try:
+                data = storage.read_bytes(storage.join(self.uri, "state.pt"))
+            except FileNotFoundError:
+                return None
+            self.state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+        return self.state
+
+    def report(self, metrics: dict[str, float], state: dict[str, Any] | None, epoch: int, epochs: int) -> None:
+        self.reports.append(dict(metrics))
+        if state is not None:
+            buf = io.BytesIO()
+            torch.save(state, buf)
+            storage.write_bytes(storage.join(self.uri, "state.pt"), buf.getvalue())
+            self.state = copy.deepcopy(state)
+        self._record(metrics, epoch, epochs, state is not None, self.uri if state is not None else None)
 
 
 class RaySession:
@@ -130,15 +184,24 @@ def record_epoch(
     root: str, stage: str, metrics: dict[str, float], epoch: int, epochs: int, checkpoint: str | None
 ) -> None:
     """Write one finished epoch into the ledger (rank 0 only; the driver is blocked in `fit` meanwhile)."""
+    record_epochs(root, stage, [{**metrics, "epoch": float(epoch)}], epochs, checkpoint)
+
+
+def record_epochs(root: str, stage: str, finished: list[dict[str, float]], epochs: int, checkpoint: str | None
+                  ) -> None:
+    """Write finished epochs (each metrics with its `epoch`, in order) into the ledger in one write."""
     ledger = Ledger.load(root)
-    if ledger is None:
+    if ledger is None or not finished:
         return
     rec = ledger.stage(stage)
-    rec.epoch = epoch
+    last = finished[-1]
+    rec.epoch = int(last["epoch"])
     rec.epochs = epochs
-    rec.metrics = {k: float(v) for k, v in metrics.items() if k != "epoch"}
-    # A resumed attempt replays history from its checkpoint: drop entries at or after this epoch first.
-    rec.history = [h for h in rec.history if h.get("epoch", 0) < epoch] + [{k: float(v) for k, v in metrics.items()}]
+    rec.metrics = {k: float(v) for k, v in last.items() if k != "epoch"}
+    # A resumed attempt replays history from its checkpoint: drop entries at or after its first epoch first.
+    first = finished[0]["epoch"]
+    rec.history = [h for h in rec.history if h.get("epoch", 0) < first] + [
+        {k: float(v) for k, v in m.items()} for m in finished]
     if checkpoint:
         rec.checkpoint = checkpoint
     ledger.save(root)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from graft.trainer import data as data_mod
-from graft.trainer import loops, models
+from graft.trainer import interpolate, loops, models, scoring, sweep
 from graft.trainer.errors import InputError
 
 from graft import storage
@@ -55,6 +55,11 @@ class StageResult:
     metrics: dict[str, float]
     output: str
     checkpoint: str | None = None
+    sweep: list[dict[str, float]] | None = None  #: the Head sweep's table, one row per setting
+    chosen: int | None = None  #: the row of `sweep` the result is
+    stop: str | None = None  #: why the stage ended where it did (early stopping, or all epochs)
+    epoch: int | None = None  #: the last epoch run, when the stage stopped early
+    interpolation: dict[str, Any] | None = None  #: FullFineTune's weight interpolation: curve, alpha, output, metrics
 
 
 def verify_up_front(spec: TransferJobSpec, *sources: data_mod.Source) -> None:
@@ -75,6 +80,12 @@ def verify_up_front(spec: TransferJobSpec, *sources: data_mod.Source) -> None:
     merged = replace(chosen[0], uri=", ".join(dict.fromkeys(c.uri for c in chosen)), files=list(files),
                      labels=np.asarray(list(files.values()), dtype=np.int64))
     data_mod.verify_images(merged, of=len({f for s in listed for f in s.files}) if sampled else None)
+
+
+def in_process_budget(spec: TransferJobSpec) -> int:
+    """Bytes of stored features a stage may hold in the driver's process: a quarter of the smaller of a worker's
+    and the Ray head pod's memory (the driver runs on the head)."""
+    return min(data_mod.keep_budget(spec.workers.memory), data_mod.keep_budget(spec.scheduling.head.memory))
 
 
 class StageType:
@@ -98,6 +109,24 @@ class StageType:
         """The exported model (state_dict, label names, number of classes) if the job ends with this stage."""
         return None
 
+    def logits(self, driver: Driver, cfg: StageConfig, output: str, split: str) -> tuple[Any, Any] | None:
+        """(logits, labels) of the stage's result on the `val` or `test` set, or None (no such set, or a stage whose
+        result is not a classifier of the target classes)."""
+        return None
+
+    def scored(self, driver: Driver, cfg: StageConfig, result: StageResult) -> StageResult:
+        """The result with its test metrics (`test_accuracy`, `test_loss`) and its calibration (a temperature fitted
+        on validation logits, ECE before and after on validation and test) added: measured after the stage chose
+        its checkpoint, so the test set never chooses anything."""
+        val = self.logits(driver, cfg, result.output, "val")
+        if val is None:
+            return result
+        test = self.logits(driver, cfg, result.output, "test")
+        metrics = {**result.metrics, **scoring.calibration(val, test)}
+        if test is not None:
+            metrics.update(scoring.metrics(*test, "test"))
+        return replace(result, metrics=metrics)
+
 
 class TrainingStage(StageType):
     """A training loop on the executor's workers; its result is the best checkpoint by val_accuracy."""
@@ -112,8 +141,11 @@ class TrainingStage(StageType):
         out = self.output(driver.root)
         models.save_tensors(out, state[self.state_key])
         epoch = state["epoch"]
-        metrics = {k: v for k, v in state["history"][epoch - 1].items() if k not in ("epoch", "resumed_from")}
-        return StageResult({**metrics, "best_epoch": float(epoch)}, out, checkpoint)
+        skip = ("epoch", "resumed_from", "selection", "stopped_early")
+        metrics = {k: v for k, v in state["history"][epoch - 1].items() if k not in skip}
+        # The best checkpoint's history ends at its epoch; the ledger's goes on to where the stage stopped.
+        stop, last = loops.stop_reason(cfg.stage, Ledger.load(driver.root).stage(self.type).history)
+        return StageResult({**metrics, "best_epoch": float(epoch)}, out, checkpoint, stop=stop, epoch=last)
 
 
 class Pretrain(TrainingStage):
@@ -150,22 +182,49 @@ class FrozenFeatures(StageType):
 
     def run(self, driver: Driver, cfg: StageConfig) -> StageResult:
         train, val = driver.target_data()
+        sets = {"train": train, "val": val, **({"test": driver.test_data()} if driver.test_data() else {})}
         out = self.output(driver.root)
-        return StageResult(driver.executor.features(cfg, train, val, out), out)
+        return StageResult(driver.executor.features(cfg, sets, out), out)
 
 
 class Head(TrainingStage):
-    """Trains on the stored features only; its output is the `nn.Linear` state_dict as it is."""
+    """The sweep of heads on the stored features only (`sweep.py`); its output is the chosen `nn.Linear` state_dict
+    as it is. Runs in the driver's process when the features fit in memory, else on the worker group."""
 
     type = "Head"
-    loop = staticmethod(loops.train_head)
+    loop = staticmethod(sweep.train_head)
     state_key = "head"
+
+    def run(self, driver: Driver, cfg: StageConfig) -> StageResult:
+        features = Ledger.load(driver.root).stage("FrozenFeatures").metrics
+        rows = sum(v for k, v in features.items() if k.endswith("_images"))
+        fits = rows * features.get("feature_dim", 0) * 4 <= in_process_budget(driver.spec)
+        if fits:
+            state, checkpoint = driver.executor.in_process(self.loop, cfg)
+        else:
+            state, checkpoint = driver.executor.fit(self.loop, cfg, 2, latest=True)
+        if state is None:
+            raise RuntimeError(f"{cfg.run_name}: the run reported no checkpoint")
+        out = self.output(driver.root)
+        models.save_tensors(out, state["head"])
+        row = state["table"][state["chosen"]]
+        metrics = {k: v for k, v in state["history"][-1].items() if k not in ("epoch", "resumed_from", "stopped_early")}
+        metrics.update(val_accuracy=row["val_accuracy"], val_loss=row["val_loss"], best_epoch=row["best_epoch"])
+        return StageResult(metrics, out, checkpoint, sweep=state["table"], chosen=state["chosen"], stop=state["stop"],
+                           epoch=state["epoch"])
 
     def check(self, driver: Driver, stage: Any) -> None:
         pass  # reads only the stored features
 
     def inputs(self, driver: Driver, ledger: Ledger) -> dict[str, Any]:
         return {"features": ledger.stage("FrozenFeatures").output}
+
+    def logits(self, driver: Driver, cfg: StageConfig, output: str, split: str) -> tuple[Any, Any] | None:
+        found = scoring.stored_features(cfg.features, split) if cfg.features else None
+        if found is None:
+            return None
+        x, labels = found
+        return scoring.head_logits(models.read_tensors(output), x), labels
 
     def model(self, driver: Driver, ledger: Ledger) -> tuple[dict, list[str], int] | None:
         net = driver.build_net()
@@ -182,6 +241,41 @@ class FullFineTune(TrainingStage):
     def inputs(self, driver: Driver, ledger: Ledger) -> dict[str, Any]:
         head = ledger.stage("Head").output if driver.stage("Head") else None
         return {"init_backbone": driver.init_backbone(ledger), "init_head": head}
+
+    def logits(self, driver: Driver, cfg: StageConfig, output: str, split: str) -> tuple[Any, Any] | None:
+        source = driver.target_data()[1] if split == "val" else driver.test_data()
+        if source is None:
+            return None
+        net = driver.build_net()
+        net.load_state_dict(models.read_state_dict(output))
+        logits = scoring.network_logits(net, source, driver.spec.data.image_size, driver.preprocessing)
+        return logits, source.labels
+
+    def scored(self, driver: Driver, cfg: StageConfig, result: StageResult) -> StageResult:
+        result = super().scored(driver, cfg, result)
+        alphas = interpolate.alphas_of(cfg.stage)
+        if not alphas:
+            return result
+        # The LP model: the backbone the fine-tuning started from, with the Head's head.
+        lp_net = driver.build_net()
+        if cfg.init_backbone:
+            models.load_weights(lp_net, cfg.init_backbone)
+        models.load_head(lp_net, cfg.init_head)
+        lp = {k: v.detach().clone() for k, v in lp_net.state_dict().items()}
+        ft = models.read_state_dict(result.output)
+        size, preset = driver.spec.data.image_size, driver.preprocessing
+        val, test = driver.target_data()[1], driver.test_data()
+        rows, best, state = interpolate.curve(lp, ft, alphas, driver.build_net(), val, size, preset)
+        out = storage.join(driver.root, "outputs", "interpolated.pt")
+        models.save_tensors(out, state)
+        net = driver.build_net()
+        net.load_state_dict(state)
+        val_logits = (scoring.network_logits(net, val, size, preset), val.labels)
+        test_logits = (scoring.network_logits(net, test, size, preset), test.labels) if test is not None else None
+        metrics = {**scoring.metrics(*val_logits, "val"), **scoring.calibration(val_logits, test_logits),
+                   **(scoring.metrics(*test_logits, "test") if test_logits else {}), "alpha": rows[best]["alpha"]}
+        return replace(result, interpolation={"curve": rows, "alpha": rows[best]["alpha"], "output": out,
+                                              "metrics": metrics})
 
     def model(self, driver: Driver, ledger: Ledger) -> tuple[dict, list[str], int] | None:
         state = models.read_state_dict(ledger.stage(self.type).output)

@@ -198,6 +198,14 @@ class DataSpec(_Model):
     validation: str | None = Field(default=None, min_length=1, max_length=MAX_URI_LENGTH)
     """Validation images, same forms as `train`. When empty, `validationSplit` of `train` is held out."""
 
+    test: str | None = Field(default=None, min_length=1, max_length=MAX_URI_LENGTH)
+    """Held-out test images, same forms as `train`. Never used to choose anything (checkpoint, head setting,
+    candidate); every stage reports its test metrics beside the validation ones. See also `testFraction`."""
+
+    test_fraction: float | None = Field(default=None, gt=0.0, lt=1.0)
+    """Fraction of `train` (of each class, seeded by `seed`) split off as the test set before the validation split
+    and the few-shot draw, when `test` is empty. No test set when both are empty."""
+
     validation_split: float = Field(default=0.2, gt=0.0, lt=1.0)
     """Fraction of `train` held out for validation when `validation` is empty. Default 0.2."""
 
@@ -210,10 +218,16 @@ class DataSpec(_Model):
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     """Seed for the validation split, few-shot sampling and weight initialisation. Default 0."""
 
-    @field_validator("train", "validation")
+    @field_validator("train", "validation", "test")
     @classmethod
     def _data_uri(cls, v: str | None) -> str | None:
         return v if v is None else _check_uri(v, DATA_SCHEMES)
+
+    @model_validator(mode="after")
+    def _one_test_set(self) -> DataSpec:
+        if self.test and self.test_fraction:
+            raise ValueError("testFraction: give `test` (a test set) or `testFraction` (split off `train`), not both")
+        return self
 
 
 # -------------------------------------------------------------------------------------------- stages
@@ -225,6 +239,14 @@ class _StageBase(_Model):
 
     batch_size: int = Field(default=64, ge=1, le=65_536)
     """Global batch size, split across workers."""
+
+    patience: int | None = Field(default=None, ge=1, le=MAX_EPOCHS)
+    """Early stopping: stop when `monitor` has not improved for this many epochs (the ledger records the epoch and
+    why). Runs all `epochs` when empty. The result is the best epoch by `monitor` either way."""
+
+    monitor: Literal["val_accuracy", "val_loss"] = "val_accuracy"
+    """The validation metric that picks the best epoch (and stops early with `patience`): `val_accuracy` (ties
+    broken by the lower `val_loss`) or `val_loss` (ties broken by the higher `val_accuracy`)."""
 
 
 class PretrainStage(_StageBase):
@@ -273,6 +295,26 @@ class FrozenFeaturesStage(_Model):
     """Size of the Ray Data actor pool; one per worker when empty."""
 
 
+_LR = Annotated[float, Field(gt=0, le=10, description="A learning rate.")]
+_WEIGHT_DECAY = Annotated[float, Field(ge=0, le=1, description="A weight decay.")]
+_SMOOTHING = Annotated[float, Field(ge=0, lt=1, description="A label smoothing.")]
+
+
+class HeadSweep(_Model):
+    """The grid of the Head stage's settings: every combination is trained, all at once on the stored features."""
+
+    lr: list[_LR] = Field(default_factory=lambda: [3e-3, 1e-2, 3e-2, 1e-1], min_length=1, max_length=64)
+    """Learning rates (AdamW, cosine schedule). Default 3e-3, 1e-2, 3e-2, 1e-1."""
+
+    weight_decay: list[_WEIGHT_DECAY] = Field(
+        default_factory=lambda: [0.0, 1e-2, 1e-1, 1.0], min_length=1, max_length=64
+    )
+    """Decoupled (AdamW) weight decays, each in [0, 1]. Default 0, 0.01, 0.1, 1."""
+
+    label_smoothing: list[_SMOOTHING] = Field(default_factory=lambda: [0.0, 0.1], min_length=1, max_length=16)
+    """Label smoothings of the cross-entropy loss, each in [0, 1). Default 0 and 0.1."""
+
+
 class HeadStage(_StageBase):
     """Train a new classifier head on the stored features (linear probe); the backbone never runs."""
 
@@ -285,11 +327,41 @@ class HeadStage(_StageBase):
     batch_size: int = Field(default=256, ge=1, le=65_536)
     """Global batch size. Default 256."""
 
-    lr: float = Field(default=1e-2, gt=0, le=10)
-    """Learning rate (AdamW, cosine schedule). Default 1e-2."""
+    patience: int | None = Field(default=20, ge=1, le=MAX_EPOCHS)
+    """Early stopping per setting of the sweep: a setting stops when `monitor` has not improved for this many
+    epochs, the stage when all have. Default 20; empty runs all `epochs`."""
 
-    weight_decay: float = Field(default=1e-4, ge=0, le=1)
-    """Weight decay. Default 1e-4."""
+    lr: float | None = Field(default=None, gt=0, le=10)
+    """Pin the learning rate (AdamW, cosine schedule) to this one value instead of sweeping `sweep.lr`."""
+
+    weight_decay: float | None = Field(default=None, ge=0, le=1)
+    """Pin the (decoupled, AdamW) weight decay to this one value instead of sweeping `sweep.weightDecay`."""
+
+    label_smoothing: float | None = Field(default=None, ge=0, lt=1)
+    """Pin the label smoothing to this one value instead of sweeping `sweep.labelSmoothing`."""
+
+    sweep: HeadSweep = Field(default_factory=HeadSweep)
+    """The grid of head settings trained at once (every combination of the three lists), chosen by `monitor` on
+    validation. Give `lr`, `weightDecay` and `labelSmoothing` to train one setting only."""
+
+    @model_validator(mode="after")
+    def _pinned_or_swept(self) -> HeadStage:
+        # A pinned value is the one-value list of its sweep axis (so a spec dumped and read back is the same).
+        for name, alias in (("lr", "lr"), ("weight_decay", "weightDecay"), ("label_smoothing", "labelSmoothing")):
+            pinned = getattr(self, name)
+            if pinned is None:
+                continue
+            if name in self.sweep.model_fields_set and getattr(self.sweep, name) != [pinned]:
+                raise ValueError(f"sweep.{alias}: `{alias}` pins it to one value; give `{alias}` or `sweep.{alias}`, "
+                                 "not both")
+            setattr(self.sweep, name, [pinned])
+        return self
+
+    def grid(self) -> list[dict[str, float]]:
+        """Every setting the stage trains, in a fixed order: lr, then weight decay, then label smoothing."""
+        sw = self.sweep
+        return [{"lr": a, "weight_decay": b, "label_smoothing": c}
+                for a in sw.lr for b in sw.weight_decay for c in sw.label_smoothing]
 
 
 class FullFineTuneStage(_StageBase):
@@ -327,6 +399,15 @@ class FullFineTuneStage(_StageBase):
 
     keep_checkpoints: int = Field(default=2, ge=1, le=100)
     """Keep this many best checkpoints by validation accuracy. Default 2."""
+
+    interpolate: Literal["off", "auto"] = "off"
+    """Weight interpolation (WiSE-FT) after fine-tuning: `auto` evaluates alpha x fine-tuned + (1 - alpha) x LP
+    weights (the pretrained backbone with the Head's head) for alpha = 0, 0.1, ..., 1 on validation and offers the
+    best as an export candidate; the curve goes into the ledger. Needs a Head stage. Default off."""
+
+    interpolation_alpha: float | None = Field(default=None, ge=0, le=1)
+    """Interpolate with this one alpha instead (1 = the fine-tuned weights, 0 = the LP model); sets `interpolate`
+    on. Needs a Head stage."""
 
     augment: bool = True
     """Train-time augmentation: a random translation (pad by an eighth of the image size, then crop back)
@@ -662,6 +743,14 @@ class TransferJobSpec(_Model):
                 f"stages[{types.index('Head')}].type: 'Head' trains on stored features and needs a preceding "
                 "'FrozenFeatures' stage"
             )
+        fft = next((s for s in self.stages if s.type == "FullFineTune"), None)
+        interpolating = fft is not None and (fft.interpolate == "auto" or fft.interpolation_alpha is not None)
+        if interpolating and "Head" not in types:
+            field = "interpolate" if fft.interpolate == "auto" else "interpolationAlpha"
+            raise ValueError(
+                f"stages[{types.index('FullFineTune')}].{field}: interpolation mixes the fine-tuned weights with the "
+                "LP model's (the Head's head on the pretrained backbone); add a 'Head' stage or leave it off"
+            )
         if self.model.weights is None and "Pretrain" not in types and "FrozenFeatures" in types:
             raise ValueError(
                 "model.weights: features of a random backbone are meaningless; give weights or add a "
@@ -733,7 +822,8 @@ class StageStatus(_StatusModel):
     """Epochs planned."""
 
     metrics: dict[str, float] = Field(default_factory=dict)
-    """Latest metrics, e.g. train_loss, val_accuracy."""
+    """Latest metrics, e.g. train_loss, val_accuracy; when the job has a test set, test_accuracy and test_loss
+    (the held-out set, which chooses nothing) apart from them."""
 
     checkpoint: str | None = None
     """URI of the stage's latest (or best) checkpoint."""

@@ -7,7 +7,7 @@ import io
 import pytest
 import torch
 import torchvision
-from graft.trainer import loops, models
+from graft.trainer import models, sweep
 from graft.trainer.session import LocalSession
 from graft.trainer.stages import StageConfig
 
@@ -48,7 +48,7 @@ def test_head_never_builds_loads_or_runs_a_backbone(tmp_path, monkeypatch):
         }
     )
     session = LocalSession()
-    loops.train_head(session, StageConfig(spec, 1, features=str(tmp_path)))
+    sweep.train_head(session, StageConfig(spec, 1, features=str(tmp_path)))
     assert session.reports[-1]["val_accuracy"] == pytest.approx(1.0)
     assert set(session.state["head"]) == {"weight", "bias"}
     assert session.state["head"]["weight"].shape == (2, 64)

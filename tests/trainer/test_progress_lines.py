@@ -26,3 +26,21 @@ def test_metrics_of_a_finished_stage_say_which_epoch_they_are_from():
     assert _fmt_metrics(best) == "best epoch 14: val_accuracy=0.989, val_loss=0.161, train_loss=0.590"
     assert _fmt_metrics({"val_accuracy": 0.5}) == "val_accuracy=0.500"  # an epoch in progress: its own
     assert _fmt_metrics({}) == ""
+
+
+def test_the_summary_says_the_held_out_score_apart_and_where_a_stage_stopped_early():
+    from graft.trainer.cli import _summary
+    from rich.console import Console
+
+    from graft.ledger import Ledger
+
+    ledger = Ledger.create("u", "demo", ["Head", "FullFineTune"])
+    ledger.stage("Head").metrics = {"val_accuracy": 0.44, "best_epoch": 62.0, "test_accuracy": 0.41}
+    ledger.stage("Head").stop = "early stop at epoch 82 of 100: no setting improved val_accuracy for 20 epochs"
+    ledger.stage("FullFineTune").stop = "ran all 20 epochs"
+    console = Console(record=True, width=250)
+    _summary(ledger, console)
+    text = console.export_text()
+    assert "best epoch 62: val_accuracy=0.440; held-out test_accuracy=0.410" in text
+    assert "Head: early stop at epoch 82 of 100: no setting improved val_accuracy for 20 epochs" in text
+    assert "FullFineTune: ran all" not in text  # only an early stop is worth a line

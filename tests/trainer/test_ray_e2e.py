@@ -217,10 +217,43 @@ def test_worker_killed_mid_epoch_is_restarted_from_the_latest_checkpoint(tmp_pat
     assert max(h["resumed_from"] for h in fft.history) >= 1, "the restarted workers began again at epoch 0"
 
 
+def test_a_driver_killed_mid_sweep_resumes_the_head_sweep_from_its_checkpoint(tmp_path):
+    """The Head sweep runs in the driver (the features fit in memory); the driver is killed mid-sweep; the same
+    command goes on from the sweep's last checkpoint in storage (and says so in the ledger), not from epoch 1."""
+    uid = "5e1d-sweep-resume"
+    spec = {
+        "model": {"backbone": "smallcnn", "numClasses": 10, "weights": str(smallcnn_weights(tmp_path / "w.pt"))},
+        "data": {"train": "builtin:digits-noisy", "imageSize": 8},
+        "stages": [{"type": "FrozenFeatures"}, {"type": "Head", "epochs": 3000, "patience": None}],
+        "workers": {"replicas": 2, "cpus": "1"},
+        "storage": {"uri": str(tmp_path / "jobs")},
+    }
+    job = write_job(tmp_path / "job.json", job_doc("sweep-resume", spec, uid=uid))
+    cmd = [sys.executable, "-m", "graft.trainer", "--job", str(job)]
+    root = str(tmp_path / "jobs" / uid)
+    first = Driver(cmd, tmp_path)
+    wait_for(lambda: stage_epoch(root, "Head") >= 450, 300, "Head past its first checkpoint (epoch 300)", first)
+    first.kill()
+    killed_at = Ledger.load(root).stage("Head").epoch
+    assert killed_at < 3000, "the sweep finished before the driver was killed"
+    features_end = Ledger.load(root).stage("FrozenFeatures").end_time
+
+    second = Driver(cmd, tmp_path)
+    assert second.wait(400) == 0, second.output()[-3000:]
+    second.reap_ray()
+    head = Ledger.load(root).stage("Head")
+    assert head.state == StageState.SUCCEEDED and len(head.sweep) == 32
+    assert [h["epoch"] for h in head.history] == [float(e) for e in range(1, 3001)]
+    resumed = {h["resumed_from"] for h in head.history if h["epoch"] > killed_at}
+    assert len(resumed) == 1 and 300 <= resumed.pop() <= killed_at, resumed
+    assert Ledger.load(root).stage("FrozenFeatures").end_time == features_end
+
+
 def test_graft_run_example_ctrl_c_resumes_then_exports_plots_and_predicts(tmp_path):
-    """The README's example (epochs cut down for CI), interrupted with Ctrl-C during Head, rerun to the end."""
+    """The README's example (epochs cut down for CI), interrupted with Ctrl-C during FullFineTune (the Head sweep,
+    in-process, takes about a second), rerun to the end."""
     doc = yaml.safe_load((REPO / "examples" / "digits-lpft.yaml").read_text())
-    epochs = {"Pretrain": 3, "Head": 40, "FullFineTune": 3}
+    epochs = {"Pretrain": 3, "Head": 40, "FullFineTune": 20}
     for stage in doc["spec"]["stages"]:
         if stage["type"] in epochs:
             stage["epochs"] = epochs[stage["type"]]
@@ -232,7 +265,7 @@ def test_graft_run_example_ctrl_c_resumes_then_exports_plots_and_predicts(tmp_pa
     cmd = [GRAFT, "run", str(manifest), "--storage", "runs"]
 
     first = Driver(cmd, tmp_path, cwd=tmp_path)
-    wait_for(lambda: stage_epoch(root, "Head") >= 1, 300, "Head running", first)
+    wait_for(lambda: stage_epoch(root, "FullFineTune") >= 1, 300, "FullFineTune running", first)
     os.killpg(first.proc.pid, signal.SIGINT)
     code = first.wait(120)
     first.reap_ray()
@@ -240,7 +273,8 @@ def test_graft_run_example_ctrl_c_resumes_then_exports_plots_and_predicts(tmp_pa
     assert "run the same command to resume" in first.output()
     interrupted = Ledger.load(root)
     assert interrupted.stage("Pretrain").state == StageState.SUCCEEDED
-    assert interrupted.stage("Head").state == StageState.RUNNING
+    assert interrupted.stage("Head").state == StageState.SUCCEEDED
+    assert interrupted.stage("FullFineTune").state == StageState.RUNNING
     pretrain_end = interrupted.stage("Pretrain").end_time
 
     second = Driver(cmd, tmp_path, cwd=tmp_path)

@@ -26,9 +26,13 @@ class Recording(LocalExecutor):
         self.runs.append((cfg.stage.type, cfg.init_backbone))
         return super().fit(loop, cfg, keep)
 
-    def features(self, cfg, train_src, val_src, out_uri):
+    def in_process(self, loop, cfg):
         self.runs.append((cfg.stage.type, cfg.init_backbone))
-        return super().features(cfg, train_src, val_src, out_uri)
+        return super().in_process(loop, cfg)
+
+    def features(self, cfg, sets, out_uri):
+        self.runs.append((cfg.stage.type, cfg.init_backbone))
+        return super().features(cfg, sets, out_uri)
 
 
 def _run(store, model, data, stages=None, executor=None):
