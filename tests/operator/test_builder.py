@@ -334,7 +334,8 @@ def test_the_head_carries_the_whole_job_and_the_trainer_accepts_it():
     job, problems = validate_document(doc)  # what `python -m graft.trainer --job-env GRAFT_JOB` validates with
     assert not problems and job is not None
     # defaults are pinned at creation time
-    assert doc["spec"]["stages"][1]["sweep"]["lr"] == [0.003, 0.01, 0.03, 0.1] and doc["spec"]["workers"]["replicas"] == 1
+    assert doc["spec"]["stages"][1]["sweep"]["lr"] == [0.003, 0.01, 0.03, 0.1]
+    assert doc["spec"]["workers"]["replicas"] == 1
     workers = rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
     assert "GRAFT_JOB" not in {v["name"] for v in workers["env"]}  # only the driver, on the head, reads it
 
