@@ -1,6 +1,5 @@
 """A trainer driver as a separate process in its own session (like a RayJob's submitter pod), with its own Ray
-(RAY_TMPDIR): killed as a whole, its Ray processes reaped, never leaked. (The same helper as
-tests/trainer/test_ray_e2e.py's, for the tests that need it elsewhere.)"""
+(RAY_TMPDIR): killed as a whole, its Ray processes reaped, never leaked. """
 
 from __future__ import annotations
 
@@ -40,15 +39,11 @@ class DriverProcess:
 
     def reap_ray(self) -> None:
         """Ray processes this driver started (found by its RAY_TMPDIR) that outlived it."""
-        needle = f"RAY_TMPDIR={self.ray_tmp}".encode()
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit() or int(entry.name) == os.getpid():
-                continue
+        for pid in pids_with_env("RAY_TMPDIR", str(self.ray_tmp)):
             try:
-                if needle in (entry / "environ").read_bytes().split(b"\0"):
-                    os.kill(int(entry.name), signal.SIGKILL)
-            except OSError:
-                continue
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -65,3 +60,24 @@ class DriverProcess:
             time.sleep(0.3)
         self.kill()
         raise AssertionError(f"timed out waiting for {what}:\n{self.output()[-3000:]}")
+
+
+def pids_with_env(key: str, value: str) -> list[int]:
+    """The processes (other than this one) whose environment has `key=value`."""
+    needle = f"{key}={value}".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if needle in (entry / "environ").read_bytes().split(b"\0"):
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""

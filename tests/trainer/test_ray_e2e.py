@@ -9,13 +9,12 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import boto3
 import pytest
 import yaml
+from support.driver_proc import DriverProcess, cmdline, pids_with_env
 from support.s3 import TEST_CREDENTIALS
 from support.trainer_data import job_doc, smallcnn_weights, state_dict_bytes, write_job, write_png
 
@@ -28,76 +27,10 @@ REPO = Path(__file__).resolve().parents[2]
 GRAFT = str(Path(sys.executable).with_name("graft"))
 
 
-class Driver:
+def start_driver(args: list[str], tmp_path: Path, env: dict[str, str] | None = None, cwd: Path = REPO
+                 ) -> DriverProcess:
     """A driver process in its own session (like a pod): killed as a whole, never leaked."""
-
-    def __init__(self, args: list[str], tmp_path: Path, env: dict[str, str] | None = None, cwd: Path = REPO):
-        # Short: Ray's socket paths under it must stay within AF_UNIX's 107 bytes.
-        self.ray_tmp = Path(tempfile.mkdtemp(prefix="graft-ray-", dir="/tmp"))
-        self.log = tmp_path / f"driver-{time.monotonic_ns()}.log"
-        full_env = {**os.environ, **(env or {}), "RAY_TMPDIR": str(self.ray_tmp), "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(
-            args, cwd=cwd, env=full_env, stdout=self.log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-    def wait(self, timeout: float) -> int:
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise AssertionError(f"driver still running after {timeout}s:\n{self.output()[-3000:]}") from None
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        try:
-            os.killpg(self.proc.pid, sig)
-        except ProcessLookupError:
-            pass
-        self.proc.wait(60)
-        self.reap_ray()
-
-    def reap_ray(self) -> None:
-        """Ray processes this driver started (found by its RAY_TMPDIR) that outlived it."""
-        for pid in _pids_with_env("RAY_TMPDIR", str(self.ray_tmp)):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
-def _pids_with_env(key: str, value: str) -> list[int]:
-    needle = f"{key}={value}".encode()
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                if needle in (entry / "environ").read_bytes().split(b"\0"):
-                    pids.append(int(entry.name))
-            except OSError:
-                continue
-    return pids
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def wait_for(predicate, timeout: float, what: str, driver: Driver):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        if driver.proc.poll() is not None:
-            raise AssertionError(f"driver exited ({driver.proc.returncode}) before {what}:\n{driver.output()[-3000:]}")
-        time.sleep(0.3)
-    driver.kill()
-    raise AssertionError(f"timed out waiting for {what}:\n{driver.output()[-3000:]}")
+    return DriverProcess(args, tmp_path, env, cwd)
 
 
 def stage_epoch(root: str, stage: str) -> int:
@@ -138,8 +71,8 @@ def test_s3_two_workers_driver_killed_mid_stage_resumes_from_checkpoint(tmp_path
     cmd = [sys.executable, "-m", "graft.trainer", "--job-env", "GRAFT_JOB"]
     root = f"{s3_bucket}/jobs/{uid}"
 
-    first = Driver(cmd, tmp_path, env)
-    wait_for(lambda: stage_epoch(root, "FullFineTune") >= 2, 240, "FullFineTune epoch 2", first)
+    first = start_driver(cmd, tmp_path, env)
+    first.wait_for(lambda: stage_epoch(root, "FullFineTune") >= 2, 240, "FullFineTune epoch 2")
     first.kill()
     before = Ledger.load(root)
     killed_at = before.stage("FullFineTune").epoch
@@ -148,7 +81,7 @@ def test_s3_two_workers_driver_killed_mid_stage_resumes_from_checkpoint(tmp_path
     finished = {"FrozenFeatures": before.stage("FrozenFeatures").end_time}
     assert all(finished.values())
 
-    second = Driver(cmd, tmp_path, env)
+    second = start_driver(cmd, tmp_path, env)
     assert second.wait(300) == 0, second.output()[-3000:]
     after = Ledger.load(root)
     assert after.attempt == 2
@@ -200,11 +133,11 @@ def test_worker_killed_mid_epoch_is_restarted_from_the_latest_checkpoint(tmp_pat
     job = write_job(tmp_path / "job.json", job_doc("worker-kill", spec, uid="worker-kill-1"))
     store = tmp_path / "store"
     root = str(store / "worker-kill-1")
-    driver = Driver([sys.executable, "-m", "graft.trainer", "--job", str(job), "--storage", str(store)], tmp_path)
+    driver = start_driver([sys.executable, "-m", "graft.trainer", "--job", str(job), "--storage", str(store)], tmp_path)
     # At epoch 2 in the ledger, epoch 1's checkpoint is registered (a worker's second report waits for the
     # controller to collect the first).
-    wait_for(lambda: stage_epoch(root, "FullFineTune") >= 2, 240, "FullFineTune epoch 2", driver)
-    workers = [p for p in _pids_with_env("RAY_TMPDIR", str(driver.ray_tmp)) if "RayTrainWorker" in _cmdline(p)]
+    driver.wait_for(lambda: stage_epoch(root, "FullFineTune") >= 2, 240, "FullFineTune epoch 2")
+    workers = [p for p in pids_with_env("RAY_TMPDIR", str(driver.ray_tmp)) if "RayTrainWorker" in cmdline(p)]
     assert workers, "no Ray Train worker process found"
     os.kill(workers[0], signal.SIGKILL)
     try:
@@ -231,14 +164,14 @@ def test_a_driver_killed_mid_sweep_resumes_the_head_sweep_from_its_checkpoint(tm
     job = write_job(tmp_path / "job.json", job_doc("sweep-resume", spec, uid=uid))
     cmd = [sys.executable, "-m", "graft.trainer", "--job", str(job)]
     root = str(tmp_path / "jobs" / uid)
-    first = Driver(cmd, tmp_path)
-    wait_for(lambda: stage_epoch(root, "Head") >= 450, 300, "Head past its first checkpoint (epoch 300)", first)
+    first = start_driver(cmd, tmp_path)
+    first.wait_for(lambda: stage_epoch(root, "Head") >= 450, 300, "Head past its first checkpoint (epoch 300)")
     first.kill()
     killed_at = Ledger.load(root).stage("Head").epoch
     assert killed_at < 3000, "the sweep finished before the driver was killed"
     features_end = Ledger.load(root).stage("FrozenFeatures").end_time
 
-    second = Driver(cmd, tmp_path)
+    second = start_driver(cmd, tmp_path)
     assert second.wait(400) == 0, second.output()[-3000:]
     second.reap_ray()
     head = Ledger.load(root).stage("Head")
@@ -264,8 +197,8 @@ def test_graft_run_example_ctrl_c_resumes_then_exports_plots_and_predicts(tmp_pa
     # A relative run folder, as `graft run` defaults to: Ray workers have another working directory.
     cmd = [GRAFT, "run", str(manifest), "--storage", "runs"]
 
-    first = Driver(cmd, tmp_path, cwd=tmp_path)
-    wait_for(lambda: stage_epoch(root, "FullFineTune") >= 1, 300, "FullFineTune running", first)
+    first = start_driver(cmd, tmp_path, cwd=tmp_path)
+    first.wait_for(lambda: stage_epoch(root, "FullFineTune") >= 1, 300, "FullFineTune running")
     os.killpg(first.proc.pid, signal.SIGINT)
     code = first.wait(120)
     first.reap_ray()
@@ -277,7 +210,7 @@ def test_graft_run_example_ctrl_c_resumes_then_exports_plots_and_predicts(tmp_pa
     assert interrupted.stage("FullFineTune").state == StageState.RUNNING
     pretrain_end = interrupted.stage("Pretrain").end_time
 
-    second = Driver(cmd, tmp_path, cwd=tmp_path)
+    second = start_driver(cmd, tmp_path, cwd=tmp_path)
     assert second.wait(400) == 0, second.output()[-3000:]
     second.reap_ray()
     out = second.output()
@@ -312,7 +245,7 @@ def test_a_streamed_image_folder_trains_on_two_workers_and_its_corrupt_image_fai
     weights = smallcnn_weights(tmp_path / "w.pt")
     store = tmp_path / "store"
 
-    def run(uid: str, stages: list[dict]) -> tuple[Driver, int]:
+    def run(uid: str, stages: list[dict]) -> tuple[DriverProcess, int]:
         spec = {
             "model": {"backbone": "smallcnn", "numClasses": 3, "weights": str(weights)},
             "data": {"train": str(folder), "imageSize": 16},
@@ -320,7 +253,8 @@ def test_a_streamed_image_folder_trains_on_two_workers_and_its_corrupt_image_fai
             "workers": {"replicas": 2, "cpus": "1", "memory": "4Ki"},
         }
         job = write_job(tmp_path / f"{uid}.json", job_doc(uid, spec, uid=uid))
-        driver = Driver([sys.executable, "-m", "graft.trainer", "--job", str(job), "--storage", str(store)], tmp_path)
+        cmd = [sys.executable, "-m", "graft.trainer", "--job", str(job), "--storage", str(store)]
+        driver = start_driver(cmd, tmp_path)
         try:
             return driver, driver.wait(400)
         finally:
