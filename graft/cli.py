@@ -191,8 +191,8 @@ def status(
         typer.echo(ledger.tracking.describe())
     from graft import joblogs
 
-    if joblogs.find(run):
-        typer.echo(f"logs: {joblogs.logs_uri(run)}   (graft logs {run})")
+    if line := joblogs.pointer(run):
+        typer.echo(line)
     failed = ledger.failed
     if failed and failed.message:
         typer.echo(f"failed: {failed.type}: {failed.message}")

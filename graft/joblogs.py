@@ -30,6 +30,11 @@ def log_uri(root: str, stage: str, name: str) -> str:
     return storage.join(root, LOGS_DIR, stage, f"{name}.log")
 
 
+def pointer(root: str) -> str | None:
+    """The `logs: ...` line `graft status` and `graft run` print under a job, None when it has no logs yet."""
+    return f"logs: {logs_uri(root)}   (graft logs {root})" if find(root) else None
+
+
 def job_root_of(target: str) -> str:
     """The job root for a run folder, a job URI, or its `logs` folder."""
     trimmed = target.rstrip("/")

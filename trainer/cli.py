@@ -199,8 +199,8 @@ def run(
                 console.print(f"exported: {ledger.export['stage']}: {ledger.export['reason']}", markup=False)
         if ledger.tracking:
             console.print(ledger.tracking.describe(), highlight=False, markup=False)
-        if joblogs.find(driver.root):
-            console.print(f"logs: {joblogs.logs_uri(driver.root)}   (graft logs {driver.root})")
+        if line := joblogs.pointer(driver.root):
+            console.print(line, highlight=False, markup=False)
     _shutdown_ray()
     raise typer.Exit(code)
 
