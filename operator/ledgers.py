@@ -6,7 +6,8 @@ inside `storage.S3Options`, whose repr hides them.
 Storage never holds up status (issue 10): `Reads.start` returns at once and hands the outcome to a callback. A read
 that has not answered within the deadline is reported as such while its thread runs on; a job has at most one read
 in flight, so a job whose read hangs starts no other; reads run on threads of their own, at most `PER_ENDPOINT` at a
-time per storage endpoint, so a hung endpoint cannot take the threads that reads elsewhere need.
+time per storage endpoint, so a hung endpoint cannot take the threads that reads elsewhere need. The wait for one of
+those threads counts against the deadline only while the endpoint answers nothing.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import concurrent.futures
+import functools
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -152,6 +155,7 @@ class Reads:
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._slots: dict[str, asyncio.Semaphore] = {}
         self._busy: set[str] = set()
+        self._answered_at: dict[str, float] = {}  # endpoint -> when a read there last ended (monotonic)
         self._tasks: set[asyncio.Task] = set()
         self.overdue = 0  # reads past their deadline whose thread has not ended
 
@@ -177,26 +181,34 @@ class Reads:
         loop = asyncio.get_running_loop()
         root = storage_root(spec, uid)
         uri = ledger_uri(spec, uid)
+        endpoint = endpoint_of(spec)
         thread: concurrent.futures.Future | None = None
 
         async def attempt() -> dict[str, Any] | None:
             nonlocal thread
             if root is None:
                 return None
-            options = await s3_options(self.secrets, namespace, spec, deadline=self.timeout)
-            slots = self._slots.setdefault(endpoint_of(spec), asyncio.Semaphore(self.per_endpoint))
-            await slots.acquire()  # released when the thread ends, not when the wait does
+            options = await asyncio.wait_for(s3_options(self.secrets, namespace, spec, deadline=self.timeout),
+                                             self.timeout)
+            slots = self._slots.setdefault(endpoint, asyncio.Semaphore(self.per_endpoint))
+            await self._queue(slots, endpoint)  # released when the thread ends, not when the wait does
             try:
                 thread = self._executor().submit(_load, root, options)
             except BaseException:
                 slots.release()
                 raise
-            thread.add_done_callback(lambda _: _call_soon(loop, slots.release))
-            return await asyncio.wrap_future(thread)
+
+            def ended(_: concurrent.futures.Future) -> None:
+                self._answered_at[endpoint] = time.monotonic()
+                slots.release()
+
+            thread.add_done_callback(lambda f: _call_soon(loop, functools.partial(ended, f)))
+            return await asyncio.wait_for(asyncio.wrap_future(thread), self.timeout)
 
         try:
-            # The deadline covers everything: the Secret, a free slot at the endpoint, the read itself.
-            outcome = Outcome(ledger=await asyncio.wait_for(attempt(), self.timeout))
+            # The deadline covers the Secret and the read itself; the wait for a free slot at the endpoint counts only
+            # while the endpoint answers nothing (see `_queue`).
+            outcome = Outcome(ledger=await attempt())
         except TimeoutError:
             outcome = Outcome(problem=timeout_problem(uri, self.timeout))
         except Exception as exc:  # any failure is an outcome the status reports, not a crash
@@ -218,6 +230,19 @@ class Reads:
             metrics.LEDGER_READS_OVERDUE.set(self.overdue)
             self._busy.discard(uid)
         self._deliver(deliver, late)
+
+    async def _queue(self, slots: asyncio.Semaphore, endpoint: str) -> None:
+        """Wait for a free slot at the endpoint. While its reads keep answering, a read waits its turn however long the
+        queue (many jobs at once are the operator's backlog, not storage trouble: issue 16 saw 1,000 jobs' reads
+        miss a deadline that counted the queue); once the endpoint has answered nothing for a whole deadline, the
+        wait ends in TimeoutError, so a hung endpoint is reported as it was (issue 10)."""
+        while True:
+            try:
+                await asyncio.wait_for(slots.acquire(), self.timeout)
+                return
+            except TimeoutError:
+                if time.monotonic() - self._answered_at.get(endpoint, -math.inf) >= self.timeout:
+                    raise
 
     @staticmethod
     def _deliver(deliver: Callable[[Outcome], None], outcome: Outcome) -> None:

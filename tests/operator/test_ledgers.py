@@ -201,6 +201,44 @@ def test_a_hung_endpoint_holds_only_its_own_threads(stuck):
     asyncio.run(scenario())
 
 
+def test_reads_queued_at_an_endpoint_that_answers_wait_their_turn_past_the_deadline(monkeypatch):
+    def slow_load(root, options):
+        time.sleep(0.08)  # each read answers, well within the deadline
+        return PROJECTION
+
+    monkeypatch.setattr(ledgers, "_load", slow_load)
+
+    async def scenario():
+        # Eight jobs at once through one slot: the last waits about 0.6 s in the queue, three deadlines. That is the
+        # operator's backlog, not storage trouble (issue 16: 1,000 jobs' reads said "could not be read").
+        reads = ledgers.Reads(timeout=0.2, threads=4, per_endpoint=1)
+        outcomes = []
+        for i in range(8):
+            assert reads.start(f"job-{i}", "ml", _spec("s3://busy/jobs"), outcomes.append)
+        await _until(lambda: len(outcomes) == 8)
+        assert outcomes == [ledgers.Outcome(ledger=PROJECTION)] * 8
+        await reads.close()
+
+    asyncio.run(scenario())
+
+
+def test_reads_queued_behind_a_hung_endpoint_are_reported_at_the_deadline(stuck):
+    release, entered = stuck
+
+    async def scenario():
+        reads = ledgers.Reads(timeout=0.3, threads=4, per_endpoint=2)
+        outcomes: dict[str, ledgers.Outcome] = {}
+        for i in range(4):
+            reads.start(f"hung-{i}", "ml", _spec("s3://hung/jobs"), lambda o, i=i: outcomes.setdefault(f"{i}", o))
+        await _until(lambda: len(outcomes) == 4, timeout=2)  # the two reading and the two waiting for a slot
+        assert len(entered) == 2
+        assert {o.problem[0] for o in outcomes.values()} == {"LedgerTimeout"}
+        release.set()
+        await reads.close()
+
+    asyncio.run(scenario())
+
+
 def test_pyarrow_lets_go_of_a_silent_endpoint_soon_after_the_deadline(secrets):
     _put_secret(secrets, "s3-creds", {"id": KEY_ID, "key": SECRET})
 
