@@ -49,6 +49,8 @@ class Follower:
         self.written_rayjob: dict[str, Any] | None = None  # the RayJob as we last wrote it, until the watch sees it
         self.spec: tuple[Any, TransferJobSpec | None, list[Any]] | None = None  # (generation, spec, problems)
         self.first_write_by: float | None = None  # a new RayJob's job: write its first status by then at the latest
+        #: A job whose RayJob this process created and whose trainer has not run yet: it has no ledger to read.
+        self.unrun = False
 
     def shown_problem(self, t: float, deadline: float) -> tuple[str, str] | None:
         """The read problem the status shows: once reads have failed for at least the deadline (a timeout has by
@@ -65,7 +67,14 @@ class Follower:
 
 def _read_ledger(mem: Memory, body: Any, spec: TransferJobSpec, follower: Follower, jds: str, t: float) -> None:
     """Start a ledger read when one is due: at each new RayJob state, and every POLL_SECONDS while the job runs or
-    its reads fail. Never waits: the outcome arrives in `_answered`, which wakes the job."""
+    its reads fail. Never waits: the outcome arrives in `_answered`, which wakes the job.
+
+    A job this process has just created has no ledger until its trainer runs: no read while its RayJob starts
+    (two reads per job fewer; an adopted or resumed job is read at once, it may have run before)."""
+    if follower.unrun:
+        if jds in status.NOT_YET_RUN:
+            return
+        follower.unrun = False
     due = jds != follower.asked_jds or (
         t - follower.asked_at >= POLL_SECONDS and (jds == "Running" or follower.failing_since is not None)
     )

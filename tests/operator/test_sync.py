@@ -191,3 +191,22 @@ def test_a_finished_job_whose_read_hangs_is_written_at_the_deadline_and_complete
         assert not follow.final_read_missing(filled)
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("unrun", [True, False], ids=["created-here", "adopted-or-resumed"])
+def test_a_job_created_here_has_no_ledger_to_read_until_its_trainer_runs(job, unrun):
+    job.follower.unrun = unrun  # what Supervisor.follow_new says of a RayJob this process has just created
+
+    async def scenario():
+        await job.look("Initializing")
+        # Nothing can have written the ledger of a job created a moment ago; an adopted job may have run before.
+        assert len(job.reads.pending) == (0 if unrun else 1)
+        if not unrun:
+            job.reads.answer(ledgers.Outcome(ledger=None))
+        await job.look("Running", jobStatus="RUNNING")
+        assert len(job.reads.pending) == 1  # its trainer runs: read from now on
+        job.reads.answer(ledgers.Outcome(ledger=RUNNING_LEDGER))
+        await job.look("Running", jobStatus="RUNNING")
+        assert job.stored["progress"] == "1/2"
+
+    asyncio.run(scenario())
