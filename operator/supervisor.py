@@ -12,11 +12,18 @@ import asyncio
 import logging
 from typing import Any
 
-from graft.operator import follow, metrics
+from graft.operator import follow, metrics, status
 from graft.operator.follow import IDLE_SECONDS, POLL_SECONDS, Follower
 from graft.operator.memory import Memory, log_ref, started
 
 log = logging.getLogger("graft.operator")
+
+#: New jobs first: while the watch has shown jobs whose RayJob is not created yet, a due look at a started job waits,
+#: this long at most. In a burst the creates then drain before the status writes they would queue behind (and those
+#: writes' watch echoes), and a deferred look often finds two changes for one write.
+CREATES_FIRST_SECONDS = 1.0
+#: A job seen but not created for this long (its create keeps failing, or kopf will not run it) holds nothing back.
+CREATE_BACKLOG_SECONDS = 10.0
 
 
 class Supervisor:
@@ -26,6 +33,7 @@ class Supervisor:
         self.followers: dict[str, Follower] = {}
         self.due: dict[str, float] = {}
         self.busy: set[str] = set()
+        self.creating: dict[str, float] = {}  # uid -> when the watch first showed it, not created yet
         self.concurrency = concurrency
         self._changed: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
@@ -38,7 +46,10 @@ class Supervisor:
         if body["metadata"].get("deletionTimestamp"):
             self.drop(uid)
             return
-        if not started(self.mem.known_status(body)):
+        current = self.mem.known_status(body)
+        if not started(current):
+            if uid not in self.bodies and current.get("reason") != "InvalidSpec" and not status.is_terminal(current):
+                self.creating.setdefault(uid, asyncio.get_running_loop().time())
             return
         new = uid not in self.bodies
         self.bodies[uid] = body
@@ -54,8 +65,19 @@ class Supervisor:
         self.bodies[uid] = body
         follower = self.follower(uid)
         follower.written_rayjob = rayjob
+        follower.unrun = True
         follower.first_write_by = asyncio.get_running_loop().time() + follow.FIRST_STATUS_WAIT
         self.kick(uid)
+
+    def created(self, uid: str) -> None:
+        """The create handler is done with a job (created, adopted, refused or failed): it holds nothing back."""
+        if self.creating.pop(uid, None) is not None and not self.creating and self._changed is not None:
+            self._changed.set()
+
+    def _creates_pending(self, t: float) -> bool:
+        for uid in [u for u, since in self.creating.items() if t - since >= CREATE_BACKLOG_SECONDS]:
+            del self.creating[uid]
+        return bool(self.creating)
 
     def follower(self, uid: str) -> Follower:
         """The job's follower (made on first use: the create handler's first look may come before the loop's)."""
@@ -70,11 +92,12 @@ class Supervisor:
     def kick(self, uid: str) -> None:
         """Look at a job now (its RayJob, its spec or its ledger read changed)."""
         if uid in self.bodies:
-            self.due[uid] = 0.0
+            self.due[uid] = asyncio.get_running_loop().time()  # due now (a wait while creates pend counts from now)
             if self._changed is not None:
                 self._changed.set()
 
     def drop(self, uid: str) -> None:
+        self.creating.pop(uid, None)
         self.bodies.pop(uid, None)
         self.followers.pop(uid, None)
         self.due.pop(uid, None)
@@ -92,13 +115,15 @@ class Supervisor:
         while True:
             self._changed.clear()
             t = loop.time()
-            for uid in [u for u, when in self.due.items() if when <= t and u not in self.busy]:
+            # Looks due for less than CREATES_FIRST_SECONDS wait while new jobs are being created.
+            hold = t - CREATES_FIRST_SECONDS if self._creates_pending(t) else t
+            for uid in [u for u, when in self.due.items() if when <= hold and u not in self.busy]:
                 self.busy.add(uid)
                 self.due[uid] = float("inf")
                 task = loop.create_task(self._one(uid, limit))
                 self._inflight.add(task)  # the loop keeps only weak references to tasks
                 task.add_done_callback(self._inflight.discard)
-            upcoming = min(self.due.values(), default=t + IDLE_SECONDS)
+            upcoming = min(self.due.values(), default=t + IDLE_SECONDS) + (t - hold)
             try:
                 await asyncio.wait_for(self._changed.wait(), timeout=min(max(0.01, upcoming - t), IDLE_SECONDS))
             except TimeoutError:
@@ -123,7 +148,7 @@ class Supervisor:
                     if self.due.get(uid) == float("inf"):  # not woken meanwhile: done with it
                         self.drop(uid)
                     else:
-                        self.due[uid] = 0.0
+                        self.due[uid] = asyncio.get_running_loop().time()
                 else:
                     t = asyncio.get_running_loop().time()
                     self.due[uid] = min(self.due.get(uid, float("inf")), t + delay)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from graft.operator import follow, memory, metrics
+from graft.operator import follow, memory, metrics, supervisor
 from graft.operator.supervisor import Supervisor
 
 
@@ -42,6 +42,7 @@ def test_followed_until_done_rechecked_when_due_and_woken_at_once(calls):
         sup.observe(_body("a"))
         sup.observe(_body("b"))
         sup.observe(_body("c", started=False))  # not started: the create handler owns it
+        sup.created("c")  # ... and is done with it (it holds nothing back: see the test below)
         await asyncio.sleep(0.4)
         assert seen.count("a") == 3 and "a" not in sup.bodies  # done with it after None
         assert seen.count("b") == 1 and "c" not in seen
@@ -50,6 +51,31 @@ def test_followed_until_done_rechecked_when_due_and_woken_at_once(calls):
         assert seen.count("b") == 2
         sup.observe(_body("b", deleting=True))
         assert "b" not in sup.bodies
+        await sup.stop()
+
+    asyncio.run(scenario())
+
+
+def test_new_jobs_are_created_before_started_jobs_are_looked_at(calls, monkeypatch):
+    seen, plan = calls
+    monkeypatch.setattr(supervisor, "CREATES_FIRST_SECONDS", 0.3)
+
+    async def scenario():
+        sup = Supervisor(memory.Memory(api=None))
+        plan["a"] = [60.0]  # running: next look in a minute unless woken
+        sup.observe(_body("new", started=False))  # its create handler has not run yet
+        sup.observe(_body("a"))
+        await asyncio.sleep(0.1)
+        assert seen == []  # a's look waits while a RayJob is still to be created ...
+        sup.created("new")
+        await asyncio.sleep(0.05)
+        assert seen == ["a"]  # ... and happens as soon as none is
+        sup.observe(_body("late", started=False))  # a create that does not come: a waits, but not for ever
+        sup.kick("a")
+        await asyncio.sleep(0.1)
+        assert seen == ["a"]
+        await asyncio.sleep(0.35)
+        assert seen == ["a", "a"]
         await sup.stop()
 
     asyncio.run(scenario())
