@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx2
 from lightkube import ApiError, AsyncClient, KubeConfig
+from lightkube.config.client_adapter import verify_cluster
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.types import CascadeType, PatchType
 
@@ -27,6 +28,12 @@ KINDS = {
     "Pod": create_namespaced_resource("", "v1", "Pod", "pods"),
     "Event": create_namespaced_resource("", "v1", "Event", "events"),
 }
+
+
+#: Connections to the API server. httpx's pool looks at every open connection for each request (has it expired, is it
+#: readable), so its default (up to 100) cost about a quarter of the CPU per request at 64 requests in flight, against
+#: 16 here (`bench/client_bench.py`-style run, issue 16); requests beyond it wait for a free connection.
+CONNECTIONS = 16
 
 
 class Conflict(Exception):
@@ -47,7 +54,13 @@ class Kube:
     """get / list / create / merge-patch / delete of plain-dict objects by kind name (a key of KINDS)."""
 
     def __init__(self, config: KubeConfig | None = None) -> None:
-        self.api = AsyncClient(config or KubeConfig.from_env())
+        config = config or KubeConfig.from_env()
+        # lightkube's own TLS settings (CA, client certificate) on a transport with a smaller pool.
+        single = config.get()
+        transport = httpx2.AsyncHTTPTransport(
+            verify=verify_cluster(single.cluster, single.user, single.abs_file),
+            limits=httpx2.Limits(max_connections=CONNECTIONS, max_keepalive_connections=CONNECTIONS))
+        self.api = AsyncClient(config, transport=transport)
 
     async def get(self, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
         """The object, or None when it does not exist."""
