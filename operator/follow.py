@@ -167,11 +167,15 @@ async def sync(mem: Memory, body: Any, spec: TransferJobSpec, follower: Follower
     if state.phase in status.TERMINAL:
         follower.finished_at = follower.finished_at or t
         if follower.answered_jds != jds:  # the ledger has not been read since the RayJob finished
-            if problem is None and override is None and t - follower.finished_at < deadline:
+            queued = mem.reads.queued(uid)
+            if problem is None and override is None and (t - follower.finished_at < deadline or queued):
                 # Its final read is on its way (milliseconds when storage answers): a finished job's status is
                 # written once, whole, so that what `kubectl wait --for=condition=Succeeded` returns to already
-                # has the model and the stage results. This is the one wait on storage, bounded by the deadline.
-                follower.recheck_at = follower.finished_at + deadline
+                # has the model and the stage results. This is the one wait on storage, bounded by the deadline
+                # once the read is reading; while it waits its turn behind other jobs' reads at an endpoint that
+                # answers, the backlog is the operator's own and is not reported as storage trouble (the read's
+                # answer, or the endpoint's silence for a deadline, wakes the job).
+                follower.recheck_at = (t if queued else follower.finished_at) + deadline
                 return current
             ledger = None  # what was read before it finished is not the final word: claim no stage results
             state = status.derive_state(spec=spec, rayjob=rayjob, ledger=None)

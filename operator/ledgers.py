@@ -155,6 +155,7 @@ class Reads:
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._slots: dict[str, asyncio.Semaphore] = {}
         self._busy: set[str] = set()
+        self._queued: set[str] = set()  # jobs whose read waits for a slot at an endpoint
         self._answered_at: dict[str, float] = {}  # endpoint -> when a read there last ended (monotonic)
         self._tasks: set[asyncio.Task] = set()
         self.overdue = 0  # reads past their deadline whose thread has not ended
@@ -162,6 +163,10 @@ class Reads:
     def busy(self, uid: str) -> bool:
         """A read of this job is in flight (or its thread still hangs after the deadline was reported)."""
         return uid in self._busy
+
+    def queued(self, uid: str) -> bool:
+        """The job's read waits its turn at an endpoint that answers (the operator's backlog, not the storage's)."""
+        return uid in self._queued
 
     def start(self, uid: str, namespace: str, spec: TransferJobSpec, deliver: Callable[[Outcome], None]) -> bool:
         """Start reading a job's ledger; False (and nothing started) while its previous read is in flight.
@@ -191,7 +196,11 @@ class Reads:
             options = await asyncio.wait_for(s3_options(self.secrets, namespace, spec, deadline=self.timeout),
                                              self.timeout)
             slots = self._slots.setdefault(endpoint, asyncio.Semaphore(self.per_endpoint))
-            await self._queue(slots, endpoint)  # released when the thread ends, not when the wait does
+            self._queued.add(uid)
+            try:
+                await self._queue(slots, endpoint)  # released when the thread ends, not when the wait does
+            finally:
+                self._queued.discard(uid)
             try:
                 thread = self._executor().submit(_load, root, options)
             except BaseException:

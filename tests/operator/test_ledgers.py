@@ -215,7 +215,9 @@ def test_reads_queued_at_an_endpoint_that_answers_wait_their_turn_past_the_deadl
         outcomes = []
         for i in range(8):
             assert reads.start(f"job-{i}", "ml", _spec("s3://busy/jobs"), outcomes.append)
+        await _until(lambda: reads.queued("job-7"))  # waiting its turn (a finished job then waits for it)
         await _until(lambda: len(outcomes) == 8)
+        assert not reads.queued("job-7")
         assert outcomes == [ledgers.Outcome(ledger=PROJECTION)] * 8
         await reads.close()
 

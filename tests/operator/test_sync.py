@@ -34,6 +34,10 @@ class FakeReads:
 
     def __init__(self) -> None:
         self.pending: list = []
+        self.waiting_turn = False  # the pending read waits for a slot behind other jobs' reads (Reads.queued)
+
+    def queued(self, uid) -> bool:
+        return bool(self.pending) and self.waiting_turn
 
     def start(self, uid, namespace, spec, deliver) -> bool:
         if self.pending:
@@ -189,6 +193,27 @@ def test_a_finished_job_whose_read_hangs_is_written_at_the_deadline_and_complete
         assert (filled["progress"], filled["modelURI"]) == ("2/2", FINAL_LEDGER["modelURI"])
         assert _ledger_cond(filled) == {"status": "True", "reason": "LedgerRead"}
         assert not follow.final_read_missing(filled)
+
+    asyncio.run(scenario())
+
+
+def test_a_finished_job_whose_read_waits_its_turn_is_written_once_when_it_answers(job):
+    async def scenario():
+        await job.look("Running", jobStatus="RUNNING")
+        job.reads.answer(ledgers.Outcome(ledger=RUNNING_LEDGER))
+        await job.look("Running", jobStatus="RUNNING")
+        writes = len(job.writes)
+        await job.look("Complete", jobStatus="SUCCEEDED")  # its final read waits behind many jobs' reads
+        job.reads.waiting_turn = True
+        await asyncio.sleep(DEADLINE * 1.5)
+        await job.look("Complete", jobStatus="SUCCEEDED")
+        assert len(job.writes) == writes, "a read waiting its turn was reported as storage trouble"
+        job.reads.answer(ledgers.Outcome(ledger=FINAL_LEDGER))
+        await job.look("Complete", jobStatus="SUCCEEDED")
+        assert len(job.writes) == writes + 1
+        done = job.stored
+        assert (done["phase"], done["progress"], done["modelURI"]) == ("Succeeded", "2/2", FINAL_LEDGER["modelURI"])
+        assert _ledger_cond(done) is None
 
     asyncio.run(scenario())
 
