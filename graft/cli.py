@@ -296,9 +296,9 @@ def _runs_below(folder: str) -> dict[str, Any]:
 
 def _age(timestamp: str) -> str:
     """How long ago, as kubectl's AGE column says it (45s, 12m, 3h, 2d)."""
-    from datetime import UTC, datetime
+    from graft.ledger import seconds_since
 
-    seconds = int((datetime.now(UTC) - datetime.fromisoformat(timestamp.replace("Z", "+00:00"))).total_seconds())
+    seconds = int(seconds_since(timestamp))
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
             return f"{seconds // size}{unit}"

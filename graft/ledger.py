@@ -23,6 +23,11 @@ def now() -> str:
     return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
+def seconds_since(timestamp: str) -> float:
+    """Seconds from an RFC 3339 timestamp (as `now()` writes it) to now; negative for one in the future."""
+    return (datetime.now(UTC) - datetime.fromisoformat(timestamp.replace("Z", "+00:00"))).total_seconds()
+
+
 def job_root(storage_uri: str, uid: str) -> str:
     """Where a job writes: `<storage.uri>/<job uid>`."""
     return storage.join(storage_uri, uid)

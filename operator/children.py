@@ -3,7 +3,6 @@ ownerReference to the job, so deleting the job deletes it (and KubeRay the Ray c
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 import kopf
@@ -11,6 +10,7 @@ from graft.operator import builder, client
 from graft.operator.memory import Memory, event, ref
 
 from graft.api.models import TransferJobSpec
+from graft.ledger import seconds_since
 
 
 async def create_or_adopt(mem: Memory, obj: dict[str, Any], owner_uid: str) -> tuple[dict[str, Any], bool]:
@@ -58,13 +58,6 @@ async def recreate(mem: Memory, body: Any, spec: TransferJobSpec, rj_name: str) 
     return obj
 
 
-def _seconds_until(timestamp: str | None, seconds: int) -> float:
-    if not timestamp:
-        return 0.0
-    when = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
-    return when.timestamp() + seconds - datetime.now(UTC).timestamp()
-
-
 async def expire(mem: Memory, body: Any, spec: TransferJobSpec, current: dict[str, Any]) -> float | None:
     """ttlSecondsAfterFinished: KubeRay deletes the Ray cluster that long after the job ended (the RayJob's own
     TTL); then delete the RayJob too, keep the TransferJob.
@@ -73,7 +66,8 @@ async def expire(mem: Memory, body: Any, spec: TransferJobSpec, current: dict[st
     ttl = spec.run_policy.ttl_seconds_after_finished
     if ttl is None:
         return None
-    due = _seconds_until(current.get("completionTime"), ttl)
+    finished = current.get("completionTime")
+    due = ttl - seconds_since(finished) if finished else 0.0
     if due > 0:
         return due
     rj_name = current["rayJobName"]

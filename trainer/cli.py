@@ -25,11 +25,11 @@ def _fmt_metrics(metrics: dict[str, float]) -> str:
 
 def _stage_time(rec) -> str:
     """The stage's own time: its recorded seconds once finished, else the time since it started."""
-    from datetime import UTC, datetime
+    from graft.ledger import seconds_since
 
     seconds = rec.seconds if rec.state.value != "Running" else None
     if seconds is None and rec.start_time:
-        seconds = (datetime.now(UTC) - datetime.fromisoformat(rec.start_time.replace("Z", "+00:00"))).total_seconds()
+        seconds = seconds_since(rec.start_time)
     if seconds is None:
         return ""
     minutes, secs = divmod(int(seconds), 60)
