@@ -118,7 +118,8 @@ class Ledger(BaseModel):
     resets: int = 0
     #: MLflow tracking of this job (None: not tracked).
     tracking: TrackingRecord | None = None
-    #: Which stage's model was exported and why (the best candidate by validation): {"stage": ..., "reason": ...}.
+    #: Which stage's model was exported and why: the last stage's unless another candidate is better on validation
+    #: beyond the noise (`trainer/selection.py`). {"stage": ..., "reason": ...}.
     export: dict[str, str] | None = None
 
     # -- queries ------------------------------------------------------------------------------

@@ -202,8 +202,8 @@ class Driver:
         found = selection.candidates(ledger)
         block = None
         if found:  # the best target classifier by validation, never silently the last stage's
-            chosen, reason = selection.choose(found)
-            made, block = self._candidate(chosen, ledger), self._selection_block(chosen, reason, found, ledger)
+            chosen, reason, tests = selection.choose(found)
+            made, block = self._candidate(chosen, ledger), self._selection_block(chosen, reason, found, tests, ledger)
             metrics = chosen.metrics
             ledger.export = {"stage": chosen.stage, "reason": reason}
         else:
@@ -244,13 +244,14 @@ class Driver:
         return made
 
     def _selection_block(self, chosen: selection.Candidate, reason: str, found: list[selection.Candidate],
-                         ledger: Ledger) -> dict:
-        """model.json's account of the choice: the rule, the reason, every candidate, the checkpoint kept."""
+                         tests: list[dict], ledger: Ledger) -> dict:
+        """model.json's account of the choice: the rule, the reason, every candidate, the paired test of each
+        alternative against the last stage's model, the checkpoint kept."""
         stage = "FullFineTune" if chosen.stage == selection.INTERPOLATED else chosen.stage
         rec = ledger.stage(stage)
         block = {
             "stage": chosen.stage, "model": selection.NAMES[chosen.stage], "rule": selection.RULE, "reason": reason,
-            "candidates": [c.summary() for c in found],
+            "candidates": [c.summary() for c in found], "tests": tests,
             "checkpoint": {"stage": stage, "best_epoch": rec.metrics.get("best_epoch"),
                            "monitor": self.stage(stage).monitor, "stop": rec.stop,
                            "note": "the best epoch by validation (monitor), not the last"},

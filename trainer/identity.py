@@ -7,7 +7,11 @@ refuses it, naming the changed fields and the first stage they invalidate, unles
 
 A stage's hash covers its own fields, `spec.model` and `spec.data` (minus the fields listed below as not
 affecting it), and the previous stage's hash: every stage's result depends on the stages before it. Workers,
-image, storage, run policy and scheduling never count. Fields are compared with their defaults filled in.
+image, storage, run policy and scheduling never count. Fields are compared with their defaults filled in, except
+a field added to Graft after ledgers recorded hashes, at the value that does what Graft did before it existed
+(`NEUTRAL`): it is left out, so an unchanged manifest still matches a ledger written before the field existed. A
+field whose default changed what the stage does (the Head's sweep and patience) counts, and such a ledger's stage
+is refused, naming the field.
 """
 
 from __future__ import annotations
@@ -31,25 +35,61 @@ NOT_DETERMINING: dict[str, dict[str, tuple[str, ...]]] = {
 }
 
 
+#: Fields added after ledgers first recorded hashes (issue 12, 2026-12), at the value that reproduces what Graft did
+#: before them: left out of the hash at exactly that value. Per part (`data`, `stage`); "*" is every stage type.
+NEUTRAL: dict[str, dict[str, dict[str, Any]]] = {
+    # No held-out test set, as before.
+    "*": {"data": {"test": None, "testFraction": None}},
+    # No early stopping and the best checkpoint by validation accuracy, as before; no weight interpolation.
+    "Pretrain": {"stage": {"patience": None, "monitor": "val_accuracy"}},
+    "FullFineTune": {"stage": {"patience": None, "monitor": "val_accuracy", "interpolate": "off",
+                               "interpolationAlpha": None}},
+    # The Head's sweep and patience changed what it does: see `_head_as_before`.
+    "Head": {"stage": {"monitor": "val_accuracy", "labelSmoothing": None}},
+}
+
+
+def _head_as_before(stage: dict[str, Any]) -> dict[str, Any]:
+    """A Head stage in the form ledgers recorded before the sweep (`lr`, `weightDecay` one value each), when it does
+    what the Head did then: one setting, no label smoothing, no early stopping, best epoch by validation accuracy.
+    Otherwise (the sweep, the default patience of 20, ...) as it is: its hash then matches no older ledger."""
+    sweep = stage.get("sweep") or {}
+    lrs, decays, smoothings = sweep.get("lr", []), sweep.get("weightDecay", []), sweep.get("labelSmoothing", [])
+    single = len(lrs) == 1 and len(decays) == 1 and smoothings == [0.0]
+    if not (single and stage.get("patience") is None and stage.get("monitor") == "val_accuracy"):
+        return stage
+    drop = ("sweep", "labelSmoothing", "patience", "monitor")
+    return {**{k: v for k, v in stage.items() if k not in drop}, "lr": lrs[0], "weightDecay": decays[0]}
+
+
 def view(spec: TransferJobSpec) -> dict[str, Any]:
     """The part of the spec that can determine results (model, data, stages), as JSON with defaults filled in."""
     dumped = spec.model_dump(mode="json", by_alias=True)
     return {"model": dumped["model"], "data": dumped["data"], "stages": dumped["stages"]}
 
 
-def _determining(spec_view: dict[str, Any], index: int) -> dict[str, dict[str, Any]]:
+def _determining(spec_view: dict[str, Any], index: int, neutral: bool = True) -> dict[str, dict[str, Any]]:
     stage = spec_view["stages"][index]
     skip = NOT_DETERMINING.get(stage["type"], {})
     parts = {"model": spec_view["model"], "data": spec_view["data"], "stage": stage}
-    return {part: {k: v for k, v in fields.items() if k not in skip.get(part, ())} for part, fields in parts.items()}
+    if neutral and stage["type"] == "Head":
+        parts["stage"] = _head_as_before(stage)
+    kept = {}
+    for part, fields in parts.items():
+        same = {**NEUTRAL["*"].get(part, {}), **NEUTRAL.get(stage["type"], {}).get(part, {})} if neutral else {}
+        kept[part] = {k: v for k, v in fields.items()
+                      if k not in skip.get(part, ()) and not (k in same and v == same[k])}
+    return kept
 
 
-def hashes(spec_view: dict[str, Any]) -> list[str]:
-    """One hash per stage: its determining fields chained with the previous stage's hash."""
+def hashes(spec_view: dict[str, Any], neutral: bool = True) -> list[str]:
+    """One hash per stage: its determining fields chained with the previous stage's hash. With `neutral` false,
+    every field counts, as the ledgers of 2026-12-01/02 recorded them (issue 12's fields at any value)."""
     out: list[str] = []
     previous = ""
     for i in range(len(spec_view["stages"])):
-        text = json.dumps({"after": previous, **_determining(spec_view, i)}, sort_keys=True, separators=(",", ":"))
+        det = _determining(spec_view, i, neutral)
+        text = json.dumps({"after": previous, **det}, sort_keys=True, separators=(",", ":"))
         previous = "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:32]
         out.append(previous)
     return out
@@ -85,7 +125,10 @@ def changed_fields(ledger: Ledger, new: dict[str, Any]) -> list[str]:
                 name = f"{path}.{key}"
                 if name not in seen and before.get(key) != value:
                     seen.add(name)
-                    lines.append(f"{name}: {_fmt(before.get(key))} -> {_fmt(value)}")
+                    # A field the recorded spec lacks is newer than the run: its default is what changed.
+                    new_field = " (a field added to Graft after that run; its default changed the stage)"
+                    lines.append(f"{name}: {_fmt(before.get(key))} -> {_fmt(value)}"
+                                 + (new_field if key not in before else ""))
     return lines
 
 
@@ -95,11 +138,12 @@ def first_invalidated(ledger: Ledger, new_view: dict[str, Any]) -> int | None:
     "unknown" and accepted as it is, as those ledgers always were."""
     old_types = [s.type for s in ledger.stages]
     new_types = [s["type"] for s in new_view["stages"]]
-    new_hashes = hashes(new_view)
+    # A recorded hash of either form belongs to this spec: today's, or every field counted (2026-12-01/02).
+    accepted = list(zip(hashes(new_view), hashes(new_view, neutral=False), strict=True))
     for i, rec in enumerate(ledger.stages):
         if i >= len(new_types) or old_types[i] != new_types[i]:
             return min(i, len(new_types) - 1)
-        if rec.spec_hash is not None and rec.spec_hash != new_hashes[i]:
+        if rec.spec_hash is not None and rec.spec_hash not in accepted[i]:
             return i
     if len(new_types) != len(old_types):  # stages added at the end: the exported model changes
         return len(old_types)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from graft.trainer import data as data_mod
-from graft.trainer import interpolate, loops, models, scoring, sweep
+from graft.trainer import interpolate, loops, models, scoring, selection, sweep
 from graft.trainer.errors import InputError
 
 from graft import storage
@@ -117,10 +117,12 @@ class StageType:
     def scored(self, driver: Driver, cfg: StageConfig, result: StageResult) -> StageResult:
         """The result with its test metrics (`test_accuracy`, `test_loss`) and its calibration (a temperature fitted
         on validation logits, ECE before and after on validation and test) added: measured after the stage chose
-        its checkpoint, so the test set never chooses anything."""
+        its checkpoint, so the test set never chooses anything. The validation predictions are recorded beside the
+        result for the export's paired test (`selection.py`)."""
         val = self.logits(driver, cfg, result.output, "val")
         if val is None:
             return result
+        selection.save_predictions(result.output, *val)
         test = self.logits(driver, cfg, result.output, "test")
         metrics = {**result.metrics, **scoring.calibration(val, test)}
         if test is not None:
@@ -271,6 +273,7 @@ class FullFineTune(TrainingStage):
         net = driver.build_net()
         net.load_state_dict(state)
         val_logits = (scoring.network_logits(net, val, size, preset), val.labels)
+        selection.save_predictions(out, *val_logits)
         test_logits = (scoring.network_logits(net, test, size, preset), test.labels) if test is not None else None
         metrics = {**scoring.metrics(*val_logits, "val"), **scoring.calibration(val_logits, test_logits),
                    **(scoring.metrics(*test_logits, "test") if test_logits else {}), "alpha": rows[best]["alpha"]}

@@ -39,7 +39,12 @@ def test_the_curve_runs_from_the_lp_model_to_the_fine_tuned_one_and_the_best_alp
     meta = storage.read_json(storage.join(ledger.model_uri, "model.json"))
     assert [c["stage"] for c in meta["selection"]["candidates"]] == ["Head", "FullFineTune", "Interpolated"]
     assert meta["selection"]["interpolation"]["curve"] == curve
-    assert meta["metrics"]["val_accuracy"] == max(c["val_accuracy"] for c in meta["selection"]["candidates"])
+    # Each alternative is tested against FullFineTune on the same validation images; the export is the one chosen.
+    tests = meta["selection"]["tests"]
+    assert [t["stage"] for t in tests] == ["Head", "Interpolated"]
+    assert tests[0]["images"] == tests[1]["images"] > 0
+    chosen = next(c for c in meta["selection"]["candidates"] if c["stage"] == meta["selection"]["stage"])
+    assert meta["metrics"]["val_accuracy"] == chosen["val_accuracy"]
 
 
 def test_a_fixed_alpha_is_the_one_evaluated(tmp_path, one_thread):

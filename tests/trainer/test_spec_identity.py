@@ -5,6 +5,7 @@ unless `--restart` (a fresh run) or `--from-stage` (rerun from there, keep the e
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 
 import pytest
@@ -210,3 +211,110 @@ def test_what_a_change_invalidates(change, expected):
     new = identity.view(TransferJobSpec.model_validate(_spec(**change)))
     first = identity.first_invalidated(ledger, new)
     assert (new["stages"][first]["type"] if first is not None else None) == expected
+
+
+# What `identity.view(SPEC)` was before issue 12's fields (data.test and testFraction, patience and monitor, the Head's
+# sweep, the interpolation) existed: the pydantic models of commit 0ee22c7^1 (graft/api/models.py) dumped SPEC so.
+BEFORE_ISSUE_12 = {
+    "model": {"backbone": "smallcnn", "weights": None, "numClasses": 10},
+    "data": {"train": "builtin:digits-noisy", "validation": None, "validationSplit": 0.2, "imageSize": 8,
+             "shotsPerClass": 2, "seed": 0},
+    "stages": [
+        {"epochs": 1, "batchSize": 128, "type": "Pretrain", "data": "builtin:digits-clean", "numClasses": 10,
+         "lr": 0.1, "weightDecay": 0.0001, "labelSmoothing": 0.1},
+        {"type": "FrozenFeatures", "batchSize": 256, "actors": None},
+        {"epochs": 2, "batchSize": 256, "type": "Head", "lr": 0.01, "weightDecay": 0.0001},
+        {"epochs": 1, "batchSize": 16, "type": "FullFineTune", "lr": 0.003, "backboneLrScale": 0.1,
+         "weightDecay": 0.05, "warmupEpochs": 1.0, "labelSmoothing": 0.1, "gradClipNorm": 1.0, "precision": "auto",
+         "channelsLast": True, "keepCheckpoints": 2, "augment": True},
+    ],
+}
+
+
+def _old_hashes(old_view: dict) -> list[str]:
+    """The hashing rule of trainer/identity.py from 5825ee2 to 0ee22c7 (a copy, so this test does not depend on the
+    code it checks): every field of model, data and the stage but the listed ones, chained."""
+    skip = {"Pretrain": {"model": ("numClasses",), "data": ("train", "validation", "shotsPerClass")},
+            "FrozenFeatures": {"model": ("numClasses",), "stage": ("batchSize", "actors")},
+            "FullFineTune": {"stage": ("keepCheckpoints", "channelsLast")}}
+    out, previous = [], ""
+    for stage in old_view["stages"]:
+        parts = {"model": old_view["model"], "data": old_view["data"], "stage": stage}
+        det = {p: {k: v for k, v in f.items() if k not in skip.get(stage["type"], {}).get(p, ())}
+               for p, f in parts.items()}
+        text = json.dumps({"after": previous, **det}, sort_keys=True, separators=(",", ":"))
+        previous = "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:32]
+        out.append(previous)
+    return out
+
+
+def _old_ledger(stages: list[int]) -> Ledger:
+    """A finished ledger as Graft wrote it before issue 12, of the stages of BEFORE_ISSUE_12 at these indices."""
+    old_view = {**BEFORE_ISSUE_12, "stages": [BEFORE_ISSUE_12["stages"][i] for i in stages]}
+    ledger = Ledger.create("u", "digits", [s["type"] for s in old_view["stages"]])
+    for rec, h in zip(ledger.stages, _old_hashes(old_view), strict=True):
+        rec.state, rec.spec_hash = StageState.SUCCEEDED, h
+    ledger.spec = old_view
+    return ledger
+
+
+OLD_JOBS = [
+    # (id, stages of SPEC kept, changes to the new manifest, first stage refused: None = the results still hold)
+    ("unchanged-no-head", [0, 1, 3], {}, None),
+    ("unchanged-fft-only", [3], {}, None),
+    # The Head's defaults changed what it does (a sweep of 32 settings, patience 20): refused from the Head on.
+    ("unchanged-with-head", [0, 1, 2, 3], {}, "Head"),
+    # The Head pinned to what it did before (one setting, no label smoothing, no early stopping): accepted.
+    ("head-pinned-as-before", [0, 1, 2, 3],
+     {"stages__2": {"type": "Head", "epochs": 2, "lr": 0.01, "weightDecay": 1e-4, "labelSmoothing": 0.0,
+                    "patience": None}}, None),
+    ("head-pinned-with-smoothing", [0, 1, 2, 3],
+     {"stages__2": {"type": "Head", "epochs": 2, "lr": 0.01, "weightDecay": 1e-4, "labelSmoothing": 0.1,
+                    "patience": None}}, "Head"),
+    ("head-pinned-with-patience", [0, 1, 2, 3],
+     {"stages__2": {"type": "Head", "epochs": 2, "lr": 0.01, "weightDecay": 1e-4, "labelSmoothing": 0.0}}, "Head"),
+    # A new field set away from the old behaviour counts.
+    ("fft-patience", [0, 1, 3], {"stages__3__patience": 3}, "FullFineTune"),
+    ("fft-interpolation-at-default", [0, 1, 3], {"stages__3__interpolate": "off"}, None),
+    ("fft-monitor-loss", [0, 1, 3], {"stages__3__monitor": "val_loss"}, "FullFineTune"),
+    ("test-fraction", [0, 1, 3], {"data__testFraction": 0.2}, "Pretrain"),
+]
+
+
+@pytest.mark.parametrize(("kept", "change", "expected"), [c[1:] for c in OLD_JOBS], ids=[c[0] for c in OLD_JOBS])
+def test_a_ledger_from_before_issue_12_is_refused_only_where_a_default_changed(kept, change, expected):
+    ledger = _old_ledger(kept)
+    spec = _spec(**change)
+    spec["stages"] = [spec["stages"][i] for i in kept]
+    new = identity.view(TransferJobSpec.model_validate(spec))
+    first = identity.first_invalidated(ledger, new)
+    assert (new["stages"][first]["type"] if first is not None else None) == expected
+
+
+def test_the_refusal_of_an_old_head_says_that_graft_changed_the_default(store):
+    """The same manifest, rerun on a ledger written before the Head sweep: refused at the Head (FrozenFeatures and
+    Pretrain still hold), naming the new fields as Graft's, not the user's, change."""
+    path = store / "digits" / "ledger.json"
+    doc = json.loads(path.read_text())
+    old = _old_ledger([0, 1, 2, 3])
+    doc["spec"] = old.spec
+    for s, rec in zip(doc["stages"], old.stages, strict=True):
+        s["spec_hash"] = rec.spec_hash
+    path.write_text(json.dumps(doc))
+    with pytest.raises(driver_mod.SpecChanged) as err:
+        _driver(store, SPEC).run()
+    text = str(err.value)
+    assert err.value.stage == "Head" and "--from-stage Head" in text
+    assert "spec.stages[2].patience: (not set) -> 20 (a field added to Graft after that run" in text
+    assert "spec.stages[2].lr: 0.01 -> (not set)" in text
+    assert "spec.data" not in text and "spec.stages[3]" not in text  # no new field at its neutral value is named
+
+
+def test_a_ledger_written_while_every_new_field_counted_still_resumes():
+    """Ledgers of 2026-12-01/02 (0ee22c7 to this change) hashed issue 12's fields at any value: still accepted."""
+    view = identity.view(TransferJobSpec.model_validate(SPEC))
+    ledger = Ledger.create("u", "digits", [s["type"] for s in view["stages"]])
+    for rec, h in zip(ledger.stages, identity.hashes(view, neutral=False), strict=True):
+        rec.state, rec.spec_hash = StageState.SUCCEEDED, h
+    assert identity.hashes(view, neutral=False) != identity.hashes(view)
+    assert identity.first_invalidated(ledger, view) is None
