@@ -81,7 +81,9 @@ def _read_ledger(mem: Memory, body: Any, spec: TransferJobSpec, follower: Follow
     if not due:
         return
     uid, namespace, _ = ref(body)
-    if mem.reads.start(uid, namespace, spec, functools.partial(_answered, mem, body, follower, jds, t)):
+    # A finished job's read goes before the running jobs' polls: its Succeeded/Failed status waits for it.
+    if mem.reads.start(uid, namespace, spec, functools.partial(_answered, mem, body, follower, jds, t),
+                       urgent=jds in status.FINISHED):
         follower.asked_jds, follower.asked_at = jds, t
 
 

@@ -19,6 +19,7 @@ import functools
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -32,8 +33,8 @@ from graft.ledger import Ledger, job_root
 log = logging.getLogger("graft.operator")
 
 DEFAULT_TIMEOUT = 5.0  # seconds a ledger read may take before the status says it could not be read
-THREADS = 16  # reader threads in all
-PER_ENDPOINT = 4  # reader threads one storage endpoint may hold: a hung endpoint holds at most these
+THREADS = 32  # reader threads in all
+PER_ENDPOINT = 8  # reader threads one storage endpoint may hold: a hung endpoint holds at most these
 _SECRET_TTL = 60.0  # seconds a Secret's keys are reused before it is read again (a rotated key is seen then)
 
 
@@ -145,6 +146,55 @@ def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[[], Any]) -> None:
         pass
 
 
+class Slots:
+    """A semaphore whose urgent waiters go first: a finished job's final read (what its Succeeded status waits for)
+    does not queue behind the running jobs' progress polls (issue 16: at 1,000 jobs the polls filled the queue)."""
+
+    def __init__(self, size: int) -> None:
+        self.free = size
+        self._waiting: tuple[deque[asyncio.Future], deque[asyncio.Future]] = (deque(), deque())  # (urgent, other)
+        self._keys: dict[str, asyncio.Future] = {}
+
+    async def acquire(self, urgent: bool = False, key: str | None = None) -> None:
+        """Take a slot, waiting in line (urgent waiters first); `key` names the wait for `promote`."""
+        if self.free > 0 and not any(self._waiting):
+            self.free -= 1
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiting[0 if urgent else 1].append(waiter)
+        if key is not None:
+            self._keys[key] = waiter
+        try:
+            await waiter  # release() handed its slot over
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # handed over just as the wait was given up: pass it on
+            else:
+                for queue in self._waiting:
+                    if waiter in queue:
+                        queue.remove(waiter)
+            raise
+        finally:
+            if key is not None and self._keys.get(key) is waiter:
+                del self._keys[key]
+
+    def promote(self, key: str) -> None:
+        """Move a waiting acquire to the urgent line (a job that finished while its progress poll waited)."""
+        waiter = self._keys.get(key)
+        if waiter is not None and waiter in self._waiting[1]:
+            self._waiting[1].remove(waiter)
+            self._waiting[0].append(waiter)
+
+    def release(self) -> None:
+        for queue in self._waiting:
+            while queue:
+                waiter = queue.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)
+                    return
+        self.free += 1
+
+
 class Reads:
     """Ledger reads off the status path: bounded in time, one in flight per job, isolated per endpoint."""
 
@@ -153,7 +203,7 @@ class Reads:
         self.timeout, self.threads, self.per_endpoint = timeout, threads, per_endpoint
         self.secrets = Secrets(api)
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
-        self._slots: dict[str, asyncio.Semaphore] = {}
+        self._slots: dict[str, Slots] = {}
         self._busy: set[str] = set()
         self._queued: set[str] = set()  # jobs whose read waits for a slot at an endpoint
         self._answered_at: dict[str, float] = {}  # endpoint -> when a read there last ended (monotonic)
@@ -168,21 +218,26 @@ class Reads:
         """The job's read waits its turn at an endpoint that answers (the operator's backlog, not the storage's)."""
         return uid in self._queued
 
-    def start(self, uid: str, namespace: str, spec: TransferJobSpec, deliver: Callable[[Outcome], None]) -> bool:
-        """Start reading a job's ledger; False (and nothing started) while its previous read is in flight.
+    def start(self, uid: str, namespace: str, spec: TransferJobSpec, deliver: Callable[[Outcome], None],
+              urgent: bool = False) -> bool:
+        """Start reading a job's ledger; False (and nothing started) while its previous read is in flight (an urgent
+        start then moves that read, while it waits for a slot, to the urgent line).
 
         `deliver` is called on the event loop: once with the outcome, within the deadline; and, when the deadline
         passed first, once more when the hung thread ends (`late=True`)."""
         if uid in self._busy:
+            if urgent and (slots := self._slots.get(endpoint_of(spec))) is not None:
+                slots.promote(uid)
             return False
         self._busy.add(uid)
-        task = asyncio.get_running_loop().create_task(self._read(uid, namespace, spec, deliver),
+        task = asyncio.get_running_loop().create_task(self._read(uid, namespace, spec, deliver, urgent),
                                                       name=f"graft-ledger-read-{uid}")
         self._tasks.add(task)  # the loop keeps only weak references to tasks
         task.add_done_callback(self._tasks.discard)
         return True
 
-    async def _read(self, uid: str, namespace: str, spec: TransferJobSpec, deliver: Callable[[Outcome], None]) -> None:
+    async def _read(self, uid: str, namespace: str, spec: TransferJobSpec, deliver: Callable[[Outcome], None],
+                    urgent: bool) -> None:
         loop = asyncio.get_running_loop()
         root = storage_root(spec, uid)
         uri = ledger_uri(spec, uid)
@@ -195,10 +250,10 @@ class Reads:
                 return None
             options = await asyncio.wait_for(s3_options(self.secrets, namespace, spec, deadline=self.timeout),
                                              self.timeout)
-            slots = self._slots.setdefault(endpoint, asyncio.Semaphore(self.per_endpoint))
+            slots = self._slots.setdefault(endpoint, Slots(self.per_endpoint))
             self._queued.add(uid)
             try:
-                await self._queue(slots, endpoint)  # released when the thread ends, not when the wait does
+                await self._queue(slots, endpoint, urgent, uid)  # released when the thread ends, not when the wait does
             finally:
                 self._queued.discard(uid)
             try:
@@ -240,18 +295,26 @@ class Reads:
             self._busy.discard(uid)
         self._deliver(deliver, late)
 
-    async def _queue(self, slots: asyncio.Semaphore, endpoint: str) -> None:
+    async def _queue(self, slots: Slots, endpoint: str, urgent: bool, uid: str) -> None:
         """Wait for a free slot at the endpoint. While its reads keep answering, a read waits its turn however long the
         queue (many jobs at once are the operator's backlog, not storage trouble: issue 16 saw 1,000 jobs' reads
         miss a deadline that counted the queue); once the endpoint has answered nothing for a whole deadline, the
         wait ends in TimeoutError, so a hung endpoint is reported as it was (issue 10)."""
-        while True:
-            try:
-                await asyncio.wait_for(slots.acquire(), self.timeout)
-                return
-            except TimeoutError:
+        # One place in line for the whole wait (a wait that is given up and taken again goes to the back).
+        acquire = asyncio.ensure_future(slots.acquire(urgent, uid))
+        try:
+            while True:
+                done, _ = await asyncio.wait({acquire}, timeout=self.timeout)
+                if done:
+                    return acquire.result()
                 if time.monotonic() - self._answered_at.get(endpoint, -math.inf) >= self.timeout:
-                    raise
+                    raise TimeoutError
+        except BaseException:
+            if acquire.done() and not acquire.cancelled() and acquire.exception() is None:
+                slots.release()  # taken just as the wait ended: give it back
+            else:
+                acquire.cancel()  # Slots.acquire passes on a slot handed over meanwhile
+            raise
 
     @staticmethod
     def _deliver(deliver: Callable[[Outcome], None], outcome: Outcome) -> None:

@@ -25,6 +25,8 @@ LEDGER_CONDITION = "LedgerReadable"
 # KubeRay's jobDeploymentStatus values, grouped by what they mean for the TransferJob.
 _STARTING = ("", "New", "Initializing", "Waiting")
 _SUSPENDED = ("Suspending", "Suspended")
+#: States in which the RayJob is done: its final ledger read is what the finished status waits for.
+FINISHED = ("Complete", "Failed")
 #: States in which no trainer of the RayJob has run yet (so no ledger of a new job can exist).
 NOT_YET_RUN = _STARTING + _SUSPENDED
 

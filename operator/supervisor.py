@@ -21,7 +21,7 @@ log = logging.getLogger("graft.operator")
 #: New jobs first: while the watch has shown jobs whose RayJob is not created yet, a due look at a started job waits,
 #: this long at most. In a burst the creates then drain before the status writes they would queue behind (and those
 #: writes' watch echoes), and a deferred look often finds two changes for one write.
-CREATES_FIRST_SECONDS = 1.0
+CREATES_FIRST_SECONDS = 0.5
 #: A job seen but not created for this long (its create keeps failing, or kopf will not run it) holds nothing back.
 CREATE_BACKLOG_SECONDS = 10.0
 

@@ -224,6 +224,56 @@ def test_reads_queued_at_an_endpoint_that_answers_wait_their_turn_past_the_deadl
     asyncio.run(scenario())
 
 
+def test_a_finished_jobs_read_goes_before_the_running_jobs_polls(monkeypatch):
+    order: list[str] = []
+
+    def load(root, options):
+        order.append(root.split("/")[-1])
+        time.sleep(0.05)
+        return PROJECTION
+
+    monkeypatch.setattr(ledgers, "_load", load)
+
+    async def scenario():
+        reads = ledgers.Reads(timeout=5, threads=4, per_endpoint=1)
+        done = []
+        for i in range(4):  # running jobs' polls fill the queue ...
+            reads.start(f"poll-{i}", "ml", _spec("s3://busy/jobs"), done.append)
+        await asyncio.sleep(0)
+        reads.start("finished", "ml", _spec("s3://busy/jobs"), done.append, urgent=True)  # ... then a job finishes
+        await _until(lambda: len(done) == 5)
+        assert order.index("finished") == 1  # next after the read that held the slot
+        # A job that finishes while its own poll waits in line: that poll moves up (its answer starts the final read).
+        order.clear()
+        for i in range(4):
+            reads.start(f"poll-{i}", "ml", _spec("s3://busy/jobs"), done.append)
+        await _until(lambda: reads.queued("poll-3"))
+        await asyncio.sleep(0.005)  # in line
+        assert not reads.start("poll-3", "ml", _spec("s3://busy/jobs"), done.append, urgent=True)
+        await _until(lambda: len(done) == 9)
+        assert order.index("poll-3") == 1
+        await reads.close()
+
+    asyncio.run(scenario())
+
+
+def test_slots_are_not_lost_when_a_wait_is_given_up():
+    async def scenario():
+        slots = ledgers.Slots(1)
+        await slots.acquire()
+        gives_up = asyncio.ensure_future(asyncio.wait_for(slots.acquire(), 0.05))
+        waits = asyncio.ensure_future(slots.acquire(urgent=True))
+        with pytest.raises(TimeoutError):
+            await gives_up
+        slots.release()
+        await asyncio.wait_for(waits, 1)
+        slots.release()
+        assert slots.free == 1
+        await asyncio.wait_for(slots.acquire(), 1)
+
+    asyncio.run(scenario())
+
+
 def test_reads_queued_behind_a_hung_endpoint_are_reported_at_the_deadline(stuck):
     release, entered = stuck
 

@@ -39,7 +39,7 @@ class FakeReads:
     def queued(self, uid) -> bool:
         return bool(self.pending) and self.waiting_turn
 
-    def start(self, uid, namespace, spec, deliver) -> bool:
+    def start(self, uid, namespace, spec, deliver, urgent=False) -> bool:
         if self.pending:
             return False
         self.pending.append(deliver)
