@@ -67,7 +67,7 @@ class LocalExecutor:
 
     def features(self, cfg: StageConfig, sets: dict[str, Any], out_uri: str) -> dict[str, float]:
         t0 = time.perf_counter()
-        backbone, size, device = loops.feature_model(cfg).backbone, cfg.spec.data.image_size, torch.device(self.device)
+        backbone, size, device = loops.feature_model(cfg).features, cfg.spec.data.image_size, torch.device(self.device)
         images = (src.images(size) for src in sets.values())
         x = torch.cat([loops.extract_features(backbone, b, cfg.preprocessing, device) for b in images])
         return save_features(out_uri, x, sets, time.perf_counter() - t0)

@@ -17,11 +17,15 @@ from graft import storage
 FORMAT_VERSION = 1
 
 
-def export_model(root: str, state_dict: dict[str, torch.Tensor], meta: dict[str, Any]) -> str:
-    """Write the model folder; returns its URI. `meta` holds architecture, labels, preprocessing, metrics."""
+def export_model(root: str, state_dict: dict[str, torch.Tensor], meta: dict[str, Any],
+                 extra: dict[str, bytes] | None = None) -> str:
+    """Write the model folder; returns its URI. `meta` holds architecture, labels, preprocessing, metrics; `extra`
+    other files of the folder by name (a timm model's `timm.safetensors`)."""
     uri = storage.join(root, "model")
     state = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
     models.save_tensors(storage.join(uri, "model.pt"), state)
+    for name, data in (extra or {}).items():
+        storage.write_bytes(storage.join(uri, name), data)
     # model.json last: its presence means the folder is complete.
     storage.write_json(storage.join(uri, "model.json"), {"format_version": FORMAT_VERSION, **meta})
     return uri

@@ -446,10 +446,11 @@ class FullFineTuneStage(_StageBase):
     parameters the model names in `no_weight_decay()` (position embeddings, class token)."""
 
     layer_decay: float | None = Field(default=None, gt=0, le=1)
-    """Layer-wise learning-rate decay for timm backbones (as in BEiT/MAE fine-tuning): layer i of L learns at
-    `lr * backboneLrScale * layerDecay^(L - i)` (timm's `param_groups_layer_decay`), the head at `lr`. 1 turns it
-    off. Empty: the family's default (ViT, DeiT, BEiT, EVA, DINOv2 and other timm transformers 0.75, ConvNeXt
-    0.8, other CNNs off). Not for torchvision backbones (they use `backboneLrScale` alone)."""
+    """Layer-wise learning-rate decay for timm backbones (as in BEiT/MAE fine-tuning): backbone layer i of L (timm's
+    grouping, `param_groups_layer_decay`: the embeddings are layer 0, the last block and final norm layer L) learns
+    at `lr * backboneLrScale * layerDecay^(L - i)`, the head at `lr`. 1 turns it off. Empty: the family's default
+    (ViT, DeiT, BEiT, EVA, DINOv2 and other timm transformers 0.75, ConvNeXt 0.8, other CNNs off). Not for
+    torchvision backbones (they use `backboneLrScale` alone)."""
 
     warmup_epochs: float = Field(default=1.0, ge=0, le=MAX_EPOCHS)
     """Linear warm-up before the cosine decay, in epochs. Default 1."""
