@@ -31,10 +31,17 @@ NOT_DETERMINING: dict[str, dict[str, tuple[str, ...]]] = {
 }
 
 
+#: Fields added after ledgers recorded hashes, whose empty value gives the results the code before them gave: left
+#: out of the view while empty, so that those ledgers' hashes still match (a set value counts as any field does).
+ADDED_EMPTY: dict[str, tuple[str, ...]] = {"FullFineTune": ("layerDecay",)}
+
+
 def view(spec: TransferJobSpec) -> dict[str, Any]:
     """The part of the spec that can determine results (model, data, stages), as JSON with defaults filled in."""
     dumped = spec.model_dump(mode="json", by_alias=True)
-    return {"model": dumped["model"], "data": dumped["data"], "stages": dumped["stages"]}
+    stages = [{k: v for k, v in s.items() if not (v is None and k in ADDED_EMPTY.get(s["type"], ()))}
+              for s in dumped["stages"]]
+    return {"model": dumped["model"], "data": dumped["data"], "stages": stages}
 
 
 def _determining(spec_view: dict[str, Any], index: int) -> dict[str, dict[str, Any]]:

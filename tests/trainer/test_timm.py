@@ -192,3 +192,20 @@ def test_export_predicts_and_loads_into_plain_timm_with_the_same_logits(tmp_path
     assert proc.returncode == 0, proc.stderr
     shown = json.loads(proc.stdout)
     assert len(shown) == 6 and all(len(p["top"]) == 3 for p in shown)
+
+
+def test_layer_decay_leaves_older_ledgers_hashes_as_they_were():
+    """A job's stage hashes before layerDecay existed (computed with the code of ed415cc on the demo manifest): a
+    rerun of an old finished job is not refused as a changed spec."""
+    import yaml
+    from graft.trainer import identity
+
+    doc = yaml.safe_load((Path(__file__).resolve().parents[2] / "examples" / "digits-lpft.yaml").read_text())
+    assert identity.hashes(identity.view(TransferJob.model_validate(doc).spec)) == [
+        "sha256:ba839c19f99e23414f582050607b8389", "sha256:edeb397d1797b6e3c5c9142e45e8e1fd",
+        "sha256:d638115237ec748b791d77ced23edf62", "sha256:5a25270dfe3b648fba5705a2c58a1b0f"]
+    doc["spec"]["model"]["backbone"] = "timm:resnet18"
+    doc["spec"]["stages"][3]["layerDecay"] = 0.5
+    changed = identity.hashes(identity.view(TransferJob.model_validate(doc).spec))
+    doc["spec"]["stages"][3]["layerDecay"] = 0.6
+    assert identity.hashes(identity.view(TransferJob.model_validate(doc).spec))[3] != changed[3]
