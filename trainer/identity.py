@@ -33,7 +33,7 @@ NOT_DETERMINING: dict[str, dict[str, tuple[str, ...]]] = {
 
 #: Fields added after ledgers recorded hashes, whose empty value gives the results the code before them gave: left
 #: out of the view while empty, so that those ledgers' hashes still match (a set value counts as any field does).
-ADDED_EMPTY: dict[str, tuple[str, ...]] = {"FullFineTune": ("layerDecay",)}
+ADDED_EMPTY: dict[str, tuple[str, ...]] = {"FullFineTune": ("layerDecay",), "data": ("pathColumn", "labelColumn")}
 
 
 def view(spec: TransferJobSpec) -> dict[str, Any]:
@@ -41,7 +41,8 @@ def view(spec: TransferJobSpec) -> dict[str, Any]:
     dumped = spec.model_dump(mode="json", by_alias=True)
     stages = [{k: v for k, v in s.items() if not (v is None and k in ADDED_EMPTY.get(s["type"], ()))}
               for s in dumped["stages"]]
-    return {"model": dumped["model"], "data": dumped["data"], "stages": stages}
+    data = {k: v for k, v in dumped["data"].items() if not (v is None and k in ADDED_EMPTY["data"])}
+    return {"model": dumped["model"], "data": data, "stages": stages}
 
 
 def _determining(spec_view: dict[str, Any], index: int) -> dict[str, dict[str, Any]]:

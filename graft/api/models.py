@@ -255,7 +255,9 @@ class DataSpec(_Model):
 
     train: str = Field(min_length=1, max_length=MAX_URI_LENGTH)
     """Training images: an ImageFolder tree (one sub-folder per class) at a local path, `file://` or
-    `s3://` prefix, or a built-in offline data set (`builtin:digits`, `builtin:digits-noisy`)."""
+    `s3://` prefix, a manifest table (a `.csv`, `.parquet` or `.jsonl` file there: one row per image, its path in
+    `pathColumn` and its label in `labelColumn`; classes are the sorted labels), or a built-in offline data set
+    (`builtin:digits`, `builtin:digits-noisy`)."""
 
     validation: str | None = Field(default=None, min_length=1, max_length=MAX_URI_LENGTH)
     """Validation images, same forms as `train`. When empty, `validationSplit` of `train` is held out."""
@@ -279,6 +281,14 @@ class DataSpec(_Model):
 
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     """Seed for the validation split, few-shot sampling and weight initialisation. Default 0."""
+
+    path_column: str | None = Field(default=None, min_length=1, max_length=256)
+    """Manifest tables: the column with each image's path, relative to the table's folder, absolute, or a `s3://`
+    or `file://` URI. Default `path`."""
+
+    label_column: str | None = Field(default=None, min_length=1, max_length=256)
+    """Manifest tables: the column with each image's label (a validation or test table's labels must be among the
+    training table's). Default `label`."""
 
     @field_validator("train", "validation", "test")
     @classmethod
