@@ -127,3 +127,17 @@ def test_unknown_label_in_a_validation_table_and_a_missing_column(tmp_path):
                               "spec.data.pathColumn")
     with pytest.raises(InputError, match="manifest not found"):
         data_mod.open_source(str(tmp_path / "nope.csv"))
+
+
+def test_graft_evaluate_reads_a_table_whose_labels_are_some_of_the_models(tmp_path):
+    from graft.trainer.evaluate import evaluate
+    from support.trainer_data import export_constant_model
+
+    rows = _images(tmp_path, per_class=2)
+    (tmp_path / "test.csv").write_bytes(_csv([r for r in rows if r[1] != "owl"]))
+    model = export_constant_model(tmp_path / "run", ["cat", "dog", "owl"], "dog")
+    result = evaluate(model, str(tmp_path / "test.csv"))
+    assert len(result.y_true) == 4 and int((result.y_true == result.y_pred).sum()) == 2  # the dogs
+    (tmp_path / "bad.csv").write_bytes(_csv([("img/c00.png", "wolf")]))
+    with pytest.raises(InputError, match=r"row 1: img/c00.png: unknown label 'wolf' \(the training labels: cat, dog"):
+        evaluate(model, str(tmp_path / "bad.csv"))
