@@ -53,11 +53,13 @@ class Source:
         pixels = self.pixels[index] if self.pixels is not None else None
         return replace(self, labels=self.labels[index], files=files, pixels=pixels)
 
-    def images(self, size: int, threads: int = 8, compact: bool = False) -> torch.Tensor:
+    def images(self, size: int, threads: int = 8, compact: bool = False, resize: Resize | None = None
+               ) -> torch.Tensor:
         """Decode every image to float32 `[N, 3, size, size]` in [0, 1].
 
         `compact`: decoded files stay uint8 (0-255), a quarter of the memory; `as_float` converts a batch.
-        Built-in sets are float pixels already (and small) and come back as they are."""
+        `resize`: a timm model's (`resize_of`); files only. Built-in sets are float pixels already (and small) and
+        come back as they are."""
         if self.pixels is not None:
             x = torch.from_numpy(np.ascontiguousarray(self.pixels, dtype=np.float32))
             if x.shape[-1] != size:
@@ -67,7 +69,7 @@ class Source:
         if not self.files:
             return torch.zeros((0, 3, size, size))
         with ThreadPoolExecutor(max_workers=threads) as pool:
-            decoded = decode_files(self.files, size, pool)
+            decoded = decode_files(self.files, size, pool, resize)
         return decoded if compact else as_float(decoded)
 
 
@@ -99,18 +101,18 @@ class ImageSet:
     every epoch, the next batch while the current one trains, so a worker's memory holds two batches rather
     than the whole set. Both give the same float32 batches in [0, 1]."""
 
-    def __init__(self, source: Source, size: int, budget: int, threads: int = 8):
-        self.source, self.size, self.threads = source, size, threads
+    def __init__(self, source: Source, size: int, budget: int, threads: int = 8, resize: Resize | None = None):
+        self.source, self.size, self.threads, self.resize = source, size, threads, resize
         self.nbytes = decoded_bytes(source, size)
         self.streaming = streams(source, size, budget)
-        self._kept = None if self.streaming else source.images(size, threads, compact=True)
+        self._kept = None if self.streaming else source.images(size, threads, compact=True, resize=resize)
 
     def __len__(self) -> int:
         return len(self.source)
 
     def _decode(self, index: torch.Tensor, pool: ThreadPoolExecutor) -> torch.Tensor:
         assert self.source.files is not None
-        return decode_files([self.source.files[i] for i in index.tolist()], self.size, pool)
+        return decode_files([self.source.files[i] for i in index.tolist()], self.size, pool, self.resize)
 
     def batches(self, index: torch.Tensor, batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(indices, float images) for consecutive slices of `index`, `batch` at a time."""
@@ -131,14 +133,48 @@ class ImageSet:
 # ------------------------------------------------------------------------------------------ decoding
 
 
-def decode_image(uri: str, size: int) -> np.ndarray:
-    """Read and decode one image to uint8 `[3, size, size]` (RGB, resized); InputError names a bad file."""
+@dataclass(frozen=True)
+class Resize:
+    """A timm model's eval resize (its pretrained config's): the shorter side to `floor(size / crop_pct)` with
+    `interpolation`, then the centre `size` x `size` crop (timm's `transforms_imagenet_eval`, crop_mode center)."""
+
+    interpolation: str = "bicubic"
+    crop_pct: float = 1.0
+
+
+def resize_of(preprocessing: dict) -> Resize | None:
+    """The resize a preprocessing dict (`StageConfig.preprocessing`, model.json's) asks for; None: the plain one
+    (bilinear to size x size, as for torchvision backbones)."""
+    if "crop_pct" not in preprocessing:
+        return None
+    return Resize(str(preprocessing.get("interpolation", "bicubic")), float(preprocessing["crop_pct"]))
+
+
+_PIL_FILTERS = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}
+
+
+def _timm_resize(img, size: int, resize: Resize):
+    import math
+
+    scale = math.floor(size / resize.crop_pct)
+    w, h = img.size
+    # timm's Resize(int): the shorter side to `scale`, the other by the same ratio (torchvision's rule).
+    new = (scale, int(scale * h / w)) if w <= h else (int(scale * w / h), scale)
+    img = img.resize(new, _PIL_FILTERS.get(resize.interpolation, 3))
+    left, top = round((new[0] - size) / 2.0), round((new[1] - size) / 2.0)
+    return img.crop((left, top, left + size, top + size))
+
+
+def decode_image(uri: str, size: int, resize: Resize | None = None) -> np.ndarray:
+    """Read and decode one image to uint8 `[3, size, size]` (RGB, resized: bilinear to size x size, or a timm
+    model's `resize`); InputError names a bad file."""
     from PIL import Image
 
     data = storage.read_bytes(uri)
     try:
         with Image.open(io.BytesIO(data)) as img:
-            img = img.convert("RGB").resize((size, size), Image.BILINEAR)
+            img = img.convert("RGB")
+            img = _timm_resize(img, size, resize) if resize else img.resize((size, size), Image.BILINEAR)
             return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).copy()
     except (OSError, ValueError, SyntaxError) as exc:  # UnidentifiedImageError is an OSError
         raise InputError(uri, f"not a readable image ({_image_reason(exc)})") from None
@@ -155,11 +191,11 @@ def _image_reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def try_decode(uri: str, size: int) -> tuple[np.ndarray | None, str | None]:
+def try_decode(uri: str, size: int, resize: Resize | None = None) -> tuple[np.ndarray | None, str | None]:
     """`(image, None)` as `decode_image` gives it, or `(None, why not)` for a file that is missing or does not
     decode. Storage errors (endpoint, credentials, bucket) are raised: they are not about the file."""
     try:
-        return decode_image(uri, size), None
+        return decode_image(uri, size, resize), None
     except FileNotFoundError:
         return None, "not found"
     except InputError as exc:
@@ -203,9 +239,9 @@ def images_error(where: str, problems: list[tuple[str, str]], checked: int, of: 
                       + "\n".join(lines))
 
 
-def decode_files(uris: list[str], size: int, pool: ThreadPoolExecutor) -> torch.Tensor:
+def decode_files(uris: list[str], size: int, pool: ThreadPoolExecutor, resize: Resize | None = None) -> torch.Tensor:
     """Decode image files on `pool` to one uint8 tensor `[N, 3, size, size]`, in the order given."""
-    return torch.from_numpy(np.stack(list(pool.map(lambda uri: decode_image(uri, size), uris))))
+    return torch.from_numpy(np.stack(list(pool.map(lambda uri: decode_image(uri, size, resize), uris))))
 
 
 #: How many images of a streamed set are decoded before the first stage (besides the first of each class).

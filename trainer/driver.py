@@ -235,7 +235,8 @@ class Driver:
             "architecture": self.spec.model.backbone,
             "num_classes": num_classes,
             "labels": classes,
-            "preprocessing": {"image_size": self.spec.data.image_size, "resize": "bilinear", **self.preprocessing},
+            "preprocessing": {"image_size": self.spec.data.image_size, "resize": self._resize_words(),
+                              **self.preprocessing},
             "metrics": metrics,
             "stages": [s.type for s in self.spec.stages],
             "job": {"name": self.job.metadata.name, "uid": self.uid},
@@ -260,6 +261,14 @@ class Driver:
             # Fitted on validation logits of the exported weights; `graft predict` divides logits by it.
             meta["temperature"] = metrics["temperature"]
         return export.export_model(self.root, state, meta, extra)
+
+    def _resize_words(self) -> str:
+        """model.json's `preprocessing.resize`: how an image becomes image_size x image_size."""
+        resize = data_mod.resize_of(self.preprocessing)
+        if resize is None:
+            return "bilinear"
+        return (f"{resize.interpolation}: shorter side to floor(image_size / crop_pct), then the centre crop (timm's "
+                "eval transform)")
 
     def _candidate(self, chosen: selection.Candidate, ledger: Ledger) -> tuple[dict, list[str], int]:
         """The chosen candidate's weights, label names and class count."""

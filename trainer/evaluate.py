@@ -100,9 +100,10 @@ def evaluate(model: str, data: str, threads: int = 8) -> Evaluation:
         for start in range(0, len(source), BATCH):
             batch = source.subset(np.arange(start, min(start + BATCH, len(source))))
             if batch.files is None:
-                x = batch.images(size)
+                x = batch.images(size, resize=data_mod.resize_of(pre))
             else:
-                decoded = list(pool.map(lambda uri: data_mod.try_decode(uri, size), batch.files))
+                decoded = list(pool.map(lambda uri: data_mod.try_decode(uri, size, data_mod.resize_of(pre)),
+                                        batch.files))
                 problems += [(uri, why) for uri, (_, why) in zip(batch.files, decoded, strict=True) if why]
                 if problems:  # no metric is made then; reading on only finds the rest of the bad files
                     continue

@@ -162,10 +162,11 @@ def train_network(session, cfg: StageConfig) -> None:
         num_classes = spec.model.num_classes
     # Kept decoded (uint8) while a quarter of the worker's memory holds them, else streamed from storage.
     budget = data_mod.keep_budget(spec.workers.memory)
-    x_train = data_mod.ImageSet(train_src, size, budget)
-    x_val = data_mod.ImageSet(val_src, size, budget - (0 if x_train.streaming else x_train.nbytes))
-    y_train, y_val = torch.from_numpy(train_src.labels), torch.from_numpy(val_src.labels)
     preset = cfg.preprocessing
+    resize = data_mod.resize_of(preset)
+    x_train = data_mod.ImageSet(train_src, size, budget, resize=resize)
+    x_val = data_mod.ImageSet(val_src, size, budget - (0 if x_train.streaming else x_train.nbytes), resize=resize)
+    y_train, y_val = torch.from_numpy(train_src.labels), torch.from_numpy(val_src.labels)
 
     torch.manual_seed(seed)
     net = models.build(spec.model.backbone, num_classes, size)
@@ -279,13 +280,15 @@ class FeatureExtractor:
 
     def __init__(self, cfg: StageConfig):
         self.preset = cfg.preprocessing
+        self.resize = data_mod.resize_of(self.preset)
         self.device = torch.device("cuda" if torch.cuda.is_available() and cfg.spec.workers.gpus > 0 else "cpu")
         self.backbone = feature_model(cfg).to(self.device).features  # pooled features, no head
         self.size = cfg.spec.data.image_size
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if "uri" in batch:
-            x = torch.from_numpy(np.stack([data_mod.decode_image(str(u), self.size) for u in batch["uri"]]))
+            x = torch.from_numpy(np.stack([data_mod.decode_image(str(u), self.size, self.resize)
+                                           for u in batch["uri"]]))
             x = x.float().div_(255.0)
         else:
             x = torch.from_numpy(np.stack(list(batch["pixels"])).astype(np.float32))

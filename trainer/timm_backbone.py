@@ -1,7 +1,8 @@
 """timm backbones (`spec.model.backbone: timm:<name>`): the model with no classifier (`num_classes=0`), its pooled
 features through timm's own API (`forward_features`, then `forward_head(pre_logits=True)`), its preprocessing from
-its pretrained config (`timm.data.resolve_data_config`), weights files in timm's key layout, hub downloads, and the
-fine-tuning parameter groups (layer-wise learning-rate decay, no weight decay on norms and biases).
+its pretrained config (`timm.data.resolve_data_config`: mean, std, interpolation, crop_pct; `data.Resize` applies the
+last two), weights files in timm's key layout, hub downloads, and the fine-tuning parameter groups (layer-wise
+learning-rate decay, no weight decay on norms and biases).
 """
 
 from __future__ import annotations
@@ -87,10 +88,11 @@ def data_config(arch: str, model: nn.Module | None = None) -> dict[str, Any]:
 
 
 def preprocessing(arch: str) -> dict[str, Any]:
-    """The normalisation the trainer applies: the pretrained config's mean and std. (Images are resized to
-    `imageSize` as for every backbone; the config's interpolation and crop are recorded in model.json, not applied.)"""
+    """What the trainer applies, from the pretrained config: mean and std, and timm's eval resize (the shorter side
+    to imageSize / crop_pct with the config's interpolation, then the centre crop; `data.Resize`)."""
     cfg = data_config(arch)
-    return {"mean": [float(v) for v in cfg["mean"]], "std": [float(v) for v in cfg["std"]]}
+    return {"mean": [float(v) for v in cfg["mean"]], "std": [float(v) for v in cfg["std"]],
+            "interpolation": str(cfg.get("interpolation") or "bicubic"), "crop_pct": float(cfg.get("crop_pct") or 1.0)}
 
 
 def json_config(arch: str, image_size: int) -> dict[str, Any]:

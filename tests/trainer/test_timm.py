@@ -209,3 +209,26 @@ def test_layer_decay_leaves_older_ledgers_hashes_as_they_were():
     changed = identity.hashes(identity.view(TransferJob.model_validate(doc).spec))
     doc["spec"]["stages"][3]["layerDecay"] = 0.6
     assert identity.hashes(identity.view(TransferJob.model_validate(doc).spec))[3] != changed[3]
+
+
+@pytest.mark.parametrize("name", ["resnet18", VIT, "convnext_atto"])
+def test_images_are_resized_and_cropped_as_timms_own_eval_transform(tmp_path, name):
+    """Preprocessing from the model's pretrained config: a non-square photo decoded by the trainer for a timm backbone
+    is what timm's `create_transform(**resolve_data_config(...))` makes of it (interpolation, crop_pct, centre crop,
+    mean, std), at the job's image size."""
+    import numpy as np
+    from graft.trainer import data as data_mod
+    from PIL import Image, ImageFilter
+    from timm.data import create_transform, resolve_data_config
+
+    rng = np.random.RandomState(0)
+    photo = tmp_path / "photo.png"
+    Image.fromarray(rng.randint(0, 256, (90, 140, 3), dtype=np.uint8)).filter(ImageFilter.GaussianBlur(2)).save(photo)
+    size = 48
+    pre = models.torchvision_preset(f"timm:{name}", None)
+    ours = data_mod.normalize(torch.from_numpy(data_mod.decode_image(str(photo), size, data_mod.resize_of(pre)))
+                              [None].float() / 255.0, pre["mean"], pre["std"])[0]
+    cfg = resolve_data_config({}, model=timm.create_model(name, pretrained=False))
+    theirs = create_transform(**{**cfg, "input_size": (3, size, size)}, is_training=False)(Image.open(photo))
+    assert cfg["crop_pct"] < 1 and ours.shape == theirs.shape
+    assert torch.allclose(ours, theirs, atol=1e-5)
