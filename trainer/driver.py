@@ -77,8 +77,10 @@ def _absolute(uri: str | None) -> str | None:
 
 
 def _absolute_paths(spec):
-    """The spec with local paths made absolute: Ray workers resolve paths from another working directory."""
-    paths = {"train": _absolute(spec.data.train), "validation": _absolute(spec.data.validation)}
+    """The spec with local paths made absolute (Ray workers resolve paths from another working directory) and an
+    empty `data.imageSize` filled in (the backbone's default), so every stage and worker reads the same size."""
+    paths = {"train": _absolute(spec.data.train), "validation": _absolute(spec.data.validation),
+             "image_size": spec.data.image_size or models.default_image_size(spec.model.backbone)}
     data = spec.data.model_copy(update=paths)
     model = spec.model.model_copy(update={"weights": _absolute(spec.model.weights)})
     stages_ = [s.model_copy(update={"data": _absolute(s.data)}) if s.type == "Pretrain" else s for s in spec.stages]

@@ -185,6 +185,13 @@ def _torchvision_state_dict(arch: str, uri: str) -> dict[str, torch.Tensor]:
         raise InputError(uri, f"cannot download {weights.url} ({type(exc).__name__}: {exc}); no network?") from None
 
 
+def default_image_size(arch: str) -> int:
+    """`data.imageSize` when the spec leaves it empty: a timm model's pretrained input size, else 224."""
+    if timm_backbone.is_timm(arch):
+        return int(timm_backbone.data_config(arch)["input_size"][-1])
+    return 224
+
+
 def torchvision_preset(arch: str, uri: str | None) -> dict:
     """Normalisation of the weights' preset (ImageNet statistics for torchvision backbones); a timm backbone's
     comes from its pretrained config, with its resize (interpolation, crop_pct)."""

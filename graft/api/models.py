@@ -273,8 +273,9 @@ class DataSpec(_Model):
     validation_split: float = Field(default=0.2, gt=0.0, lt=1.0)
     """Fraction of `train` held out for validation when `validation` is empty. Default 0.2."""
 
-    image_size: int = Field(default=224, ge=8, le=1024)
-    """Side of the square input images in pixels after preprocessing. Default 224."""
+    image_size: int | None = Field(default=None, ge=8, le=1024)
+    """Side of the square input images in pixels after preprocessing. Default: a timm backbone's pretrained input
+    size (its config's `input_size`, e.g. 518 for `vit_small_patch14_dinov2.lvd142m`), 224 for the others."""
 
     shots_per_class: int | None = Field(default=None, ge=1, le=1_000_000)
     """Use only this many training images per class (few-shot); all of them when empty."""

@@ -232,3 +232,28 @@ def test_images_are_resized_and_cropped_as_timms_own_eval_transform(tmp_path, na
     theirs = create_transform(**{**cfg, "input_size": (3, size, size)}, is_training=False)(Image.open(photo))
     assert cfg["crop_pct"] < 1 and ours.shape == theirs.shape
     assert torch.allclose(ours, theirs, atol=1e-5)
+
+
+@pytest.mark.parametrize(("backbone", "given", "size"), [
+    ("timm:vit_small_patch14_dinov2.lvd142m", None, 518),  # the pretrained config's input size
+    ("timm:resnet18", None, 224),
+    ("timm:vit_small_patch14_dinov2.lvd142m", 224, 224),  # an explicit imageSize wins
+    ("resnet50", None, 224),
+])
+def test_image_size_defaults_to_the_models_pretrained_input_size(backbone, given, size):
+    data = {"train": "builtin:digits", **({"imageSize": given} if given else {})}
+    spec = {"model": {"backbone": backbone, "numClasses": 10, "weights": "s3://w-1/w.safetensors"}, "data": data,
+            "stages": [{"type": "FrozenFeatures"}]}
+    assert Driver(TransferJob.model_validate(job_doc("size", spec)), "store").spec.data.image_size == size
+
+
+def test_an_empty_image_size_keeps_older_ledgers_hashes():
+    """Before imageSize could be empty its default was 224: a torchvision job that left it out has the stage hashes
+    it had then (computed with the code of ed415cc on the demo manifest without imageSize)."""
+    import yaml
+
+    doc = yaml.safe_load((Path(__file__).resolve().parents[2] / "examples" / "digits-lpft.yaml").read_text())
+    del doc["spec"]["data"]["imageSize"]
+    assert Driver(TransferJob.model_validate(doc), "store").hashes == [
+        "sha256:44a7d547ba47683906562ff83225650c", "sha256:d55e211a13bb776941bd9c2da7078153",
+        "sha256:c0ce45a9f400d61e49485a965a120a1b", "sha256:149e5c5110ef8a7a66f2d23dd4699202"]
