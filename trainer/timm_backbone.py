@@ -7,7 +7,6 @@ learning-rate decay, no weight decay on norms and biases).
 
 from __future__ import annotations
 
-import logging
 import sys
 import tempfile
 from collections.abc import Mapping
@@ -19,13 +18,11 @@ from torch import nn
 
 from graft.api.models import TIMM_PREFIX
 
-log = logging.getLogger(__name__)
-
 #: Layer-wise learning-rate decay when `layerDecay` is empty, by family (the first prefix that matches the model
 #: name). Transformers: 0.75, the BEiT/MAE fine-tuning value for base models; ConvNeXt: 0.8, the ConvNeXt
 #: authors' fine-tuning value; everything else (ResNets, EfficientNets, ...) 1.0, off.
 LAYER_DECAY_DEFAULTS: tuple[tuple[tuple[str, ...], float], ...] = (
-    (("vit_", "deit", "beit", "eva", "swin", "cait", "xcit", "flexivit", "samvit", "vit"), 0.75),
+    (("vit", "deit", "beit", "eva", "swin", "cait", "xcit", "flexivit", "samvit"), 0.75),
     (("convnext",), 0.8),
 )
 
