@@ -92,3 +92,10 @@ def test_shipped_name_list_is_the_installed_timms():
     from graft.api.models import TIMM_MODELS_FILE
 
     assert TIMM_MODELS_FILE.read_text() == script.text(), "run: .venv/bin/python scripts/timm-models.py"
+
+
+def test_hub_weights_are_no_local_path_on_a_cluster():
+    from graft.api.validation import cluster_warnings, load_job
+
+    job = load_job((ROOT / "examples" / "timm-dinov2-manifest-s3.yaml").read_text())
+    assert job.spec.model.weights == "hub" and cluster_warnings(job.spec) == []
