@@ -80,7 +80,7 @@ RUN python3 -m venv /opt/graft \
  && /opt/graft/bin/pip install --no-deps --requirement /tmp/requirements.txt
 COPY --from=build /wheels /wheels
 RUN /opt/graft/bin/pip install --no-deps /wheels/graft-*.whl \
- && /opt/graft/bin/python -c "import graft.trainer, torch, torchvision, ray"
+ && /opt/graft/bin/python -c "import graft.trainer, torch, torchvision, ray, timm"
 
 # ------------------------------------------------------------------------------------------- trainer
 FROM ${BASE_IMAGE} AS trainer

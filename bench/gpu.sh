@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# One command for a GPU machine (H200): ResNet-50 FullFineTune with bf16 autocast and channels_last on
-# synthetic data (builtin:digits upscaled to 224x224), run as a Ray Train stage (1 GPU worker) and as a
-# plain torch loop on the same model and data in the same run. Prints images/s of both and the ratio.
-#   bench/gpu.sh           on the GPU machine (about 3-5 minutes; hard limit 470 s)
+# One command for a GPU machine (H200): FullFineTune of ResNet-50 and of timm's ViT-B/16
+# (timm:vit_base_patch16_224, random weights) with bf16 autocast and channels_last on synthetic data
+# (builtin:digits upscaled to 224x224), each run as a Ray Train stage (1 GPU worker) and as a plain torch
+# loop on the same model and data in the same run. Prints images/s of both and the ratio, per model.
+#   bench/gpu.sh           on the GPU machine (about 5-8 minutes; hard limit 570 s)
 #   bench/gpu.sh --tiny    CPU smoke mode (small images, few steps): proves the script works
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,4 +21,4 @@ if ! "$PY" -c 'import graft.trainer' 2>/dev/null; then
   ln -s "$PWD/operator" "$shim/graft/operator"
   export PYTHONPATH="$shim:$PYTHONPATH"
 fi
-exec timeout 470 "$PY" bench/trainer_bench.py gpu "$@"
+exec timeout 570 "$PY" bench/trainer_bench.py gpu "$@"

@@ -2,7 +2,7 @@
 
   .venv/bin/python bench/trainer_bench.py            # CPU figures for bench/RESULTS.md (a few minutes)
   .venv/bin/python bench/trainer_bench.py --tiny     # smoke run
-  .venv/bin/python bench/trainer_bench.py gpu        # ResNet-50 FullFineTune bf16 on a GPU (bench/gpu.sh)
+  .venv/bin/python bench/trainer_bench.py gpu        # ResNet-50 and timm ViT-B/16 FullFineTune bf16 on a GPU (gpu.sh)
   .venv/bin/python bench/trainer_bench.py data       # (e) streamed vs kept ImageFolder
 
 (a) Head on stored features vs re-running the frozen backbone every epoch (same epochs).
@@ -187,33 +187,34 @@ def bench_ray(tiny: bool, store: str, workdir: Path) -> dict:
     return out
 
 
-def bench_gpu(tiny: bool, store: str) -> dict:
-    """ResNet-50 FullFineTune, bf16 + channels_last, on Ray Train (1 GPU worker) vs a plain loop."""
+def bench_gpu(tiny: bool, store: str, backbone: str = "resnet50") -> dict:
+    """FullFineTune of `backbone` (ResNet-50, or timm's ViT-B/16), bf16 + channels_last, on Ray Train (1 GPU worker)
+    vs a plain loop on the same model and data."""
     cuda = torch.cuda.is_available()
     if not cuda and not tiny:
         sys.exit("no GPU here: run `bench/gpu.sh --tiny` for the CPU smoke mode")
     size, batch, epochs = (32, 16, 2) if tiny else (224, 256, 6)
     shots = 4 if tiny else None
     spec = {
-        "model": {"backbone": "resnet50", "numClasses": 10},
+        "model": {"backbone": backbone, "numClasses": 10},
         # builtin:digits upscaled to 224x224: synthetic images, through the stage's real data path.
         "data": {"train": "builtin:digits", "imageSize": size, "shotsPerClass": shots},
         "stages": [{"type": "FullFineTune", "epochs": epochs, "batchSize": batch, "augment": False,
                     "precision": "bf16" if cuda else "fp32", "channelsLast": True, "keepCheckpoints": 1}],
         "workers": {"replicas": 1, "gpus": 1 if cuda else 0, "cpus": "8" if cuda else "1"},
     }
-    ledger = _run("bench-gpu", spec, store)
+    ledger = _run("bench-gpu", spec, str(Path(store) / backbone.replace(":", "-")))
     ray_rate = _after_startup(ledger.stage("FullFineTune").history)
     job = _job("b", spec)
     d = job.spec.data
     train, _ = data_mod.train_val(d.train, None, d.validation_split, d.seed, d.shots_per_class)
     x, y = train.images(size), torch.from_numpy(train.labels)
     device = torch.device("cuda" if cuda else "cpu")
-    net = models.build("resnet50", 10, size)
-    plain = plain_train_loop(net, x, y, batch, epochs, models.torchvision_preset("resnet50", None), device,
+    net = models.build(backbone, 10, size)
+    plain = plain_train_loop(net, x, y, batch, epochs, models.torchvision_preset(backbone, None), device,
                              bf16=cuda, channels_last=cuda)
-    return {"device": torch.cuda.get_device_name() if cuda else "cpu", "images": len(y), "epochs": epochs,
-            "ray_images_s": ray_rate, "plain_images_s": plain, "ratio": ray_rate / plain}
+    return {"device": torch.cuda.get_device_name() if cuda else "cpu", "backbone": backbone, "images": len(y),
+            "epochs": epochs, "ray_images_s": ray_rate, "plain_images_s": plain, "ratio": ray_rate / plain}
 
 
 def bench_streaming(tiny: bool, workdir: Path) -> dict:
@@ -257,7 +258,10 @@ def main() -> None:
         workdir = Path(tmp)
         store = str(workdir / "store")
         if args.mode == "gpu":
-            result = {"gpu_fullfinetune_resnet50": bench_gpu(args.tiny, store)}
+            # timm's ViT-B/16 beside ResNet-50 (the CPU smoke mode runs its smallest sibling, same code path).
+            vit = "timm:vit_tiny_patch16_224" if args.tiny else "timm:vit_base_patch16_224"
+            result = {"gpu_fullfinetune_resnet50": bench_gpu(args.tiny, store),
+                      "gpu_fullfinetune_timm_vit_b16": bench_gpu(args.tiny, store, vit)}
         elif args.mode == "data":
             result = {"streamed_vs_kept_imagefolder": bench_streaming(args.tiny, workdir)}
         else:

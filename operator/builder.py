@@ -95,6 +95,10 @@ def _env(spec: TransferJobSpec) -> list[dict[str, Any]]:
             ("AWS_SECRET_ACCESS_KEY", secret.secret_access_key_key),
         ):
             env.append({"name": var, "valueFrom": {"secretKeyRef": {"name": secret.name, "key": key}}})
+        if spec.model.weights == "hub" or spec.model.backbone.startswith("timm:hf-hub:"):
+            # A private Hugging Face repository's token, read by huggingface_hub itself; optional (public models).
+            env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": secret.name, "key": "HF_TOKEN",
+                                                                            "optional": True}}})
     if storage.endpoint:
         env.append({"name": "AWS_ENDPOINT_URL", "value": storage.endpoint})
     if storage.region:

@@ -6,6 +6,11 @@ import os
 import uuid
 
 import pytest
+
+# No test downloads anything (timm and huggingface_hub read this when they are first imported, so it is set before
+# any test module imports them): a test that would fetch weights from the Hugging Face Hub fails instead.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
 from support.kube import emulated_api
 from support.s3 import TEST_CREDENTIALS, make_bucket, moto_server
 

@@ -53,11 +53,13 @@ class Source:
         pixels = self.pixels[index] if self.pixels is not None else None
         return replace(self, labels=self.labels[index], files=files, pixels=pixels)
 
-    def images(self, size: int, threads: int = 8, compact: bool = False) -> torch.Tensor:
+    def images(self, size: int, threads: int = 8, compact: bool = False, resize: Resize | None = None
+               ) -> torch.Tensor:
         """Decode every image to float32 `[N, 3, size, size]` in [0, 1].
 
         `compact`: decoded files stay uint8 (0-255), a quarter of the memory; `as_float` converts a batch.
-        Built-in sets are float pixels already (and small) and come back as they are."""
+        `resize`: a timm model's (`resize_of`); files only. Built-in sets are float pixels already (and small) and
+        come back as they are."""
         if self.pixels is not None:
             x = torch.from_numpy(np.ascontiguousarray(self.pixels, dtype=np.float32))
             if x.shape[-1] != size:
@@ -67,7 +69,7 @@ class Source:
         if not self.files:
             return torch.zeros((0, 3, size, size))
         with ThreadPoolExecutor(max_workers=threads) as pool:
-            decoded = decode_files(self.files, size, pool)
+            decoded = decode_files(self.files, size, pool, resize)
         return decoded if compact else as_float(decoded)
 
 
@@ -99,18 +101,18 @@ class ImageSet:
     every epoch, the next batch while the current one trains, so a worker's memory holds two batches rather
     than the whole set. Both give the same float32 batches in [0, 1]."""
 
-    def __init__(self, source: Source, size: int, budget: int, threads: int = 8):
-        self.source, self.size, self.threads = source, size, threads
+    def __init__(self, source: Source, size: int, budget: int, threads: int = 8, resize: Resize | None = None):
+        self.source, self.size, self.threads, self.resize = source, size, threads, resize
         self.nbytes = decoded_bytes(source, size)
         self.streaming = streams(source, size, budget)
-        self._kept = None if self.streaming else source.images(size, threads, compact=True)
+        self._kept = None if self.streaming else source.images(size, threads, compact=True, resize=resize)
 
     def __len__(self) -> int:
         return len(self.source)
 
     def _decode(self, index: torch.Tensor, pool: ThreadPoolExecutor) -> torch.Tensor:
         assert self.source.files is not None
-        return decode_files([self.source.files[i] for i in index.tolist()], self.size, pool)
+        return decode_files([self.source.files[i] for i in index.tolist()], self.size, pool, self.resize)
 
     def batches(self, index: torch.Tensor, batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(indices, float images) for consecutive slices of `index`, `batch` at a time."""
@@ -131,14 +133,48 @@ class ImageSet:
 # ------------------------------------------------------------------------------------------ decoding
 
 
-def decode_image(uri: str, size: int) -> np.ndarray:
-    """Read and decode one image to uint8 `[3, size, size]` (RGB, resized); InputError names a bad file."""
+@dataclass(frozen=True)
+class Resize:
+    """A timm model's eval resize (its pretrained config's): the shorter side to `floor(size / crop_pct)` with
+    `interpolation`, then the centre `size` x `size` crop (timm's `transforms_imagenet_eval`, crop_mode center)."""
+
+    interpolation: str = "bicubic"
+    crop_pct: float = 1.0
+
+
+def resize_of(preprocessing: dict) -> Resize | None:
+    """The resize a preprocessing dict (`StageConfig.preprocessing`, model.json's) asks for; None: the plain one
+    (bilinear to size x size, as for torchvision backbones)."""
+    if "crop_pct" not in preprocessing:
+        return None
+    return Resize(str(preprocessing.get("interpolation", "bicubic")), float(preprocessing["crop_pct"]))
+
+
+_PIL_FILTERS = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}
+
+
+def _timm_resize(img, size: int, resize: Resize):
+    import math
+
+    scale = math.floor(size / resize.crop_pct)
+    w, h = img.size
+    # timm's Resize(int): the shorter side to `scale`, the other by the same ratio (torchvision's rule).
+    new = (scale, int(scale * h / w)) if w <= h else (int(scale * w / h), scale)
+    img = img.resize(new, _PIL_FILTERS.get(resize.interpolation, 3))
+    left, top = round((new[0] - size) / 2.0), round((new[1] - size) / 2.0)
+    return img.crop((left, top, left + size, top + size))
+
+
+def decode_image(uri: str, size: int, resize: Resize | None = None) -> np.ndarray:
+    """Read and decode one image to uint8 `[3, size, size]` (RGB, resized: bilinear to size x size, or a timm
+    model's `resize`); InputError names a bad file."""
     from PIL import Image
 
     data = storage.read_bytes(uri)
     try:
         with Image.open(io.BytesIO(data)) as img:
-            img = img.convert("RGB").resize((size, size), Image.BILINEAR)
+            img = img.convert("RGB")
+            img = _timm_resize(img, size, resize) if resize else img.resize((size, size), Image.BILINEAR)
             return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).copy()
     except (OSError, ValueError, SyntaxError) as exc:  # UnidentifiedImageError is an OSError
         raise InputError(uri, f"not a readable image ({_image_reason(exc)})") from None
@@ -155,11 +191,11 @@ def _image_reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def try_decode(uri: str, size: int) -> tuple[np.ndarray | None, str | None]:
+def try_decode(uri: str, size: int, resize: Resize | None = None) -> tuple[np.ndarray | None, str | None]:
     """`(image, None)` as `decode_image` gives it, or `(None, why not)` for a file that is missing or does not
     decode. Storage errors (endpoint, credentials, bucket) are raised: they are not about the file."""
     try:
-        return decode_image(uri, size), None
+        return decode_image(uri, size, resize), None
     except FileNotFoundError:
         return None, "not found"
     except InputError as exc:
@@ -203,9 +239,9 @@ def images_error(where: str, problems: list[tuple[str, str]], checked: int, of: 
                       + "\n".join(lines))
 
 
-def decode_files(uris: list[str], size: int, pool: ThreadPoolExecutor) -> torch.Tensor:
+def decode_files(uris: list[str], size: int, pool: ThreadPoolExecutor, resize: Resize | None = None) -> torch.Tensor:
     """Decode image files on `pool` to one uint8 tensor `[N, 3, size, size]`, in the order given."""
-    return torch.from_numpy(np.stack(list(pool.map(lambda uri: decode_image(uri, size), uris))))
+    return torch.from_numpy(np.stack(list(pool.map(lambda uri: decode_image(uri, size, resize), uris))))
 
 
 #: How many images of a streamed set are decoded before the first stage (besides the first of each class).
@@ -297,11 +333,109 @@ def _image_folder(uri: str) -> Source:
     return Source(uri=uri, classes=classes, labels=np.asarray(labels, dtype=np.int64), files=files)
 
 
-def open_source(uri: str) -> Source:
-    """List a data set: `builtin:<name>`, or an ImageFolder at a local path, `file://` or `s3://` prefix."""
+#: Manifest tables: one row per image, a path (or URI) column and a label column.
+TABLE_EXTENSIONS = (".csv", ".parquet", ".jsonl")
+#: How many bad rows of a manifest an error message lists (the rest are counted).
+LISTED_ROWS = 10
+
+
+def is_table(uri: str) -> bool:
+    """Whether a data URI names a manifest table (CSV, Parquet, JSONL) rather than an ImageFolder."""
+    return uri.lower().endswith(TABLE_EXTENSIONS)
+
+
+def _read_table(uri: str, columns: tuple[str, str]):
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.json as pajson
+    import pyarrow.parquet as pq
+
+    try:
+        data = storage.read_bytes(uri)
+    except FileNotFoundError:
+        raise InputError(uri, "manifest not found") from None
+    try:
+        if uri.lower().endswith(".csv"):
+            # The path and label columns as text: a label "007" stays the label it is written as.
+            text = pacsv.ConvertOptions(strings_can_be_null=True, column_types=dict.fromkeys(columns, pa.string()))
+            return pacsv.read_csv(pa.BufferReader(data), convert_options=text)
+        if uri.lower().endswith(".parquet"):
+            return pq.read_table(pa.BufferReader(data))
+        return pajson.read_json(pa.BufferReader(data))
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InputError(uri, f"not a readable {uri.rsplit('.', 1)[-1].upper()} table ({exc})") from None
+
+
+def _text(value) -> str | None:
+    """A cell as text (None for an empty one); numbers as they print (3, not 3.0, for integer labels)."""
+    if value is None:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    text = str(value).strip()
+    return text or None
+
+
+def _table(uri: str, path_column: str, label_column: str, classes: list[str] | None) -> Source:
+    """List a manifest: a path column (relative to the table's folder, or absolute, or a URI) and a label column.
+    Classes are the sorted labels, or `classes` (a validation or test table's labels must be among the training
+    set's). Every bad row (empty label, unknown label, empty path, missing file) is named in one error."""
+    table = _read_table(uri, (path_column, label_column))
+    for column, field in ((path_column, "pathColumn"), (label_column, "labelColumn")):
+        if column not in table.column_names:
+            raise InputError(uri, f"has no column {column!r} (its columns: {', '.join(table.column_names)}); set "
+                             f"spec.data.{field}")
+    base = uri.rsplit("/", 1)[0] if "/" in uri else "."
+    paths = [_text(v) for v in table.column(path_column).to_pylist()]
+    labels = [_text(v) for v in table.column(label_column).to_pylist()]
+    known = set(classes) if classes is not None else None
+    problems: list[str] = []
+    rows: list[tuple[int, str, str]] = []
+    for i, (path, label) in enumerate(zip(paths, labels, strict=True), start=1):
+        if path is None:
+            problems.append(f"row {i}: empty path")
+        elif label is None:
+            problems.append(f"row {i}: {path}: empty label")
+        elif known is not None and label not in known:
+            problems.append(f"row {i}: {path}: unknown label {label!r} (the training labels: "
+                            f"{', '.join(classes[:10])}{' ...' if len(classes) > 10 else ''})")
+        else:
+            full = path if path.startswith(("s3://", "file://", "/")) else storage.join(base, path)
+            rows.append((i, path, full))
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        found = list(pool.map(lambda r: storage.exists(r[2]), rows))
+    problems += [f"row {i}: {path}: file not found ({full})" for (i, path, full), ok in zip(rows, found, strict=True)
+                 if not ok]
+    if problems:
+        problems.sort(key=lambda p: int(p.split(":", 1)[0][4:]))
+        listed = [f"  {p}" for p in problems[:LISTED_ROWS]]
+        if len(problems) > LISTED_ROWS:
+            listed.append(f"  ... and {len(problems) - LISTED_ROWS} more")
+        raise InputError(uri, f"{len(problems)} of {len(paths)} rows are bad:\n" + "\n".join(listed))
+    if not rows:
+        raise InputError(uri, "manifest has no rows")
+    names = classes if classes is not None else sorted({labels[i - 1] for i, _, _ in rows})
+    index = {c: k for k, c in enumerate(names)}
+    order = sorted(range(len(rows)), key=lambda k: (index[labels[rows[k][0] - 1]], rows[k][2]))
+    return Source(uri=uri, classes=list(names),
+                  labels=np.asarray([index[labels[rows[k][0] - 1]] for k in order], dtype=np.int64),
+                  files=[rows[k][2] for k in order])
+
+
+def open_source(uri: str, columns: tuple[str, str] = ("path", "label"), classes: list[str] | None = None) -> Source:
+    """List a data set: `builtin:<name>`, an ImageFolder at a local path, `file://` or `s3://` prefix, or a manifest
+    table (`.csv`, `.parquet`, `.jsonl`) with `columns` (path, label); `classes`: a manifest's labels must be
+    these (a validation or test table against the training set's)."""
     if uri.startswith("builtin:"):
         return _builtin(uri[len("builtin:") :])
+    if is_table(uri):
+        return _table(uri, *columns, classes)
     return _image_folder(uri)
+
+
+def columns_of(data) -> tuple[str, str]:
+    """A data spec's manifest column names (path, label), defaults filled in."""
+    return (data.path_column or "path", data.label_column or "label")
 
 
 # -------------------------------------------------------------------------------------------- splits
@@ -339,24 +473,25 @@ def target_sets(data) -> tuple[Source, Source, Source | None]:
     """(train, validation, test or None) of a `spec.data`. The test set (`test`, or `testFraction` of `train`,
     stratified and seeded) is split off before anything else, so no validation split or few-shot draw ever sees
     it; nothing chooses anything by it."""
-    train = open_source(data.train)
+    columns = columns_of(data)
+    train = open_source(data.train, columns)
     test = None
     if data.test:
-        test = open_source(data.test)
+        test = open_source(data.test, columns, train.classes if is_table(data.test) else None)
         if test.classes != train.classes:
             raise InputError(data.test, f"test classes {test.classes} differ from the training classes {train.classes}")
     elif data.test_fraction:
         train, test = split(train, data.test_fraction, data.seed + _TEST_SEED_OFFSET)
-    train, val = train_val(train, data.validation, data.validation_split, data.seed, data.shots_per_class)
+    train, val = train_val(train, data.validation, data.validation_split, data.seed, data.shots_per_class, columns)
     return train, val, test
 
 
 def train_val(train_uri: str | Source, validation_uri: str | None, fraction: float, seed: int,
-              shots: int | None = None):
+              shots: int | None = None, columns: tuple[str, str] = ("path", "label")):
     """The (train, validation) sources of a data spec: explicit validation set or a stratified split."""
-    train = open_source(train_uri) if isinstance(train_uri, str) else train_uri
+    train = open_source(train_uri, columns) if isinstance(train_uri, str) else train_uri
     if validation_uri:
-        val = open_source(validation_uri)
+        val = open_source(validation_uri, columns, train.classes if is_table(validation_uri) else None)
         if val.classes != train.classes:
             raise InputError(
                 validation_uri, f"validation classes {val.classes} differ from the training classes {train.classes}"

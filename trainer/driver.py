@@ -12,17 +12,18 @@ them starts and is recorded as that stage's failure reason; nothing already writ
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from graft.trainer import data as data_mod
-from graft.trainer import export, identity, logship, models, selection, tracking
+from graft.trainer import export, identity, logship, models, selection, timm_backbone, tracking
 from graft.trainer.errors import InputError, out_of_memory, user_message
 from graft.trainer.executors import RayExecutor
 from graft.trainer.stages import STAGES, StageConfig, run_name, verify_up_front
 
-from graft import joblogs
+from graft import joblogs, storage
 from graft.api.models import StageState, TransferJob
 from graft.ledger import Ledger, StageRecord, job_root, now
 
@@ -70,14 +71,16 @@ def resolve_root(job: TransferJob, storage_uri: str | None) -> str:
 
 def _absolute(uri: str | None) -> str | None:
     """A local path made absolute: Ray workers run in their own working directory."""
-    if not uri or uri.startswith(("s3://", "file://", "builtin:", "torchvision:")):
+    if not uri or uri == "hub" or uri.startswith(("s3://", "file://", "builtin:", "torchvision:")):
         return uri
     return str(Path(uri).expanduser().resolve())
 
 
 def _absolute_paths(spec):
-    """The spec with local paths made absolute: Ray workers resolve paths from another working directory."""
-    paths = {"train": _absolute(spec.data.train), "validation": _absolute(spec.data.validation)}
+    """The spec with local paths made absolute (Ray workers resolve paths from another working directory) and an
+    empty `data.imageSize` filled in (the backbone's default), so every stage and worker reads the same size."""
+    paths = {"train": _absolute(spec.data.train), "validation": _absolute(spec.data.validation),
+             "image_size": spec.data.image_size or models.default_image_size(spec.model.backbone)}
     data = spec.data.model_copy(update=paths)
     model = spec.model.model_copy(update={"weights": _absolute(spec.model.weights)})
     stages_ = [s.model_copy(update={"data": _absolute(s.data)}) if s.type == "Pretrain" else s for s in spec.stages]
@@ -180,10 +183,24 @@ class Driver:
     def build_net(self) -> models.GraftNet:
         return models.build(self.spec.model.backbone, self.spec.model.num_classes, self.spec.data.image_size)
 
+    def weights(self) -> str | None:
+        """Where `spec.model.weights` are read from. `hub`: the timm model's pretrained weights, downloaded once into
+        `<root>/weights/` (safetensors) so that a retry, a later stage or a worker never downloads them again."""
+        uri = self.spec.model.weights
+        if uri != "hub":
+            return uri
+        name = timm_backbone.model_name(self.spec.model.backbone)
+        cached = storage.join(self.root, "weights", "hub-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", name) + ".safetensors")
+        if not storage.exists(cached):
+            state = timm_backbone.hub_state_dict(self.spec.model.backbone, self.spec.data.image_size)
+            storage.write_bytes(cached, timm_backbone.safetensors_bytes(state))
+        return cached
+
     def check_weights(self) -> None:
-        """`spec.model.weights` load into the backbone (file found, torchvision name known, keys and shapes fit)."""
+        """`spec.model.weights` load into the backbone (file found, torchvision name known, keys and shapes fit); a
+        checkpoint's own classifier left out is said here, once."""
         if not self._weights_checked and self.spec.model.weights:
-            models.load_weights(self.build_net(), self.spec.model.weights)
+            models.load_weights(self.build_net(), self.weights(), report=True)
             self._weights_checked = True
 
     def check_target(self) -> None:
@@ -194,7 +211,7 @@ class Driver:
 
     def init_backbone(self, ledger: Ledger) -> str | None:
         """Where the backbone's weights come from: the Pretrain stage's output, else `spec.model.weights`."""
-        return ledger.stage("Pretrain").output if self.stage("Pretrain") else self.spec.model.weights
+        return ledger.stage("Pretrain").output if self.stage("Pretrain") else self.weights()
 
     # -- stages --------------------------------------------------------------------------------
 
@@ -220,19 +237,40 @@ class Driver:
             "architecture": self.spec.model.backbone,
             "num_classes": num_classes,
             "labels": classes,
-            "preprocessing": {"image_size": self.spec.data.image_size, "resize": "bilinear", **self.preprocessing},
+            "preprocessing": {"image_size": self.spec.data.image_size, "resize": self._resize_words(),
+                              **self.preprocessing},
             "metrics": metrics,
             "stages": [s.type for s in self.spec.stages],
             "job": {"name": self.job.metadata.name, "uid": self.uid},
             "load": "net = graft.trainer.models.build(architecture, num_classes, image_size); "
             "net.load_state_dict(torch.load('model.pt'))",
         }
+        extra = {}
+        if timm_backbone.is_timm(self.spec.model.backbone):
+            # The same weights in plain timm's layout: timm.create_model(name, num_classes=N, checkpoint_path=...).
+            net = self.build_net()
+            net.load_state_dict(state)
+            extra["timm.safetensors"] = timm_backbone.safetensors_bytes(timm_backbone.timm_state_dict(net.backbone,
+                                                                                                      net.head))
+            kwargs = net.backbone.graft_create_kwargs
+            meta["timm"] = {**timm_backbone.json_config(self.spec.model.backbone, self.spec.data.image_size),
+                            "checkpoint": "timm.safetensors", "create_kwargs": kwargs}
+            meta["load"] += ("; or plain timm: timm.create_model(timm.name, num_classes=num_classes, "
+                             "checkpoint_path='timm.safetensors', **timm.create_kwargs)")
         if block:
             meta["selection"] = block
         if metrics and metrics.get("temperature"):
             # Fitted on validation logits of the exported weights; `graft predict` divides logits by it.
             meta["temperature"] = metrics["temperature"]
-        return export.export_model(self.root, state, meta)
+        return export.export_model(self.root, state, meta, extra)
+
+    def _resize_words(self) -> str:
+        """model.json's `preprocessing.resize`: how an image becomes image_size x image_size."""
+        resize = data_mod.resize_of(self.preprocessing)
+        if resize is None:
+            return "bilinear"
+        return (f"{resize.interpolation}: shorter side to floor(image_size / crop_pct), then the centre crop (timm's "
+                "eval transform)")
 
     def _candidate(self, chosen: selection.Candidate, ledger: Ledger) -> tuple[dict, list[str], int]:
         """The chosen candidate's weights, label names and class count."""

@@ -57,12 +57,13 @@ def is_manifest(data: str) -> bool:
     return path.suffix.lower() in MANIFEST_SUFFIXES and path.is_file()
 
 
-def open_data(data: str) -> tuple[data_mod.Source, str]:
+def open_data(data: str, labels: list[str] | None = None) -> tuple[data_mod.Source, str]:
     """The labelled set DATA names and a description of it: a manifest's validation set (`data.validation`, or
-    the held-out split of `data.train` a run of it used), else the set itself (`data.open_source`). Raises
-    InvalidSpec for a manifest that is not a valid TransferJob."""
+    the held-out split of `data.train` a run of it used), else the set itself (`data.open_source`; a table's labels
+    checked against the model's `labels`, which it may not all have). Raises InvalidSpec for a manifest that is not
+    a valid TransferJob."""
     if not is_manifest(data):
-        return data_mod.open_source(data), data
+        return data_mod.open_source(data, classes=labels if data_mod.is_table(data) else None), data
     from graft.trainer.driver import apply_storage_env
 
     from graft.api.validation import load_job
@@ -84,8 +85,8 @@ def evaluate(model: str, data: str, threads: int = 8) -> Evaluation:
     """Run the model over every image of DATA. Raises InputError when its classes differ from the model's (by
     name; the order may differ) or when images do not decode (all of them listed), before any metric is made."""
     net, meta = load_model(model)
-    source, described = open_data(data)
     labels = list(meta["labels"])
+    source, described = open_data(data, labels)
     if sorted(source.classes) != sorted(labels):
         only_data = [c for c in source.classes if c not in labels]
         only_model = [c for c in labels if c not in source.classes]
@@ -99,9 +100,10 @@ def evaluate(model: str, data: str, threads: int = 8) -> Evaluation:
         for start in range(0, len(source), BATCH):
             batch = source.subset(np.arange(start, min(start + BATCH, len(source))))
             if batch.files is None:
-                x = batch.images(size)
+                x = batch.images(size, resize=data_mod.resize_of(pre))
             else:
-                decoded = list(pool.map(lambda uri: data_mod.try_decode(uri, size), batch.files))
+                decoded = list(pool.map(lambda uri: data_mod.try_decode(uri, size, data_mod.resize_of(pre)),
+                                        batch.files))
                 problems += [(uri, why) for uri, (_, why) in zip(batch.files, decoded, strict=True) if why]
                 if problems:  # no metric is made then; reading on only finds the rest of the bad files
                     continue

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from graft.trainer import data as data_mod
 from graft.trainer import loops, models
 from graft.trainer.session import LocalSession
 from graft.trainer.stages import StageConfig
@@ -67,8 +68,8 @@ class LocalExecutor:
 
     def features(self, cfg: StageConfig, sets: dict[str, Any], out_uri: str) -> dict[str, float]:
         t0 = time.perf_counter()
-        backbone, size, device = loops.feature_model(cfg).backbone, cfg.spec.data.image_size, torch.device(self.device)
-        images = (src.images(size) for src in sets.values())
+        backbone, size, device = loops.feature_model(cfg).features, cfg.spec.data.image_size, torch.device(self.device)
+        images = (src.images(size, resize=data_mod.resize_of(cfg.preprocessing)) for src in sets.values())
         x = torch.cat([loops.extract_features(backbone, b, cfg.preprocessing, device) for b in images])
         return save_features(out_uri, x, sets, time.perf_counter() - t0)
 

@@ -17,11 +17,15 @@ from graft import storage
 FORMAT_VERSION = 1
 
 
-def export_model(root: str, state_dict: dict[str, torch.Tensor], meta: dict[str, Any]) -> str:
-    """Write the model folder; returns its URI. `meta` holds architecture, labels, preprocessing, metrics."""
+def export_model(root: str, state_dict: dict[str, torch.Tensor], meta: dict[str, Any],
+                 extra: dict[str, bytes] | None = None) -> str:
+    """Write the model folder; returns its URI. `meta` holds architecture, labels, preprocessing, metrics; `extra`
+    other files of the folder by name (a timm model's `timm.safetensors`)."""
     uri = storage.join(root, "model")
     state = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
     models.save_tensors(storage.join(uri, "model.pt"), state)
+    for name, data in (extra or {}).items():
+        storage.write_bytes(storage.join(uri, name), data)
     # model.json last: its presence means the folder is complete.
     storage.write_json(storage.join(uri, "model.json"), {"format_version": FORMAT_VERSION, **meta})
     return uri
@@ -68,12 +72,13 @@ class Prediction:
 PREDICT_BATCH = 64
 
 
-def _decode_all(uris: list[str], size: int, pool: ThreadPoolExecutor) -> list[tuple[np.ndarray | None, str | None]]:
-    from graft.trainer.data import try_decode
+def _decode_all(uris: list[str], pre: dict[str, Any], pool: ThreadPoolExecutor
+                ) -> list[tuple[np.ndarray | None, str | None]]:
+    from graft.trainer.data import resize_of, try_decode
 
     def one(uri: str) -> tuple[np.ndarray | None, str | None]:
         try:
-            return try_decode(uri, size)
+            return try_decode(uri, pre["image_size"], resize_of(pre))
         except storage.StorageError as exc:  # a wrong bucket or key for this one file: say so, go on
             return None, exc.cause
 
@@ -102,7 +107,7 @@ def predict(uri: str, images: list[str], top: int = 3, batch: int | None = None)
 
     def run(chunk: list[str | Prediction], pool: ThreadPoolExecutor) -> Iterator[Prediction]:
         named = [c for c in chunk if isinstance(c, str)]
-        decoded = dict(zip(named, _decode_all(named, pre["image_size"], pool), strict=True))
+        decoded = dict(zip(named, _decode_all(named, pre, pool), strict=True))
         good = [name for name in named if decoded[name][0] is not None]
         ranked: dict[str, list[tuple[str, float]]] = {}
         if good:

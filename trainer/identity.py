@@ -62,10 +62,19 @@ def _head_as_before(stage: dict[str, Any]) -> dict[str, Any]:
     return {**{k: v for k, v in stage.items() if k not in drop}, "lr": lrs[0], "weightDecay": decays[0]}
 
 
+#: Fields added after both forms of recorded hashes (issue 13), whose empty value gives the results the code before
+#: them gave: left out of the view while empty, so that every earlier ledger's hashes still match (a set value counts
+#: as any field does).
+ADDED_EMPTY: dict[str, tuple[str, ...]] = {"FullFineTune": ("layerDecay",), "data": ("pathColumn", "labelColumn")}
+
+
 def view(spec: TransferJobSpec) -> dict[str, Any]:
     """The part of the spec that can determine results (model, data, stages), as JSON with defaults filled in."""
     dumped = spec.model_dump(mode="json", by_alias=True)
-    return {"model": dumped["model"], "data": dumped["data"], "stages": dumped["stages"]}
+    stages = [{k: v for k, v in s.items() if not (v is None and k in ADDED_EMPTY.get(s["type"], ()))}
+              for s in dumped["stages"]]
+    data = {k: v for k, v in dumped["data"].items() if not (v is None and k in ADDED_EMPTY["data"])}
+    return {"model": dumped["model"], "data": data, "stages": stages}
 
 
 def _determining(spec_view: dict[str, Any], index: int, neutral: bool = True) -> dict[str, dict[str, Any]]:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from graft.trainer import data as data_mod
-from graft.trainer import models
+from graft.trainer import models, timm_backbone
 from torch import nn
 
 from graft.api.models import FullFineTuneStage, PretrainStage
@@ -130,6 +130,24 @@ def stop_reason(stage, history: list[dict[str, float]]) -> tuple[str, int]:
     return f"ran all {stage.epochs} epochs", epoch
 
 
+def fine_tune_optimizer(net: models.GraftNet, stage: FullFineTuneStage) -> torch.optim.AdamW:
+    """FullFineTune's AdamW: the head at `lr`, the backbone at `lr * backboneLrScale`. A timm backbone's parameters
+    are grouped as timm does for fine-tuning: layer-wise learning-rate decay (`layerDecay`, or the family's default)
+    and no weight decay on norms, biases and what the model's `no_weight_decay()` names; nor on the head's bias."""
+    backbone_lr = stage.lr * stage.backbone_lr_scale
+    if not net.is_timm:
+        return torch.optim.AdamW(
+            [{"params": net.backbone.parameters(), "lr": backbone_lr},
+             {"params": net.head.parameters(), "lr": stage.lr}],
+            weight_decay=stage.weight_decay,
+        )
+    decay = stage.layer_decay if stage.layer_decay is not None else timm_backbone.default_layer_decay(net.arch)
+    groups = timm_backbone.param_groups(net.backbone, backbone_lr, stage.weight_decay, decay)
+    groups += [{"params": [net.head.weight], "lr": stage.lr, "weight_decay": stage.weight_decay, "lr_scale": 1.0},
+               {"params": [net.head.bias], "lr": stage.lr, "weight_decay": 0.0, "lr_scale": 1.0}]
+    return torch.optim.AdamW(groups, weight_decay=stage.weight_decay)
+
+
 def train_network(session, cfg: StageConfig) -> None:
     """Pretrain or FullFineTune: epochs over decoded images, a checkpoint per epoch."""
     spec, stage = cfg.spec, cfg.stage
@@ -144,10 +162,11 @@ def train_network(session, cfg: StageConfig) -> None:
         num_classes = spec.model.num_classes
     # Kept decoded (uint8) while a quarter of the worker's memory holds them, else streamed from storage.
     budget = data_mod.keep_budget(spec.workers.memory)
-    x_train = data_mod.ImageSet(train_src, size, budget)
-    x_val = data_mod.ImageSet(val_src, size, budget - (0 if x_train.streaming else x_train.nbytes))
-    y_train, y_val = torch.from_numpy(train_src.labels), torch.from_numpy(val_src.labels)
     preset = cfg.preprocessing
+    resize = data_mod.resize_of(preset)
+    x_train = data_mod.ImageSet(train_src, size, budget, resize=resize)
+    x_val = data_mod.ImageSet(val_src, size, budget - (0 if x_train.streaming else x_train.nbytes), resize=resize)
+    y_train, y_val = torch.from_numpy(train_src.labels), torch.from_numpy(val_src.labels)
 
     torch.manual_seed(seed)
     net = models.build(spec.model.backbone, num_classes, size)
@@ -168,13 +187,7 @@ def train_network(session, cfg: StageConfig) -> None:
     steps_per_epoch = math.ceil(math.ceil(len(y_train) / world) / per_rank_batch)
     total_steps = steps_per_epoch * stage.epochs
     if fft:
-        optimizer = torch.optim.AdamW(
-            [
-                {"params": net.backbone.parameters(), "lr": stage.lr * stage.backbone_lr_scale},
-                {"params": net.head.parameters(), "lr": stage.lr},
-            ],
-            weight_decay=stage.weight_decay,
-        )
+        optimizer = fine_tune_optimizer(net, stage)
         warmup = round(stage.warmup_epochs * steps_per_epoch)
     else:
         optimizer = torch.optim.SGD(
@@ -253,8 +266,8 @@ def feature_model(cfg: StageConfig) -> models.GraftNet:
     return net
 
 
-def extract_features(backbone: nn.Module, x: torch.Tensor, preset: dict, device: torch.device, bf16: bool = False):
-    """Pooled features of a batch of [0, 1] images (float32 on the CPU)."""
+def extract_features(backbone, x: torch.Tensor, preset: dict, device: torch.device, bf16: bool = False):
+    """Pooled features of a batch of [0, 1] images (float32 on the CPU); `backbone`: `GraftNet.features`."""
     with torch.inference_mode():
         xb = data_mod.normalize(x.to(device), preset["mean"], preset["std"])
         ctx = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else nullcontext()
@@ -267,13 +280,15 @@ class FeatureExtractor:
 
     def __init__(self, cfg: StageConfig):
         self.preset = cfg.preprocessing
+        self.resize = data_mod.resize_of(self.preset)
         self.device = torch.device("cuda" if torch.cuda.is_available() and cfg.spec.workers.gpus > 0 else "cpu")
-        self.backbone = feature_model(cfg).backbone.to(self.device)
+        self.backbone = feature_model(cfg).to(self.device).features  # pooled features, no head
         self.size = cfg.spec.data.image_size
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if "uri" in batch:
-            x = torch.from_numpy(np.stack([data_mod.decode_image(str(u), self.size) for u in batch["uri"]]))
+            x = torch.from_numpy(np.stack([data_mod.decode_image(str(u), self.size, self.resize)
+                                           for u in batch["uri"]]))
             x = x.float().div_(255.0)
         else:
             x = torch.from_numpy(np.stack(list(batch["pixels"])).astype(np.float32))

@@ -1,22 +1,27 @@
-"""Networks: torchvision backbones by name (and a small CNN for tiny images) split into a feature
-extractor (`backbone`, pooled features) and a linear classifier (`head`), plus weights from a URI.
+"""Networks: torchvision backbones by name (and a small CNN for tiny images), or any timm model (`timm:<name>`,
+`timm_backbone.py`), split into a feature extractor (`backbone`, pooled features) and a linear classifier (`head`),
+plus weights from a URI.
 
-`GraftNet.state_dict()` keys are `backbone.*` (the torchvision model's own keys, minus its classifier)
+`GraftNet.state_dict()` keys are `backbone.*` (the torchvision or timm model's own keys, minus its classifier)
 and `head.weight` / `head.bias`.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 from collections.abc import Mapping
 
 import torch
+from graft.trainer import timm_backbone
 from graft.trainer.data import IMAGENET_MEAN, IMAGENET_STD
 from graft.trainer.errors import InputError
 from torch import nn
 
 from graft import storage
 from graft.api.models import BACKBONES
+
+log = logging.getLogger(__name__)
 
 #: Per family: the classifier attribute and what replaces it so that the model returns pooled features.
 #: mobilenet_v3's classifier starts with a 960->1280 layer: features are the 960 pooled ones, the
@@ -58,8 +63,16 @@ class GraftNet(nn.Module):
         self.backbone = backbone
         self.head = nn.Linear(feature_dim, num_classes)
 
+    @property
+    def is_timm(self) -> bool:
+        return timm_backbone.is_timm(self.arch)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled features (timm: `forward_features`, then `forward_head(pre_logits=True)`)."""
+        return timm_backbone.features(self.backbone, x) if self.is_timm else self.backbone(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x))
+        return self.head(self.features(x))
 
 
 def _torchvision_model(arch: str, image_size: int, num_classes: int = 1000) -> nn.Module:
@@ -82,6 +95,9 @@ def _strip_classifier(arch: str, model: nn.Module) -> nn.Module:
 
 def build(arch: str, num_classes: int, image_size: int = 224) -> GraftNet:
     """A randomly initialised GraftNet of the named architecture with `num_classes` outputs."""
+    if timm_backbone.is_timm(arch):
+        backbone = timm_backbone.create(arch, image_size)
+        return GraftNet(arch, backbone, backbone.num_features, num_classes)
     if arch not in BACKBONES:
         raise InputError("spec.model.backbone", f"unknown backbone {arch!r}; known: {', '.join(BACKBONES)}")
     if arch == "smallcnn":
@@ -112,10 +128,15 @@ def read_state_dict(uri: str) -> dict[str, torch.Tensor]:
         data = storage.read_bytes(uri)
     except FileNotFoundError:
         raise InputError(uri, "weights file not found") from None
+    if uri.endswith(".safetensors"):
+        return timm_backbone.read_safetensors(data, uri)
     try:
         obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:
         raise InputError(uri, f"not a PyTorch state_dict file ({type(exc).__name__}: {exc})") from None
+    if isinstance(obj, Mapping):  # timm training checkpoints keep the weights under one of these
+        obj = next((obj[k] for k in ("state_dict_ema", "model_ema", "state_dict") if isinstance(obj.get(k), Mapping)),
+                   obj)
     if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
         obj = obj["model"]  # a Graft or training checkpoint
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -164,8 +185,18 @@ def _torchvision_state_dict(arch: str, uri: str) -> dict[str, torch.Tensor]:
         raise InputError(uri, f"cannot download {weights.url} ({type(exc).__name__}: {exc}); no network?") from None
 
 
+def default_image_size(arch: str) -> int:
+    """`data.imageSize` when the spec leaves it empty: a timm model's pretrained input size, else 224."""
+    if timm_backbone.is_timm(arch):
+        return int(timm_backbone.data_config(arch)["input_size"][-1])
+    return 224
+
+
 def torchvision_preset(arch: str, uri: str | None) -> dict:
-    """Normalisation of the weights' preset (ImageNet statistics for torchvision backbones)."""
+    """Normalisation of the weights' preset (ImageNet statistics for torchvision backbones); a timm backbone's
+    comes from its pretrained config, with its resize (interpolation, crop_pct)."""
+    if timm_backbone.is_timm(arch):
+        return timm_backbone.preprocessing(arch)
     if arch == "smallcnn":
         return {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
     if uri and uri.startswith("torchvision:"):
@@ -177,10 +208,14 @@ def torchvision_preset(arch: str, uri: str | None) -> dict:
     return {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
 
 
-def load_backbone_state(net: GraftNet, state: Mapping[str, torch.Tensor], uri: str) -> None:
-    """Load backbone weights given as a GraftNet or plain torchvision state_dict; the head stays as it is."""
+def load_backbone_state(net: GraftNet, state: Mapping[str, torch.Tensor], uri: str) -> list[str]:
+    """Load backbone weights given as a GraftNet or plain torchvision/timm state_dict; the head stays as it is.
+    Returns the classifier keys left out (a timm checkpoint's own classifier, which the head replaces)."""
+    dropped: list[str] = []
     if any(k.startswith("backbone.") for k in state):
         sd = {k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")}
+    elif net.is_timm:
+        sd, dropped = timm_backbone.fit_state(net.arch, net.backbone, state, uri)
     else:
         drop = _classifier_keys(net.arch, state.keys())
         sd = {k: v for k, v in state.items() if k not in drop}
@@ -198,9 +233,15 @@ def load_backbone_state(net: GraftNet, state: Mapping[str, torch.Tensor], uri: s
         )
         raise InputError(uri, f"weights do not fit backbone {net.arch} ({detail})")
     net.backbone.load_state_dict(sd, strict=True)
+    return dropped
 
 
-def load_weights(net: GraftNet, uri: str) -> None:
-    """Initialise the backbone from a weights URI (`torchvision:NAME`, `s3://...`, local file)."""
+def load_weights(net: GraftNet, uri: str, report: bool = False) -> None:
+    """Initialise the backbone from a weights URI (`torchvision:NAME`, `s3://...`, local file: a state_dict or
+    `.safetensors`). `report`: log the classifier keys left out (the driver's check says it once; workers do not
+    repeat it)."""
     state = _torchvision_state_dict(net.arch, uri) if uri.startswith("torchvision:") else read_state_dict(uri)
-    load_backbone_state(net, state, uri)
+    dropped = load_backbone_state(net, state, uri)
+    if report and dropped:
+        log.warning("%s: the checkpoint's classifier (%s) is not loaded: the new head with %d outputs replaces it",
+                    uri, ", ".join(dropped), net.head.out_features)

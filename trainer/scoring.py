@@ -39,7 +39,7 @@ def network_logits(net: models.GraftNet, source: data_mod.Source, size: int, pre
     with torch.no_grad():
         for start in range(0, len(source), BATCH):
             part = source.subset(torch.arange(start, min(start + BATCH, len(source))).numpy())
-            x = data_mod.normalize(part.images(size), preset["mean"], preset["std"])
+            x = data_mod.normalize(part.images(size, resize=data_mod.resize_of(preset)), preset["mean"], preset["std"])
             out.append(net(x).float())
     return torch.cat(out) if out else torch.zeros((0, net.head.out_features))
 

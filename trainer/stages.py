@@ -165,7 +165,7 @@ class Pretrain(TrainingStage):
         driver.check_weights()
 
     def inputs(self, driver: Driver, ledger: Ledger) -> dict[str, Any]:
-        return {"init_backbone": driver.spec.model.weights}
+        return {"init_backbone": driver.weights()}
 
     def model(self, driver: Driver, ledger: Ledger) -> tuple[dict, list[str], int] | None:
         stage = driver.stage(self.type)

@@ -7,9 +7,11 @@ from them. Every field's docstring becomes its description in the CRD, so `kubec
 
 from __future__ import annotations
 
+import functools
 import re
 from decimal import Decimal
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -34,6 +36,47 @@ BACKBONES: dict[str, int] = {
     "convnext_tiny": 768,
     "vit_b_16": 768,
 }
+
+#: `timm:<name>` backbones: any model name timm knows (`timm.list_models()`, with or without a pretrained tag such as
+#: `.augreg_in21k`), or a Hugging Face Hub repository (`timm:hf-hub:<org>/<repo>`). The names are read from a file
+#: shipped with graft (scripts/timm-models.py writes it from the pinned timm), so validation needs no torch.
+TIMM_PREFIX = "timm:"
+TIMM_MODELS_FILE = Path(__file__).with_name("timm_models.txt")
+_HF_HUB_REPO = re.compile(r"^hf-hub:[A-Za-z0-9][-A-Za-z0-9_.]*/[A-Za-z0-9][-A-Za-z0-9_.]*(@[-A-Za-z0-9_.]+)?$")
+#: What the CRD's schema accepts as a backbone (the models check timm names against the list as well).
+BACKBONE_PATTERN = "^(" + "|".join(re.escape(b) for b in BACKBONES) + r"|timm:\S+)$"
+
+
+@functools.cache
+def timm_models() -> frozenset[str]:
+    """The timm model names `timm:<name>` may use (architectures and their pretrained tags)."""
+    lines = TIMM_MODELS_FILE.read_text().splitlines()
+    return frozenset(line for line in lines if line and not line.startswith("#"))
+
+
+def check_backbone(value: str) -> str:
+    """A known backbone name; ValueError says what is allowed and, for a near miss, the closest known names."""
+    import difflib
+
+    if value in BACKBONES:
+        return value
+    if value.startswith(TIMM_PREFIX):
+        name = value[len(TIMM_PREFIX) :]
+        if name.startswith("hf-hub:"):
+            if not _HF_HUB_REPO.match(name):
+                raise ValueError(f"{value!r}: expected timm:hf-hub:<org>/<repo> (e.g. timm:hf-hub:timm/vit_small_"
+                                 "patch14_dinov2.lvd142m)")
+            return value
+        known = timm_models()
+        if name in known:
+            return value
+        close = difflib.get_close_matches(name, known, n=5, cutoff=0.6)
+        hint = f"; closest: {', '.join('timm:' + c for c in close)}" if close else ""
+        raise ValueError(f"unknown timm model {name!r} (not in timm.list_models() of the timm graft ships){hint}")
+    close = difflib.get_close_matches(value, list(BACKBONES), n=3, cutoff=0.6)
+    hint = f"; closest: {', '.join(close)}" if close else ""
+    raise ValueError(f"must be one of {', '.join(BACKBONES)} or timm:<name> (got {value!r}){hint}")
+
 
 #: URI schemes accepted for data, weights and storage. A bare path is a local path.
 DATA_SCHEMES = ("s3://", "file://", "builtin:")
@@ -160,29 +203,48 @@ def _check_uri(value: str, schemes: tuple[str, ...], *, allow_local: bool = True
 class ModelSpec(_Model):
     """The network to transfer from."""
 
-    backbone: Literal[
-        "smallcnn", "resnet18", "resnet50", "mobilenet_v3_large", "efficientnet_b0", "convnext_tiny", "vit_b_16"
-    ]
-    """Backbone architecture. torchvision names, or `smallcnn` for tiny images (e.g. builtin:digits)."""
+    backbone: str = Field(max_length=256, json_schema_extra={"pattern": BACKBONE_PATTERN})
+    """Backbone architecture: a torchvision name (`smallcnn`, `resnet18`, `resnet50`, `mobilenet_v3_large`,
+    `efficientnet_b0`, `convnext_tiny`, `vit_b_16`; `smallcnn` for tiny images such as builtin:digits), or
+    `timm:<name>` for any model timm knows (`timm:convnext_tiny`, `timm:vit_small_patch14_dinov2.lvd142m`) or a
+    timm model on the Hugging Face Hub (`timm:hf-hub:<org>/<repo>`)."""
 
     weights: str | None = Field(default=None, min_length=1, max_length=MAX_URI_LENGTH)
     """Pretrained weights: `torchvision:<WEIGHTS_ENUM>` (e.g. `torchvision:IMAGENET1K_V2`, downloaded when the
-    network allows), a `s3://` or local state_dict file, or empty for random initialisation (then the
-    job should start with a `Pretrain` stage)."""
+    network allows), `hub` (timm backbones: the model's pretrained weights from the Hugging Face Hub, downloaded once
+    at run time into the job's storage; a private repository's token comes from `HF_TOKEN` in the credentials
+    Secret), a `s3://` or local weights file (a PyTorch state_dict, `.pth`/`.pt`, or `.safetensors`), or empty for
+    random initialisation (then the job should start with a `Pretrain` stage)."""
 
     num_classes: int = Field(ge=2, le=100_000)
     """Number of target classes; the classifier head is replaced to have this many outputs."""
 
+    @field_validator("backbone")
+    @classmethod
+    def _backbone(cls, v: str) -> str:
+        return check_backbone(v)
+
     @field_validator("weights")
     @classmethod
     def _weights_uri(cls, v: str | None) -> str | None:
-        if v is None:
+        if v is None or v == "hub":
             return v
         if v.startswith("torchvision:"):
             if not re.match(r"^torchvision:[A-Za-z0-9_]+$", v):
                 raise ValueError(f"{v!r}: expected torchvision:<WEIGHTS_NAME>, e.g. torchvision:IMAGENET1K_V1")
             return v
         return _check_uri(v, WEIGHTS_SCHEMES)
+
+    @model_validator(mode="after")
+    def _weights_fit_backbone(self) -> ModelSpec:
+        timm = self.backbone.startswith(TIMM_PREFIX)
+        if self.weights == "hub" and not timm:
+            raise ValueError(f"weights: `hub` downloads a timm model's pretrained weights; {self.backbone!r} is not a "
+                             "timm: backbone (use torchvision:<WEIGHTS_NAME> or a weights file)")
+        if timm and self.weights and self.weights.startswith("torchvision:"):
+            raise ValueError(f"weights: {self.weights!r} is a torchvision weights name; a timm: backbone takes `hub` "
+                             "or a weights file (.safetensors, .pth)")
+        return self
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -193,7 +255,9 @@ class DataSpec(_Model):
 
     train: str = Field(min_length=1, max_length=MAX_URI_LENGTH)
     """Training images: an ImageFolder tree (one sub-folder per class) at a local path, `file://` or
-    `s3://` prefix, or a built-in offline data set (`builtin:digits`, `builtin:digits-noisy`)."""
+    `s3://` prefix, a manifest table (a `.csv`, `.parquet` or `.jsonl` file there: one row per image, its path in
+    `pathColumn` and its label in `labelColumn`; classes are the sorted labels), or a built-in offline data set
+    (`builtin:digits`, `builtin:digits-noisy`)."""
 
     validation: str | None = Field(default=None, min_length=1, max_length=MAX_URI_LENGTH)
     """Validation images, same forms as `train`. When empty, `validationSplit` of `train` is held out."""
@@ -209,14 +273,23 @@ class DataSpec(_Model):
     validation_split: float = Field(default=0.2, gt=0.0, lt=1.0)
     """Fraction of `train` held out for validation when `validation` is empty. Default 0.2."""
 
-    image_size: int = Field(default=224, ge=8, le=1024)
-    """Side of the square input images in pixels after preprocessing. Default 224."""
+    image_size: int | None = Field(default=None, ge=8, le=1024)
+    """Side of the square input images in pixels after preprocessing. Default: a timm backbone's pretrained input
+    size (its config's `input_size`, e.g. 518 for `vit_small_patch14_dinov2.lvd142m`), 224 for the others."""
 
     shots_per_class: int | None = Field(default=None, ge=1, le=1_000_000)
     """Use only this many training images per class (few-shot); all of them when empty."""
 
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     """Seed for the validation split, few-shot sampling and weight initialisation. Default 0."""
+
+    path_column: str | None = Field(default=None, min_length=1, max_length=256)
+    """Manifest tables: the column with each image's path, relative to the table's folder, absolute, or a `s3://`
+    or `file://` URI. Default `path`."""
+
+    label_column: str | None = Field(default=None, min_length=1, max_length=256)
+    """Manifest tables: the column with each image's label (a validation or test table's labels must be among the
+    training table's). Default `label`."""
 
     @field_validator("train", "validation", "test")
     @classmethod
@@ -380,7 +453,15 @@ class FullFineTuneStage(_StageBase):
     """The backbone's learning rate is `lr` times this (discriminative learning rate). Default 0.1."""
 
     weight_decay: float = Field(default=0.05, ge=0, le=1)
-    """AdamW weight decay. Default 0.05 (timm fine-tuning recipes)."""
+    """AdamW weight decay. Default 0.05 (timm fine-tuning recipes). timm backbones: none on norms, biases and the
+    parameters the model names in `no_weight_decay()` (position embeddings, class token)."""
+
+    layer_decay: float | None = Field(default=None, gt=0, le=1)
+    """Layer-wise learning-rate decay for timm backbones (as in BEiT/MAE fine-tuning): backbone layer i of L (timm's
+    grouping, `param_groups_layer_decay`: the embeddings are layer 0, the last block and final norm layer L) learns
+    at `lr * backboneLrScale * layerDecay^(L - i)`, the head at `lr`. 1 turns it off. Empty: the family's default
+    (ViT, DeiT, BEiT, EVA, DINOv2 and other timm transformers 0.75, ConvNeXt 0.8, other CNNs off). Not for
+    torchvision backbones (they use `backboneLrScale` alone)."""
 
     warmup_epochs: float = Field(default=1.0, ge=0, le=MAX_EPOCHS)
     """Linear warm-up before the cosine decay, in epochs. Default 1."""
@@ -750,6 +831,11 @@ class TransferJobSpec(_Model):
             raise ValueError(
                 f"stages[{types.index('FullFineTune')}].{field}: interpolation mixes the fine-tuned weights with the "
                 "LP model's (the Head's head on the pretrained backbone); add a 'Head' stage or leave it off"
+            )
+        if fft is not None and fft.layer_decay is not None and not self.model.backbone.startswith(TIMM_PREFIX):
+            raise ValueError(
+                f"stages[{types.index('FullFineTune')}].layerDecay: layer-wise learning-rate decay needs a timm: "
+                f"backbone ({self.model.backbone!r} is a torchvision one; use backboneLrScale)"
             )
         if self.model.weights is None and "Pretrain" not in types and "FrozenFeatures" in types:
             raise ValueError(

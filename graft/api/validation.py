@@ -202,7 +202,8 @@ def cluster_warnings(spec: TransferJobSpec) -> list[Problem]:
                 "may show no stage progress; use s3://",
             )
         )
-    reads = [("spec.model.weights", spec.model.weights), ("spec.data.train", spec.data.train),
+    weights = None if spec.model.weights == "hub" else spec.model.weights  # downloaded at run time, not a path
+    reads = [("spec.model.weights", weights), ("spec.data.train", spec.data.train),
              ("spec.data.validation", spec.data.validation)]
     reads += [(f"spec.stages[{i}].data", getattr(s, "data", None)) for i, s in enumerate(spec.stages)]
     warnings += [Problem(path, _LOCAL_HINT) for path, uri in reads if uri and not uri.startswith(_SHARED_SCHEMES)]

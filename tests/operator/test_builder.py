@@ -164,6 +164,9 @@ MLFLOW_ENV = [
     {"name": "MLFLOW_TRACKING_TOKEN",
      "valueFrom": {"secretKeyRef": {"name": "mlflow-creds", "key": "token", "optional": True}}},
 ]
+# weights: hub (or a timm:hf-hub: backbone): a private repository's token from the same Secret, optional.
+HF_ENV = [{"name": "HF_TOKEN",
+           "valueFrom": {"secretKeyRef": {"name": "s3-creds", "key": "HF_TOKEN", "optional": True}}}]
 DIGEST_IMAGE = "registry.local/graft-trainer@sha256:" + "a" * 64
 
 CASES = [
@@ -205,6 +208,19 @@ CASES = [
         {"tracking": {"mlflow": {"trackingURI": "http://mlflow.mlflow:5000"}}},
         rayjob(),
         id="mlflow-without-secret-adds-nothing",
+    ),
+    pytest.param(
+        {"storage": STORAGE, "model": {"backbone": "timm:convnext_tiny", "numClasses": 10, "weights": "hub"}},
+        rayjob(head=pod("ray-head", "1", "2Gi", head=True, env=STORAGE_ENV[:2] + HF_ENV + STORAGE_ENV[2:]),
+               worker=pod("ray-worker", "1", "4Gi", head=False, env=STORAGE_ENV[:2] + HF_ENV + STORAGE_ENV[2:])),
+        id="hub-weights-token-only-by-secret-reference",
+    ),
+    pytest.param(
+        {"storage": STORAGE, "model": {"backbone": "timm:convnext_tiny", "numClasses": 10,
+                                       "weights": "s3://models/convnext.safetensors"}},
+        rayjob(head=pod("ray-head", "1", "2Gi", head=True, env=STORAGE_ENV),
+               worker=pod("ray-worker", "1", "4Gi", head=False, env=STORAGE_ENV)),
+        id="timm-with-weights-file-needs-no-hub-token",
     ),
     pytest.param(
         {"image": DIGEST_IMAGE},

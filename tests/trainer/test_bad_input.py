@@ -42,6 +42,14 @@ def _case(name, tmp_path, image_folder, s3_bucket=None):
         return "s3://graft-no-such-bucket/train", weights, 3, "s3://graft-no-such-bucket/train", "bucket does not exist"
     if name == "weights-missing-on-s3":
         return folder, f"{s3_bucket}/w.pt", 3, f"{s3_bucket}/w.pt", "weights file not found"
+    if name == "manifest-bad-rows":  # a missing file and an empty label, each on its own line
+        csv = tmp_path / "train.csv"
+        csv.write_text("path,label\nimages/dark/0.png,dark\nimages/mid/0.png,\nimages/nope.png,bright\n")
+        cause = ("2 of 3 rows are bad:\n  row 2: images/mid/0.png: empty label\n"
+                 f"  row 3: images/nope.png: file not found ({tmp_path}/images/nope.png)")
+        return str(csv), weights, 3, str(csv), cause
+    if name == "manifest-missing-on-s3":
+        return f"{s3_bucket}/train.csv", weights, 3, f"{s3_bucket}/train.csv", "manifest not found"
     raise AssertionError(name)
 
 
@@ -52,6 +60,8 @@ CASES = [
     "class-count-mismatch",
     "missing-bucket",
     "weights-missing-on-s3",
+    "manifest-bad-rows",
+    "manifest-missing-on-s3",
 ]
 
 

@@ -113,7 +113,8 @@ def test_image_set_streams_what_does_not_fit_and_gives_the_same_batches(image_fo
     kept = data.ImageSet(src, 16, budget=10**9)
     decoded: list[str] = []
     real_decode = data.decode_image
-    monkeypatch.setattr(data, "decode_image", lambda uri, size: decoded.append(uri) or real_decode(uri, size))
+    monkeypatch.setattr(data, "decode_image",
+                        lambda uri, size, *rest: decoded.append(uri) or real_decode(uri, size, *rest))
     streamed = data.ImageSet(src, 16, budget=18 * 3 * 16 * 16 - 1)  # one byte short of the whole set
     assert not kept.streaming and streamed.streaming and decoded == [], "nothing decoded before it is read"
     index = torch.randperm(len(src), generator=torch.Generator().manual_seed(0))

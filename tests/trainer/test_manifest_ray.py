@@ -1,0 +1,48 @@
+"""A manifest job on real Ray (2 gloo workers, Ray Data actors): the CSV and the images it lists on the moto S3
+server, read by the driver, the feature actors and the training workers alike, the training set streamed from S3
+batch by batch (it does not fit the workers' memory budget)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from graft.trainer.driver import Driver
+from support.trainer_data import job_doc, smallcnn_weights, write_png
+
+from graft import storage
+from graft.api.models import StageState, TransferJob
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    yield
+    ray.shutdown()
+
+
+def test_csv_and_images_on_s3_on_ray(tmp_path, s3_endpoint, s3_bucket, ray_local):
+    lines = ["file,kind"]
+    for kind, value in (("cat", 40), ("dog", 130), ("owl", 220)):
+        for i in range(8):
+            write_png(tmp_path / "img.png", value + i)
+            storage.write_bytes(f"{s3_bucket}/birds/img/{kind}-{i}.png", (tmp_path / "img.png").read_bytes())
+            lines.append(f"img/{kind}-{i}.png,{kind}")
+    storage.write_bytes(f"{s3_bucket}/birds/train.csv", ("\n".join(lines) + "\n").encode())
+    weights = f"{s3_bucket}/w/smallcnn.pt"
+    storage.write_bytes(weights, smallcnn_weights(tmp_path / "w.pt").read_bytes())
+    spec = {"model": {"backbone": "smallcnn", "numClasses": 3, "weights": weights},
+            "data": {"train": f"{s3_bucket}/birds/train.csv", "pathColumn": "file", "labelColumn": "kind",
+                     "imageSize": 16, "validationSplit": 0.25},
+            "stages": [{"type": "FrozenFeatures"}, {"type": "Head", "epochs": 10},
+                       {"type": "FullFineTune", "epochs": 2, "batchSize": 8}],
+            "workers": {"replicas": 2, "cpus": "1", "memory": "4Ki"},  # 4 KiB: the images are streamed
+            "storage": {"uri": f"{s3_bucket}/jobs", "endpoint": s3_endpoint}}
+    ledger = Driver(TransferJob.model_validate(job_doc("birds", spec)), log_to_driver=False).run()
+    assert [s.state for s in ledger.stages] == [StageState.SUCCEEDED] * 3, [s.message for s in ledger.stages]
+    assert ledger.stage("FrozenFeatures").metrics["train_images"] == 18
+    meta = json.loads(storage.read_bytes(f"{ledger.model_uri}/model.json"))
+    assert meta["labels"] == ["cat", "dog", "owl"]
