@@ -253,7 +253,6 @@ def test_an_empty_image_size_keeps_older_ledgers_hashes():
     it had then (computed with the code of ed415cc on the demo manifest without imageSize; that code counted every
     field, the form `first_invalidated` accepts beside today's, `neutral=False`)."""
     import yaml
-
     from graft.trainer import identity
 
     doc = yaml.safe_load((Path(__file__).resolve().parents[2] / "examples" / "digits-lpft.yaml").read_text())
