@@ -16,6 +16,21 @@ class InputError(ValueError):
         return (self.__class__, (self.uri, self.cause))
 
 
+def check_fit(uri: str, arch: str, own: dict, given: dict) -> None:
+    """Raise an InputError naming the missing and unexpected keys and the wrong shapes when the state dict `given`
+    does not fit a model whose own state dict is `own` (the first five of each, then how many more)."""
+    missing = sorted(set(own) - set(given))
+    unexpected = sorted(set(given) - set(own))
+    wrong = [f"{k} {tuple(given[k].shape)} != {tuple(own[k].shape)}"
+             for k in sorted(set(own) & set(given)) if own[k].shape != given[k].shape]
+    problems = [(what, keys) for what, keys in (("missing keys", missing), ("unexpected keys", unexpected),
+                                                ("wrong shapes", wrong)) if keys]
+    if problems:
+        detail = "; ".join(f"{what}: {', '.join(keys[:5])}{f' and {len(keys) - 5} more' if len(keys) > 5 else ''}"
+                           for what, keys in problems)
+        raise InputError(uri, f"weights do not fit backbone {arch} ({detail})")
+
+
 def _chain(exc: BaseException):
     """The exception and everything it wraps: causes, contexts, and Ray Train's worker and controller failures."""
     seen: set[int] = set()

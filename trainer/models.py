@@ -15,7 +15,7 @@ from collections.abc import Mapping
 import torch
 from graft.trainer import timm_backbone
 from graft.trainer.data import IMAGENET_MEAN, IMAGENET_STD
-from graft.trainer.errors import InputError
+from graft.trainer.errors import InputError, check_fit
 from torch import nn
 
 from graft import storage
@@ -221,17 +221,7 @@ def load_backbone_state(net: GraftNet, state: Mapping[str, torch.Tensor], uri: s
         sd = {k: v for k, v in state.items() if k not in drop}
         if net.arch == "smallcnn":
             sd = {k: v for k, v in sd.items() if k.startswith("features.")}
-    own = net.backbone.state_dict()
-    missing = sorted(set(own) - set(sd))
-    unexpected = sorted(set(sd) - set(own))
-    wrong = sorted(k for k in set(own) & set(sd) if own[k].shape != sd[k].shape)
-    if missing or unexpected or wrong:
-        detail = "; ".join(
-            f"{what}: {keys[:3]}{' ...' if len(keys) > 3 else ''}"
-            for what, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", wrong))
-            if keys
-        )
-        raise InputError(uri, f"weights do not fit backbone {net.arch} ({detail})")
+    check_fit(uri, net.arch, net.backbone.state_dict(), sd)
     net.backbone.load_state_dict(sd, strict=True)
     return dropped
 

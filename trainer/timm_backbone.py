@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from graft.trainer.errors import InputError
+from graft.trainer.errors import InputError, check_fit
 from torch import nn
 
 from graft.api.models import TIMM_PREFIX
@@ -127,17 +127,7 @@ def fit_state(arch: str, model: nn.Module, state: Mapping[str, torch.Tensor], ur
     prefixes = tuple(p + "." for p in classifier_prefixes(model))
     dropped = sorted(k for k in state if k not in own and k.startswith(prefixes))
     sd = {k: v for k, v in state.items() if k not in dropped}
-    missing = sorted(set(own) - set(sd))
-    unexpected = sorted(set(sd) - set(own))
-    wrong = sorted(k for k in set(own) & set(sd) if own[k].shape != sd[k].shape)
-    if missing or unexpected or wrong:
-        detail = "; ".join(
-            f"{what}: {', '.join(keys[:5])}{f' and {len(keys) - 5} more' if len(keys) > 5 else ''}"
-            for what, keys in (("missing keys", missing), ("unexpected keys", unexpected),
-                               ("wrong shapes", [f"{k} {tuple(sd[k].shape)} != {tuple(own[k].shape)}" for k in wrong]))
-            if keys
-        )
-        raise InputError(uri, f"weights do not fit backbone {arch} ({detail})")
+    check_fit(uri, arch, own, sd)
     return sd, dropped
 
 
