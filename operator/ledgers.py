@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import concurrent.futures
-import functools
 import logging
 import math
 import time
@@ -262,11 +261,11 @@ class Reads:
                 slots.release()
                 raise
 
-            def ended(_: concurrent.futures.Future) -> None:
+            def ended() -> None:
                 self._answered_at[endpoint] = time.monotonic()
                 slots.release()
 
-            thread.add_done_callback(lambda f: _call_soon(loop, functools.partial(ended, f)))
+            thread.add_done_callback(lambda _: _call_soon(loop, ended))
             return await asyncio.wait_for(asyncio.wrap_future(thread), self.timeout)
 
         try:
