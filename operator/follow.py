@@ -205,6 +205,8 @@ async def sync(mem: Memory, body: Any, spec: TransferJobSpec, follower: Follower
     )
     if override:
         new["reason"], new["message"] = override
+    elif status.kuberay_step_only(current, new):
+        return current
     return await mem.write_status(body, new)
 
 

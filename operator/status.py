@@ -361,6 +361,21 @@ def status_patch(current: dict[str, Any] | None, new: dict[str, Any]) -> dict[st
     return patch
 
 
+#: What the status copies from the RayJob's status as KubeRay wrote it: KubeRay's bookkeeping, not the job's state.
+KUBERAY_FIELDS = ("jobDeploymentStatus", "jobStatus", "startTime", "dashboardURL")
+
+
+def kuberay_step_only(current: dict[str, Any], new: dict[str, Any]) -> bool:
+    """KubeRay's own step while its cluster starts (New -> Initializing, which sets its jobStatus and startTime) is
+    all that changed: the phase, the reason and the conditions already say that the cluster is starting. Such a
+    step is not written alone; the job's next write carries it. (It is one write per job whenever KubeRay writes its
+    first status after the job's first write: a KubeRay working through a burst with one reconcile at a time.)"""
+    if any((st.get("jobDeploymentStatus") or "") not in _STARTING for st in (current, new)):
+        return False
+    changed = status_patch(current, new)
+    return bool(changed) and set(changed) <= set(KUBERAY_FIELDS)
+
+
 def transition(current: dict[str, Any] | None, new: dict[str, Any]) -> tuple[str, str, str] | None:
     """(event type, reason, message) when the status moves to a new phase or reason, else None."""
     current = current or {}

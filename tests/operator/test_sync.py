@@ -235,3 +235,27 @@ def test_a_job_created_here_has_no_ledger_to_read_until_its_trainer_runs(job, un
         assert job.stored["progress"] == "1/2"
 
     asyncio.run(scenario())
+
+
+def test_kuberays_own_starting_step_is_not_written_alone_but_carried_by_the_next_write(job):
+    """A burst: the job's first status is written before KubeRay gets to its RayJob. KubeRay's New -> Initializing
+    (its jobStatus and startTime) changes nothing the job's phase, reason or conditions say; the next change does."""
+    job.follower.unrun = True
+    started = "2026-12-02T10:00:00Z"
+
+    async def scenario():
+        await job.look("")  # KubeRay has not written the RayJob's status yet
+        assert len(job.writes) == 1
+        first = job.stored
+        assert (first["phase"], first["reason"], first["rayJobName"]) == ("Pending", "ClusterStarting", RJ)
+        await job.look("Initializing", jobStatus="", startTime=started)
+        await job.look("Initializing", jobStatus="PENDING", startTime=started)
+        assert len(job.writes) == 1, f"KubeRay's starting step was written alone: {job.writes[1:]}"
+        # What a user would see does change: that is written, and it carries KubeRay's fields with it.
+        await job.look("Initializing", jobStatus="PENDING", startTime=started, message="Secret s3 not found")
+        assert len(job.writes) == 2
+        assert (job.stored["jobDeploymentStatus"], job.stored["startTime"]) == ("Initializing", started)
+        await job.look("Running", jobStatus="RUNNING", startTime=started)
+        assert (len(job.writes), job.stored["phase"], job.stored["jobDeploymentStatus"]) == (3, "Running", "Running")
+
+    asyncio.run(scenario())
