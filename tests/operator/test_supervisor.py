@@ -56,21 +56,23 @@ def test_followed_until_done_rechecked_when_due_and_woken_at_once(calls):
     asyncio.run(scenario())
 
 
-def test_new_jobs_are_created_before_started_jobs_are_looked_at(calls, monkeypatch):
+def test_new_jobs_are_created_before_started_jobs_are_looked_at_while_many_wait(calls, monkeypatch):
     seen, plan = calls
     monkeypatch.setattr(supervisor, "CREATES_FIRST_SECONDS", 0.3)
+    monkeypatch.setattr(supervisor, "CREATES_FIRST_BACKLOG", 2)
 
     async def scenario():
         sup = Supervisor(memory.Memory(api=None))
         plan["a"] = [60.0]  # running: next look in a minute unless woken
-        sup.observe(_body("new", started=False))  # its create handler has not run yet
+        sup.observe(_body("new1", started=False))  # their create handlers have not run yet
+        sup.observe(_body("new2", started=False))
         sup.observe(_body("a"))
         await asyncio.sleep(0.1)
-        assert seen == []  # a's look waits while a RayJob is still to be created ...
-        sup.created("new")
+        assert seen == []  # a's look waits while many RayJobs are still to be created ...
+        sup.created("new1")
         await asyncio.sleep(0.05)
-        assert seen == ["a"]  # ... and happens as soon as none is
-        sup.observe(_body("late", started=False))  # a create that does not come: a waits, but not for ever
+        assert seen == ["a"]  # ... and happens as soon as few are: a short backlog holds nothing back
+        sup.observe(_body("late", started=False))  # creates that do not come: a waits, but not for ever
         sup.kick("a")
         await asyncio.sleep(0.1)
         assert seen == ["a"]
