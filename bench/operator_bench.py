@@ -13,7 +13,12 @@ Two profiles: a burst (`--jobs N` created back to back; issue 16 asks about 1,00
 as on a cluster (`--storage local` for a local path, which adds a StorageNotShared Event per job).
 
     .venv/bin/python bench/operator_bench.py [--jobs 200 | --rate 5 --duration 60] [--baseline 5] [--run-seconds 1]
-        [--pods] [--storage s3|local]
+        [--pods] [--storage s3|local] [--operator-python PY]
+
+The image's operator environment, for `--operator-python` (graft itself installed without its dependencies):
+    python3 -m venv /tmp/opv && /tmp/opv/bin/pip install -r docker/requirements-operator.txt
+    /tmp/opv/bin/pip install -c requirements-dev.txt setuptools
+    /tmp/opv/bin/pip install --no-deps --no-build-isolation .
 """
 
 from __future__ import annotations
@@ -172,6 +177,10 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=None, help="steady state: jobs per second (with --duration)")
     parser.add_argument("--duration", type=float, default=60.0, help="steady state: seconds of arrivals")
     parser.add_argument("--storage", choices=("s3", "local"), default="s3")
+    parser.add_argument("--operator-python", default=None,
+                        help="run the operator with this interpreter: a venv made from "
+                        "docker/requirements-operator.txt measures what the image runs (the dev venv also holds "
+                        "`kubernetes` and numpy, which kopf and pyarrow import whenever they are installed)")
     args = parser.parse_args()
     if args.rate:
         args.jobs = round(args.rate * args.duration)
@@ -181,7 +190,7 @@ def main() -> int:
             api.client("bench") as client, job_storage(args.storage, tmp, client) as storage:
         api.store.listeners.append(rec)
         api.apply_crd(COMMITTED_CRD)
-        op = OperatorProcess(api, NS, Path(tmp) / "operator").start()
+        op = OperatorProcess(api, NS, Path(tmp) / "operator", python=args.operator_python).start()
         # Its own process, so that its polling does not share the API server's interpreter lock. Pods are left
         # out unless asked for: the operator does not watch them, and on a real cluster the API server that
         # serves them does not share the operator's two cores.

@@ -19,8 +19,11 @@ OPERATOR_USER = "graft-operator"
 class OperatorProcess:
     """`graft operator --namespace NS [args]` in its own process; `kill()` is SIGKILL (no clean shutdown)."""
 
-    def __init__(self, api, namespace: str, workdir: str | Path, metrics: bool = True, args: tuple[str, ...] = ()):
+    def __init__(self, api, namespace: str, workdir: str | Path, metrics: bool = True, args: tuple[str, ...] = (),
+                 python: str | None = None):
+        """`python`: the interpreter to run the operator with (default: this venv's `graft`)."""
         self.api, self.namespace, self.workdir, self.args = api, namespace, Path(workdir), tuple(args)
+        self.python = python
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.kubeconfig = api.write_kubeconfig(self.workdir / "operator-kubeconfig", user=OPERATOR_USER)
         self.metrics_port = free_port() if metrics else 0
@@ -36,9 +39,10 @@ class OperatorProcess:
         out = open(self.log_path, "ab")
         out.write(f"\n===== start {self.starts} =====\n".encode())
         out.flush()
-        graft = Path(sys.executable).with_name("graft")
+        graft = [self.python, "-c", "from graft.cli import main; main()"] if self.python else [
+            str(Path(sys.executable).with_name("graft"))]
         self.proc = subprocess.Popen(
-            [str(graft), "operator", "--namespace", self.namespace, "--metrics-port", str(self.metrics_port),
+            [*graft, "operator", "--namespace", self.namespace, "--metrics-port", str(self.metrics_port),
              "--liveness-port", str(self.liveness_port), *self.args],
             env=env, stdout=out, stderr=subprocess.STDOUT)
         out.close()
