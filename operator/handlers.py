@@ -13,6 +13,7 @@ from typing import Any
 import kopf
 from graft.operator import builder, client, ledgers, lifecycle, metrics
 from graft.operator.memory import Memory
+from graft.operator.status import rayjob_view
 from graft.operator.supervisor import Supervisor
 
 from graft.api.models import GROUP, PLURAL, VERSION
@@ -37,8 +38,8 @@ logging.getLogger("kopf.objects").addFilter(_QuietWatchHandlers())
 # copy, wake-up) per watch event that cost about a tenth of the operator's CPU in a burst (py-spy, issue 16).
 @kopf.index("ray.io", "v1", "rayjobs", labels=OURS)
 async def rayjobs(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
-    """Our RayJobs as the watch last saw them, by (namespace, name)."""
-    return {(namespace, name): dict(body)}
+    """Our RayJobs as the watch last saw them, by (namespace, name): what the operator reads of them."""
+    return {(namespace, name): rayjob_view(body)}
 
 
 @kopf.index(GROUP, VERSION, PLURAL)

@@ -102,6 +102,17 @@ def _running_message(ledger: dict[str, Any] | None) -> str:
     return f"stage {ledger['stage']} running ({ledger.get('progress')} stages finished)"
 
 
+def rayjob_view(rayjob: Any) -> dict[str, Any]:
+    """What the operator reads of a RayJob it watches (its name and labels, `spec.suspend`, KubeRay's status), without
+    the cluster spec that is most of its size: kopf's index keeps this for every RayJob of ours."""
+    meta = rayjob.get("metadata") or {}
+    return {
+        "metadata": {"name": meta.get("name"), "namespace": meta.get("namespace"), "labels": meta.get("labels") or {}},
+        "spec": {"suspend": (rayjob.get("spec") or {}).get("suspend")},
+        "status": rayjob.get("status") or {},
+    }
+
+
 def derive_state(
     *,
     spec: TransferJobSpec,

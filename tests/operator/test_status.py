@@ -82,6 +82,12 @@ def test_derive_state(rayjob, policy, pending, expected):
     state = status.derive_state(spec=_spec(**policy), rayjob=rayjob, ledger=None, pending=pending)
     assert (state.phase, state.reason) == expected
     assert state.message
+    if rayjob is not None:  # what kopf's index keeps of a RayJob says the same
+        fat = {**rayjob, "spec": {**rayjob.get("spec", {}), "entrypoint": "python -m trainer",
+                                  "rayClusterSpec": {"headGroupSpec": {"template": {"spec": {"containers": []}}}}}}
+        view = status.rayjob_view(fat)
+        assert "rayClusterSpec" not in view["spec"] and "entrypoint" not in view["spec"]
+        assert status.derive_state(spec=_spec(**policy), rayjob=view, ledger=None, pending=pending) == state
 
 
 def test_failure_message_names_the_failed_stage_and_the_limit():
