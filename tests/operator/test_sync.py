@@ -239,7 +239,12 @@ def test_a_job_created_here_has_no_ledger_to_read_until_its_trainer_runs(job, un
 
 def test_kuberays_own_starting_step_is_not_written_alone_but_carried_by_the_next_write(job):
     """A burst: the job's first status is written before KubeRay gets to its RayJob. KubeRay's New -> Initializing
-    (its jobStatus and startTime) changes nothing the job's phase, reason or conditions say; the next change does."""
+    (its jobStatus and startTime) changes nothing the job's phase, reason or conditions say; the next change does.
+
+    KubeRay's side, from ray-project/kuberay ray-operator/controllers/ray/rayjob_controller.go: `initRayJobStatusIfNeed`
+    is the one place that sets Initializing, together with JobStatus (New, "") and StartTime; the controller runs
+    `MaxConcurrentReconciles: reconcileConcurrency` reconciles at once (the operator's `--reconcile-concurrency`, 1 by
+    default), so in a burst a RayJob can wait seconds for it."""
     job.follower.unrun = True
     started = "2026-12-02T10:00:00Z"
 
