@@ -4,23 +4,40 @@ Built on pyarrow.fs. S3 settings come from the environment, as in a RayJob pod w
 arrive from a Secret: `AWS_ENDPOINT_URL` (or `AWS_ENDPOINT_URL_S3`), `AWS_ACCESS_KEY_ID`,
 `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_REGION` / `AWS_DEFAULT_REGION`.
 
-Writes are atomic: a reader sees the old object or the new one, never half of one. On S3 an object
-becomes visible only when its upload completes; locally a temporary file is renamed into place.
+Writes are all-or-nothing: a reader sees the old object or the new one, never half of one, also when the writer is
+interrupted (SIGTERM, Ctrl-C, an error) in the middle. On S3 an object becomes visible only when its upload
+completes, and nothing but the complete body is ever handed to an upload (`write_bytes`); locally a temporary file
+is renamed into place.
+
+Storage faults are retried: the trainer's operations (the environment's settings) retry 5xx answers, throttling,
+resets and timeouts with backoff and jitter for `spec.storage.retrySeconds` (`configure`), warn when an endpoint has
+not answered for `WARN_AFTER_S`, and then fail with one line naming the operation, the object and the endpoint.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
 import posixpath
+import re
+import threading
+import time
 import uuid
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
+import tenacity
+
+from graft import signals
+
+_log = logging.getLogger(__name__)
 
 
 class StorageError(RuntimeError):
@@ -49,15 +66,36 @@ class S3Options:
     connect_timeout: float = 5.0
     request_timeout: float = 30.0
     max_attempts: int = 3
+    #: How long an operation is retried after pyarrow's own attempts fail with a transient error (0: not at all,
+    #: what a caller with its own deadline wants).
+    retry_seconds: float = 0.0
+
+
+#: The trainer's retry budget (`spec.storage.retrySeconds`; `configure`).
+DEFAULT_RETRY_SECONDS = 120.0
+_retry_seconds = DEFAULT_RETRY_SECONDS
+#: An operation still waiting for the endpoint after this long is reported (once) while it goes on.
+WARN_AFTER_S = 10.0
+
+
+def configure(retry_seconds: float) -> None:
+    """Set how long this process's environment-configured operations retry transient storage faults."""
+    global _retry_seconds
+    _retry_seconds = float(retry_seconds)
 
 
 def env_s3_options() -> S3Options:
+    """The environment's S3 settings with this process's retry budget. A request may sit silent for an eighth of the
+    budget (curl's low-speed time: a slow large upload is not cut) so that a hung endpoint is given up on, and
+    reported, within the budget; pyarrow's attempts stay few, the budget's loop does the waiting."""
     return S3Options(
         endpoint=os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"),
         region=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"),
         access_key_id=os.environ.get("AWS_ACCESS_KEY_ID"),
         secret_access_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
         session_token=os.environ.get("AWS_SESSION_TOKEN"),
+        request_timeout=min(30.0, max(2.0, _retry_seconds / 8)),
+        retry_seconds=_retry_seconds,
     )
 
 
@@ -105,7 +143,14 @@ def join(uri: str, *parts: str) -> str:
 def _explain(uri: str, exc: BaseException) -> StorageError:
     text = str(exc)
     lowered = text.lower()
-    if "nosuchbucket" in lowered or "bucket does not exist" in lowered or "bucket not found" in lowered:
+    code = getattr(exc, "errno", None)
+    if code == errno.EROFS:
+        cause = "read-only storage: nothing can be written here (mount it read-write, or set spec.storage.uri)"
+    elif code in (errno.ENOSPC, errno.EDQUOT):
+        cause = "storage full: no space left (free some, or point spec.storage.uri elsewhere)"
+    elif code == errno.EACCES or isinstance(exc, PermissionError):
+        cause = f"permission denied (the user this runs as, uid {os.getuid()}, may not write here)"
+    elif "nosuchbucket" in lowered or "bucket does not exist" in lowered or "bucket not found" in lowered:
         cause = "bucket does not exist"
     elif "access denied" in lowered or "accessdenied" in lowered or "forbidden" in lowered:
         cause = "access denied (check the credentials Secret and the bucket policy)"
@@ -120,11 +165,69 @@ def _explain(uri: str, exc: BaseException) -> StorageError:
     return StorageError(uri, cause)
 
 
+#: What pyarrow (the AWS SDK underneath) says for a fault worth retrying: a 5xx answer, throttling, a dropped or
+#: refused connection, a request that timed out. Access denied, a missing bucket or key are not retried.
+_TRANSIENT = re.compile(
+    r"HTTP status 5\d\d|SLOW_DOWN|SlowDown|THROTTL|Throttl|SERVICE_UNAVAILABLE|INTERNAL_FAILURE|InternalError|"
+    r"NETWORK_CONNECTION|REQUEST_TIMEOUT|curlCode|Timeout|timed out|Connection reset|Broken pipe"
+)
+
+
+def _transient(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError) and bool(_TRANSIENT.search(str(exc)))
+
+
+def _call(op: str, uri: str, options: S3Options | None, fn: Callable[[pafs.FileSystem, str], Any]) -> Any:
+    """`fn(filesystem, path)` for `uri`, retried on transient S3 faults within the options' budget (see the module
+    docstring). Errors come out as StorageError (FileNotFoundError as it is)."""
+    fs, path = filesystem(uri, options)
+    budget = (options or env_s3_options()).retry_seconds if is_s3(uri) else 0.0
+    try:
+        if budget <= 0:
+            return fn(fs, path)
+        return _retried(op, uri, options or env_s3_options(), lambda: fn(fs, path))
+    except (FileNotFoundError, StorageError):
+        raise
+    except (OSError, ValueError) as exc:
+        raise _explain(uri, exc) from exc
+
+
+def _retried(op: str, uri: str, options: S3Options, attempt: Callable[[], Any]) -> Any:
+    endpoint = options.endpoint or "AWS S3"
+    started = time.monotonic()
+    silent = threading.Timer(WARN_AFTER_S, lambda: _log.warning(
+        "storage: %s %s: no answer from %s for %.0f s; retrying for up to %.0f s", op, uri, endpoint, WARN_AFTER_S,
+        options.retry_seconds))
+    silent.daemon = True
+    silent.start()
+
+    def retrying(state: tenacity.RetryCallState) -> None:
+        _log.warning("storage: %s %s at %s failed (%s); retrying (%.0f of %.0f s used)", op, uri, endpoint,
+                     str(state.outcome.exception()).splitlines()[0], time.monotonic() - started, options.retry_seconds)
+
+    try:
+        return tenacity.Retrying(
+            retry=tenacity.retry_if_exception(_transient),
+            wait=tenacity.wait_exponential_jitter(multiplier=0.2, max=10.0),
+            stop=tenacity.stop_after_delay(options.retry_seconds),
+            before_sleep=retrying,
+            reraise=True,
+        )(attempt)
+    except OSError as exc:
+        if not _transient(exc):
+            raise
+        cause = _explain(uri, exc).cause
+        raise StorageError(uri, f"{op} failed at {endpoint} after {time.monotonic() - started:.0f} s of retries "
+                                f"(spec.storage.retrySeconds: {options.retry_seconds:g}): {cause}") from exc
+    finally:
+        silent.cancel()
+
+
 def read_bytes(uri: str, options: S3Options | None = None) -> bytes:
     """Read a whole object. Raises FileNotFoundError when it does not exist, StorageError otherwise (a
     missing bucket included: "no ledger yet" and "wrong bucket" must not look alike)."""
-    fs, path = filesystem(uri, options)
-    try:
+
+    def read(fs: pafs.FileSystem, path: str) -> bytes:
         info = fs.get_file_info(path)
         if info.type == pafs.FileType.NotFound:
             if is_s3(uri) and fs.get_file_info(path.split("/", 1)[0]).type == pafs.FileType.NotFound:
@@ -134,10 +237,8 @@ def read_bytes(uri: str, options: S3Options | None = None) -> bytes:
             with fs.open_input_stream(path) as f:
                 return f.read()
         return _read_s3_whole(fs, path, info)
-    except FileNotFoundError:
-        raise
-    except (OSError, ValueError) as exc:
-        raise _explain(uri, exc) from exc
+
+    return _call("read", uri, options, read)
 
 
 _CONSISTENT_READ_TRIES = 8
@@ -164,28 +265,35 @@ def _read_s3_whole(fs: pafs.FileSystem, path: str, info: pafs.FileInfo) -> bytes
 
 
 def write_bytes(uri: str, data: bytes) -> None:
-    """Write a whole object atomically."""
-    fs, path = filesystem(uri)
-    try:
+    """Write a whole object, all or nothing: an interrupted write leaves the previous version (or no object)."""
+
+    def write(fs: pafs.FileSystem, path: str) -> None:
         if is_s3(uri):
-            # A single S3 PUT (or a completed multipart upload) is atomic for readers.
-            with fs.open_output_stream(path) as f:
+            # pyarrow completes an S3 upload with what it was given whenever the stream closes, an exception's
+            # included, and cannot abort one: so the complete body is ready before the stream opens and goes in one
+            # write, and SIGTERM / Ctrl-C wait for close() (signals.held).
+            with signals.held(), fs.open_output_stream(path) as f:
                 f.write(data)
             return
-        parent = posixpath.dirname(path)
-        fs.create_dir(parent, recursive=True)
-        tmp = posixpath.join(parent, f".{posixpath.basename(path)}.{uuid.uuid4().hex}.tmp")
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    except OSError as exc:
-        raise _explain(uri, exc) from exc
+        _write_local(path, data)
+
+    _call("write", uri, None, write)
+
+
+def _write_local(path: str, data: bytes) -> None:
+    """A temporary file beside `path`, synced, then renamed over it (atomic on POSIX)."""
+    parent = posixpath.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    tmp = posixpath.join(parent, f".{posixpath.basename(path)}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def read_json(uri: str, options: S3Options | None = None) -> Any:
@@ -197,36 +305,23 @@ def write_json(uri: str, obj: Any) -> None:
 
 
 def exists(uri: str) -> bool:
-    fs, path = filesystem(uri)
-    try:
-        return fs.get_file_info(path).type != pafs.FileType.NotFound
-    except OSError as exc:
-        raise _explain(uri, exc) from exc
+    return _call("check", uri, None, lambda fs, path: fs.get_file_info(path).type != pafs.FileType.NotFound)
 
 
 def is_dir(uri: str) -> bool:
     """Whether a URI is a folder: a local directory, or an S3 prefix with objects below it."""
-    fs, path = filesystem(uri)
-    try:
-        return fs.get_file_info(path).type == pafs.FileType.Directory
-    except OSError as exc:
-        raise _explain(uri, exc) from exc
+    return _call("check", uri, None, lambda fs, path: fs.get_file_info(path).type == pafs.FileType.Directory)
 
 
 def list_dir(uri: str, recursive: bool = False, options: S3Options | None = None) -> list[str]:
     """URIs of the files below a prefix (empty when it does not exist)."""
-    fs, path = filesystem(uri, options)
-    try:
+
+    def listing(fs: pafs.FileSystem, path: str) -> list[str]:
         infos = fs.get_file_info(pafs.FileSelector(path, recursive=recursive, allow_not_found=True))
-    except OSError as exc:
-        raise _explain(uri, exc) from exc
+        return [posixpath.relpath(i.path, path) for i in infos if i.type == pafs.FileType.File]
+
     base = uri.rstrip("/")
-    out = []
-    for info in infos:
-        if info.type == pafs.FileType.File:
-            rel = posixpath.relpath(info.path, path)
-            out.append(join(base, *rel.split("/")))
-    return sorted(out)
+    return sorted(join(base, *rel.split("/")) for rel in _call("list", uri, options, listing))
 
 
 def ray_storage(uri: str) -> tuple[str, pafs.FileSystem | None]:
@@ -234,7 +329,13 @@ def ray_storage(uri: str) -> tuple[str, pafs.FileSystem | None]:
 
     With an explicit S3 filesystem Ray wants the path without a scheme (`bucket/prefix`)."""
     if is_s3(uri):
-        fs, path = filesystem(uri)
+        # Ray Train reads and writes checkpoints through this filesystem itself, outside `_call`'s retries: pyarrow's
+        # own attempts are all the retrying it gets, so it gets more of them (at 30% 503s, 0.3**10 per request).
+        fs, path = filesystem(uri, replace(env_s3_options(), max_attempts=RAY_ATTEMPTS))
         return path, fs
     _, path = filesystem(uri)
     return path, None
+
+
+#: pyarrow's attempts per request on the filesystem Ray Train is given (`ray_storage`).
+RAY_ATTEMPTS = 10
