@@ -110,9 +110,10 @@ def _s3_filesystem(options: S3Options) -> pafs.S3FileSystem:
         kwargs.update(
             access_key=options.access_key_id, secret_key=options.secret_access_key, session_token=options.session_token
         )
-    # Retries with backoff are pyarrow's own (AWS standard strategy); a few is enough for transient
-    # errors without hiding a wrong endpoint for minutes.
-    kwargs["retry_strategy"] = pafs.AwsStandardS3RetryStrategy(max_attempts=options.max_attempts)
+    # pyarrow's own retries: the AWS SDK's default strategy (exponential backoff from 25 ms). Not its "standard"
+    # one: that one stops retrying once a client-wide quota (500 tokens, 5 per retry; the AWS SDKs' "standard"
+    # retry mode) is spent, which a store shedding load for a while spends, and it waited ~3x longer per 503 here.
+    kwargs["retry_strategy"] = pafs.AwsDefaultS3RetryStrategy(max_attempts=options.max_attempts)
     kwargs["connect_timeout"] = options.connect_timeout
     kwargs["request_timeout"] = options.request_timeout
     return pafs.S3FileSystem(**kwargs)

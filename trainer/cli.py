@@ -179,7 +179,8 @@ def run(
     except (StageFailed, InputError, StorageError) as exc:
         from rich.markup import escape
 
-        console.print(f"[red]error[/]: {escape(str(exc))}", highlight=False)  # a path may hold "[...]"
+        # escape: a path may hold "[...]"; soft_wrap: one line, whole, so grep finds the path
+        console.print(f"[red]error[/]: {escape(str(exc))}", highlight=False, soft_wrap=True)
         if native is not None:
             console.print(f"Ray's own output: {native}")
         code = 1
@@ -216,7 +217,10 @@ def _native_output_to(root: str) -> Path:
     from graft import storage
 
     folder = Path(root) if not storage.is_s3(root) else Path(tempfile.mkdtemp(prefix="graft-run-"))
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:  # read-only or full storage: the first ledger write says so, in one line naming the path
+        folder = Path(tempfile.mkdtemp(prefix="graft-run-"))
     path = folder / "ray.log"
     sys.stderr.flush()
     terminal = os.dup(2)

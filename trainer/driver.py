@@ -88,8 +88,10 @@ def _absolute_paths(spec):
 
 
 def apply_storage_env(job: TransferJob) -> None:
-    """Point S3 clients (ours, pyarrow's, Ray's) at the job's endpoint; keys come only from the environment."""
+    """Point S3 clients (ours, pyarrow's, Ray's) at the job's endpoint, with the job's retry budget; keys come only
+    from the environment."""
     st = job.spec.storage
+    storage.configure(st.retry_seconds if st else storage.DEFAULT_RETRY_SECONDS)
     if st and st.endpoint:
         os.environ["AWS_ENDPOINT_URL"] = st.endpoint
     if st and st.region:

@@ -118,6 +118,8 @@ class RaySession:
         import ray.train
         import ray.train.torch
 
+        if cfg.spec.storage is not None:  # this worker's own storage writes (ledger, logs) retry like the driver's
+            storage.configure(cfg.spec.storage.retry_seconds)
         ctx = ray.train.get_context()
         self.rank = ctx.get_world_rank()
         self.world_size = ctx.get_world_size()

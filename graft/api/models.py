@@ -598,6 +598,11 @@ class StorageSpec(_Model):
     credentials_secret: SecretReference | None = None
     """Secret with the S3 credentials. Credentials are never accepted inline in the spec."""
 
+    retry_seconds: int = Field(default=120, ge=0, le=3600)
+    """How long a storage operation is retried after a transient fault (5xx answers, throttling, dropped
+    connections, timeouts), with backoff and jitter, before the job fails naming the endpoint and the operation.
+    A silent endpoint is reported after 10 s. Default 120; 0 leaves only the S3 client's own few attempts."""
+
     @field_validator("uri")
     @classmethod
     def _storage_uri(cls, v: str) -> str:
