@@ -1,7 +1,8 @@
 """The RayJob entrypoint: `python -m graft.trainer --job-env GRAFT_JOB` (or `--job FILE`) `[--storage URI]`.
 
-Exit code 0 when every stage succeeded; 1 when a stage failed (the reason is in the ledger); 2 when the job
-file is unreadable or invalid, or its spec no longer matches the results its ledger records (`--restart`,
+Exit code 0 when every stage succeeded; 1 when a stage failed (the reason is in the ledger); 143 (SIGTERM) or
+130 (SIGINT) when it was told to stop, with a line saying where the job resumes; 2 when the job file is unreadable
+or invalid, or its spec no longer matches the results its ledger records (`--restart`,
 `--from-stage` as in `graft run`). Rerunning the same command resumes the job: on a cluster the operator hands
 every attempt of a TransferJob the same spec (it refuses edits), so a retried RayJob resumes.
 """
@@ -17,6 +18,9 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
+    from graft.trainer import stopping
+
+    stopping.install()  # first: a SIGTERM from here on is a stop with its line and exit code, not a bare death
     parser = argparse.ArgumentParser(prog="python -m graft.trainer", description=__doc__.splitlines()[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--job", help="TransferJob as a JSON or YAML file, or inline JSON ({...})")
@@ -54,9 +58,16 @@ def main(argv: list[str] | None = None) -> int:
 
     from graft.storage import StorageError
 
+    driver = None
     try:
         driver = Driver(job, args.storage, restart=args.restart, from_stage=args.from_stage)
         ledger = driver.run()
+    except (KeyboardInterrupt, SystemExit) as exc:  # SIGTERM (the pod is stopped) or SIGINT: resumable, one line
+        signum = stopping.signal_of(exc)
+        if signum is None:
+            raise
+        print(stopping.resumable_line(driver.root if driver else None, signum), file=sys.stderr)
+        stopping.exit_now(stopping.exit_code(signum))
     except SpecChanged as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -146,6 +146,7 @@ def run(
             typer.echo(f"{file}: {problem}", err=True)
         raise typer.Exit(2) from exc
 
+    from graft.trainer import stopping
     from graft.trainer.driver import Driver, SpecChanged, StageFailed
     from graft.trainer.errors import InputError
     from graft.trainer.plot import write_plot
@@ -168,14 +169,17 @@ def run(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     native = None if verbose else _native_output_to(driver.root)
+    stopping.install()
     code = 0
     try:
         with _ProgressWatcher(driver.root, [s.type for s in job.spec.stages], console):
             driver.run()
-    except KeyboardInterrupt:
-        console.print(f"[yellow]interrupted[/]: progress is kept in {driver.root}; run the same command to resume")
-        _shutdown_ray()
-        raise typer.Exit(130) from None
+    except (KeyboardInterrupt, SystemExit) as exc:  # Ctrl-C or SIGTERM: the stage stays Running, resumable
+        signum = stopping.signal_of(exc)
+        if signum is None:
+            raise
+        console.print(f"[yellow]interrupted[/]: {stopping.resumable_line(driver.root, signum)}", soft_wrap=True)
+        stopping.exit_now(stopping.exit_code(signum))
     except (StageFailed, InputError, StorageError) as exc:
         from rich.markup import escape
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 from graft.trainer import data as data_mod
-from graft.trainer import loops, models
+from graft.trainer import loops, models, stopping
 from graft.trainer.session import LocalSession
 from graft.trainer.stages import StageConfig
 
@@ -86,6 +86,20 @@ def ensure_ray(workers: WorkersSpec, log_to_driver: bool = True) -> None:
     # report waits for it: with per-epoch checkpoints that idles small jobs for seconds per epoch.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
     runtime_env = {"env_vars": {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"]}}
+    # ray.init puts its own SIGTERM handler (sys.exit) in place of ours as it starts: a SIGTERM during its start-up
+    # is a stop like any other, and ours goes back once it is up.
+    try:
+        _init_ray(workers, log_to_driver, runtime_env)
+    except SystemExit as exc:
+        if exc.code == signal.SIGTERM:
+            raise stopping.Stopped(signal.SIGTERM) from exc
+        raise
+    stopping.install()
+
+
+def _init_ray(workers: WorkersSpec, log_to_driver: bool, runtime_env: dict[str, Any]) -> None:
+    import ray
+
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=log_to_driver, runtime_env=runtime_env)
         return

@@ -1,0 +1,202 @@
+"""A kill storm: the driver of a small LP-FT job (Pretrain, FrozenFeatures, Head, FullFineTune on 2 Ray Train workers)
+is killed again and again at moments spread over its stages, on moto S3 and on local storage, and rerun each time,
+as Kubernetes does to a RayJob's submitter on preemption, eviction or node drain.
+
+Kills, in turn: SIGTERM to the driver (what the kubelet sends first), SIGKILL to the driver's whole process group
+(the grace period ran out: driver and its Ray die together), SIGKILL to one Ray Train worker (a worker pod lost;
+Ray Train restarts the worker group, `FailureConfig.max_failures`). After every kill: the ledger is whole JSON; a
+SIGTERMed driver said where it resumes and exited 143 (never SIGABRT); no stage that had finished is run again.
+The job always ends with a model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from support.driver_proc import DriverProcess, cmdline, pids_with_env
+from support.trainer_data import job_doc, write_job
+
+from graft import storage
+from graft.api.models import StageState
+from graft.ledger import Ledger
+
+pytestmark = pytest.mark.slow
+#: Where each kill lands, in turn, and how: (stage, epoch) reached or passed in the ledger, then the kill. A rerun
+#: skips what is done, so the storm walks through every stage whatever the machine's speed. SIGKILL of a worker needs
+#: a Ray Train worker group (Pretrain, FullFineTune).
+STORM = (
+    (("Pretrain", 0), "sigterm"),  # Ray and the first worker group starting
+    (("Pretrain", 1), "sigkill-driver"),
+    (("Pretrain", 2), "sigkill-worker"),
+    (("FrozenFeatures", 0), "sigterm"),
+    (("Head", 0), "sigkill-driver"),
+    (("FullFineTune", 0), "sigterm"),
+    (("FullFineTune", 1), "sigkill-worker"),
+    (("FullFineTune", 2), "sigterm"),
+    (("FullFineTune", 3), "sigkill-driver"),
+    (("FullFineTune", 3), "sigterm"),
+)
+KILLS = len(STORM)  # per storage backend: 20 in all
+ORDER = ["Pretrain", "FrozenFeatures", "Head", "FullFineTune"]
+#: How Ray prefixes what its own processes print when it forwards it to the driver: "(RayTrainWorker pid=1) ...".
+_RAY_PREFIX = re.compile(r"^(\x1b\[\d+m)?\(\S+ pid=\d+(, ip=\S+)?\)")
+
+SPEC = {
+    "model": {"backbone": "smallcnn", "numClasses": 10},
+    "data": {"train": "builtin:digits-noisy", "imageSize": 8, "shotsPerClass": 5, "testFraction": 0.2},
+    "stages": [
+        {"type": "Pretrain", "data": "builtin:digits-clean", "numClasses": 10, "epochs": 4, "batchSize": 64,
+         "lr": 0.05},
+        {"type": "FrozenFeatures"},
+        {"type": "Head", "epochs": 30},
+        {"type": "FullFineTune", "epochs": 4, "batchSize": 16, "lr": 0.003, "augment": False},
+    ],
+    "workers": {"replicas": 2, "cpus": "1"},
+}
+
+
+class LedgerWatch:
+    """Reads the ledger every 0.2 s while a driver runs: every version seen must be whole JSON."""
+
+    def __init__(self, root: str):
+        self.root, self.reads, self.bad = root, 0, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            try:
+                data = storage.read_bytes(Ledger.uri(self.root))
+            except FileNotFoundError:
+                continue
+            self.reads += 1
+            try:
+                json.loads(data)
+            except ValueError:
+                self.bad.append(f"{len(data)} bytes: {data[:60]!r}")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+def _finished(root: str) -> dict[str, tuple[str | None, str | None]]:
+    """Finished stages -> (end time, output): a stage run again would change both."""
+    ledger = Ledger.load(root)
+    if ledger is None:
+        return {}
+    return {s.type: (s.end_time, s.output) for s in ledger.stages if s.state == StageState.SUCCEEDED}
+
+
+def _kill(driver: DriverProcess, kind: str) -> str:
+    """Kill as `kind` says; returns what was killed (a worker kill falls back to the driver's SIGTERM when no
+    training worker is up at that moment, e.g. during FrozenFeatures or the in-driver Head sweep)."""
+    if kind == "sigkill-worker":
+        workers = [p for p in pids_with_env("RAY_TMPDIR", str(driver.ray_tmp)) if "RayTrainWorker" in cmdline(p)]
+        if workers:
+            os.kill(workers[0], signal.SIGKILL)
+            return "sigkill-worker"
+        kind = "sigterm"
+    if kind == "sigterm":
+        os.kill(driver.proc.pid, signal.SIGTERM)  # the driver only, as the kubelet signals a container's process
+    else:
+        os.killpg(driver.proc.pid, signal.SIGKILL)
+    return kind
+
+
+def _attempt(root: str) -> int:
+    ledger = Ledger.load(root)
+    return ledger.attempt if ledger else 0
+
+
+def _reached(root: str, target: tuple[str, int], attempt: int) -> bool:
+    """Whether this attempt (a driver started after the ledger recorded `attempt`) is at or past `target`: a later
+    stage running, or the stage at that epoch."""
+    try:
+        ledger = Ledger.load(root)
+    except Exception:
+        return False
+    if ledger is None or ledger.current is None or ledger.attempt <= attempt or ledger.done:
+        return False
+    stage, epoch = target
+    current = ledger.current
+    at, wanted = ORDER.index(current.type), ORDER.index(stage)
+    return at > wanted or (at == wanted and current.state == StageState.RUNNING and current.epoch >= epoch)
+
+
+def _recovered(driver: DriverProcess, root: str, stage: str, epoch: int) -> None:
+    """Wait until the stage has gone past `epoch` (a new worker group reported) or ended."""
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and driver.proc.poll() is None:
+        rec = Ledger.load(root).stage(stage)
+        if rec.state != StageState.RUNNING or rec.epoch > epoch:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{stage} did not go past epoch {epoch} after a worker was killed:\n{driver.output()[-3000:]}")
+
+
+def _storm(tmp_path: Path, job_storage: dict, root: str, env: dict[str, str]) -> list[str]:
+    job = write_job(tmp_path / "job.json", job_doc("chaos", {**SPEC, "storage": job_storage}, uid="chaos-uid"))
+    cmd = [sys.executable, "-m", "graft.trainer", "--job", str(job)]
+    log: list[str] = []
+    for n, (target, kind) in enumerate(STORM, 1):
+        before, attempt = _finished(root), _attempt(root)
+        watch = LedgerWatch(root)
+        driver = DriverProcess(cmd, tmp_path, env)
+        try:
+            deadline = time.monotonic() + 300
+            while not _reached(root, target, attempt) and driver.proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.2)
+            reached = _reached(root, target, attempt)
+            if driver.proc.poll() is not None:  # finished before this kill: the storm is over early
+                log.append(f"kill {n}: the job had finished (exit {driver.proc.returncode})")
+                break
+            stage = Ledger.load(root).current
+            done = _kill(driver, kind)
+            if done == "sigkill-worker":  # Ray Train replaces the worker group and goes on: once it has, stop it too
+                _recovered(driver, root, stage.type, stage.epoch)
+                done += " + " + _kill(driver, "sigterm")
+            code = driver.wait(180)
+        finally:
+            watch.stop()
+            driver.kill()
+        assert reached, f"kill {n}: {target} not reached in 300 s"
+        out = driver.output()
+        log.append(f"kill {n}: {done} during {stage.type} epoch {stage.epoch}, exit {code}, "
+                   f"{watch.reads} ledger reads")
+        assert not watch.bad, f"kill {n} ({done}): the ledger was read damaged: {watch.bad}"
+        assert code not in (-signal.SIGABRT, 128 + signal.SIGABRT), f"kill {n}: SIGABRT\n{out[-3000:]}"
+        if done.endswith("sigterm") and code != 0:
+            assert code == 143, f"kill {n}: SIGTERM gave exit {code}\n{out[-3000:]}"
+            own = [line for line in out.splitlines() if not _RAY_PREFIX.match(line)]  # not Ray's processes' output
+            assert "stopped by SIGTERM" in out and not any("Traceback" in line for line in own), out[-3000:]
+        after = _finished(root)
+        redone = [t for t, v in before.items() if after.get(t) != v]
+        assert not redone, f"kill {n}: finished stages {redone} were run again ({before} -> {after})"
+    final = DriverProcess(cmd, tmp_path, env)
+    code = final.wait(400)
+    assert code == 0, final.output()[-3000:]
+    ledger = Ledger.load(root)
+    assert ledger.done and ledger.model_uri, ledger
+    assert storage.exists(storage.join(ledger.model_uri, "model.pt"))
+    return log
+
+
+def test_kill_storm_on_local_storage(tmp_path):
+    log = _storm(tmp_path, {"uri": str(tmp_path / "store")}, str(tmp_path / "store" / "chaos-uid"), dict(os.environ))
+    print("\n".join(log))
+
+
+def test_kill_storm_on_s3(tmp_path, s3_bucket, s3_endpoint):
+    log = _storm(tmp_path, {"uri": f"{s3_bucket}/jobs", "endpoint": s3_endpoint}, f"{s3_bucket}/jobs/chaos-uid",
+                 dict(os.environ))
+    print("\n".join(log))
