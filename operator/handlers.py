@@ -109,6 +109,8 @@ async def transferjob_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> 
         mem.forget(obj["metadata"]["uid"])
         return
     assert mem.supervisor is not None
+    if event.get("type") is None:  # kopf's listing (`None`: kopf/_cogs/clients/watching.py), at start or after a 410
+        mem.supervisor.relisted(obj["metadata"]["uid"])
     mem.supervisor.observe(obj)
 
 

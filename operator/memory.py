@@ -52,6 +52,9 @@ class Memory:
     statuses: dict[str, dict[str, Any]] = field(default_factory=dict)  # uid -> status as last written
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     supervisor: Supervisor | None = None
+    #: RayJobs (by uid) that kopf's index still holds but the API server no longer has: deleted while the watch was
+    #: away, which kopf's listing again does not tell its index (it drops an entry on a DELETED event only).
+    vanished: set[str] = field(default_factory=set)
     reads: ledgers.Reads = field(init=False)  # the ledger reads in flight, with the storage Secrets they use
 
     def __post_init__(self) -> None:
@@ -76,7 +79,9 @@ class Memory:
         if self.rayjobs is None:
             return None
         found = self.rayjobs.get((namespace, name))
-        return next(iter(found), None) if found is not None else None
+        if found is None:
+            return None
+        return next((view for view in found if view["metadata"].get("uid") not in self.vanished), None)
 
     async def write_status(self, body: Any, new: dict[str, Any]) -> dict[str, Any]:
         """Patch the status with what changed (nothing when nothing did) and post an Event on a transition."""
