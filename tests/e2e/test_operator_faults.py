@@ -15,6 +15,7 @@ stop waiting as soon as what they check has happened.
 from __future__ import annotations
 
 import io
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -45,18 +46,7 @@ class Job:
         self.core = kubernetes.client.CoreV1Api(self.client)
 
     def create(self, bucket: str, endpoint: str) -> None:
-        spec = {
-            "model": {"backbone": "smallcnn", "numClasses": 10, "weights": f"{bucket}/weights/smallcnn.pt"},
-            "data": {"train": "builtin:digits", "imageSize": 8, "shotsPerClass": 10},
-            "stages": [{"type": "FrozenFeatures"}, {"type": "Head", "epochs": 3, "lr": 0.05}],
-            "workers": {"replicas": 2, "cpus": "0.5", "memory": "1Gi"},
-            "storage": {"uri": f"{bucket}/jobs", "endpoint": endpoint, "region": "us-east-1",
-                        "credentialsSecret": {"name": "s3-credentials", "accessKeyIdKey": "access-key",
-                                              "secretAccessKeyKey": "secret-key"}},
-            "runPolicy": {"backoffLimit": 0},
-        }
-        self.co.create_namespaced_custom_object(G, V, NS, P, {"apiVersion": f"{G}/{V}", "kind": "TransferJob",
-                                                              "metadata": {"name": self.name}, "spec": spec})
+        self.co.create_namespaced_custom_object(G, V, NS, P, transferjob(self.name, bucket, endpoint))
 
     def status(self) -> dict[str, Any]:
         try:
@@ -76,6 +66,20 @@ class Job:
 
     def stage(self, stage: str) -> dict[str, Any] | None:
         return next((s for s in self.status().get("stages") or [] if s["type"] == stage), None)
+
+
+def transferjob(name: str, bucket: str, endpoint: str) -> dict[str, Any]:
+    """The e2e module's smallest job, stored on S3."""
+    return {"apiVersion": f"{G}/{V}", "kind": "TransferJob", "metadata": {"name": name}, "spec": {
+        "model": {"backbone": "smallcnn", "numClasses": 10, "weights": f"{bucket}/weights/smallcnn.pt"},
+        "data": {"train": "builtin:digits", "imageSize": 8, "shotsPerClass": 10},
+        "stages": [{"type": "FrozenFeatures"}, {"type": "Head", "epochs": 3, "lr": 0.05}],
+        "workers": {"replicas": 2, "cpus": "0.5", "memory": "1Gi"},
+        "storage": {"uri": f"{bucket}/jobs", "endpoint": endpoint, "region": "us-east-1",
+                    "credentialsSecret": {"name": "s3-credentials", "accessKeyIdKey": "access-key",
+                                          "secretAccessKeyKey": "secret-key"}},
+        "runPolicy": {"backoffLimit": 0},
+    }}
 
 
 def wait(what: str, check: Callable[[], Any], timeout: float, diagnostics: Callable[[], str] = str) -> Any:
@@ -103,6 +107,39 @@ def s3_keys(uri: str, endpoint: str) -> list[str]:
                       aws_secret_access_key=TEST_CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
     pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix.rstrip("/") + "/")
     return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
+
+
+def test_a_lost_connection_ends_the_watch_and_an_old_resource_version_is_gone_after_it(kube_api):
+    """The emulator's side of a lost watch, as the operator test above relies on it (support/kube: connection_lost)."""
+    with kube_api.client("someone") as mine, kube_api.client() as admin:
+        co, core = kubernetes.client.CustomObjectsApi(mine), kubernetes.client.CoreV1Api(admin)
+        since = co.list_namespaced_custom_object(G, V, NS, P)["metadata"]["resourceVersion"]
+        seen: list[str] = []
+
+        def follow() -> None:
+            for event in kubernetes.watch.Watch().stream(co.list_namespaced_custom_object, G, V, NS, P,
+                                                         resource_version=since, timeout_seconds=30):
+                seen.append(event["type"])
+
+        watching = threading.Thread(target=follow)
+        watching.start()
+        time.sleep(0.5)
+        with kube_api.connection_lost("someone"):
+            core.create_namespaced_config_map(NS, {"metadata": {"name": "meanwhile"}})
+            kubernetes.client.CustomObjectsApi(admin).create_namespaced_custom_object(
+                G, V, NS, P, transferjob("meanwhile", "s3://b", "http://127.0.0.1:9"))
+            watching.join(5)
+            assert not watching.is_alive() and seen == [], "the stream outlived the connection, or an event crossed"
+        # Resuming from before the restart: the ERROR event the kubernetes client turns into ApiException(410).
+        with pytest.raises(ApiException) as gone:
+            list(kubernetes.watch.Watch().stream(co.list_namespaced_custom_object, G, V, NS, P,
+                                                 resource_version=since, timeout_seconds=2))
+        assert gone.value.status == 410 and gone.value.reason.startswith("Expired: too old resource version: ")
+        # Listing again and watching from there works, and the list has what happened meanwhile.
+        listed = co.list_namespaced_custom_object(G, V, NS, P)
+        assert [o["metadata"]["name"] for o in listed["items"]] == ["meanwhile"]
+        assert list(kubernetes.watch.Watch().stream(co.list_namespaced_custom_object, G, V, NS, P, resource_version=
+                                                    listed["metadata"]["resourceVersion"], timeout_seconds=1)) == []
 
 
 @pytest.fixture()
