@@ -8,6 +8,7 @@ import asyncio
 import copy
 import json
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -48,6 +49,11 @@ class EmulatedAPI:
         user with kubectl, on another API server of the control plane) goes on."""
         self.handler.cut_off.add(user)
         try:
+            deadline = time.monotonic() + 10
+            while any(w.user == user for w in list(self.store.watchers)):  # each stream ends within a second
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the watch streams of {user} did not end")
+                time.sleep(0.05)
             yield
         finally:
             self.store.forget_history()

@@ -200,7 +200,8 @@ class EmulatedKubernetes(kmock.KubernetesScaffold):
     async def _watch(self, raw: aiohttp.web.BaseRequest, rt: ResourceType, route: Route, params: dict[str, str]
                      ) -> aiohttp.web.StreamResponse:
         store: Store = self._store
-        watcher = Watcher(rt, route.namespace, route.name, params.get("labelSelector"), params.get("fieldSelector"))
+        watcher = Watcher(rt, route.namespace, route.name, params.get("labelSelector"), params.get("fieldSelector"),
+                          user=_user(raw))
         since = params.get("resourceVersion") or ""
         initial = params.get("sendInitialEvents") == "true"
         backlog: list[dict[str, Any]] = []
@@ -243,8 +244,7 @@ class EmulatedKubernetes(kmock.KubernetesScaffold):
                 await response.write(json.dumps(event).encode() + b"\n")
             if backlog and backlog[0]["type"] == "ERROR":
                 return response
-            user = _user(raw)
-            while not self.closing and user not in self.cut_off:
+            while not self.closing and watcher.user not in self.cut_off:
                 wait = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
                 if wait <= 0:
                     break
@@ -252,7 +252,7 @@ class EmulatedKubernetes(kmock.KubernetesScaffold):
                     event = await asyncio.wait_for(watcher.queue.get(), wait)
                 except TimeoutError:
                     continue
-                if user in self.cut_off:  # the connection is gone: this event never reaches the client
+                if watcher.user in self.cut_off:  # the connection is gone: this event never reaches the client
                     break
                 await response.write(json.dumps(event).encode() + b"\n")
             await response.write_eof()

@@ -26,6 +26,7 @@ class Watcher:
     labels: str | None
     fields: str | None
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    user: str = ""  # who watches (the bearer token): `EmulatedAPI.connection_lost` ends one user's streams
 
     def __post_init__(self) -> None:
         self.field_paths = field_paths(self.rt)
