@@ -18,6 +18,7 @@ from graft.operator import client, ledgers, metrics, status
 from graft.api.models import API_VERSION, KIND
 
 if TYPE_CHECKING:
+    from graft.operator.relists import Relists
     from graft.operator.supervisor import Supervisor
 
 
@@ -52,6 +53,8 @@ class Memory:
     statuses: dict[str, dict[str, Any]] = field(default_factory=dict)  # uid -> status as last written
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     supervisor: Supervisor | None = None
+    relists: Relists | None = None  # the TransferJob watch's listings again, and the jobs they no longer show
+    gone: set[str] = field(default_factory=set)  # uids of TransferJobs deleted while the watch was lost
     #: RayJobs (by uid) that kopf's index still holds but the API server no longer has: deleted while the watch was
     #: away, which kopf's listing again does not tell its index (it drops an entry on a DELETED event only).
     vanished: set[str] = field(default_factory=set)

@@ -159,7 +159,7 @@ def cluster(kube_api, fake_kuberay, s3_endpoint, s3_bucket, tmp_path):
             "metadata": {"name": "s3-credentials"}, "stringData": {
                 "access-key": TEST_CREDENTIALS["AWS_ACCESS_KEY_ID"],
                 "secret-key": TEST_CREDENTIALS["AWS_SECRET_ACCESS_KEY"]}})
-    operator = OperatorProcess(kube_api, NS, tmp_path / "operator", metrics=False).start()
+    operator = OperatorProcess(kube_api, NS, tmp_path / "operator").start()
     try:
         yield kube_api, fake_kuberay, operator, s3_bucket
     finally:
@@ -223,16 +223,25 @@ def test_a_transferjob_deleted_while_it_trains_takes_its_children_and_leaves_its
     assert any(k.endswith("/ledger.json") for k in kept) and any("/features/" in k for k in kept), kept
 
 
+def _jobs_in_phase(operator: OperatorProcess) -> dict[str, float]:
+    """The graft_transferjobs gauge, by phase."""
+    return {line.split('"')[1]: float(line.split()[-1]) for line in operator.metrics().splitlines()
+            if line.startswith("graft_transferjobs{")}
+
+
 def test_an_operator_that_loses_its_watch_lists_again_and_follows_what_changed_meanwhile(cluster, s3_endpoint):
     api, kuberay, operator, bucket = cluster
     diag = _diagnostics(operator, kuberay)
-    job = Job(api, "blink")
-    job.create(bucket, s3_endpoint)
-    wait("the RayJob running", lambda: job.status().get("phase") == "Running", LAG + 10, diag)
+    job, ghost = Job(api, "blink"), Job(api, "ghost")
+    for j in (job, ghost):
+        j.create(bucket, s3_endpoint)
+        wait(f"{j.name}'s RayJob running", lambda j=j: j.status().get("phase") == "Running", LAG + 10, diag)
     [first] = job.rayjobs()
     with api.connection_lost(OPERATOR_USER):
-        # While the operator cannot see it, the RayJob goes (the garbage collector's doing, or a user's).
+        # While the operator cannot see it, one job's RayJob goes (a user's doing, or a cleanup's), and another job
+        # is deleted (and its RayJob by the garbage collector).
         job.co.delete_namespaced_custom_object("ray.io", "v1", NS, "rayjobs", first["metadata"]["name"])
+        ghost.co.delete_namespaced_custom_object(G, V, NS, P, ghost.name)
         back = time.time()
     # Its watches came back with a 410 and it listed again: the DELETED event never reached it.
     wait("the operator's RayJob watch refused with 410", lambda: [
@@ -246,3 +255,7 @@ def test_an_operator_that_loses_its_watch_lists_again_and_follows_what_changed_m
     job.co.patch_namespaced_custom_object(G, V, NS, P, job.name, {"spec": {"runPolicy": {"suspend": True}}})
     wait("Suspended", lambda: job.status().get("phase") == "Suspended", LAG, diag)
     assert [r["metadata"]["uid"] for r in job.rayjobs()] == [again[0]["metadata"]["uid"]]
+    # The job deleted meanwhile is not followed (nor counted) any more, and nothing of it was made again.
+    wait("the gauge without the deleted job", lambda: _jobs_in_phase(operator).get("Running") == 0, LAG, diag)
+    assert _jobs_in_phase(operator)["Suspended"] == 1 and ghost.rayjobs() == [], _jobs_in_phase(operator)
+    assert "TransferJob graft-test/ghost was deleted while the watch was lost" in operator.log(), diag()
