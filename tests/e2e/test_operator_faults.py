@@ -6,7 +6,8 @@ fake KubeRay running the real trainer, moto S3. Each test makes one fault a clus
 - a TransferJob deleted while it trains takes its children with it (ownerReferences, garbage collector) and leaves
   its storage;
 - an operator that loses its watch (its API server restarts, resuming the watch answers 410 Gone) lists again and
-  follows its jobs on, including what changed while it was away.
+  follows its jobs on, including what changed while it was away (a RayJob deleted: made again; a TransferJob
+  deleted: no longer followed nor counted).
 
 The jobs are the e2e module's smallest (one FrozenFeatures pass and three Head epochs on 100 digits); the tests
 stop waiting as soon as what they check has happened.
