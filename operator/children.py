@@ -49,6 +49,16 @@ def rayjob_seen(mem: Memory, follower: Any, namespace: str, name: str) -> dict[s
     return follower.written_rayjob
 
 
+async def checked(mem: Memory, seen: dict[str, Any] | None, namespace: str, name: str) -> dict[str, Any] | None:
+    """The RayJob as the API server has it now. A RayJob the watch had seen that is gone (or replaced) is marked
+    vanished, so that kopf's index, which keeps it, is not believed again."""
+    found = await mem.api.get("RayJob", name, namespace)
+    uid = ((seen or {}).get("metadata") or {}).get("uid")
+    if uid and uid != ((found or {}).get("metadata") or {}).get("uid"):
+        mem.vanished.add(uid)
+    return found
+
+
 async def recreate(mem: Memory, body: Any, spec: TransferJobSpec, rj_name: str) -> dict[str, Any]:
     """The RayJob was deleted under a running job: make it again (the trainer resumes from the ledger)."""
     obj, created = await create_rayjob(mem, body, spec)

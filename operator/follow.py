@@ -51,6 +51,8 @@ class Follower:
         self.first_write_by: float | None = None  # a new RayJob's job: write its first status by then at the latest
         #: A job whose RayJob this process created and whose trainer has not run yet: it has no ledger to read.
         self.unrun = False
+        #: The watch listed the job again (it was lost meanwhile): ask the API server for the RayJob at the next look.
+        self.verify = False
 
     def shown_problem(self, t: float, deadline: float) -> tuple[str, str] | None:
         """The read problem the status shows: once reads have failed for at least the deadline (a timeout has by
@@ -150,7 +152,11 @@ async def sync(mem: Memory, body: Any, spec: TransferJobSpec, follower: Follower
     rj_name = current.get("rayJobName") or builder.rayjob_name(name, uid)
     if rayjob is not None:
         follower.written_rayjob = rayjob
-    rayjob = children.rayjob_seen(mem, follower, namespace, rj_name) or await mem.api.get("RayJob", rj_name, namespace)
+    rayjob = children.rayjob_seen(mem, follower, namespace, rj_name)
+    if follower.verify:  # kopf's index may still hold a RayJob deleted while the watch was lost
+        follower.verify = False
+        rayjob = await children.checked(mem, rayjob, namespace, rj_name)
+    rayjob = rayjob or await mem.api.get("RayJob", rj_name, namespace)
     deleting = bool(body["metadata"].get("deletionTimestamp"))  # foreground deletion removes children first
     if rayjob is None and not deleting and (status.condition(current, "Created") or {}).get("status") == "True":
         # Deleted under a running job (by hand, or by a cleanup that got it wrong): make it again; the trainer

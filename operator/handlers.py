@@ -13,6 +13,7 @@ from typing import Any
 import kopf
 from graft.operator import builder, client, ledgers, lifecycle, metrics
 from graft.operator.memory import Memory
+from graft.operator.relists import Relists
 from graft.operator.status import rayjob_view
 from graft.operator.supervisor import Supervisor
 
@@ -43,9 +44,9 @@ async def rayjobs(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[
 
 
 @kopf.index(GROUP, VERSION, PLURAL)
-async def jobs_by_phase(status: kopf.Status, **_: Any) -> dict[str | None, None]:
-    """TransferJobs by phase, for the graft_transferjobs gauge."""
-    return {status.get("phase"): None}
+async def jobs_by_phase(status: kopf.Status, uid: str, **_: Any) -> dict[str | None, str]:
+    """TransferJobs (their uids) by phase, for the graft_transferjobs gauge."""
+    return {status.get("phase"): uid}
 
 
 @kopf.on.startup()
@@ -63,9 +64,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: lo
     settings.watching.server_timeout = 300
     settings.networking.error_backoffs = [1, 2, 4]
     mem = Memory(client.Kube(), memo.get("ledger_timeout", ledgers.DEFAULT_TIMEOUT), rayjobs=rayjobs)
-    mem.supervisor = Supervisor(mem)
+    mem.supervisor, mem.relists = Supervisor(mem), Relists(mem)
     memo.graft = mem
-    metrics.count_phases(jobs_by_phase)
+    metrics.count_phases(jobs_by_phase, mem.gone)
     # Under `kopf run` no metrics endpoint: its command line has no way to choose the port.
     if port := memo.get("metrics_port", 0):
         metrics.serve(port)
@@ -78,6 +79,8 @@ async def stop_following(memo: kopf.Memo, **_: Any) -> None:
     mem: Memory = memo.graft
     assert mem.supervisor is not None
     await mem.supervisor.stop()
+    if mem.relists is not None:
+        await mem.relists.stop()
     await mem.reads.close()
     await mem.api.close()
 
@@ -105,10 +108,13 @@ async def transferjob_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> 
     """Feed every job's latest body to the mirror loop."""
     mem: Memory = memo.graft
     obj = event["object"]
+    assert mem.supervisor is not None and mem.relists is not None
+    again = mem.relists.event(event.get("type"), obj)
     if event.get("type") == "DELETED":
         mem.forget(obj["metadata"]["uid"])
         return
-    assert mem.supervisor is not None
+    if again:  # listed again after a lost watch: kopf's index of RayJobs may keep one deleted meanwhile
+        mem.supervisor.relisted(obj["metadata"]["uid"])
     mem.supervisor.observe(obj)
 
 

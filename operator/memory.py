@@ -18,6 +18,7 @@ from graft.operator import client, ledgers, metrics, status
 from graft.api.models import API_VERSION, KIND
 
 if TYPE_CHECKING:
+    from graft.operator.relists import Relists
     from graft.operator.supervisor import Supervisor
 
 
@@ -52,6 +53,11 @@ class Memory:
     statuses: dict[str, dict[str, Any]] = field(default_factory=dict)  # uid -> status as last written
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     supervisor: Supervisor | None = None
+    relists: Relists | None = None  # the TransferJob watch's listings again, and the jobs they no longer show
+    gone: set[str] = field(default_factory=set)  # uids of TransferJobs deleted while the watch was lost
+    #: RayJobs (by uid) that kopf's index still holds but the API server no longer has: deleted while the watch was
+    #: away, which kopf's listing again does not tell its index (it drops an entry on a DELETED event only).
+    vanished: set[str] = field(default_factory=set)
     reads: ledgers.Reads = field(init=False)  # the ledger reads in flight, with the storage Secrets they use
 
     def __post_init__(self) -> None:
@@ -76,7 +82,9 @@ class Memory:
         if self.rayjobs is None:
             return None
         found = self.rayjobs.get((namespace, name))
-        return next(iter(found), None) if found is not None else None
+        if found is None:
+            return None
+        return next((view for view in found if view["metadata"].get("uid") not in self.vanished), None)
 
     async def write_status(self, body: Any, new: dict[str, Any]) -> dict[str, Any]:
         """Patch the status with what changed (nothing when nothing did) and post an Event on a transition."""

@@ -34,12 +34,14 @@ class _JobsByPhase(Collector):
 
     def __init__(self) -> None:
         self.index: Any = None  # handlers.jobs_by_phase, handed over by the startup handler
+        self.gone: set[str] = set()  # jobs the index keeps but that were deleted while the watch was lost
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         family = GaugeMetricFamily("graft_transferjobs", "TransferJobs known to the operator, by phase.",
                                    labels=["phase"])
         for phase in PHASES:
-            family.add_metric([phase], len(self.index.get(phase, ())) if self.index is not None else 0)
+            jobs = self.index.get(phase, ()) if self.index is not None else ()
+            family.add_metric([phase], len([uid for uid in jobs if uid not in self.gone]))
         yield family
 
 
@@ -47,9 +49,10 @@ _JOBS = _JobsByPhase()
 REGISTRY.register(_JOBS)
 
 
-def count_phases(index: Any) -> None:
-    """Count the jobs-by-phase gauge from this kopf index ({phase: ...} per TransferJob)."""
-    _JOBS.index = index
+def count_phases(index: Any, gone: set[str] | None = None) -> None:
+    """Count the jobs-by-phase gauge from this kopf index ({phase: uid} per TransferJob), leaving out the uids in
+    `gone` (kopf keeps a job deleted while its watch was lost in its index: see relists.py)."""
+    _JOBS.index, _JOBS.gone = index, gone if gone is not None else set()
 
 
 @contextmanager

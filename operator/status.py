@@ -107,7 +107,8 @@ def rayjob_view(rayjob: Any) -> dict[str, Any]:
     the cluster spec that is most of its size: kopf's index keeps this for every RayJob of ours."""
     meta = rayjob.get("metadata") or {}
     return {
-        "metadata": {"name": meta.get("name"), "namespace": meta.get("namespace"), "labels": meta.get("labels") or {}},
+        "metadata": {"name": meta.get("name"), "namespace": meta.get("namespace"), "uid": meta.get("uid"),
+                     "labels": meta.get("labels") or {}},
         "spec": {"suspend": (rayjob.get("spec") or {}).get("suspend")},
         "status": rayjob.get("status") or {},
     }

@@ -60,6 +60,14 @@ class Supervisor:
             self.follower(uid)
             self.kick(uid)
 
+    def relisted(self, uid: str) -> None:
+        """The watch listed a followed job again: it had been lost, and kopf's index of RayJobs may keep one that was
+        deleted meanwhile (kopf does not compare a new listing with its index). Its next look asks the API server."""
+        follower = self.followers.get(uid)
+        if follower is not None and uid in self.bodies:
+            follower.verify = True
+            self.kick(uid)
+
     def follow_new(self, body: dict[str, Any], rayjob: dict[str, Any]) -> None:
         """A job whose RayJob was just created, followed before its status names the RayJob: looked at now, and its
         first status written once KubeRay has written the RayJob's (`follow.FIRST_STATUS_WAIT` at most)."""

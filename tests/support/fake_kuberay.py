@@ -208,6 +208,15 @@ class FakeKubeRay:
                     self._events.put((event["type"], obj))
                     if self._stop.is_set():
                         w.stop()
+            except ApiException as e:
+                if e.status == 410:
+                    # Gone ("too old resource version"): list again, as KubeRay's informers do (client-go
+                    # tools/cache/reflector.go: an expired watch ends ListAndWatch, and the next one lists). The
+                    # kubernetes client raises it instead of yielding the ERROR event (kubernetes/watch/watch.py).
+                    since = None
+                elif not self._stop.is_set():
+                    self.errors.append(f"watch: {e!r}")
+                    time.sleep(0.2)
             except Exception as e:  # the API server going away at the end of a test
                 if not self._stop.is_set():
                     self.errors.append(f"watch: {e!r}")

@@ -8,6 +8,7 @@ import asyncio
 import copy
 import json
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,6 +39,25 @@ class EmulatedAPI:
     def requests_by(self, user: str) -> list[LoggedRequest]:
         """The requests made with `user`'s kubeconfig."""
         return [r for r in self.handler.request_log if r.user == user]
+
+    @contextmanager
+    def connection_lost(self, user: str) -> Iterator[None]:
+        """`user` loses the API server while the block runs, and finds it restarted after: its watch streams end at
+        once (no event from the block reaches it), its requests wait for the block to end, and then every watch
+        that resumes from a resourceVersion older than now gets `410 Gone` (`Store.forget_history`), so it has to
+        list again. What an operator sees when its API server restarts while the rest of the cluster (KubeRay, a
+        user with kubectl, on another API server of the control plane) goes on."""
+        self.handler.cut_off.add(user)
+        try:
+            deadline = time.monotonic() + 10
+            while any(w.user == user for w in list(self.store.watchers)):  # each stream ends within a second
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the watch streams of {user} did not end")
+                time.sleep(0.05)
+            yield
+        finally:
+            self.store.forget_history()
+            self.handler.cut_off.discard(user)
 
     def write_kubeconfig(self, path: str | Path, user: str = "admin") -> Path:
         """Write a kubeconfig for this server; `user` is the bearer token, recorded in the request log."""

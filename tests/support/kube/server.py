@@ -31,6 +31,11 @@ def _json(obj: Any, status: int) -> aiohttp.web.Response:
 _CREATED_NAME = aiohttp.web.ResponseKey("created_name", str)
 _ALL_VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
 
+def _user(raw: aiohttp.web.BaseRequest) -> str:
+    """The request's user: its bearer token (each kubeconfig of `EmulatedAPI.write_kubeconfig` has its own)."""
+    return raw.headers.get("Authorization", "").removeprefix("Bearer ").strip() or "anonymous"
+
+
 @dataclass
 class Route:
     group: str
@@ -77,6 +82,10 @@ class EmulatedKubernetes(kmock.KubernetesScaffold):
         object.__setattr__(self, "_store", store)
         object.__setattr__(self, "request_log", [])
         object.__setattr__(self, "closing", False)
+        #: Users cut off from the server (`EmulatedAPI.connection_lost`): their watch streams end, their requests wait.
+        object.__setattr__(self, "cut_off", set())
+        #: (user, resource, resourceVersion) of every watch refused with 410 Gone, for tests to check the path ran.
+        object.__setattr__(self, "expired_watches", [])
 
     def sync_discovery(self) -> None:
         """Declare every served type to kmock's discovery (called whenever the set changes)."""
@@ -96,7 +105,9 @@ class EmulatedKubernetes(kmock.KubernetesScaffold):
                 raw = raw.clone(rel_url=raw.rel_url.with_path(raw.path.rstrip("/")))
             return await super().__call__(raw)  # discovery, /version, unknown endpoints: kmock
         params = dict(raw.query)
-        user = raw.headers.get("Authorization", "").removeprefix("Bearer ").strip() or "anonymous"
+        user = _user(raw)
+        while user in self.cut_off and not self.closing:  # no answer until the connection is back
+            await asyncio.sleep(0.05)
         status, error, created_name, started = 200, None, None, time.time()
         try:
             if self.closing:
@@ -189,7 +200,8 @@ class EmulatedKubernetes(kmock.KubernetesScaffold):
     async def _watch(self, raw: aiohttp.web.BaseRequest, rt: ResourceType, route: Route, params: dict[str, str]
                      ) -> aiohttp.web.StreamResponse:
         store: Store = self._store
-        watcher = Watcher(rt, route.namespace, route.name, params.get("labelSelector"), params.get("fieldSelector"))
+        watcher = Watcher(rt, route.namespace, route.name, params.get("labelSelector"), params.get("fieldSelector"),
+                          user=_user(raw))
         since = params.get("resourceVersion") or ""
         initial = params.get("sendInitialEvents") == "true"
         backlog: list[dict[str, Any]] = []
@@ -210,9 +222,16 @@ class EmulatedKubernetes(kmock.KubernetesScaffold):
                 except ValueError:
                     since_rv = -1
                 oldest = store.history[0][0] if store.history else store.rv
-                if since_rv < 0 or (since_rv < oldest - 1 and len(store.history) == store.history.maxlen):
+                if since_rv < store.history_floor:  # the server restarted since (Store.forget_history)
+                    oldest = store.history_floor + 1
+                if since_rv < 0 or since_rv < store.history_floor or (
+                        since_rv < oldest - 1 and len(store.history) == store.history.maxlen):
+                    # An ERROR event in a 200 stream, not an HTTP error: the cacher answers a watch it cannot serve
+                    # with `newErrWatcher(err)` (k8s.io/apiserver pkg/storage/cacher/cacher.go), and the error is
+                    # watch_cache.go's `NewResourceExpired("too old resource version: %d (%d)")`, 410 "Expired".
                     backlog = [{"type": "ERROR", "object": ApiError(410, "Expired", f"too old resource version: "
-                                                                    f"{since} ({oldest})").status()}]
+                                                                    f"{since} ({oldest - 1})").status()}]
+                    self.expired_watches.append((_user(raw), rt.plural, since))
                 else:
                     backlog = [{"type": kind, "object": copy.deepcopy(obj)} for rv, t, kind, obj in store.history
                                if (t.group, t.plural) == (rt.group, rt.plural) and rv > since_rv and watcher.wants(obj)]
@@ -225,7 +244,7 @@ class EmulatedKubernetes(kmock.KubernetesScaffold):
                 await response.write(json.dumps(event).encode() + b"\n")
             if backlog and backlog[0]["type"] == "ERROR":
                 return response
-            while not self.closing:
+            while not self.closing and watcher.user not in self.cut_off:
                 wait = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
                 if wait <= 0:
                     break
@@ -233,6 +252,8 @@ class EmulatedKubernetes(kmock.KubernetesScaffold):
                     event = await asyncio.wait_for(watcher.queue.get(), wait)
                 except TimeoutError:
                     continue
+                if watcher.user in self.cut_off:  # the connection is gone: this event never reaches the client
+                    break
                 await response.write(json.dumps(event).encode() + b"\n")
             await response.write_eof()
         except (ConnectionError, asyncio.CancelledError):

@@ -26,6 +26,7 @@ class Watcher:
     labels: str | None
     fields: str | None
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    user: str = ""  # who watches (the bearer token): `EmulatedAPI.connection_lost` ends one user's streams
 
     def __post_init__(self) -> None:
         self.field_paths = field_paths(self.rt)
@@ -53,6 +54,9 @@ class Store:
         self.rv = 1
         self.history: deque[tuple[int, ResourceType, str, dict[str, Any]]] = deque(maxlen=self.HISTORY)
         self.watchers: list[Watcher] = []
+        #: Watches may resume from this resourceVersion on, not from an older one: a restarted API server's watch
+        #: cache starts empty at the resourceVersion of its first list (see `forget_history`).
+        self.history_floor = 0
         self.loop: asyncio.AbstractEventLoop | None = None
         #: Called as fn(time.time(), event type, resource type, object) at every change (benchmarks).
         self.listeners: list[Any] = []
@@ -69,6 +73,18 @@ class Store:
             gv = f"{group}/{version}" if group else version
             raise ApiError(404, "NotFound", f"the server could not find the requested resource ({plural} in {gv})")
         return rt
+
+    def forget_history(self) -> int:
+        """What a restarted API server knows of the past: its watch cache is filled by one list at the current
+        resourceVersion and holds no events from before it, so a watch resuming from an older resourceVersion gets
+        `410 Gone` ("too old resource version") and the client has to list again (k8s.io/apiserver
+        pkg/storage/cacher/watch_cache.go: `Replace` empties the event buffer and sets `listResourceVersion`;
+        `getAllEventsSinceLocked` refuses `resourceVersion < listResourceVersion` with `NewResourceExpired`).
+        Returns the new floor."""
+        with self.lock:
+            self.history.clear()
+            self.history_floor = self.rv
+            return self.rv
 
     # -- objects ---------------------------------------------------------------------------------
 
