@@ -7,6 +7,8 @@ Kills, in turn: SIGTERM to the driver (what the kubelet sends first), SIGKILL to
 Ray Train restarts the worker group, `FailureConfig.max_failures`). After every kill: the ledger is whole JSON; a
 SIGTERMed driver said where it resumes and exited 143 (never SIGABRT); no stage that had finished is run again.
 The job always ends with a model.
+
+Also: the demo job on S3 behind an endpoint that answers 30% of requests with 503 and resets 5% of connections.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from support.driver_proc import DriverProcess, cmdline, pids_with_env
+from support.flaky_s3 import flaky_s3
 from support.trainer_data import job_doc, write_job
 
 from graft import storage
@@ -200,3 +204,22 @@ def test_kill_storm_on_s3(tmp_path, s3_bucket, s3_endpoint):
     log = _storm(tmp_path, {"uri": f"{s3_bucket}/jobs", "endpoint": s3_endpoint}, f"{s3_bucket}/jobs/chaos-uid",
                  dict(os.environ))
     print("\n".join(log))
+
+
+def test_the_demo_on_s3_through_a_flaky_endpoint_finishes(tmp_path, s3_bucket, s3_endpoint):
+    """The README's demo job, as it is, with its storage on S3 behind a proxy that answers 30% of requests with 503
+    and resets 5% of connections (support/flaky_s3.py): every stage's writes and reads, the driver's and the Ray
+    workers', retried until the job finishes with a model."""
+    doc = yaml.safe_load((Path(__file__).resolve().parents[2] / "examples" / "digits-lpft.yaml").read_text())
+    with flaky_s3(s3_endpoint, fail=0.3, reset=0.05, seed=7) as proxy:
+        doc["spec"]["storage"] = {"uri": f"{s3_bucket}/runs", "endpoint": proxy.url}
+        job = tmp_path / "demo.yaml"
+        job.write_text(yaml.safe_dump(doc))
+        env = {k: v for k, v in os.environ.items() if k != "AWS_ENDPOINT_URL"}  # the endpoint is the spec's
+        driver = DriverProcess([sys.executable, "-m", "graft.trainer", "--job", str(job)], tmp_path, env)
+        code = driver.wait(900)
+    assert code == 0, driver.output()[-3000:]
+    ledger = Ledger.load(f"{s3_bucket}/runs/digits-lpft")
+    assert ledger.done and ledger.model_uri
+    assert proxy.failed >= 20, f"only {proxy.failed} of {proxy.requests} requests were answered 503"
+    print(f"\n{proxy.requests} requests, {proxy.failed} answered 503, {proxy.reset} reset")
