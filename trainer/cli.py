@@ -127,11 +127,17 @@ def run(
         typer.Option("--from-stage", metavar="STAGE", help="Rerun this stage and the ones after it, keeping the "
                      "earlier stages' results (e.g. after changing its settings)."),
     ] = None,
+    force_takeover: Annotated[
+        bool, typer.Option("--force-takeover", help="Take the job over from the driver that holds its lease "
+                           "(lease.json in the run folder) before the lease expires; that driver stops at its next "
+                           "ledger write.")
+    ] = False,
 ) -> None:
     """Run a TransferJob on this machine (local Ray). Ctrl-C leaves it resumable: run the same command again.
 
     A rerun of a job whose spec changed what finished stages depend on is refused (exit 2), naming the changed
-    fields; --from-stage or --restart say what to do with the earlier results."""
+    fields; --from-stage or --restart say what to do with the earlier results. One driver per job: while another
+    runs it (on this storage) the run is refused (exit 2) with one line naming it; --force-takeover takes over."""
     from graft.api.validation import InvalidSpec, load_job
     from graft.console import console as make_console
 
@@ -150,21 +156,29 @@ def run(
     from graft.trainer.errors import InputError
     from graft.trainer.plot import write_plot
 
+    from graft.lease import LeaseHeld, LeaseLost
     from graft.storage import StorageError
 
     try:
-        driver = Driver(job, storage, log_to_driver=verbose, restart=restart, from_stage=from_stage)
+        driver = Driver(job, storage, log_to_driver=verbose, restart=restart, from_stage=from_stage,
+                        force_takeover=force_takeover)
     except InputError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     console.print(f"run folder: {driver.root}")
     try:
+        driver.acquire_lease()  # before anything is shown: a refused run never shows another run's progress
         driver.prepare()
+    except LeaseHeld as exc:
+        typer.echo(f"error: {exc}".replace("--force-takeover", f"`graft run {file} --force-takeover`"), err=True)
+        raise typer.Exit(2) from exc
     except SpecChanged as exc:
+        driver.release_lease()
         typer.echo(f"error: {exc}".replace("  --from-stage", f"  graft run {file} --from-stage").replace(
             "  --restart", f"  graft run {file} --restart"), err=True)
         raise typer.Exit(2) from exc
     except StorageError as exc:
+        driver.release_lease()
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     native = None if verbose else _native_output_to(driver.root)
@@ -176,6 +190,10 @@ def run(
         console.print(f"[yellow]interrupted[/]: progress is kept in {driver.root}; run the same command to resume")
         _shutdown_ray()
         raise typer.Exit(130) from None
+    except LeaseLost as exc:  # the job is another driver's now: show nothing of its ledger, write nothing
+        typer.echo(f"error: {exc}", err=True)
+        _shutdown_ray()
+        raise typer.Exit(1) from exc
     except (StageFailed, InputError, StorageError) as exc:
         from rich.markup import escape
 

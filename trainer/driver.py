@@ -11,8 +11,12 @@ them starts and is recorded as that stage's failure reason; nothing already writ
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
+import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,7 +27,7 @@ from graft.trainer.errors import InputError, out_of_memory, user_message
 from graft.trainer.executors import RayExecutor
 from graft.trainer.stages import STAGES, StageConfig, run_name, verify_up_front
 
-from graft import joblogs, storage
+from graft import joblogs, lease, storage
 from graft.api.models import StageState, TransferJob
 from graft.ledger import Ledger, StageRecord, job_root, now
 
@@ -96,6 +100,21 @@ def apply_storage_env(job: TransferJob) -> None:
         os.environ.setdefault("AWS_REGION", st.region)
 
 
+@contextlib.contextmanager
+def _sigterm_exits():
+    """SIGTERM (Kubernetes' stop) ends the driver through SystemExit, so that `finally` blocks run (the lease is
+    released) where Ray has not yet installed its own handler, which does the same."""
+    main = threading.current_thread() is threading.main_thread()
+    if not main or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 class Driver:
     """Runs one job's stages; `run()` returns the final ledger or raises StageFailed."""
 
@@ -110,6 +129,8 @@ class Driver:
         executor=None,
         restart: bool = False,
         from_stage: str | None = None,
+        force_takeover: bool = False,
+        lease_wait: float = 0.0,
     ):
         self.job = job
         self.spec = _absolute_paths(job.spec)
@@ -131,13 +152,17 @@ class Driver:
         self.hashes = identity.hashes(self.view)
         self._prepared: Ledger | None = None
         self.tracker: tracking.Tracker | None = None
+        # One writer per job (graft/lease.py): who this driver is, and its lease while it holds one.
+        self.holder = lease.Holder.me()
+        self.lease: lease.Lease | None = None
+        self.force_takeover, self.lease_wait = force_takeover, lease_wait
 
     # -- ledger --------------------------------------------------------------------------------
 
     def _save(self, ledger: Ledger) -> None:
         if self.tracker is not None:
             ledger.tracking = self.tracker.snapshot()
-        ledger.save(self.root)
+        ledger.save(self.root, self.holder)
         self.on_update(ledger)
 
     def _finish(self, stage_type: str, started: float, job_message: str | None, **fields) -> Ledger:
@@ -363,11 +388,39 @@ class Driver:
                     problems.append((stage.type, message))
         return problems
 
+    def acquire_lease(self) -> None:
+        """Take the job's lease (see graft/lease.py) unless this driver holds it: waits up to `lease_wait` seconds
+        for another driver's to end, then raises LeaseHeld (one line). A ledger read before is read again."""
+        if self.lease is None:
+            apply_storage_env(self.job)
+            self.lease = lease.acquire(self.root, self.job.metadata.name or self.uid, self.holder,
+                                       force=self.force_takeover, wait=self.lease_wait)
+            self._prepared = None
+
+    def release_lease(self) -> None:
+        """Give the lease up (a lost one is left to its new holder)."""
+        held, self.lease = self.lease, None
+        if held is not None:
+            held.release()
+
     def run(self) -> Ledger:
-        """Run (or resume) every stage, then export the model. Raises SpecChanged before anything when the spec
-        no longer matches the recorded results, StageFailed on the first failure."""
+        """Take the job's lease (LeaseHeld when another driver holds it), run (or resume) every stage, then export
+        the model; the lease is renewed meanwhile and released at the end, however it ends. Raises SpecChanged
+        before anything when the spec no longer matches the recorded results, StageFailed on the first failure,
+        LeaseLost when another driver took the job over (nothing more is written)."""
+        self.acquire_lease()
+        assert self.lease is not None
+        try:
+            with self.lease.renewing(), _sigterm_exits():
+                return self._run_leased()
+        finally:
+            self.release_lease()
+
+    def _run_leased(self) -> Ledger:
         ledger, self._prepared = self.prepare(), None
         ledger.attempt += 1
+        assert self.lease is not None
+        self.lease.set_attempt(ledger.attempt)
         ledger.message = None
         ledger.spec = self.view
         params = self.spec.model_dump(mode="json", by_alias=True, exclude_none=True)
@@ -424,7 +477,8 @@ class Driver:
                 log.line(f"stage {stage.type} ({index + 1} of {len(self.spec.stages)}), attempt {ledger.attempt}")
                 try:
                     kind = STAGES[stage.type]
-                    cfg = StageConfig(self.spec, index, self.root, rec.run_name, **kind.inputs(self, ledger))
+                    cfg = StageConfig(self.spec, index, self.root, rec.run_name, **kind.inputs(self, ledger),
+                                      lease=self.holder)
                     result = kind.scored(self, cfg, kind.run(self, cfg))
                 except Exception as exc:
                     message = out_of_memory(exc, index, self.spec) or user_message(exc)
