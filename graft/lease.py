@@ -246,6 +246,8 @@ class _S3Backend:
 
     def write(self, body: bytes, version: Any) -> Any:
         conditional = _CONDITIONAL.get(self.options.endpoint, True)
+        if not conditional and self.read()[1] != version:  # the headers' compare, client-side (a small race)
+            raise _Conflict
         condition = ({"IfNoneMatch": "*"} if version is None else {"IfMatch": version}) if conditional else {}
         etag = self._call("put_object", Body=body, ContentType="application/json", **condition)["ETag"]
         if self.options.endpoint not in _CONDITIONAL:
