@@ -104,10 +104,13 @@ def test_the_renewal_thread_extends_the_lease_and_notices_a_takeover(root):
     assert held.lost is not None and "taken over by host" in held.lost
 
 
-def test_of_drivers_starting_together_exactly_one_gets_the_lease(tmp_path):
+@pytest.mark.parametrize("before", ["no lease", "an expired lease"])
+def test_of_drivers_starting_together_exactly_one_gets_the_lease(tmp_path, before):
     """Local storage (flock): eight drivers at once. Not on moto, whose conditional check and write are not under
     one lock (moto/s3/responses.py put_object), unlike AWS S3 and MinIO."""
     root = str(tmp_path / "job-uid")
+    if before == "an expired lease":
+        lease.acquire(root, "digits", ELSEWHERE, ttl=0.0)
     results: list[str] = []
     start = threading.Barrier(8)
 
