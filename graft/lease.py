@@ -1,9 +1,8 @@
 """One writer per job: the lease at `<job root>/lease.json`.
 
-A driver takes the lease before its first ledger write, renews it from a background thread while it lives and
-releases it when it ends. Every ledger write (the driver's, rank 0's per-epoch record on a Ray worker, an in-process
-stage's) first checks that its writer still holds it (`check`), so a driver that lost the lease stops with
-`LeaseLost` instead of overwriting the ledger of the driver that took over.
+A driver takes it before its first ledger write, renews it from a thread while it lives, releases it when it ends.
+Every ledger write (the driver's, rank 0's epoch record on a Ray worker, an in-process stage's) first checks that
+its writer still holds it (`check`): a driver that lost it stops with `LeaseLost` instead of overwriting.
 
 The object: `holder` (host, pid, a random token: the token is the identity; host and pid are for people and for
 the dead-process rule), `attempt`, `acquired_at`, `renewed_at`, `expires_at`, `ttl_seconds`, `released`.
@@ -28,10 +27,10 @@ Taking, renewing, taking over and releasing are compare-and-swap writes of the o
   cmd/object-handlers-common.go, evaluated under the object's namespace lock in cmd/erasure-object.go): both, 412
   on a mismatch, NoSuchKey for If-Match on a missing object.
   A store that ignores the headers (an old MinIO, some gateways) is found once per endpoint by a probe after this
-  driver's first write: a rewrite of its own lease with `If-Match` of an ETag no object has. A store that honours
-  it answers 412; one that ignores it rewrites the same bytes (harmless). On such a store every write is read back
-  after a short pause and counts as lost when another holder's token comes back; two drivers may then both believe
-  they hold the lease for up to one renewal, and the next check (every ledger write) stops the loser.
+  driver's first write: a rewrite of its own lease with `If-Match` of an ETag no object has (412 where honoured;
+  elsewhere the same bytes rewritten, harmless). There the ETag is compared by the client (read, then write: a
+  race of milliseconds instead of none) and every write is read back after a short pause, lost if another
+  holder's token comes back; two drivers can overlap for up to one renewal before the loser's next check.
 - Local storage: every read-compare-write under `flock` on `lease.json.lock` (the kernel drops it when its process
   dies: never stale); creation by `os.link` of a complete temporary file (atomic, and fails when the lease exists:
   O_EXCL without a half-written file to see), replacement by `os.replace`.
@@ -172,20 +171,15 @@ class _LocalBackend:
         raw = self._raw()
         return (json.loads(raw), raw) if raw else (None, None)
 
-    def _tmp(self, body: bytes) -> str:
-        tmp = f"{self.path}.{uuid.uuid4().hex}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(body)
-            f.flush()
-            os.fsync(f.fileno())
-        return tmp
-
     def write(self, body: bytes, version: Any) -> Any:
         """Create (version None) or replace the version read; raises _Conflict when the lease is not that one."""
         with self._locked():
             if self._raw() != version:
                 raise _Conflict
-            tmp = self._tmp(body)
+            tmp = f"{self.path}.{uuid.uuid4().hex}.tmp"
+            with open(tmp, "wb", buffering=0) as f:  # unbuffered: fsync sees every byte
+                f.write(body)
+                os.fsync(f.fileno())
             try:
                 if version is None:
                     os.link(tmp, self.path)  # fails if it exists

@@ -127,17 +127,14 @@ def run(
         typer.Option("--from-stage", metavar="STAGE", help="Rerun this stage and the ones after it, keeping the "
                      "earlier stages' results (e.g. after changing its settings)."),
     ] = None,
-    force_takeover: Annotated[
-        bool, typer.Option("--force-takeover", help="Take the job over from the driver that holds its lease "
-                           "(lease.json in the run folder) before the lease expires; that driver stops at its next "
-                           "ledger write.")
-    ] = False,
+    force_takeover: Annotated[bool, typer.Option("--force-takeover", help="Take the job from the driver holding its "
+                              "lease (lease.json); that driver stops at its next ledger write.")] = False,
 ) -> None:
     """Run a TransferJob on this machine (local Ray). Ctrl-C leaves it resumable: run the same command again.
 
     A rerun of a job whose spec changed what finished stages depend on is refused (exit 2), naming the changed
-    fields; --from-stage or --restart say what to do with the earlier results. One driver per job: while another
-    runs it (on this storage) the run is refused (exit 2) with one line naming it; --force-takeover takes over."""
+    fields; --from-stage or --restart say what to do with the earlier results. A job another driver runs is refused
+    (exit 2), naming it."""
     from graft.api.validation import InvalidSpec, load_job
     from graft.console import console as make_console
 
@@ -152,26 +149,29 @@ def run(
             typer.echo(f"{file}: {problem}", err=True)
         raise typer.Exit(2) from exc
 
-    from graft.trainer.driver import Driver, SpecChanged, StageFailed
     from graft.trainer.errors import InputError
-    from graft.trainer.plot import write_plot
+    from graft.trainer.jobroot import take_lease
 
     from graft.lease import LeaseHeld, LeaseLost
     from graft.storage import StorageError
 
+    try:  # before torch is loaded: a refusal comes in seconds
+        held = take_lease(job, storage, force_takeover)
+    except (InputError, LeaseHeld, StorageError) as exc:
+        typer.echo(f"error: {exc}".replace("--force-takeover", f"`graft run {file} --force-takeover`"), err=True)
+        raise typer.Exit(1 if isinstance(exc, StorageError) else 2) from exc
+    from graft.trainer.driver import Driver, SpecChanged, StageFailed
+    from graft.trainer.plot import write_plot
+
     try:
-        driver = Driver(job, storage, log_to_driver=verbose, restart=restart, from_stage=from_stage,
-                        force_takeover=force_takeover)
+        driver = Driver(job, storage, log_to_driver=verbose, restart=restart, from_stage=from_stage, held=held)
     except InputError as exc:
+        held.release()
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     console.print(f"run folder: {driver.root}")
     try:
-        driver.acquire_lease()  # before anything is shown: a refused run never shows another run's progress
         driver.prepare()
-    except LeaseHeld as exc:
-        typer.echo(f"error: {exc}".replace("--force-takeover", f"`graft run {file} --force-takeover`"), err=True)
-        raise typer.Exit(2) from exc
     except SpecChanged as exc:
         driver.release_lease()
         typer.echo(f"error: {exc}".replace("  --from-stage", f"  graft run {file} --from-stage").replace(

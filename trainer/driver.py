@@ -11,25 +11,21 @@ them starts and is recorded as that stage's failure reason; nothing already writ
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
-import signal
-import sys
-import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from graft.trainer import data as data_mod
 from graft.trainer import export, identity, logship, models, selection, timm_backbone, tracking
 from graft.trainer.errors import InputError, out_of_memory, user_message
 from graft.trainer.executors import RayExecutor
+from graft.trainer.jobroot import absolute as _absolute
+from graft.trainer.jobroot import apply_storage_env, job_uid, resolve_root, sigterm_exits
 from graft.trainer.stages import STAGES, StageConfig, run_name, verify_up_front
 
 from graft import joblogs, lease, storage
 from graft.api.models import StageState, TransferJob
-from graft.ledger import Ledger, StageRecord, job_root, now
+from graft.ledger import Ledger, StageRecord, now
 
 
 class SpecChanged(RuntimeError):
@@ -57,29 +53,6 @@ class StageFailed(RuntimeError):
         super().__init__(f"stage {stage} failed: {message}")
 
 
-def job_uid(job: TransferJob) -> str:
-    """The job's identity in storage: its Kubernetes UID, or its name for a local run without one."""
-    uid = job.metadata.uid or job.metadata.name
-    if not uid:
-        raise InputError("metadata", "the job needs metadata.uid or metadata.name")
-    return uid
-
-
-def resolve_root(job: TransferJob, storage_uri: str | None) -> str:
-    """The job root: `<spec.storage.uri or --storage>/<uid>`."""
-    base = job.spec.storage.uri if job.spec.storage else storage_uri
-    if not base:
-        raise InputError("spec.storage.uri", "no storage given (set spec.storage.uri or pass --storage)")
-    return job_root(_absolute(base), job_uid(job))
-
-
-def _absolute(uri: str | None) -> str | None:
-    """A local path made absolute: Ray workers run in their own working directory."""
-    if not uri or uri == "hub" or uri.startswith(("s3://", "file://", "builtin:", "torchvision:")):
-        return uri
-    return str(Path(uri).expanduser().resolve())
-
-
 def _absolute_paths(spec):
     """The spec with local paths made absolute (Ray workers resolve paths from another working directory) and an
     empty `data.imageSize` filled in (the backbone's default), so every stage and worker reads the same size."""
@@ -89,30 +62,6 @@ def _absolute_paths(spec):
     model = spec.model.model_copy(update={"weights": _absolute(spec.model.weights)})
     stages_ = [s.model_copy(update={"data": _absolute(s.data)}) if s.type == "Pretrain" else s for s in spec.stages]
     return spec.model_copy(update={"data": data, "model": model, "stages": stages_})
-
-
-def apply_storage_env(job: TransferJob) -> None:
-    """Point S3 clients (ours, pyarrow's, Ray's) at the job's endpoint; keys come only from the environment."""
-    st = job.spec.storage
-    if st and st.endpoint:
-        os.environ["AWS_ENDPOINT_URL"] = st.endpoint
-    if st and st.region:
-        os.environ.setdefault("AWS_REGION", st.region)
-
-
-@contextlib.contextmanager
-def _sigterm_exits():
-    """SIGTERM (Kubernetes' stop) ends the driver through SystemExit, so that `finally` blocks run (the lease is
-    released) where Ray has not yet installed its own handler, which does the same."""
-    main = threading.current_thread() is threading.main_thread()
-    if not main or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
-        yield
-        return
-    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 class Driver:
@@ -131,6 +80,7 @@ class Driver:
         from_stage: str | None = None,
         force_takeover: bool = False,
         lease_wait: float = 0.0,
+        held: lease.Lease | None = None,
     ):
         self.job = job
         self.spec = _absolute_paths(job.spec)
@@ -153,8 +103,9 @@ class Driver:
         self._prepared: Ledger | None = None
         self.tracker: tracking.Tracker | None = None
         # One writer per job (graft/lease.py): who this driver is, and its lease while it holds one.
-        self.holder = lease.Holder.me()
-        self.lease: lease.Lease | None = None
+        # `held`: the job's lease, taken already (`graft run` takes it before it loads the trainer).
+        self.lease: lease.Lease | None = held
+        self.holder = held.holder if held is not None else lease.Holder.me()
         self.force_takeover, self.lease_wait = force_takeover, lease_wait
 
     # -- ledger --------------------------------------------------------------------------------
@@ -411,7 +362,7 @@ class Driver:
         self.acquire_lease()
         assert self.lease is not None
         try:
-            with self.lease.renewing(), _sigterm_exits():
+            with self.lease.renewing(), sigterm_exits():
                 return self._run_leased()
         finally:
             self.release_lease()

@@ -175,3 +175,15 @@ def test_moto_honours_if_none_match_and_if_match_on_put_object(s3_bucket):
     for condition in ({"IfNoneMatch": "*"}, {"IfMatch": '"0123456789abcdef0123456789abcdef"'}):
         with pytest.raises(ClientError, match="PreconditionFailed"):
             client.put_object(Bucket=bucket, Key=key, Body=b"{}", **condition)
+
+
+def test_a_waiting_driver_takes_a_lease_that_stopped_changing_whatever_its_holders_clock_says(root):
+    """The holder's clock runs an hour ahead (its expiry is far off), but it has not renewed for a TTL of the
+    waiting driver's own time: gone."""
+    lease.acquire(root, "digits", ELSEWHERE, ttl=1.0)
+    record = _record(root)
+    record["expires_at"] = "2999-01-01T00:00:00Z"
+    storage.write_json(lease.uri(root), record)
+    with pytest.raises(lease.LeaseHeld):
+        lease.acquire(root, "digits")
+    lease.acquire(root, "digits", wait=20)

@@ -66,3 +66,39 @@ def test_a_finished_run_releases_the_lease_and_the_rerun_takes_it(tmp_path, one_
     assert record["released"] and record["attempt"] == ledger.attempt == 1
     assert record["holder"] == {"host": socket.gethostname(), "pid": first.holder.pid, "token": first.holder.token}
     assert _driver(tmp_path).run().attempt == 2
+
+
+@pytest.fixture()
+def finished_job(tmp_path, one_thread) -> tuple[str, str]:
+    """A job run to its end (in-process): the entrypoint then runs no stage, only takes the lease and writes the
+    ledger. Returns (the job as JSON, its root)."""
+    driver = _driver(tmp_path)
+    driver.run()
+    doc = {"apiVersion": "graft.dev/v1alpha1", "kind": "TransferJob", "metadata": {"name": "digits"}, "spec": SPEC}
+    return json.dumps(doc), driver.root
+
+
+def test_the_entrypoint_waits_for_a_lease_its_holder_stopped_renewing_then_takes_it(finished_job, tmp_path):
+    """A retried RayJob's new driver, the old one lost with its node: its lease runs out, the new driver goes on."""
+    from graft.trainer.__main__ import main
+
+    job, root = finished_job
+    lease.acquire(root, "digits", OTHER, ttl=2.0)  # never renewed: expires in 2 s
+    assert main(["--job", job, "--storage", str(tmp_path), "--lease-wait", "30"]) == 0
+    assert storage.read_json(lease.uri(root))["released"]
+    assert Ledger.load(root).attempt == 2
+
+
+def test_the_entrypoint_fails_with_the_line_when_the_holder_keeps_renewing(finished_job, tmp_path, capsys):
+    from graft.trainer.__main__ import main
+
+    job, root = finished_job
+    held = lease.acquire(root, "digits", OTHER)
+    before = storage.read_bytes(Ledger.uri(root))
+    with held.renewing(every=0.3):
+        code = main(["--job", job, "--storage", str(tmp_path), "--lease-wait", "2"])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: job 'digits' is already running") and "held by host node-7 pid 4242" in err
+    assert len(err.splitlines()) == 1
+    assert storage.read_bytes(Ledger.uri(root)) == before
