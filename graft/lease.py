@@ -31,7 +31,7 @@ Taking, renewing, taking over and releasing are compare-and-swap writes of the o
   elsewhere the same bytes rewritten, harmless). There the ETag is compared by the client (read, then write: a
   race of milliseconds instead of none) and every write is read back after a short pause, lost if another
   holder's token comes back; two drivers can overlap for up to one renewal before the loser's next check.
-- Local storage: every read-compare-write under `flock` on `lease.json.lock` (the kernel drops it when its process
+- Local storage: every read-compare-write under `flock` on the job root folder (the kernel drops it when its process
   dies: never stale); creation by `os.link` of a complete temporary file (atomic, and fails when the lease exists:
   O_EXCL without a half-written file to see), replacement by `os.replace`.
 """
@@ -153,7 +153,7 @@ class _LocalBackend:
     @contextlib.contextmanager
     def _locked(self):
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(os.path.dirname(self.path), os.O_RDONLY | os.O_DIRECTORY)  # the job root: no lock file
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
