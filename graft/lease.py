@@ -55,13 +55,9 @@ from typing import Any
 from graft import storage
 
 LEASE_FILE = "lease.json"
-#: How long a lease lasts without renewal, and how often its holder renews it (see the module docstring).
-TTL_S = 30.0
-RENEW_EVERY_S = 10.0
-#: What a waiting driver sleeps between looks at a lease held by another.
-POLL_S = 1.0
-#: The pause before a read-back on a store that ignores conditional headers.
-READBACK_PAUSE_S = 0.2
+#: Lease lifetime without renewal, the renewal period (see above), a waiting driver's period between looks, and the
+#: pause before a read-back on a store that ignores conditional headers.
+TTL_S, RENEW_EVERY_S, POLL_S, READBACK_PAUSE_S = 30.0, 10.0, 1.0, 0.2
 
 _log = logging.getLogger(__name__)
 
@@ -120,6 +116,17 @@ def _holder_of(record: dict[str, Any]) -> Holder:
     return Holder(str(h.get("host", "?")), int(h.get("pid", 0)), str(h.get("token", "")))
 
 
+def _loads(raw: bytes) -> dict[str, Any]:
+    """The lease object; a damaged one (not JSON, no holder or expiry) reads as released: anyone may take it."""
+    try:
+        record = json.loads(raw)
+        if _parse(record["expires_at"]) and isinstance(record["holder"]["token"], str):
+            return record
+    except (ValueError, KeyError, TypeError, AttributeError):
+        pass
+    return {"holder": {"host": "?", "pid": 0, "token": ""}, "expires_at": _stamp(datetime.now(UTC)), "released": True}
+
+
 def _expired(record: dict[str, Any]) -> bool:
     return bool(record.get("released")) or _parse(record["expires_at"]) <= datetime.now(UTC)
 
@@ -169,7 +176,7 @@ class _LocalBackend:
 
     def read(self) -> tuple[dict[str, Any] | None, Any]:
         raw = self._raw()
-        return (json.loads(raw), raw) if raw else (None, None)
+        return (None, None) if raw is None else (_loads(raw), raw)
 
     def write(self, body: bytes, version: Any) -> Any:
         """Create (version None) or replace the version read; raises _Conflict when the lease is not that one."""
@@ -236,7 +243,7 @@ class _S3Backend:
         got = self._call("get_object")
         if got is None:
             return None, None
-        return json.loads(got["Body"].read()), got["ETag"]
+        return _loads(got["Body"].read()), got["ETag"]
 
     def write(self, body: bytes, version: Any) -> Any:
         conditional = _CONDITIONAL.get(self.options.endpoint, True)
@@ -304,8 +311,9 @@ class Lease:
         with self._lock:
             self.version = _backend(self.uri).write(body, self.version)
 
-    def renew(self) -> None:
-        """Extend the lease; raises LeaseLost when another driver took it."""
+    def renew(self, attempt: int | None = None) -> None:
+        """Extend the lease (recording the run's `attempt` when given); raises LeaseLost when another driver took it."""
+        self.attempt = self.attempt if attempt is None else attempt
         try:
             self._write()
         except _Conflict:
@@ -315,11 +323,6 @@ class Lease:
                 return
             self.lost = _lost_line(self.uri, self.holder, record)
             raise LeaseLost(self.lost) from None
-
-    def set_attempt(self, attempt: int) -> None:
-        """Record the run's attempt in the lease (written at once)."""
-        self.attempt = attempt
-        self.renew()
 
     def release(self) -> None:
         """Mark the lease released (only if still ours: a lost lease is left to its new holder)."""
@@ -355,13 +358,8 @@ class Lease:
 
 
 def _lost_line(lease_uri: str, holder: Holder, record: dict[str, Any] | None) -> str:
-    if record is None:
-        now_by = "the lease was removed"
-    elif record["holder"]["token"] == holder.token:
-        now_by = "it was released"
-    else:
-        other = _holder_of(record)
-        now_by = f"taken over by {other.describe()} at {record.get('acquired_at')}"
+    now_by = ("the lease was removed" if record is None else "it was released" if record["holder"]["token"] ==
+              holder.token else f"taken over by {_holder_of(record).describe()} at {record.get('acquired_at')}")
     return (f"{lease_uri}: this driver ({holder.describe()}) no longer holds the job's lease ({now_by}); stopped "
             "without writing the ledger")
 
@@ -377,8 +375,8 @@ def acquire(root: str, job: str, holder: Holder | None = None, *, attempt: int =
     seen_at = time.monotonic()
     while True:
         record, version = backend.read()
-        if record is not None and (record["holder"]["token"], record["renewed_at"]) != seen:
-            seen, seen_at = (record["holder"]["token"], record["renewed_at"]), time.monotonic()
+        if record is not None and (record["holder"]["token"], record.get("renewed_at", "")) != seen:
+            seen, seen_at = (record["holder"]["token"], record.get("renewed_at", "")), time.monotonic()
         stale = record is not None and time.monotonic() - seen_at > float(record.get("ttl_seconds", ttl))
         if record is None or force or stale or _expired(record) or _dead_here(_holder_of(record)):
             lease = Lease(root, holder, attempt, _stamp(datetime.now(UTC)), ttl, version)

@@ -371,7 +371,7 @@ class Driver:
         ledger, self._prepared = self.prepare(), None
         ledger.attempt += 1
         assert self.lease is not None
-        self.lease.set_attempt(ledger.attempt)
+        self.lease.renew(attempt=ledger.attempt)
         ledger.message = None
         ledger.spec = self.view
         params = self.spec.model_dump(mode="json", by_alias=True, exclude_none=True)

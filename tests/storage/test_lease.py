@@ -187,3 +187,13 @@ def test_a_waiting_driver_takes_a_lease_that_stopped_changing_whatever_its_holde
     with pytest.raises(lease.LeaseHeld):
         lease.acquire(root, "digits")
     lease.acquire(root, "digits", wait=20)
+
+
+@pytest.mark.parametrize("damage", [b"", b'{"holder": {"host": "node-7"', b"[1, 2]", b'{"holder": null}'],
+                         ids=["empty", "truncated", "not-an-object", "no-holder"])
+def test_a_damaged_lease_is_taken_over_and_stops_no_one_with_a_traceback(root, damage):
+    storage.write_bytes(lease.uri(root), damage)
+    with pytest.raises(lease.LeaseLost, match="no longer holds the job's lease"):
+        lease.check(root, ELSEWHERE)
+    held = lease.acquire(root, "digits")
+    lease.check(root, held.holder)
