@@ -7,6 +7,8 @@ whose spec changed what a recorded stage's result depends on is refused (`SpecCh
 unless it asks to start over (`restart`) or to rerun from a stage (`from_stage`).
 Bad input of every stage still to run (listing, class counts, decoding, weights) is found before the first of
 them starts and is recorded as that stage's failure reason; nothing already written is touched.
+One driver per job: `run()` holds the job's lease (`graft/lease.py`) from before its first ledger write to its end,
+and every ledger write (its own and its stages') checks it still does.
 """
 
 from __future__ import annotations
