@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from graft import storage
+from graft import lease, storage
 from graft.api.models import StageState
 
 LEDGER_FILE = "ledger.json"
@@ -170,8 +170,13 @@ class Ledger(BaseModel):
             return None
         return cls.model_validate(data)
 
-    def save(self, root: str) -> None:
-        """Write atomically: a concurrent reader sees the previous or this version, whole."""
+    def save(self, root: str, holder: lease.Holder | None = None) -> None:
+        """Write atomically: a concurrent reader sees the previous or this version, whole.
+
+        `holder`: the writer's lease (`graft/lease.py`); it is checked first, and a writer that lost it gets
+        LeaseLost instead of overwriting the ledger of the driver that took over."""
+        if holder is not None:
+            lease.check(root, holder)
         self.updated_at = now()
         storage.write_json(self.uri(root), self.model_dump(mode="json"))
 

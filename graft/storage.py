@@ -141,7 +141,8 @@ def join(uri: str, *parts: str) -> str:
     return str(Path(uri).joinpath(*parts))
 
 
-def _explain(uri: str, exc: BaseException) -> StorageError:
+def explain(uri: str, exc: BaseException) -> StorageError:
+    """A storage error as one line: the URI and what went wrong in words (read-only, full, access denied, ...)."""
     text = str(exc)
     lowered = text.lower()
     code = getattr(exc, "errno", None)
@@ -186,14 +187,18 @@ def _call(op: str, uri: str, options: S3Options | None, fn: Callable[[pafs.FileS
     try:
         if budget <= 0:
             return fn(fs, path)
-        return _retried(op, uri, options or env_s3_options(), lambda: fn(fs, path))
+        return retried(op, uri, options or env_s3_options(), lambda: fn(fs, path))
     except (FileNotFoundError, StorageError):
         raise
     except (OSError, ValueError) as exc:
-        raise _explain(uri, exc) from exc
+        raise explain(uri, exc) from exc
 
 
-def _retried(op: str, uri: str, options: S3Options, attempt: Callable[[], Any]) -> Any:
+def retried(op: str, uri: str, options: S3Options, attempt: Callable[[], Any],
+            transient: Callable[[BaseException], bool] = _transient) -> Any:
+    """`attempt()`, retried while it fails with a `transient` fault, for `options.retry_seconds`; a silent endpoint
+    reported after WARN_AFTER_S; after the budget, StorageError naming `op`, `uri` and the endpoint. For S3 calls
+    made with another client (the lease's botocore), with that client's idea of `transient`."""
     endpoint = options.endpoint or "AWS S3"
     started = time.monotonic()
     silent = threading.Timer(WARN_AFTER_S, lambda: _log.warning(
@@ -208,16 +213,16 @@ def _retried(op: str, uri: str, options: S3Options, attempt: Callable[[], Any]) 
 
     try:
         return tenacity.Retrying(
-            retry=tenacity.retry_if_exception(_transient),
+            retry=tenacity.retry_if_exception(transient),
             wait=tenacity.wait_exponential_jitter(multiplier=0.2, max=10.0),
             stop=tenacity.stop_after_delay(options.retry_seconds),
             before_sleep=retrying,
             reraise=True,
         )(attempt)
-    except OSError as exc:
-        if not _transient(exc):
+    except Exception as exc:
+        if not transient(exc):
             raise
-        cause = _explain(uri, exc).cause
+        cause = explain(uri, exc).cause
         raise StorageError(uri, f"{op} failed at {endpoint} after {time.monotonic() - started:.0f} s of retries "
                                 f"(spec.storage.retrySeconds: {options.retry_seconds:g}): {cause}") from exc
     finally:

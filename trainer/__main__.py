@@ -2,9 +2,15 @@
 
 Exit code 0 when every stage succeeded; 1 when a stage failed (the reason is in the ledger); 143 (SIGTERM) or
 130 (SIGINT) when it was told to stop, with a line saying where the job resumes; 2 when the job file is unreadable
-or invalid, or its spec no longer matches the results its ledger records (`--restart`,
-`--from-stage` as in `graft run`). Rerunning the same command resumes the job: on a cluster the operator hands
-every attempt of a TransferJob the same spec (it refuses edits), so a retried RayJob resumes.
+or invalid, or its spec no longer matches the results its ledger records (`--restart`, `--from-stage` as in
+`graft run`), or another driver kept the job's lease (`graft/lease.py`) for `--lease-wait` seconds. Rerunning the
+same command resumes the job: on a cluster the operator hands every attempt of a TransferJob the same spec (it
+refuses edits), so a retried RayJob resumes.
+
+The lease wait is for the cluster: a retried RayJob's new driver may start while the old one still lives (its pod
+being torn down) or after it died without releasing (a lost node); waiting `LEASE_WAIT_S`, two TTLs, covers a
+lease that was just renewed by a driver that then died, and a driver still renewing after that is another live
+run of the job: this one fails with the line naming it rather than share the ledger.
 """
 
 from __future__ import annotations
@@ -15,6 +21,11 @@ import logging
 import os
 import sys
 from pathlib import Path
+
+from graft.lease import TTL_S
+
+#: How long the entrypoint waits for another driver's lease (see above).
+LEASE_WAIT_S = 2 * TTL_S
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--storage", default=None, help="storage root when spec.storage.uri is empty")
     parser.add_argument("--restart", action="store_true", help="start over, reusing no earlier result")
     parser.add_argument("--from-stage", default=None, help="rerun this stage and the later ones, keep earlier ones")
+    parser.add_argument("--force-takeover", action="store_true", help="take the job's lease from its holder now")
+    parser.add_argument("--lease-wait", type=float, default=LEASE_WAIT_S, metavar="SECONDS",
+                        help=f"wait this long for another driver's lease to end (default {LEASE_WAIT_S:g})")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s graft.trainer %(levelname)s %(message)s")
 
@@ -56,11 +70,13 @@ def main(argv: list[str] | None = None) -> int:
     from graft.trainer.driver import Driver, SpecChanged, StageFailed
     from graft.trainer.errors import InputError
 
+    from graft.lease import LeaseHeld, LeaseLost
     from graft.storage import StorageError
 
     driver = None
     try:
-        driver = Driver(job, args.storage, restart=args.restart, from_stage=args.from_stage)
+        driver = Driver(job, args.storage, restart=args.restart, from_stage=args.from_stage,
+                        force_takeover=args.force_takeover, lease_wait=args.lease_wait)
         ledger = driver.run()
     except (KeyboardInterrupt, SystemExit) as exc:  # SIGTERM (the pod is stopped) or SIGINT: resumable, one line
         signum = stopping.signal_of(exc)
@@ -68,10 +84,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(stopping.resumable_line(driver.root if driver else None, signum), file=sys.stderr)
         stopping.exit_now(stopping.exit_code(signum))
-    except SpecChanged as exc:
+    except (SpecChanged, LeaseHeld) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (StageFailed, InputError, StorageError) as exc:
+    except (StageFailed, InputError, StorageError, LeaseLost) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     summary = {"job": driver.uid, "root": driver.root, "model": ledger.model_uri, "progress": ledger.progress()}

@@ -127,11 +127,14 @@ def run(
         typer.Option("--from-stage", metavar="STAGE", help="Rerun this stage and the ones after it, keeping the "
                      "earlier stages' results (e.g. after changing its settings)."),
     ] = None,
+    force_takeover: Annotated[bool, typer.Option("--force-takeover", help="Take the job from the driver holding its "
+                              "lease (lease.json); that driver stops at its next ledger write.")] = False,
 ) -> None:
     """Run a TransferJob on this machine (local Ray). Ctrl-C leaves it resumable: run the same command again.
 
     A rerun of a job whose spec changed what finished stages depend on is refused (exit 2), naming the changed
-    fields; --from-stage or --restart say what to do with the earlier results."""
+    fields; --from-stage or --restart say what to do with the earlier results. A job another driver runs is refused
+    (exit 2), naming it."""
     from graft.api.validation import InvalidSpec, load_job
     from graft.console import console as make_console
 
@@ -147,25 +150,36 @@ def run(
         raise typer.Exit(2) from exc
 
     from graft.trainer import stopping
-    from graft.trainer.driver import Driver, SpecChanged, StageFailed
     from graft.trainer.errors import InputError
-    from graft.trainer.plot import write_plot
+    from graft.trainer.jobroot import take_lease
 
+    from graft.lease import LeaseHeld, LeaseLost
     from graft.storage import StorageError
 
+    try:  # before torch is loaded: a refusal comes in seconds
+        held = take_lease(job, storage, force_takeover)
+    except (InputError, LeaseHeld, StorageError) as exc:
+        typer.echo(f"error: {exc}".replace("--force-takeover", f"`graft run {file} --force-takeover`"), err=True)
+        raise typer.Exit(1 if isinstance(exc, StorageError) else 2) from exc
+    from graft.trainer.driver import Driver, SpecChanged, StageFailed
+    from graft.trainer.plot import write_plot
+
     try:
-        driver = Driver(job, storage, log_to_driver=verbose, restart=restart, from_stage=from_stage)
+        driver = Driver(job, storage, log_to_driver=verbose, restart=restart, from_stage=from_stage, held=held)
     except InputError as exc:
+        held.release()
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     console.print(f"run folder: {driver.root}")
     try:
         driver.prepare()
     except SpecChanged as exc:
+        driver.release_lease()
         typer.echo(f"error: {exc}".replace("  --from-stage", f"  graft run {file} --from-stage").replace(
             "  --restart", f"  graft run {file} --restart"), err=True)
         raise typer.Exit(2) from exc
     except StorageError as exc:
+        driver.release_lease()
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     native = None if verbose else _native_output_to(driver.root)
@@ -180,6 +194,10 @@ def run(
             raise
         console.print(f"[yellow]interrupted[/]: {stopping.resumable_line(driver.root, signum)}", soft_wrap=True)
         stopping.exit_now(stopping.exit_code(signum))
+    except LeaseLost as exc:  # the job is another driver's now: show nothing of its ledger, write nothing
+        typer.echo(f"error: {exc}", err=True)
+        _shutdown_ray()
+        raise typer.Exit(1) from exc
     except (StageFailed, InputError, StorageError) as exc:
         from rich.markup import escape
 

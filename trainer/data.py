@@ -300,7 +300,7 @@ def _image_folder(uri: str) -> Source:
     except FileNotFoundError:
         raise InputError(uri, "not found (expected an ImageFolder: one sub-folder of images per class)") from None
     except OSError as exc:
-        raise storage._explain(uri, exc) from exc
+        raise storage.explain(uri, exc) from exc
     class_dirs: set[str] = set()
     per_class: dict[str, list[str]] = {}
     for info in infos:

@@ -7,25 +7,27 @@ whose spec changed what a recorded stage's result depends on is refused (`SpecCh
 unless it asks to start over (`restart`) or to rerun from a stage (`from_stage`).
 Bad input of every stage still to run (listing, class counts, decoding, weights) is found before the first of
 them starts and is recorded as that stage's failure reason; nothing already written is touched.
+One driver per job: `run()` holds the job's lease (`graft/lease.py`) from before its first ledger write to its end,
+and every ledger write (its own and its stages') checks it still does.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from graft.trainer import data as data_mod
 from graft.trainer import export, identity, logship, models, selection, timm_backbone, tracking
 from graft.trainer.errors import InputError, out_of_memory, user_message
 from graft.trainer.executors import RayExecutor
+from graft.trainer.jobroot import absolute as _absolute
+from graft.trainer.jobroot import apply_storage_env, job_uid, resolve_root
 from graft.trainer.stages import STAGES, StageConfig, run_name, verify_up_front
 
-from graft import joblogs, storage
+from graft import joblogs, lease, storage
 from graft.api.models import StageState, TransferJob
-from graft.ledger import Ledger, StageRecord, job_root, now
+from graft.ledger import Ledger, StageRecord, now
 
 
 class SpecChanged(RuntimeError):
@@ -53,29 +55,6 @@ class StageFailed(RuntimeError):
         super().__init__(f"stage {stage} failed: {message}")
 
 
-def job_uid(job: TransferJob) -> str:
-    """The job's identity in storage: its Kubernetes UID, or its name for a local run without one."""
-    uid = job.metadata.uid or job.metadata.name
-    if not uid:
-        raise InputError("metadata", "the job needs metadata.uid or metadata.name")
-    return uid
-
-
-def resolve_root(job: TransferJob, storage_uri: str | None) -> str:
-    """The job root: `<spec.storage.uri or --storage>/<uid>`."""
-    base = job.spec.storage.uri if job.spec.storage else storage_uri
-    if not base:
-        raise InputError("spec.storage.uri", "no storage given (set spec.storage.uri or pass --storage)")
-    return job_root(_absolute(base), job_uid(job))
-
-
-def _absolute(uri: str | None) -> str | None:
-    """A local path made absolute: Ray workers run in their own working directory."""
-    if not uri or uri == "hub" or uri.startswith(("s3://", "file://", "builtin:", "torchvision:")):
-        return uri
-    return str(Path(uri).expanduser().resolve())
-
-
 def _absolute_paths(spec):
     """The spec with local paths made absolute (Ray workers resolve paths from another working directory) and an
     empty `data.imageSize` filled in (the backbone's default), so every stage and worker reads the same size."""
@@ -85,17 +64,6 @@ def _absolute_paths(spec):
     model = spec.model.model_copy(update={"weights": _absolute(spec.model.weights)})
     stages_ = [s.model_copy(update={"data": _absolute(s.data)}) if s.type == "Pretrain" else s for s in spec.stages]
     return spec.model_copy(update={"data": data, "model": model, "stages": stages_})
-
-
-def apply_storage_env(job: TransferJob) -> None:
-    """Point S3 clients (ours, pyarrow's, Ray's) at the job's endpoint, with the job's retry budget; keys come only
-    from the environment."""
-    st = job.spec.storage
-    storage.configure(st.retry_seconds if st else storage.DEFAULT_RETRY_SECONDS)
-    if st and st.endpoint:
-        os.environ["AWS_ENDPOINT_URL"] = st.endpoint
-    if st and st.region:
-        os.environ.setdefault("AWS_REGION", st.region)
 
 
 class Driver:
@@ -112,6 +80,9 @@ class Driver:
         executor=None,
         restart: bool = False,
         from_stage: str | None = None,
+        force_takeover: bool = False,
+        lease_wait: float = 0.0,
+        held: lease.Lease | None = None,
     ):
         self.job = job
         self.spec = _absolute_paths(job.spec)
@@ -133,13 +104,18 @@ class Driver:
         self.hashes = identity.hashes(self.view)
         self._prepared: Ledger | None = None
         self.tracker: tracking.Tracker | None = None
+        # One writer per job (graft/lease.py): who this driver is, and its lease while it holds one.
+        # `held`: the job's lease, taken already (`graft run` takes it before it loads the trainer).
+        self.lease: lease.Lease | None = held
+        self.holder = held.holder if held is not None else lease.Holder.me()
+        self.force_takeover, self.lease_wait = force_takeover, lease_wait
 
     # -- ledger --------------------------------------------------------------------------------
 
     def _save(self, ledger: Ledger) -> None:
         if self.tracker is not None:
             ledger.tracking = self.tracker.snapshot()
-        ledger.save(self.root)
+        ledger.save(self.root, self.holder)
         self.on_update(ledger)
 
     def _finish(self, stage_type: str, started: float, job_message: str | None, **fields) -> Ledger:
@@ -365,11 +341,39 @@ class Driver:
                     problems.append((stage.type, message))
         return problems
 
+    def acquire_lease(self) -> None:
+        """Take the job's lease (see graft/lease.py) unless this driver holds it: waits up to `lease_wait` seconds
+        for another driver's to end, then raises LeaseHeld (one line). A ledger read before is read again."""
+        if self.lease is None:
+            apply_storage_env(self.job)
+            self.lease = lease.acquire(self.root, self.job.metadata.name or self.uid, self.holder,
+                                       force=self.force_takeover, wait=self.lease_wait)
+            self._prepared = None
+
+    def release_lease(self) -> None:
+        """Give the lease up (a lost one is left to its new holder)."""
+        held, self.lease = self.lease, None
+        if held is not None:
+            held.release()
+
     def run(self) -> Ledger:
-        """Run (or resume) every stage, then export the model. Raises SpecChanged before anything when the spec
-        no longer matches the recorded results, StageFailed on the first failure."""
+        """Take the job's lease (LeaseHeld when another driver holds it), run (or resume) every stage, then export
+        the model; the lease is renewed meanwhile and released at the end, however it ends. Raises SpecChanged
+        before anything when the spec no longer matches the recorded results, StageFailed on the first failure,
+        LeaseLost when another driver took the job over (nothing more is written)."""
+        self.acquire_lease()
+        assert self.lease is not None
+        try:
+            with self.lease.renewing():
+                return self._run_leased()
+        finally:
+            self.release_lease()
+
+    def _run_leased(self) -> Ledger:
         ledger, self._prepared = self.prepare(), None
         ledger.attempt += 1
+        assert self.lease is not None
+        self.lease.renew(attempt=ledger.attempt)
         ledger.message = None
         ledger.spec = self.view
         params = self.spec.model_dump(mode="json", by_alias=True, exclude_none=True)
@@ -426,7 +430,8 @@ class Driver:
                 log.line(f"stage {stage.type} ({index + 1} of {len(self.spec.stages)}), attempt {ledger.attempt}")
                 try:
                     kind = STAGES[stage.type]
-                    cfg = StageConfig(self.spec, index, self.root, rec.run_name, **kind.inputs(self, ledger))
+                    cfg = StageConfig(self.spec, index, self.root, rec.run_name, **kind.inputs(self, ledger),
+                                      lease=self.holder)
                     result = kind.scored(self, cfg, kind.run(self, cfg))
                 except Exception as exc:
                     message = out_of_memory(exc, index, self.spec) or user_message(exc)

@@ -56,13 +56,13 @@ class LocalExecutor:
     def fit(self, loop: Callable, cfg: StageConfig, keep: int, latest: bool = False
             ) -> tuple[dict[str, Any] | None, str | None]:
         """The best checkpoint's state (by val_accuracy), or the `latest`, kept in memory: no URI."""
-        session = LocalSession(self.device, cfg.root, cfg.stage.type)
+        session = LocalSession(self.device, cfg.root, cfg.stage.type, cfg.lease)
         loop(session, cfg)
         return (session.state if latest else session.best), None
 
     def in_process(self, loop: Callable, cfg: StageConfig) -> tuple[dict[str, Any] | None, str | None]:
         """The loop in this process; its latest checkpoint's state."""
-        session = LocalSession(self.device, cfg.root, cfg.stage.type)
+        session = LocalSession(self.device, cfg.root, cfg.stage.type, cfg.lease)
         loop(session, cfg)
         return session.state, None
 

@@ -19,6 +19,7 @@ from graft.trainer.logship import LogShipper, metrics_text
 from graft.trainer.stages import StageConfig
 
 from graft import storage
+from graft.lease import Holder
 from graft.ledger import Ledger
 
 _log = logging.getLogger(__name__)
@@ -30,8 +31,10 @@ class LocalSession:
     rank = 0
     world_size = 1
 
-    def __init__(self, device: str = "cpu", ledger_root: str | None = None, stage: str | None = None):
+    def __init__(self, device: str = "cpu", ledger_root: str | None = None, stage: str | None = None,
+                 lease: Holder | None = None):
         self.device = torch.device(device)
+        self.lease = lease  # the driver's lease, checked before every ledger write
         self.state: dict[str, Any] | None = None
         self.best: dict[str, Any] | None = None
         self.reports: list[dict[str, float]] = []
@@ -70,7 +73,7 @@ class LocalSession:
         self._pending.append(dict(metrics))
         now = time.monotonic()
         if checkpointed or epoch == epochs or metrics.get("stopped_early") or now - self._written >= LEDGER_EVERY_S:
-            record_epochs(self.ledger_root, self.stage, self._pending, epochs, checkpoint)
+            record_epochs(self.ledger_root, self.stage, self._pending, epochs, checkpoint, self.lease)
             self._pending, self._written = [], now
 
 
@@ -89,7 +92,7 @@ class StoredSession(LocalSession):
     driver (a Head sweep whose features fit in memory) without a Ray worker group."""
 
     def __init__(self, cfg: StageConfig, device: str = "cpu"):
-        super().__init__(device, cfg.root, cfg.stage.type)
+        super().__init__(device, cfg.root, cfg.stage.type, cfg.lease)
         self.uri = storage.join(cfg.root, "checkpoints", cfg.run_name, "latest")
 
     def load_state(self) -> dict[str, Any] | None:
@@ -124,7 +127,7 @@ class RaySession:
         self.rank = ctx.get_world_rank()
         self.world_size = ctx.get_world_size()
         self.device = ray.train.torch.get_device()
-        self.ledger_root, self.stage = cfg.root, cfg.stage.type
+        self.ledger_root, self.stage, self.lease = cfg.root, cfg.stage.type, cfg.lease
         self.checkpoint_root = storage.join(cfg.root, "checkpoints", cfg.run_name)
         self.log: LogShipper | None = None  # this worker's log in storage (executors._worker_loop)
 
@@ -171,7 +174,7 @@ class RaySession:
             else:
                 ray.train.report(metrics, checkpoint=None, checkpoint_dir_name=name)
         if self.rank == 0 and self.ledger_root:
-            record_epoch(self.ledger_root, self.stage, metrics, epoch, epochs, checkpoint_uri)
+            record_epoch(self.ledger_root, self.stage, metrics, epoch, epochs, checkpoint_uri, self.lease)
         _log.info("epoch %d/%d (worker %d of %d): %s", epoch, epochs, self.rank, self.world_size,
                   metrics_text({k: v for k, v in metrics.items() if k != "epoch"}))
         if self.log is not None:
@@ -183,15 +186,17 @@ class RaySession:
 
 
 def record_epoch(
-    root: str, stage: str, metrics: dict[str, float], epoch: int, epochs: int, checkpoint: str | None
+    root: str, stage: str, metrics: dict[str, float], epoch: int, epochs: int, checkpoint: str | None,
+    lease: Holder | None = None,
 ) -> None:
     """Write one finished epoch into the ledger (rank 0 only; the driver is blocked in `fit` meanwhile)."""
-    record_epochs(root, stage, [{**metrics, "epoch": float(epoch)}], epochs, checkpoint)
+    record_epochs(root, stage, [{**metrics, "epoch": float(epoch)}], epochs, checkpoint, lease)
 
 
-def record_epochs(root: str, stage: str, finished: list[dict[str, float]], epochs: int, checkpoint: str | None
-                  ) -> None:
-    """Write finished epochs (each metrics with its `epoch`, in order) into the ledger in one write."""
+def record_epochs(root: str, stage: str, finished: list[dict[str, float]], epochs: int, checkpoint: str | None,
+                  lease: Holder | None = None) -> None:
+    """Write finished epochs (each metrics with its `epoch`, in order) into the ledger in one write; `lease`: the
+    driver's, checked first (LeaseLost when another driver took the job over)."""
     ledger = Ledger.load(root)
     if ledger is None or not finished:
         return
@@ -206,4 +211,4 @@ def record_epochs(root: str, stage: str, finished: list[dict[str, float]], epoch
         {k: float(v) for k, v in m.items()} for m in finished]
     if checkpoint:
         rec.checkpoint = checkpoint
-    ledger.save(root)
+    ledger.save(root, lease)

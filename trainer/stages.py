@@ -17,6 +17,7 @@ from graft.trainer.errors import InputError
 
 from graft import storage
 from graft.api.models import Stage, TransferJobSpec
+from graft.lease import Holder
 from graft.ledger import Ledger
 
 if TYPE_CHECKING:
@@ -40,6 +41,8 @@ class StageConfig:
     init_backbone: str | None = None  #: weights for the backbone (Pretrain's output or spec.model.weights)
     init_head: str | None = None  #: the Head stage's output
     features: str | None = None  #: the FrozenFeatures stage's output
+    #: The driver's lease (`graft/lease.py`): every ledger write of the stage checks it still holds it.
+    lease: Holder | None = None
 
     @property
     def stage(self) -> Stage:

@@ -5,6 +5,7 @@ one line naming the operation, the object and the endpoint or path."""
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 from support.flaky_s3 import flaky_s3
-from support.s3 import hung_endpoint
+from support.s3 import TEST_CREDENTIALS, hung_endpoint
 
 from graft import storage
 from graft.ledger import Ledger
@@ -67,11 +68,13 @@ def _job(tmp_path: Path, storage_spec: dict) -> Path:
 def test_graft_run_against_a_silent_endpoint_says_so_and_exits_1(tmp_path):
     with hung_endpoint() as hung:
         job = _job(tmp_path, {"uri": "s3://graft-silent", "endpoint": hung.url, "retrySeconds": 12})
+        env = {**os.environ, **TEST_CREDENTIALS}  # keys, as a pod gets them: the endpoint is what fails
         done = subprocess.run([sys.executable, "-m", "graft.cli", "run", str(job)], capture_output=True, text=True,
-                              timeout=120, cwd=tmp_path)
+                              timeout=180, cwd=tmp_path, env=env)
     assert done.returncode == 1, done.stdout + done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and hung.url in errors[0] and "read failed" in errors[0], done.stderr
+    assert len(errors) == 1 and f"failed at {hung.url} after" in errors[0], done.stderr
+    assert "s of retries (spec.storage.retrySeconds: 12)" in errors[0], errors[0]
     assert "Traceback" not in done.stderr
     assert f"no answer from {hung.url} for 10 s" in done.stderr
 
