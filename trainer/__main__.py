@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     from graft.trainer.driver import Driver, SpecChanged, StageFailed
     from graft.trainer.errors import InputError
 
+    from graft.ledger import DamagedLedger
     from graft.storage import StorageError
 
     try:
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     except SpecChanged as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (StageFailed, InputError, StorageError) as exc:
+    except (StageFailed, InputError, StorageError, DamagedLedger) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     summary = {"job": driver.uid, "root": driver.root, "model": ledger.model_uri, "progress": ledger.progress()}

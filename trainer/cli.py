@@ -150,6 +150,7 @@ def run(
     from graft.trainer.errors import InputError
     from graft.trainer.plot import write_plot
 
+    from graft.ledger import DamagedLedger
     from graft.storage import StorageError
 
     try:
@@ -167,6 +168,9 @@ def run(
     except StorageError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
+    except DamagedLedger as exc:
+        typer.echo(f"error: {exc.line(f'run graft run {file} --restart')}", err=True)
+        raise typer.Exit(1) from exc
     native = None if verbose else _native_output_to(driver.root)
     code = 0
     try:
@@ -176,7 +180,7 @@ def run(
         console.print(f"[yellow]interrupted[/]: progress is kept in {driver.root}; run the same command to resume")
         _shutdown_ray()
         raise typer.Exit(130) from None
-    except (StageFailed, InputError, StorageError) as exc:
+    except (StageFailed, InputError, StorageError, DamagedLedger) as exc:
         from rich.markup import escape
 
         console.print(f"[red]error[/]: {escape(str(exc))}", highlight=False)  # a path may hold "[...]"
@@ -186,7 +190,10 @@ def run(
     from graft import joblogs
     from graft.ledger import Ledger
 
-    ledger = Ledger.load(driver.root)
+    try:
+        ledger = Ledger.load(driver.root)
+    except DamagedLedger:
+        ledger = None  # said above
     if ledger is not None:
         _summary(ledger, console)
         try:
