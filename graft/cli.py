@@ -233,7 +233,11 @@ def logs(
             root, options = job_storage(namespace, target)
         else:
             root = joblogs.job_root_of(target)
-        ledger = Ledger.load(root, options)
+        try:
+            ledger = Ledger.load(root, options)
+        except DamagedLedger as exc:  # the logs are still there to read; the ledger only orders them
+            typer.echo(f"warning: {exc}", err=True)
+            ledger = None
         order = [s.type for s in ledger.stages] if ledger else None
 
         def files() -> list:
@@ -241,7 +245,10 @@ def logs(
 
         if follow:
             def finished() -> bool:
-                now = Ledger.load(root, options)
+                try:
+                    now = Ledger.load(root, options)
+                except DamagedLedger:
+                    return False  # a writer may be about to recover it; `graft status` says what is wrong
                 return now is not None and (now.done or now.failed is not None)
 
             chunks = joblogs.follow(files, finished, options=options)
@@ -259,7 +266,7 @@ def logs(
             if prefixed:
                 text = "".join(f"{f.label} | {line}" for line in text.splitlines(keepends=True))
             typer.echo(text, nl=not text.endswith("\n"))
-    except (StorageError, LookupError, DamagedLedger) as exc:
+    except (StorageError, LookupError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     except KeyboardInterrupt:
