@@ -206,3 +206,17 @@ def test_the_operator_reports_a_damaged_ledger_as_a_condition_reason_with_the_li
     assert asyncio.run(read()) == ledgers.Outcome(problem=("LedgerDamaged", (
         f"{Ledger.uri(root)}: not a valid ledger (empty), and no good previous version ({Ledger.prev_uri(root)}: "
         "empty); either delete and recreate the TransferJob to start over, or put a good ledger.json back")))
+
+
+def test_graft_logs_still_prints_the_logs_of_a_job_whose_ledger_is_damaged(tmp_path):
+    from graft import joblogs
+
+    root = str(tmp_path / "job")
+    _ledger(root)
+    storage.write_bytes(joblogs.log_uri(root, "Head", "driver"), b"head driver started\n")
+    _damage(root, b"")
+    storage.write_bytes(Ledger.prev_uri(root), b"")
+    shown = CliRunner().invoke(app, ["logs", root])
+    assert shown.exit_code == 0, shown.output
+    assert shown.stdout == "Head/driver | head driver started\n"
+    assert shown.stderr.startswith(f"warning: {Ledger.uri(root)}: not a valid ledger (empty)")
