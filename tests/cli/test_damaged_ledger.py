@@ -105,7 +105,7 @@ def _no_prev_line(root: str, cause: str, restart: str, prev_cause: str = "not fo
 def _graft_run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
     return subprocess.run([sys.executable, "-m", "graft.cli", "run", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=120, env=env)
+                          cwd=cwd, timeout=300, env=env)
 
 
 def _job(path: Path, store: str) -> Path:
@@ -220,3 +220,22 @@ def test_graft_logs_still_prints_the_logs_of_a_job_whose_ledger_is_damaged(tmp_p
     assert shown.exit_code == 0, shown.output
     assert shown.stdout == "Head/driver | head driver started\n"
     assert shown.stderr.startswith(f"warning: {Ledger.uri(root)}: not a valid ledger (empty)")
+
+
+@pytest.mark.slow
+def test_graft_run_restart_over_a_damaged_ledger_runs_the_job(tmp_path):
+    """`graft run --restart` as a user runs it (local Ray): the job runs from the start, the damaged object kept."""
+    root = str(tmp_path / "runs" / "digits")
+    _ledger(root)
+    damaged = _damage(root, "cut")
+    storage.write_bytes(Ledger.prev_uri(root), b"")
+    _job(tmp_path / "job.json", str(tmp_path / "runs"))
+
+    run = _graft_run("job.json", "--restart", cwd=tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert f"{Ledger.uri(root)}: not a valid ledger (truncated JSON at byte 300): starting over (--restart)" \
+        in run.stderr
+    ledger = Ledger.load(root)
+    assert ledger.done and ledger.model_uri and ledger.recovered is None
+    aside = [n for n in _names(root) if n.startswith("ledger.json.damaged-")]
+    assert len(aside) == 1 and storage.read_bytes(storage.join(root, aside[0])) == damaged
