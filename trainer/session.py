@@ -186,16 +186,26 @@ class RaySession:
         latest = storage.join(self.checkpoint_root, checkpoints.folder_name(checkpoint.path))
         try:
             with checkpoint.as_directory() as d:
-                return checkpoints.load_dir(d)
+                state = checkpoints.load_dir(d)
         except checkpoints.Incomplete as exc:
             problem = str(exc)
-        # Redone epochs get folders of their own (`report`): Ray Train still tracks the incomplete one and the
-        # folders after it, and deletes them by their names later.
+        else:
+            if self._fell_back_before():  # a worker group restarted after a fallback: its redone epochs go on
+                self._taken = set(checkpoints.folders(self.checkpoint_root))
+            return state
+        # Redone epochs get folders of their own (`report`): Ray Train still tracks the incomplete checkpoint (and
+        # the ones after it) by their folder names, and deletes them by those names later.
         self._taken = set(checkpoints.folders(self.checkpoint_root))
         found = checkpoints.newest_complete(self.checkpoint_root, _load_stored, {checkpoints.folder_name(latest)})
         line = checkpoints.fallback_line(latest, problem, found[0] if found else None)
         note_fallback(self.ledger_root if self.rank == 0 else None, self.stage, line)
         return found[1] if found else None
+
+    def _fell_back_before(self) -> bool:
+        """Whether a resume of this run passed over an incomplete checkpoint (the stage's ledger notes say so)."""
+        ledger = Ledger.load(self.ledger_root) if self.ledger_root else None
+        notes = ledger.stage(self.stage).notes if ledger is not None else []
+        return any(f" {self.checkpoint_root}/" in note for note in notes)
 
     def all_sum(self, values: list[float]) -> list[float]:
         if self.world_size == 1:
