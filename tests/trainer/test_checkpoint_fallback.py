@@ -166,6 +166,16 @@ def test_a_sweep_checkpoint_from_a_graft_before_manifests_still_resumes(tmp_path
     assert Ledger.load(root).stage("Head").notes == []
 
 
+@pytest.fixture()
+def ray_logging_put_back():
+    """Importing ray sets up its "ray" logger (its own stderr handler, propagate False) for the whole process; put it
+    back as it was, so that the tests after these see logging as a process that never imported ray does."""
+    ray_logger = logging.getLogger("ray")
+    before = (ray_logger.propagate, list(ray_logger.handlers), ray_logger.level)
+    yield
+    ray_logger.propagate, ray_logger.handlers[:], ray_logger.level = before[0], before[1], before[2]
+
+
 def _result(tmp_path: Path, scores: dict[int, float], latest: int):
     """A finished Ray Train run's Result (ray/air/result.py) over local checkpoint folders epoch_00001..."""
     from ray.train import Checkpoint, Result
@@ -189,7 +199,8 @@ def _result(tmp_path: Path, scores: dict[int, float], latest: int):
         pytest.param(True, [3], 2, id="latest-cut-next-newest"),
     ],
 )
-def test_a_finished_runs_checkpoint_is_read_back_complete(tmp_path, caplog, latest_wanted, damaged, chosen):
+def test_a_finished_runs_checkpoint_is_read_back_complete(tmp_path, caplog, latest_wanted, damaged, chosen,
+                                                         ray_logging_put_back):
     from graft.trainer.executors import read_back
 
     result = _result(tmp_path, {1: 0.5, 2: 0.9, 3: 0.7}, latest=3)
@@ -210,7 +221,7 @@ def test_a_finished_runs_checkpoint_is_read_back_complete(tmp_path, caplog, late
         assert said == []
 
 
-def test_a_finished_run_with_no_complete_checkpoint_fails_naming_them(tmp_path):
+def test_a_finished_run_with_no_complete_checkpoint_fails_naming_them(tmp_path, ray_logging_put_back):
     from graft.trainer.executors import read_back
 
     result = _result(tmp_path, {1: 0.5}, latest=1)
