@@ -145,7 +145,7 @@ def status(
 ) -> None:
     """Print a job's ledger: stage states, epochs, metrics, checkpoints. On a folder of runs (graft-runs/), list
     them: name, state, stages done, best validation accuracy, age."""
-    from graft.ledger import Ledger
+    from graft.ledger import DamagedLedger, Ledger
     from graft.storage import StorageError
 
     if output not in ("table", "json"):
@@ -155,6 +155,11 @@ def status(
     except StorageError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
+    except DamagedLedger as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    if ledger is not None and ledger.recovered:
+        typer.echo(f"warning: {ledger.recovered}", err=True)
     if ledger is None:
         runs = _runs_below(run)
         if runs:
@@ -181,6 +186,8 @@ def status(
     for s in ledger.stages:
         if s.stop:
             typer.echo(f"{s.type}: {s.stop}")
+        for note in s.notes:
+            typer.echo(f"{s.type}: {note}")
         if s.sweep:
             console().print(_sweep_table(s))
     if ledger.model_uri:
@@ -215,7 +222,7 @@ def logs(
     """Print a job's logs from its storage: each stage's driver and Ray Train workers, kept after the Ray cluster
     is gone. Several files are printed one after the other, each line prefixed with `STAGE/PROCESS | `."""
     from graft import joblogs
-    from graft.ledger import Ledger
+    from graft.ledger import DamagedLedger, Ledger
     from graft.storage import StorageError
 
     options = None
@@ -226,7 +233,11 @@ def logs(
             root, options = job_storage(namespace, target)
         else:
             root = joblogs.job_root_of(target)
-        ledger = Ledger.load(root, options)
+        try:
+            ledger = Ledger.load(root, options)
+        except DamagedLedger as exc:  # the logs are still there to read; the ledger only orders them
+            typer.echo(f"warning: {exc}", err=True)
+            ledger = None
         order = [s.type for s in ledger.stages] if ledger else None
 
         def files() -> list:
@@ -234,7 +245,10 @@ def logs(
 
         if follow:
             def finished() -> bool:
-                now = Ledger.load(root, options)
+                try:
+                    now = Ledger.load(root, options)
+                except DamagedLedger:
+                    return False  # a writer may be about to recover it; `graft status` says what is wrong
                 return now is not None and (now.done or now.failed is not None)
 
             chunks = joblogs.follow(files, finished, options=options)
@@ -283,13 +297,20 @@ def _sweep_table(stage):
 def _runs_below(folder: str) -> dict[str, Any]:
     """The runs one level below `folder` (e.g. graft-runs/), by name: their ledgers."""
     from graft import storage
-    from graft.ledger import LEDGER_FILE, Ledger
+    from graft.ledger import LEDGER_FILE, DamagedLedger, Ledger
 
     base = folder.rstrip("/")
     runs = {}
     for uri in storage.list_dir(folder, recursive=True):
         name, _, rest = uri[len(base) + 1:].partition("/")
-        if rest == LEDGER_FILE and (ledger := Ledger.load(storage.join(base, name))) is not None:
+        if rest != LEDGER_FILE:
+            continue
+        try:
+            ledger = Ledger.load(storage.join(base, name))
+        except DamagedLedger as exc:  # the other runs are still listed
+            typer.echo(f"error: {exc}", err=True)
+            continue
+        if ledger is not None:
             runs[name] = ledger
     return runs
 

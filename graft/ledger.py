@@ -6,16 +6,23 @@ what a retried or resumed run consults to skip finished stages and resume the ru
 
 from __future__ import annotations
 
+import json
+import logging
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from graft import lease, storage
 from graft.api.models import StageState
 
 LEDGER_FILE = "ledger.json"
+#: The last complete version, written by every save just before ledger.json (see `Ledger.save`).
+PREV_FILE = LEDGER_FILE + ".prev"
 LEDGER_VERSION = 1
+
+_log = logging.getLogger(__name__)
 
 
 def now() -> str:
@@ -31,6 +38,56 @@ def seconds_since(timestamp: str) -> float:
 def job_root(storage_uri: str, uid: str) -> str:
     """Where a job writes: `<storage.uri>/<job uid>`."""
     return storage.join(storage_uri, uid)
+
+
+@dataclass(frozen=True)
+class Damage:
+    """A ledger.json that does not parse: where, why, its bytes, and where a writer keeps it (`aside`)."""
+
+    uri: str
+    cause: str
+    data: bytes
+    aside: str
+
+
+class DamagedLedger(ValueError):
+    """A ledger.json that does not parse, with no good previous version to recover from."""
+
+    def __init__(self, damage: Damage, prev_uri: str, prev_cause: str):
+        self.damage, self.prev_uri, self.prev_cause = damage, prev_uri, prev_cause
+        super().__init__(self.line())
+
+    def line(self, restart: str = "rerun with --restart", start_over: str | None = None) -> str:
+        """One line: the object, what is wrong with it, and the two ways out: `restart` is the command that starts
+        over (keeping the damaged object), or `start_over` says the whole way."""
+        d = self.damage
+        way = start_over or f"{restart} to start over (the damaged object is kept as {d.aside.rsplit('/', 1)[-1]})"
+        return (f"{d.uri}: not a valid ledger ({d.cause}), and no good previous version ({self.prev_uri}: "
+                f"{self.prev_cause}); either {way}, or put a good {LEDGER_FILE} back")
+
+
+def _parse(data: bytes) -> tuple[Ledger | None, str | None]:
+    """(the ledger, None), or (None, what is wrong with the bytes)."""
+    if not data.strip():
+        return None, "empty" if not data else "only whitespace"
+    try:
+        doc = json.loads(data)
+    except UnicodeDecodeError:
+        return None, "not UTF-8 text"
+    except json.JSONDecodeError as exc:
+        # Cut short: the parser ran out of text (or inside a string that never ends).
+        if exc.msg.startswith("Unterminated string") or not exc.doc[exc.pos:].strip():
+            return None, f"truncated JSON at byte {len(data)}"
+        return None, f"not JSON: {exc.msg} at offset {exc.pos}"
+    try:
+        return Ledger.model_validate(doc), None
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        return None, f"not a ledger: {'.'.join(str(x) for x in err['loc']) or '(top level)'}: {err['msg']}"
+
+
+def _aside_uri(uri: str) -> str:
+    return f"{uri}.damaged-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}"
 
 
 class StageRecord(BaseModel):
@@ -61,6 +118,9 @@ class StageRecord(BaseModel):
     #: Hash of what this stage's result depends on (its spec fields and earlier stages'), written when it starts;
     #: None in ledgers written before 2026-12 (then "unknown": a rerun accepts the stage as it is).
     spec_hash: str | None = None
+    #: What a resume of this stage passed over, one line each: an incomplete checkpoint and what it resumed from
+    #: instead (`trainer/checkpoints.py`).
+    notes: list[str] = Field(default_factory=list)
 
 
 class TrackingRecord(BaseModel):
@@ -121,6 +181,9 @@ class Ledger(BaseModel):
     #: Which stage's model was exported and why: the last stage's unless another candidate is better on validation
     #: beyond the noise (`trainer/selection.py`). {"stage": ..., "reason": ...}.
     export: dict[str, str] | None = None
+    #: Set by `load` when ledger.json did not parse and this is its previous version: the next `save` keeps the
+    #: damaged object beside it (`Damage.aside`) before writing.
+    _damage: Damage | None = PrivateAttr(default=None)
 
     # -- queries ------------------------------------------------------------------------------
 
@@ -159,26 +222,73 @@ class Ledger(BaseModel):
     def uri(root: str) -> str:
         return storage.join(root, LEDGER_FILE)
 
+    @staticmethod
+    def prev_uri(root: str) -> str:
+        return storage.join(root, PREV_FILE)
+
     @classmethod
     def load(cls, root: str, options: storage.S3Options | None = None) -> Ledger | None:
         """The ledger under a job root, or None when the job has not written one yet.
 
+        A ledger.json that does not parse is never taken as "no ledger": its previous version (`ledger.json.prev`)
+        is returned instead (`recovered` says so), or DamagedLedger is raised when that is no good either.
         `options` carries explicit S3 settings (the operator's, from the job's Secret) instead of the environment's."""
+        uri = cls.uri(root)
         try:
-            data = storage.read_json(cls.uri(root), options)
+            data = storage.read_bytes(uri, options)
         except FileNotFoundError:
             return None
-        return cls.model_validate(data)
+        ledger, cause = _parse(data)
+        if ledger is not None:
+            return ledger
+        damage = Damage(uri, cause, data, _aside_uri(uri))
+        try:
+            prev = storage.read_bytes(cls.prev_uri(root), options)
+        except FileNotFoundError:
+            raise DamagedLedger(damage, cls.prev_uri(root), "not found") from None
+        recovered, prev_cause = _parse(prev)
+        if recovered is None:
+            raise DamagedLedger(damage, cls.prev_uri(root), prev_cause)
+        recovered._damage = damage
+        return recovered
+
+    @property
+    def recovered(self) -> str | None:
+        """One line when `load` recovered this ledger from its previous version, else None."""
+        d = self._damage
+        if d is None:
+            return None
+        return f"{d.uri}: not a valid ledger ({d.cause}); recovered from {PREV_FILE} (written {self.updated_at})"
+
+    def replacing(self, damage: Damage | None) -> Ledger:
+        """This ledger, to be written over a damaged one: the next `save` keeps that one beside it first."""
+        self._damage = damage
+        return self
+
+    @property
+    def damage(self) -> Damage | None:
+        """The damaged ledger.json the next `save` keeps aside (see `load`, `replacing`)."""
+        return self._damage
 
     def save(self, root: str, holder: lease.Holder | None = None) -> None:
         """Write atomically: a concurrent reader sees the previous or this version, whole.
 
         `holder`: the writer's lease (`graft/lease.py`); it is checked first, and a writer that lost it gets
-        LeaseLost instead of overwriting the ledger of the driver that took over."""
+        LeaseLost instead of overwriting the ledger of the driver that took over.
+
+        The same document goes to ledger.json.prev first, then to ledger.json: whichever of the two writes is cut
+        short, the other object holds a complete version (the newest one, when ledger.json is the one cut short),
+        for two writes and no read. A ledger.json that did not parse is kept beside it first (`Damage.aside`)."""
         if holder is not None:
             lease.check(root, holder)
         self.updated_at = now()
-        storage.write_json(self.uri(root), self.model_dump(mode="json"))
+        doc = self.model_dump(mode="json")
+        if self._damage is not None:
+            storage.write_bytes(self._damage.aside, self._damage.data)
+            _log.warning("kept the damaged %s as %s", self._damage.uri, self._damage.aside)
+            self._damage = None
+        storage.write_json(self.prev_uri(root), doc)
+        storage.write_json(self.uri(root), doc)
 
     @classmethod
     def create(cls, uid: str, name: str | None, stage_types: list[str]) -> Ledger:

@@ -27,7 +27,7 @@ from graft.operator import client, metrics
 
 from graft import storage
 from graft.api.models import TransferJobSpec
-from graft.ledger import Ledger, job_root
+from graft.ledger import DamagedLedger, Ledger, job_root
 
 log = logging.getLogger("graft.operator")
 
@@ -39,6 +39,14 @@ _SECRET_TTL = 60.0  # seconds a Secret's keys are reused before it is read again
 
 class LedgerUnavailable(RuntimeError):
     """The ledger could not be read; the message names the URI or Secret and the cause, never a key."""
+
+
+class LedgerDamaged(LedgerUnavailable):
+    """The ledger (and its previous version) does not parse; the message says which object, why, and the ways out."""
+
+
+#: Condition reasons of a ledger that cannot be read, and of one that was read but does not parse.
+UNAVAILABLE, DAMAGED = "LedgerUnavailable", "LedgerDamaged"
 
 
 class Secrets:
@@ -104,6 +112,8 @@ def _load(root: str, options: storage.S3Options | None) -> dict[str, Any] | None
         ledger = Ledger.load(root, options)
     except storage.StorageError as exc:
         raise LedgerUnavailable(str(exc)) from None
+    except DamagedLedger as exc:  # on a cluster a job starts over as a new TransferJob (a new uid)
+        raise LedgerDamaged(exc.line(start_over="delete and recreate the TransferJob to start over")) from None
     except ValueError as exc:  # a ledger that does not parse
         raise LedgerUnavailable(f"{Ledger.uri(root)}: unreadable ledger ({exc.__class__.__name__})") from None
     return ledger.to_status() if ledger is not None else None
@@ -132,9 +142,11 @@ def timeout_problem(uri: str, deadline: float) -> tuple[str, str]:
 
 
 def _problem(exc: BaseException, uri: str) -> tuple[str, str]:
+    if isinstance(exc, LedgerDamaged):
+        return DAMAGED, str(exc)
     if isinstance(exc, LedgerUnavailable):
-        return "LedgerUnavailable", str(exc)
-    return "LedgerUnavailable", f"{uri}: {exc.__class__.__name__}: {exc}"
+        return UNAVAILABLE, str(exc)
+    return UNAVAILABLE, f"{uri}: {exc.__class__.__name__}: {exc}"
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[[], Any]) -> None:

@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     from graft.trainer.errors import InputError
 
     from graft.lease import LeaseHeld, LeaseLost
+    from graft.ledger import DamagedLedger
     from graft.storage import StorageError
 
     driver = None
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     except (SpecChanged, LeaseHeld) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (StageFailed, InputError, StorageError, LeaseLost) as exc:
+    except (StageFailed, InputError, StorageError, LeaseLost, DamagedLedger) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     summary = {"job": driver.uid, "root": driver.root, "model": ledger.model_uri, "progress": ledger.progress()}

@@ -154,6 +154,7 @@ def run(
     from graft.trainer.jobroot import take_lease
 
     from graft.lease import LeaseHeld, LeaseLost
+    from graft.ledger import DamagedLedger
     from graft.storage import StorageError
 
     try:  # before torch is loaded: a refusal comes in seconds
@@ -182,6 +183,10 @@ def run(
         driver.release_lease()
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
+    except DamagedLedger as exc:
+        driver.release_lease()
+        typer.echo(f"error: {exc.line(f'run graft run {file} --restart')}", err=True)
+        raise typer.Exit(1) from exc
     native = None if verbose else _native_output_to(driver.root)
     stopping.install()
     code = 0
@@ -198,7 +203,7 @@ def run(
         typer.echo(f"error: {exc}", err=True)
         _shutdown_ray()
         raise typer.Exit(1) from exc
-    except (StageFailed, InputError, StorageError) as exc:
+    except (StageFailed, InputError, StorageError, DamagedLedger) as exc:
         from rich.markup import escape
 
         # escape: a path may hold "[...]"; soft_wrap: one line, whole, so grep finds the path
@@ -209,7 +214,10 @@ def run(
     from graft import joblogs
     from graft.ledger import Ledger
 
-    ledger = Ledger.load(driver.root)
+    try:
+        ledger = Ledger.load(driver.root)
+    except DamagedLedger:
+        ledger = None  # said above
     if ledger is not None:
         _summary(ledger, console)
         try:

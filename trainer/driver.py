@@ -13,6 +13,7 @@ and every ledger write (its own and its stages') checks it still does.
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections.abc import Callable
@@ -27,7 +28,13 @@ from graft.trainer.stages import STAGES, StageConfig, run_name, verify_up_front
 
 from graft import joblogs, lease, storage
 from graft.api.models import StageState, TransferJob
-from graft.ledger import Ledger, StageRecord, now
+from graft.ledger import DamagedLedger, Ledger, StageRecord, now
+
+_log = logging.getLogger(__name__)
+
+
+#: The reset number in a checkpoint URI (`.../checkpoints/<uid>-<stage>-r<N>/...`; no suffix is reset 0).
+_RESET = re.compile(r"/checkpoints/[^/]+-r(\d+)/")
 
 
 class SpecChanged(RuntimeError):
@@ -289,9 +296,16 @@ class Driver:
         (`restart`), or the recorded one with `from_stage` and the stages after it set back. Raises SpecChanged
         (having written nothing) when the spec changed what a recorded stage depends on and neither was asked."""
         types = [s.type for s in self.spec.stages]
-        old = Ledger.load(self.root)
+        try:
+            old = Ledger.load(self.root)
+        except DamagedLedger as exc:
+            if not self.restart:
+                raise
+            return self._over_damaged(exc, types)
         if old is None:
             return Ledger.create(self.uid, self.job.metadata.name, types)
+        if old.recovered:
+            _log.warning(old.recovered)
         first = 0 if self.restart else types.index(self.from_stage) if self.from_stage else None
         bad = identity.first_invalidated(old, self.view)
         if bad is not None and (first is None or first > bad):
@@ -307,7 +321,19 @@ class Driver:
         fresh = [old.stages[i] if i < first else StageRecord(type=t, run_name=run_name(self.uid, t, resets))
                  for i, t in enumerate(types)]
         keep = {"job_uid", "job_name", "attempt"} if self.restart else {"job_uid", "job_name", "attempt", "spec"}
-        return Ledger(**{k: getattr(old, k) for k in keep}, stages=fresh, resets=resets)
+        return Ledger(**{k: getattr(old, k) for k in keep}, stages=fresh, resets=resets).replacing(old.damage)
+
+    def _over_damaged(self, exc: DamagedLedger, types: list[str]) -> Ledger:
+        """`--restart` over a ledger that does not parse (nor its previous version): a fresh one, written over it once
+        the damaged object is kept beside it. Its `resets` (unknown) is taken past every Ray run name the job's
+        checkpoints use, so that no stage resumes an old run's checkpoints."""
+        resets = 1 + max((int(m.group(1)) for m in map(_RESET.search, storage.list_dir(
+            storage.join(self.root, "checkpoints"), recursive=True)) if m), default=0)
+        _log.warning(f"{exc.damage.uri}: not a valid ledger ({exc.damage.cause}): starting over (--restart); the "
+                     f"damaged object is kept as {exc.damage.aside}")
+        stages_ = [StageRecord(type=t, run_name=run_name(self.uid, t, resets)) for t in types]
+        return Ledger(job_uid=self.uid, job_name=self.job.metadata.name, stages=stages_, resets=resets
+                      ).replacing(exc.damage)
 
     def _check_inputs(self, ledger: Ledger) -> None:
         """Every stage still to run checks its inputs now, before the first of them starts (a wrong numClasses

@@ -19,13 +19,16 @@ from typing import Any
 
 import numpy as np
 import torch
+from graft.trainer import checkpoints, loops, models, stopping
 from graft.trainer import data as data_mod
-from graft.trainer import loops, models, stopping
 from graft.trainer.session import LocalSession
 from graft.trainer.stages import StageConfig
 
 from graft import storage
 from graft.api.models import WorkersSpec
+from graft.ledger import Ledger
+
+_log = logging.getLogger(__name__)
 
 
 def cpus_per_worker(workers: WorkersSpec) -> float:
@@ -117,6 +120,47 @@ def _init_ray(workers: WorkersSpec, log_to_driver: bool, runtime_env: dict[str, 
     )
 
 
+def _notes(cfg: StageConfig) -> list[str]:
+    """The stage's ledger notes (checkpoints a resume passed over, `session.note_fallback`); none when the ledger
+    cannot be read now (the run's own outcome is what matters then)."""
+    try:
+        ledger = Ledger.load(cfg.root) if cfg.root else None
+    except (ValueError, storage.StorageError):
+        return []
+    return list(ledger.stage(cfg.stage.type).notes) if ledger is not None else []
+
+
+def read_back(result: Any, cfg: StageConfig, score: str, latest: bool) -> tuple[dict[str, Any] | None, str | None]:
+    """The state and URI of a finished run's best checkpoint by `score` (or its `latest`), checked against its
+    manifest; an incomplete one is passed over, in one line, for the next best (or the next newest)."""
+    def rank(cm: tuple[Any, dict]) -> float:
+        return cm[1].get("epoch", 0) if latest else cm[1].get(score, float("-inf"))
+
+    ordered = [c for c, _ in sorted(result.best_checkpoints or [], key=rank, reverse=True)]
+    if result.checkpoint is not None:
+        ordered.insert(0 if latest else len(ordered), result.checkpoint)
+    seen, passed = set(), []
+    for checkpoint in ordered:
+        if checkpoint.path in seen:
+            continue
+        seen.add(checkpoint.path)
+        # Ray Train gives the path on its storage filesystem: an S3 one without the scheme.
+        uri = checkpoint.path if checkpoint.path.startswith("s3://") or not storage.is_s3(cfg.root) \
+            else f"s3://{checkpoint.path}"
+        try:
+            with checkpoint.as_directory() as d:
+                state = checkpoints.load_dir(d)
+        except checkpoints.Incomplete as exc:
+            passed.append(f"{uri} ({exc})")
+            continue
+        if passed:
+            _log.warning(f"{cfg.run_name}: passed over incomplete checkpoint(s) {'; '.join(passed)}: using {uri}")
+        return state, uri
+    if passed:
+        raise RuntimeError(f"{cfg.run_name}: no complete checkpoint: {'; '.join(passed)}")
+    return None, None
+
+
 def _worker_loop(config: dict[str, Any]) -> None:
     from graft.trainer import logship
     from graft.trainer.session import RaySession
@@ -168,8 +212,10 @@ class RayExecutor:
                 name=cfg.run_name,
                 storage_path=storage_path,
                 storage_filesystem=fs,
+                # Ray Train keeps the best `num_to_keep` by score and always the latest: at least two, so that an
+                # incomplete latest checkpoint has a complete one to fall back to (trainer/checkpoints.py).
                 checkpoint_config=CheckpointConfig(
-                    num_to_keep=keep, checkpoint_score_attribute=score, checkpoint_score_order="max"
+                    num_to_keep=max(keep, 2), checkpoint_score_attribute=score, checkpoint_score_order="max"
                 ),
                 failure_config=FailureConfig(max_failures=self.max_failures),
             ),
@@ -179,6 +225,7 @@ class RayExecutor:
         # leaves the stage Running (resumable) instead of "succeeded" with a partial run.
         main = threading.current_thread() is threading.main_thread()
         previous = signal.getsignal(signal.SIGINT) if main else None
+        notes = _notes(cfg)
         try:
             result = trainer.fit()
         except SystemExit as exc:
@@ -186,20 +233,12 @@ class RayExecutor:
         finally:
             if main:
                 signal.signal(signal.SIGINT, previous)
+            for line in _notes(cfg)[len(notes):]:  # what the workers passed over, said in the driver's log too
+                _log.warning(line)
         reached = (result.metrics or {}).get("epoch", 0)
         if reached < cfg.stage.epochs and not (result.metrics or {}).get("stopped_early"):
             raise KeyboardInterrupt(f"{cfg.run_name}: training run stopped at epoch {reached} of {cfg.stage.epochs}")
-        best = None
-        if result.best_checkpoints and not latest:
-            best = max(result.best_checkpoints, key=lambda cm: cm[1].get(score, float("-inf")))[0]
-        chosen = best or result.checkpoint
-        if chosen is None:
-            return None, None
-        with chosen.as_directory() as d:
-            state = torch.load(f"{d}/state.pt", map_location="cpu", weights_only=False)
-        # Ray Train gives the path on its storage filesystem: an S3 one without the scheme.
-        uri = chosen.path if chosen.path.startswith("s3://") or not storage.is_s3(cfg.root) else f"s3://{chosen.path}"
-        return state, uri
+        return read_back(result, cfg, score, latest)
 
     def features(self, cfg: StageConfig, sets: dict[str, Any], out_uri: str) -> dict[str, float]:
         """Run the frozen backbone once over the images of `sets` (train, validation, test) on a Ray Data actor pool

@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 import torch
+from graft.trainer import checkpoints
 from graft.trainer.logship import LogShipper, metrics_text
 from graft.trainer.stages import StageConfig
 
@@ -87,31 +88,72 @@ def _selection(metrics: dict[str, float]) -> float:
 
 
 class StoredSession(LocalSession):
-    """The current process, its checkpoints written to storage (`<root>/checkpoints/<run name>/latest/state.pt`)
-    so that a driver killed mid-stage resumes from the latest one when it is run again: a stage that runs in the
-    driver (a Head sweep whose features fit in memory) without a Ray worker group."""
+    """The current process, its checkpoints written to storage (`<root>/checkpoints/<run name>/epoch_NNNNN/`:
+    `state.pt`, then `manifest.json`) so that a driver killed mid-stage resumes from the latest one when it is run
+    again: a stage that runs in the driver (a Head sweep whose features fit in memory) without a Ray worker group.
+    The last `KEEP` checkpoints are kept, so an incomplete latest one has a complete one before it to fall back to."""
+
+    KEEP = 2
 
     def __init__(self, cfg: StageConfig, device: str = "cpu"):
         super().__init__(device, cfg.root, cfg.stage.type, cfg.lease)
-        self.uri = storage.join(cfg.root, "checkpoints", cfg.run_name, "latest")
+        self.run_uri = storage.join(cfg.root, "checkpoints", cfg.run_name)
+        self.uri: str | None = None  # the latest checkpoint written or resumed from
 
     def load_state(self) -> dict[str, Any] | None:
         if self.state is None:
-            try:
-                data = storage.read_bytes(storage.join(self.uri, "state.pt"))
-            except FileNotFoundError:
-                return None
-            self.state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+            found = self._newest()
+            if found is not None:
+                self.uri, self.state = found
         return self.state
+
+    def _newest(self) -> tuple[str, dict[str, Any]] | None:
+        """The newest complete checkpoint (a folder from a Graft before 2026-12, `latest/`, last), saying so when
+        the newest one is incomplete."""
+        names = checkpoints.folders(self.run_uri)
+        legacy = storage.join(self.run_uri, "latest")
+        candidates = [storage.join(self.run_uri, n) for n in names] + [legacy]
+        passed: tuple[str, str] | None = None
+        for uri in candidates:
+            try:
+                state = checkpoints.load_uri(uri)
+            except checkpoints.Incomplete as exc:
+                if uri != legacy or names:
+                    passed = passed or (uri, str(exc))
+                continue
+            if passed:
+                note_fallback(self.ledger_root, self.stage, checkpoints.fallback_line(*passed, uri))
+            return uri, state
+        if passed:
+            note_fallback(self.ledger_root, self.stage, checkpoints.fallback_line(*passed, None))
+        return None
 
     def report(self, metrics: dict[str, float], state: dict[str, Any] | None, epoch: int, epochs: int) -> None:
         self.reports.append(dict(metrics))
         if state is not None:
             buf = io.BytesIO()
             torch.save(state, buf)
-            storage.write_bytes(storage.join(self.uri, "state.pt"), buf.getvalue())
+            self.uri = storage.join(self.run_uri, f"epoch_{epoch:05d}")
+            data = buf.getvalue()
+            storage.write_bytes(storage.join(self.uri, checkpoints.STATE), data)
+            checkpoints.write_manifest(self.uri, checkpoints.manifest_of_bytes({checkpoints.STATE: data}))
+            self._prune(checkpoints.folder_name(self.uri))
             self.state = copy.deepcopy(state)
         self._record(metrics, epoch, epochs, state is not None, self.uri if state is not None else None)
+
+    def _prune(self, written: str) -> None:
+        """Delete the checkpoints older than the newest KEEP (never the one just written); a delete that fails
+        leaves an old checkpoint behind, nothing worse."""
+        order, names = checkpoints.folder_order(written), checkpoints.folders(self.run_uri)
+        older = [n for n in names if checkpoints.folder_order(n) < order]
+        # Folders above the one just written are ones a resume passed over as incomplete: no use any more.
+        newer = [n for n in names if checkpoints.folder_order(n) > order]
+        for name in older[self.KEEP - 1:] + newer:
+            fs, path = storage.filesystem(storage.join(self.run_uri, name))
+            try:
+                fs.delete_dir(path)
+            except OSError as exc:
+                _log.warning("could not delete the old checkpoint %s: %s", storage.join(self.run_uri, name), exc)
 
 
 class RaySession:
@@ -129,6 +171,7 @@ class RaySession:
         self.device = ray.train.torch.get_device()
         self.ledger_root, self.stage, self.lease = cfg.root, cfg.stage.type, cfg.lease
         self.checkpoint_root = storage.join(cfg.root, "checkpoints", cfg.run_name)
+        self._taken: set[str] = set()  # checkpoint folder names not to reuse (after a fallback)
         self.log: LogShipper | None = None  # this worker's log in storage (executors._worker_loop)
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
@@ -137,13 +180,37 @@ class RaySession:
         return ray.train.torch.prepare_model(model)
 
     def load_state(self) -> dict[str, Any] | None:
+        """The run's latest checkpoint (Ray Train's), checked against its manifest; when it is incomplete, the
+        newest complete one in the run's checkpoint folder, said in one line (this worker's log; rank 0 also
+        records it in the ledger for the driver's log). Every rank decides alike: they list the same folder."""
         import ray.train
 
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is None:
             return None
-        with checkpoint.as_directory() as d:
-            return torch.load(os.path.join(d, "state.pt"), map_location="cpu", weights_only=False)
+        latest = storage.join(self.checkpoint_root, checkpoints.folder_name(checkpoint.path))
+        try:
+            with checkpoint.as_directory() as d:
+                state = checkpoints.load_dir(d)
+        except checkpoints.Incomplete as exc:
+            problem = str(exc)
+        else:
+            if self._fell_back_before():  # a worker group restarted after a fallback: its redone epochs go on
+                self._taken = set(checkpoints.folders(self.checkpoint_root))
+            return state
+        # Redone epochs get folders of their own (`report`): Ray Train still tracks the incomplete checkpoint (and
+        # the ones after it) by their folder names, and deletes them by those names later.
+        self._taken = set(checkpoints.folders(self.checkpoint_root))
+        found = checkpoints.newest_complete(self.checkpoint_root, _load_stored, {checkpoints.folder_name(latest)})
+        line = checkpoints.fallback_line(latest, problem, found[0] if found else None)
+        note_fallback(self.ledger_root if self.rank == 0 else None, self.stage, line)
+        return found[1] if found else None
+
+    def _fell_back_before(self) -> bool:
+        """Whether a resume of this run passed over an incomplete checkpoint (the stage's ledger notes say so)."""
+        ledger = Ledger.load(self.ledger_root) if self.ledger_root else None
+        notes = ledger.stage(self.stage).notes if ledger is not None else []
+        return any(f" {self.checkpoint_root}/" in note for note in notes)
 
     def all_sum(self, values: list[float]) -> list[float]:
         if self.world_size == 1:
@@ -161,16 +228,19 @@ class RaySession:
         from ray.train import Checkpoint
 
         checkpointing = state is not None if self.world_size == 1 else self._agree(state is not None)
-        name = f"epoch_{epoch:05d}"
+        name = checkpoints.free_name(f"epoch_{epoch:05d}", self._taken)
         checkpoint_uri = None
         if checkpointing:
             # ray.train.report is a barrier with the controller (it polls results every
             # RAY_TRAIN_HEALTH_CHECK_INTERVAL_S), so it is called only when there is a checkpoint to keep.
             if state is not None and self.rank == 0:
                 with tempfile.TemporaryDirectory(prefix="graft-ckpt-") as tmp:
-                    torch.save(state, os.path.join(tmp, "state.pt"))
+                    torch.save(state, os.path.join(tmp, checkpoints.STATE))
+                    manifest = checkpoints.manifest_of_dir(tmp)
                     ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp), checkpoint_dir_name=name)
                 checkpoint_uri = storage.join(self.checkpoint_root, name)
+                # Last, once Ray Train has uploaded the folder: a folder with a manifest is whole.
+                checkpoints.write_manifest(checkpoint_uri, manifest)
             else:
                 ray.train.report(metrics, checkpoint=None, checkpoint_dir_name=name)
         if self.rank == 0 and self.ledger_root:
@@ -183,6 +253,27 @@ class RaySession:
     def _agree(self, flag: bool) -> bool:
         """Rank 0 decides whether this epoch is checkpointed; the others follow (equal report counts)."""
         return bool(self.all_sum([1.0 if (flag and self.rank == 0) else 0.0])[0])
+
+
+def _load_stored(uri: str) -> dict[str, Any]:
+    """A checkpoint folder in storage, read through Ray Train's Checkpoint (downloaded to a local folder once)."""
+    from ray.train import Checkpoint
+
+    fs, path = storage.filesystem(uri)
+    with Checkpoint(path, filesystem=fs).as_directory() as d:
+        return checkpoints.load_dir(d)
+
+
+def note_fallback(root: str | None, stage: str | None, line: str) -> None:
+    """Say that a resume passed over an incomplete checkpoint: in this process's log and, given a job root, in the
+    stage's ledger record (`notes`), where the driver's log (`RayExecutor.fit`) and `graft status` find it."""
+    _log.warning(line)
+    if not (root and stage):
+        return
+    ledger = Ledger.load(root)
+    if ledger is not None:
+        ledger.stage(stage).notes.append(line)
+        ledger.save(root)
 
 
 def record_epoch(

@@ -109,8 +109,10 @@ def test_bad_rows_each_get_one_line_capped_and_nothing_is_written(tmp_path):
     ledger = Ledger.load(root)
     first = ledger.stage("FrozenFeatures")
     assert first.state == StageState.FAILED and first.start_time is None
-    # ... and the job's lease (graft/lease.py), taken before the ledger's first write and released.
-    assert sorted(p.name for p in Path(root).iterdir()) == ["lease.json", "ledger.json"], "nothing but the ledger"
+    # ... its previous version (graft/ledger.py) and the job's lease (graft/lease.py), taken before the ledger's
+    # first write and released.
+    assert sorted(p.name for p in Path(root).iterdir()) == ["lease.json", "ledger.json", "ledger.json.prev"], \
+        "nothing but the ledger (and its previous version) and the lease is written"
 
 
 def test_unknown_label_in_a_validation_table_and_a_missing_column(tmp_path):
