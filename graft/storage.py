@@ -116,7 +116,20 @@ def _s3_filesystem(options: S3Options) -> pafs.S3FileSystem:
     kwargs["retry_strategy"] = pafs.AwsDefaultS3RetryStrategy(max_attempts=options.max_attempts)
     kwargs["connect_timeout"] = options.connect_timeout
     kwargs["request_timeout"] = options.request_timeout
-    return pafs.S3FileSystem(**kwargs)
+    return _S3FileSystem(options, **kwargs)
+
+
+class _S3FileSystem(pafs.S3FileSystem):
+    """pyarrow's S3FileSystem whose pickled copies are made from the same options. Ray Train pickles the filesystem
+    it is given into its controller and workers, and pyarrow's own `__reduce__` leaves out the retry strategy (its
+    copies got the default 3 attempts: a 30%-503 store failed the demo's first checkpoint upload)."""
+
+    def __init__(self, options: S3Options, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.graft_options = options
+
+    def __reduce__(self):
+        return _s3_filesystem, (self.graft_options,)
 
 
 def is_s3(uri: str) -> bool:

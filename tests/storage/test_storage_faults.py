@@ -109,3 +109,17 @@ def test_read_only_or_full_local_storage_is_one_line_naming_the_path(tmp_path, o
     assert len(errors) == 1, output
     assert str(tmp_path / "store") in errors[0] and cause in errors[0], errors[0]
     assert "Traceback" not in output
+
+
+def test_the_filesystem_ray_train_is_given_keeps_its_retries_in_another_process(s3_bucket):
+    """Ray Train pickles its storage filesystem into the controller and workers; pyarrow's own pickling drops the
+    retry strategy, so the copy another process gets must be rebuilt from the same options."""
+    import pickle
+
+    _, fs = storage.ray_storage(s3_bucket + "/checkpoints")
+    code = ("import pickle, sys; fs = pickle.load(sys.stdin.buffer); "
+            "print(type(fs).__name__, fs.graft_options.max_attempts, fs.graft_options.retry_seconds)")
+    done = subprocess.run([sys.executable, "-c", code], input=pickle.dumps(fs), capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr.decode()
+    assert done.stdout.decode().split() == ["_S3FileSystem", str(storage.RAY_ATTEMPTS),
+                                            f"{storage.DEFAULT_RETRY_SECONDS}"]
