@@ -147,9 +147,8 @@ def read_back(result: Any, cfg: StageConfig, score: str, latest: bool) -> tuple[
         # Ray Train gives the path on its storage filesystem: an S3 one without the scheme.
         uri = checkpoint.path if checkpoint.path.startswith("s3://") or not storage.is_s3(cfg.root) \
             else f"s3://{checkpoint.path}"
-        try:
-            with checkpoint.as_directory() as d:
-                state = checkpoints.load_dir(d)
+        try:  # read through graft.storage, whose reads retry a flaky store (Ray's download does not)
+            state = checkpoints.load_uri(uri)
         except checkpoints.Incomplete as exc:
             passed.append(f"{uri} ({exc})")
             continue

@@ -189,9 +189,8 @@ class RaySession:
         if checkpoint is None:
             return None
         latest = storage.join(self.checkpoint_root, checkpoints.folder_name(checkpoint.path))
-        try:
-            with checkpoint.as_directory() as d:
-                state = checkpoints.load_dir(d)
+        try:  # read through graft.storage, whose reads retry a flaky store (Ray's download does not)
+            state = checkpoints.load_uri(latest)
         except checkpoints.Incomplete as exc:
             problem = str(exc)
         else:
@@ -201,7 +200,8 @@ class RaySession:
         # Redone epochs get folders of their own (`report`): Ray Train still tracks the incomplete checkpoint (and
         # the ones after it) by their folder names, and deletes them by those names later.
         self._taken = set(checkpoints.folders(self.checkpoint_root))
-        found = checkpoints.newest_complete(self.checkpoint_root, _load_stored, {checkpoints.folder_name(latest)})
+        found = checkpoints.newest_complete(self.checkpoint_root, checkpoints.load_uri,
+                                            {checkpoints.folder_name(latest)})
         line = checkpoints.fallback_line(latest, problem, found[0] if found else None)
         note_fallback(self.ledger_root if self.rank == 0 else None, self.stage, line)
         return found[1] if found else None
@@ -253,15 +253,6 @@ class RaySession:
     def _agree(self, flag: bool) -> bool:
         """Rank 0 decides whether this epoch is checkpointed; the others follow (equal report counts)."""
         return bool(self.all_sum([1.0 if (flag and self.rank == 0) else 0.0])[0])
-
-
-def _load_stored(uri: str) -> dict[str, Any]:
-    """A checkpoint folder in storage, read through Ray Train's Checkpoint (downloaded to a local folder once)."""
-    from ray.train import Checkpoint
-
-    fs, path = storage.filesystem(uri)
-    with Checkpoint(path, filesystem=fs).as_directory() as d:
-        return checkpoints.load_dir(d)
 
 
 def note_fallback(root: str | None, stage: str | None, line: str) -> None:
