@@ -35,6 +35,7 @@ DEFAULT_TIMEOUT = 5.0  # seconds a ledger read may take before the status says i
 THREADS = 32  # reader threads in all
 PER_ENDPOINT = 8  # reader threads one storage endpoint may hold: a hung endpoint holds at most these
 _SECRET_TTL = 60.0  # seconds a Secret's keys are reused before it is read again (a rotated key is seen then)
+PYARROW_MARGIN = 2  # whole seconds pyarrow waits on a silent endpoint beyond the deadline (see `pyarrow_timeout`)
 
 
 class LedgerUnavailable(RuntimeError):
@@ -72,8 +73,8 @@ async def s3_options(secrets: Secrets, namespace: str, spec: TransferJobSpec, de
                      ) -> storage.S3Options | None:
     """Explicit S3 settings for a job's storage (None for local storage).
 
-    With a `deadline` (seconds), pyarrow gives up on a silent endpoint after about that long, in one attempt (the
-    operator's next poll is its retry), so that a hung read frees its thread soon after it is reported."""
+    With a `deadline` (seconds), pyarrow gives up on a silent endpoint a little after it (`pyarrow_timeout`), in one
+    attempt (the operator's next poll is its retry), so that a hung read frees its thread soon after it is reported."""
     st = spec.storage
     if st is None or not storage.is_s3(st.uri):
         return None
@@ -87,10 +88,24 @@ async def s3_options(secrets: Secrets, namespace: str, spec: TransferJobSpec, de
         key_id, secret_key = data[ref.access_key_id_key], data[ref.secret_access_key_key]
     limits: dict[str, Any] = {}
     if deadline is not None:
-        limits = {"connect_timeout": min(5.0, deadline), "request_timeout": deadline, "max_attempts": 1}
+        late = pyarrow_timeout(deadline)
+        limits = {"connect_timeout": late, "request_timeout": late, "max_attempts": 1}
     return storage.S3Options(
         endpoint=st.endpoint, region=st.region, access_key_id=key_id, secret_access_key=secret_key, **limits
     )
+
+
+def pyarrow_timeout(deadline: float) -> float:
+    """Seconds pyarrow may wait on a silent endpoint (to connect, or for an answer) in a read due within `deadline`:
+    clearly longer, so that a hung read is always reported as timed out (LedgerTimeout), never as pyarrow's own
+    error (LedgerUnavailable) depending on which of the two a loaded machine wakes first.
+
+    pyarrow's `request_timeout` reaches curl as CURLOPT_LOW_SPEED_TIME in whole seconds, truncated (aws-sdk-cpp
+    `src/aws-cpp-sdk-core/source/http/curl/CurlHandleContainer.cpp`), and curl gives up once its once-a-second
+    speed check has seen nothing for that long (curl `lib/speedcheck.c`): measured against a silent endpoint, 1.0 s
+    and 3.0 s gave up 20 ms after, and 1.5 s after 1.0 s, before the deadline. A timeout equal to the deadline
+    raced it (issue 23); the whole-second margin leaves the event loop that long to report the deadline first."""
+    return float(math.ceil(deadline) + PYARROW_MARGIN)
 
 
 def storage_root(spec: TransferJobSpec, uid: str) -> str | None:
@@ -341,7 +356,7 @@ class Reads:
 
     async def close(self) -> None:
         """Stop waiting for reads. Hung threads are not interrupted (Python cannot); the interpreter joins them at
-        exit, about a deadline later, since pyarrow was asked for one attempt of about the deadline."""
+        exit, within `pyarrow_timeout(deadline)`, since pyarrow was asked for one attempt of that long."""
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

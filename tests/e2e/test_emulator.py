@@ -380,11 +380,13 @@ def test_the_operators_rayjob_passes_kuberays_crd_unpruned(client):
 
 
 def test_without_kuberays_crds_the_emulator_does_not_start(monkeypatch, tmp_path):
-    """../shared/kuberay/ is data beside the repository; without it the tests fail loudly, never run with a
-    RayJob of no schema."""
-    from support import kuberay_crds
+    """../shared/kuberay/ is data beside the repository; without it (and without the download of the pinned files,
+    support/upstream_files.py) the tests fail loudly, never run with a RayJob of no schema."""
+    from support import kuberay_crds, upstream_files
 
     monkeypatch.setattr(kuberay_crds, "KUBERAY_DIR", tmp_path / "no-shared" / "kuberay")
+    monkeypatch.setattr(upstream_files, "CACHE_DIR", tmp_path / "no-cache")
+    monkeypatch.setenv(upstream_files.BASE_URL_ENV, "http://127.0.0.1:9")  # nothing listens there
     kuberay_crds._load.cache_clear()
     try:
         with pytest.raises(kuberay_crds.KubeRayCRDsMissing, match=r"ray\.io_rayjobs\.yaml is not at .*no-shared"):

@@ -1064,17 +1064,26 @@ def _cel_compile_problem(expr: str, s: dict[str, Any]) -> str | None:
         snippet = expr.splitlines()[line - 1] if expr.splitlines() else expr
         return (f"compilation failed: ERROR: <input>:{line}:{column}: Syntax error\n | {snippet}\n"
                 f" | {'.' * (column - 1)}^")
-    for name, column in _undefined_fields(tree, s):
-        snippet = expr.splitlines()[0] if "\n" not in expr else expr
-        return (f"compilation failed: ERROR: <input>:1:{column}: undefined field '{name}'\n | {snippet}\n"
-                f" | {'.' * (column - 1)}^")
+    for name, offset in _undefined_fields(tree, s, expr):
+        line = expr.count("\n", 0, offset) + 1
+        column = offset - (expr.rfind("\n", 0, offset) + 1)  # 0-based, in characters (cel-go counts runes)
+        snippet = expr.split("\n")[line - 1]
+        # cel-go common/errors.go ToDisplayString: `<input>:line:column+1`, then the line and a caret under it
+        return (f"compilation failed: ERROR: <input>:{line}:{column + 1}: undefined field '{name}'\n | {snippet}\n"
+                f" | {'.' * column}^")
     return None
 
 
-def _undefined_fields(tree: Any, s: dict[str, Any]) -> list[tuple[str, int]]:
+def _undefined_fields(tree: Any, s: dict[str, Any], expr: str) -> list[tuple[str, int]]:
+    """(field, offset) for each `self.x` / `oldSelf.x` naming no field of the schema, at the offset cel-go's checker
+    reports: a select is located at its `.`, and `has(self.x)` at the `(` of `has(`. The parser gives a select the
+    id of its `op='.'` token and a global call that of its `op='('` (cel-go parser/parser.go, grammar CEL.g4), and
+    the has() macro's presence test takes the call's location (parser/helper.go `nextMacroID`), so the server says
+    1:31 for `self.type != 'Pretrain' || has(self.dat)`, not 1:36."""
     from lark import Token, Tree
 
     found: list[tuple[str, int]] = []
+    presence = _presence_tests(tree, expr)
 
     def chain(node: Any) -> tuple[str, list[Token]] | None:
         """`self.a.b` -> ("self", [a, b]); None when the member expression is not a plain selection."""
@@ -1096,7 +1105,7 @@ def _undefined_fields(tree: Any, s: dict[str, Any]) -> list[tuple[str, int]]:
             return inner[0], [*inner[1], node.children[1]]
         return None
 
-    def resolve(names: list[Any]) -> None:
+    def resolve(names: list[Any], has_at: int | None) -> None:
         node: dict[str, Any] | None = s
         for tok in names:
             if node is None or _t(node) != "object" or node.get("x-kubernetes-preserve-unknown-fields") or \
@@ -1105,7 +1114,8 @@ def _undefined_fields(tree: Any, s: dict[str, Any]) -> list[tuple[str, int]]:
             props = _props(node)
             name = _unescape(str(tok))
             if name not in props:
-                found.append((str(tok), max(1, getattr(tok, "column", 2) - 1)))
+                last = tok is names[-1] and has_at is not None
+                found.append((str(tok), has_at if last else max(0, expr.rfind(".", 0, tok.start_pos))))
                 return
             node = props[name]
 
@@ -1113,8 +1123,25 @@ def _undefined_fields(tree: Any, s: dict[str, Any]) -> list[tuple[str, int]]:
         if sub.data == "member_dot":
             c = chain(sub)
             if c is not None:
-                resolve(c[1])
+                resolve(c[1], presence.get(id(sub)))
     return sorted(set(found), key=lambda f: f[1])
+
+
+def _presence_tests(tree: Any, expr: str) -> dict[int, int]:
+    """id() of each `has(...)` argument's select -> the offset of that call's `(`."""
+    from lark import Token, Tree
+
+    found: dict[int, int] = {}
+    for sub in tree.iter_subtrees():
+        if sub.data != "ident_arg" or not sub.children or str(sub.children[0]) != "has" or len(sub.children) != 2:
+            continue
+        name, args = sub.children
+        node = args.children[0] if isinstance(args, Tree) and len(args.children) == 1 else None
+        while isinstance(node, Tree) and node.data != "member_dot" and len(node.children) == 1:
+            node = node.children[0]
+        if isinstance(node, Tree) and node.data == "member_dot" and isinstance(name, Token):
+            found[id(node)] = expr.find("(", name.end_pos)
+    return found
 
 
 # ------------------------------------------------------------------ VALIDATION: the CRD as a whole
@@ -1392,14 +1419,35 @@ def check_crd(crd: dict[str, Any]) -> list[FieldError]:
     strategy = conversion.get("strategy", "None")
     if strategy not in ("None", "Webhook"):
         errs.append(_not_supported("spec.conversion.strategy", strategy, ["None", "Webhook"]))
-    # status.storedVersions: PrepareForCreate (registry/customresourcedefinition/strategy.go) records the
-    # storage version; with none, ValidateCustomResourceDefinitionStoredVersions has nothing to find.
-    if storage == 0:
-        errs.append(_invalid("status.storedVersions", GoStruct("[]string(nil)"),
-                             "must have at least one stored version"))
+    errs += _stored_versions(versions)
     if spec.get("preserveUnknownFields"):
         errs.append(_invalid("spec.preserveUnknownFields", True, "cannot set to true, set "
                              "x-kubernetes-preserve-unknown-fields to true in spec.versions[*].schema instead"))
+    return errs
+
+
+def _stored_versions(versions: list[dict[str, Any]]) -> list[FieldError]:
+    """status.storedVersions of a CRD being created, as the server checks it.
+
+    PrepareForCreate (`apiextensions-apiserver/pkg/registry/customresourcedefinition/strategy.go`) records only the
+    first version marked as storage (its loop breaks there); ValidateCustomResourceDefinitionStoredVersions
+    (`apiextensions-apiserver/pkg/apis/apiextensions/validation/validation.go`) then wants every storage version
+    in that list, so a second storage version is reported here as well as under spec.versions. The bad value is the
+    stored list (kubernetes/kubernetes#119653, v1.29 on; before it the server dumped the version struct). Its third
+    check, a stored version missing from spec.versions, cannot fail on create: the list comes from spec.versions."""
+    path = "status.storedVersions"
+    stored = next(([str(v.get("name") or "")] for v in versions if v.get("storage")), [])
+    if not stored:
+        return [_invalid(path, GoStruct("[]string(nil)"), "must have at least one stored version")]
+    errs: list[FieldError] = []
+    left = dict.fromkeys(stored)  # Go's storedVersionsMap: a name is crossed off at its first match
+    for v in versions:
+        name = str(v.get("name") or "")
+        found = name in left
+        if v.get("storage") and not found:
+            errs.append(_invalid(path, list(stored), f"must have the storage version {name}"))
+        if found:
+            del left[name]
     return errs
 
 

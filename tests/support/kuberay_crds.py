@@ -1,10 +1,11 @@
 """KubeRay's own CustomResourceDefinitions, the real schema of a RayJob and a RayCluster.
 
 They are data kept beside the repository, in `../shared/kuberay/` (see its README: copied unchanged from
-ray-project/kuberay, `ray-operator/config/crd/bases/`), read at test time and never copied into the project.
-The folder is found relative to this repository's root, never by an absolute path: CI clones the repository
-into a folder of its own with a copy of `shared/` beside it. Missing files fail loudly; a test that needs
-KubeRay's schema must not quietly run without it.
+ray-project/kuberay, `ray-operator/config/crd/bases/`), read at test time and never copied into the project. The
+folder is found relative to this repository's root, never by an absolute path: CI clones the repository into a
+folder of its own with a copy of `shared/` beside it. A clone with no `shared/` beside it downloads them once from
+their pinned KubeRay commit (support/upstream_files.py); either way their sha256 must be the pinned one. When
+neither works the error says so in one line; a test that needs KubeRay's schema must not quietly run without it.
 """
 
 from __future__ import annotations
@@ -16,24 +17,19 @@ from typing import Any
 
 import yaml
 
+from support import upstream_files
+
 REPO = Path(__file__).resolve().parents[2]
-KUBERAY_DIR = (REPO.parent / "shared" / "kuberay").resolve()
+KUBERAY_DIR = (upstream_files.SHARED_DIR / "kuberay").resolve()
 FILES = ("ray.io_rayjobs.yaml", "ray.io_rayclusters.yaml")
 
-
-class KubeRayCRDsMissing(FileNotFoundError):
-    """The shared KubeRay CRDs are not beside the repository."""
+#: Neither shared/kuberay/ nor the download has the file (one line: the file, both sources, what to do).
+KubeRayCRDsMissing = upstream_files.UpstreamFileMissing
 
 
 def path(name: str) -> Path:
-    """The path of one of KubeRay's CRD files, checked to exist."""
-    found = KUBERAY_DIR / name
-    if not found.is_file():
-        raise KubeRayCRDsMissing(
-            f"KubeRay's CRD {name} is not at {found}. The emulated API server serves RayJobs and RayClusters with "
-            f"KubeRay's real schema, read from shared/kuberay/ beside the repository ({REPO.parent}/shared/kuberay); "
-            "copy that folder there (it is not part of the repository, see its README).")
-    return found
+    """The path of one of KubeRay's CRD files, with the pinned sha256: from shared/kuberay/, else downloaded."""
+    return upstream_files.path(upstream_files.pinned("kuberay", name), KUBERAY_DIR / name)
 
 
 @cache
