@@ -14,6 +14,7 @@ import torch
 from graft.trainer import checkpoints, sweep
 from graft.trainer.session import LocalSession, StoredSession
 from graft.trainer.stages import StageConfig
+from support.dying_session import DyingSession, Killed
 from support.trainer_data import job_doc
 
 from graft import storage
@@ -76,23 +77,6 @@ def test_a_checkpoint_is_complete_only_as_its_manifest_says(tmp_path, damage, pr
     assert str(err.value).startswith(problem.format(n=n, half=n // 2))
 
 
-class _Killed(Exception):
-    pass
-
-
-class _DyingSession(StoredSession):
-    """A driver killed right after the checkpoint of epoch `at`."""
-
-    def __init__(self, cfg, at):
-        super().__init__(cfg)
-        self.at = at
-
-    def report(self, metrics, state, epoch, epochs):
-        super().report(metrics, state, epoch, epochs)
-        if epoch == self.at:
-            raise _Killed
-
-
 def _store_features(folder: str, n: int = 60, dim: int = 16, classes: int = 4) -> None:
     g = torch.Generator().manual_seed(0)
     centers = torch.randn(classes, dim, generator=g)
@@ -124,8 +108,8 @@ def base(request, tmp_path) -> str:
 
 def test_a_sweep_whose_latest_checkpoint_was_cut_short_resumes_from_the_one_before_and_says_so(base, caplog):
     cfg, root = _head_job(base)
-    with pytest.raises(_Killed):
-        sweep.train_head(_DyingSession(cfg, 28), cfg)
+    with pytest.raises(Killed):
+        sweep.train_head(DyingSession(cfg, 28), cfg)
     run = storage.join(root, "checkpoints", "fallback-head")
     assert checkpoints.folders(run) == ["epoch_00028", "epoch_00024"], "the last two checkpoints are kept"
     state_pt = storage.join(run, "epoch_00028", "state.pt")
@@ -150,8 +134,8 @@ def test_a_sweep_whose_latest_checkpoint_was_cut_short_resumes_from_the_one_befo
 def test_a_sweep_checkpoint_from_a_graft_before_manifests_still_resumes(tmp_path, caplog):
     """Graft before 2026-12 kept the sweep's one checkpoint as `latest/state.pt`, without a manifest."""
     cfg, root = _head_job(str(tmp_path))
-    with pytest.raises(_Killed):
-        sweep.train_head(_DyingSession(cfg, 28), cfg)
+    with pytest.raises(Killed):
+        sweep.train_head(DyingSession(cfg, 28), cfg)
     run = Path(root) / "checkpoints" / "fallback-head"
     (run / "latest").mkdir()
     (run / "epoch_00028" / "state.pt").rename(run / "latest" / "state.pt")

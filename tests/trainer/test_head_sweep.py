@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from graft.trainer import sweep
 from graft.trainer.session import LocalSession, StoredSession
 from graft.trainer.stages import StageConfig
+from support.dying_session import DyingSession, Killed
 from support.trainer_data import job_doc
 
 from graft import storage
@@ -113,23 +114,6 @@ def test_patience_stops_each_setting_and_the_stage_and_says_why(tmp_path):
     assert state["history"][-1]["stopped_early"] == 1.0
 
 
-class _Killed(Exception):
-    pass
-
-
-class _DyingSession(StoredSession):
-    """A driver killed after the checkpoint of epoch `at`."""
-
-    def __init__(self, cfg, at):
-        super().__init__(cfg)
-        self.at = at
-
-    def report(self, metrics, state, epoch, epochs):
-        super().report(metrics, state, epoch, epochs)
-        if epoch == self.at:
-            raise _Killed
-
-
 def test_a_sweep_resumed_after_a_killed_driver_goes_on_from_its_checkpoint(tmp_path):
     features = str(tmp_path / "features")
     _store_features(features)
@@ -138,8 +122,8 @@ def test_a_sweep_resumed_after_a_killed_driver_goes_on_from_its_checkpoint(tmp_p
     root = str(tmp_path / "job")
     Ledger.create("resume", "resume", ["FrozenFeatures", "Head"]).save(root)
     cfg = StageConfig(job.spec, 1, root=root, run_name="resume-head", features=features)
-    with pytest.raises(_Killed):
-        sweep.train_head(_DyingSession(cfg, 20), cfg)
+    with pytest.raises(Killed):
+        sweep.train_head(DyingSession(cfg, 20), cfg)
     resumed = StoredSession(cfg)
     sweep.train_head(resumed, cfg)
     assert resumed.reports[0]["epoch"] == 21 and resumed.reports[0]["resumed_from"] == 20
