@@ -149,6 +149,7 @@ def test_a_refused_spec_fixed_by_a_new_generation_is_followed_as_the_new_run_not
         fixed = {**copy.deepcopy(BODY), "status": copy.deepcopy(api.status)}
         fixed["metadata"]["generation"] = 2
         await lifecycle.start(mem, fixed, logging.getLogger("test"))
+        await asyncio.sleep(0.3)  # the first look comes before KubeRay's first status of the RayJob
         seen = copy.deepcopy(api.objects[("RayJob", name)])
         seen["status"] = {"jobDeploymentStatus": "Initializing", "jobStatus": "PENDING"}
         mem.rayjobs[("ml", name)] = [seen]
