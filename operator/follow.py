@@ -14,7 +14,7 @@ import math
 from typing import Any
 
 from graft.operator import builder, children, client, ledgers, metrics, pending, status
-from graft.operator.memory import Memory, log_ref, ref
+from graft.operator.memory import Memory, finished, log_ref, ref
 
 from graft.api.models import TransferJobSpec
 from graft.api.validation import validate_for_cluster
@@ -144,7 +144,7 @@ async def sync(mem: Memory, body: Any, spec: TransferJobSpec, follower: Follower
     uid, namespace, name = ref(body)
     current = mem.known_status(body)
     t = asyncio.get_running_loop().time()
-    if status.is_terminal(current):
+    if finished(current):  # not a refusal of an earlier generation: that job starts with its fixed spec (issue 24)
         new = _finished(mem, body, spec, follower, current, t)
         if override:
             new["reason"], new["message"] = override
@@ -231,7 +231,7 @@ async def follow_once(mem: Memory, body: Any, follower: Follower) -> float | Non
             return None
         try:
             current = await sync(mem, body, spec, follower)
-            if status.is_terminal(current):
+            if finished(current):
                 due = await children.expire(mem, body, spec, current)
                 if final_read_missing(current):  # keep reading until the final stage results are in
                     due = POLL_SECONDS if due is None else min(due, POLL_SECONDS)

@@ -11,7 +11,7 @@ import logging
 from typing import Any
 
 from graft.operator import builder, children, follow, status
-from graft.operator.memory import Memory, event, ref, started
+from graft.operator.memory import Memory, event, finished, ref, started
 
 from graft.api.validation import cluster_warnings, validate_for_cluster
 from graft.ledger import now
@@ -41,7 +41,7 @@ async def start(mem: Memory, body: Any, logger: Logger) -> None:
         # user's mistake as an operator ERROR ("failed permanently"); the next spec change runs this again.
         logger.info(f"invalid spec: {message}")
         return
-    if started(current) and status.is_terminal(current):
+    if finished(current):
         return  # a finished job (resumed after a restart): nothing to create again
     # The RayJob's name is not recorded in status before it is created (KubeRay's habit, for generated names): it is
     # a function of the job's name and uid, so a retry after a crash at any point finds the same name and adopts

@@ -45,6 +45,12 @@ def started(current: dict[str, Any]) -> bool:
     return bool(current.get("rayJobName")) and current.get("reason") != "InvalidSpec"
 
 
+def finished(current: dict[str, Any]) -> bool:
+    """A run's final state: a started job written as Succeeded/Failed. A refused spec's Failed/InvalidSpec is not
+    one: it belongs to the generation that was refused, and a fixed spec (a new generation) starts the job then."""
+    return started(current) and status.is_terminal(current)
+
+
 @dataclass
 class Memory:
     api: client.Kube

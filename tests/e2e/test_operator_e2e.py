@@ -246,7 +246,21 @@ def scenario_operator_restart(c: Cluster) -> dict[str, Any]:
             "rayjobs": c.rayjobs("restart", NS_RESTART)}
 
 
+def scenario_fixed_spec(c: Cluster) -> dict[str, Any]:
+    # Issue 24: a spec the API server takes and Graft refuses, then fixed (a new generation) by the user.
+    c.create("fixed", workers={"cpus": "0"})
+    refused = c.wait_phase("fixed", "Failed", timeout=30)
+    c.patch_spec("fixed", {"workers": {"cpus": "0.5"}})
+    created = c.wait("fixed's status to name its RayJob", lambda: c.status("fixed").get("rayJobName") and c.status(
+        "fixed"), STATUS_LAG, "fixed")
+    running = c.wait_phase("fixed", "Running")
+    final = c.wait_phase("fixed", "Succeeded")
+    return {"refused": refused, "created": created, "running": running, "final": final,
+            "generation": c.get("fixed")["metadata"]["generation"], "rayjobs": c.rayjobs("fixed")}
+
+
 SCENARIOS = {
+    "fixed_spec": scenario_fixed_spec,
     "succeeds_then_ttl": scenario_succeeds_then_ttl,
     "suspend_resume": scenario_suspend_resume,
     "retry": scenario_retry_resumes_from_ledger,
@@ -330,6 +344,19 @@ def test_invalid_spec_fails_with_a_warning_event_and_no_rayjob(cluster):
     said = [e for e in c.events("invalid") if "model.weights" in (e.message or "")]
     assert [(e.type, e.reason) for e in said] == [("Warning", "InvalidSpec")], [(e.type, e.reason, e.message)
                                                                                 for e in said]
+
+
+def test_a_refused_spec_once_fixed_runs_and_its_status_follows_the_rayjob_to_the_end(cluster):
+    result = outcome(cluster, "fixed_spec")
+    assert (result["refused"]["reason"], result["refused"]["observedGeneration"]) == ("InvalidSpec", 1)
+    created, generation = result["created"], result["generation"]
+    assert generation == 2 and created["observedGeneration"] == generation, created
+    assert created["phase"] in ("Pending", "Running"), created
+    assert (condition(created, "Created")["status"], condition(created, "Stalled")["status"]) == ("True", "False")
+    assert result["rayjobs"] and [r["metadata"]["name"] for r in result["rayjobs"]] == [created["rayJobName"]]
+    final = result["final"]
+    assert (final["phase"], final["progress"], final["observedGeneration"]) == ("Succeeded", "2/2", generation)
+    assert final["modelURI"] and condition(final, "Succeeded")["status"] == "True"
 
 
 def test_deadline_exceeded_fails_the_job(cluster):

@@ -122,3 +122,53 @@ def test_the_first_status_write_waits_for_kuberays_first_status_and_says_both(mo
     assert api.calls.count(("patch status", "TransferJob")) == 1
     assert (api.status["rayJobName"], api.status["reason"], api.status["jobDeploymentStatus"]) == (
         name, "ClusterStarting", "Initializing")
+
+
+def test_a_refused_spec_fixed_by_a_new_generation_is_followed_as_the_new_run_not_as_the_refusal(monkeypatch):
+    """Issue 24: the refusal's Failed/InvalidSpec belongs to the old generation; once the fixed spec's RayJob exists
+    the status names it and follows it (it used to stay Failed/InvalidSpec, Stalled, with the RayJob running)."""
+    events: list[tuple] = []
+    monkeypatch.setattr(lifecycle, "event", lambda body, *e: events.append(e))
+    monkeypatch.setattr(memory, "event", lambda body, *e: events.append(e))
+    api = FakeKube()
+    mem = memory.Memory(api, rayjobs={})
+    mem.supervisor = Supervisor(mem)
+    name = builder.rayjob_name("job", "uid-1")
+    refused = copy.deepcopy(BODY)
+    refused["spec"]["workers"] = {"cpus": "0"}  # the API server takes it, Graft does not
+
+    async def wait_for(check):
+        for _ in range(100):
+            if check():
+                return
+            await asyncio.sleep(0.05)
+
+    async def go():
+        await lifecycle.start(mem, copy.deepcopy(refused), logging.getLogger("test"))
+        assert (api.status["phase"], api.status["reason"]) == ("Failed", "InvalidSpec")
+        fixed = {**copy.deepcopy(BODY), "status": copy.deepcopy(api.status)}
+        fixed["metadata"]["generation"] = 2
+        await lifecycle.start(mem, fixed, logging.getLogger("test"))
+        await asyncio.sleep(0.3)  # the first look comes before KubeRay's first status of the RayJob
+        seen = copy.deepcopy(api.objects[("RayJob", name)])
+        seen["status"] = {"jobDeploymentStatus": "Initializing", "jobStatus": "PENDING"}
+        mem.rayjobs[("ml", name)] = [seen]
+        mem.supervisor.kick("uid-1")  # what the RayJob watch does
+        await wait_for(lambda: api.status.get("rayJobName"))
+        first = copy.deepcopy(api.status)
+        seen = copy.deepcopy(seen)
+        seen["status"] = {"jobDeploymentStatus": "Running", "jobStatus": "RUNNING"}
+        mem.rayjobs[("ml", name)] = [seen]
+        mem.supervisor.kick("uid-1")
+        await wait_for(lambda: api.status.get("phase") == "Running")
+        await mem.supervisor.stop()
+        await mem.reads.close()
+        return first
+
+    first = asyncio.run(go())
+    conditions = {c["type"]: c["status"] for c in first["conditions"]}
+    assert "RayJobCreated" in [e[1] for e in events]
+    assert (first.get("rayJobName"), first["phase"], first["reason"], first["observedGeneration"]) == (
+        name, "Pending", "ClusterStarting", 2)
+    assert (conditions["Created"], conditions.get("Stalled", "False")) == ("True", "False"), first["conditions"]
+    assert api.status["phase"] == "Running", api.status
