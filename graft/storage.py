@@ -195,12 +195,13 @@ def _transient(exc: BaseException) -> bool:
 def _call(op: str, uri: str, options: S3Options | None, fn: Callable[[pafs.FileSystem, str], Any]) -> Any:
     """`fn(filesystem, path)` for `uri`, retried on transient S3 faults within the options' budget (see the module
     docstring). Errors come out as StorageError (FileNotFoundError as it is)."""
+    if is_s3(uri):
+        options = options or env_s3_options()  # read from the environment once per operation
     fs, path = filesystem(uri, options)
-    budget = (options or env_s3_options()).retry_seconds if is_s3(uri) else 0.0
     try:
-        if budget <= 0:
+        if options is None or options.retry_seconds <= 0:  # local storage, or a caller with its own deadline
             return fn(fs, path)
-        return retried(op, uri, options or env_s3_options(), lambda: fn(fs, path))
+        return retried(op, uri, options, lambda: fn(fs, path))
     except (FileNotFoundError, StorageError):
         raise
     except (OSError, ValueError) as exc:
