@@ -111,6 +111,12 @@ _SECRET_FIELD = re.compile(
     r"|session_?|api_?)?token|api_?key|private_?key|client_?secret)$"
 )
 CREDENTIALS_HINT = "put keys in a Secret and name it in spec.storage.credentialsSecret"
+MLFLOW_CREDENTIALS_HINT = "put them in a Secret and name it in spec.tracking.mlflow.credentialsSecret"
+
+
+def credentials_hint(path: str) -> str:
+    """Where the credential found at `path` (relative to spec) belongs: the Secret reference of its own part."""
+    return MLFLOW_CREDENTIALS_HINT if path.startswith("tracking.") else CREDENTIALS_HINT
 
 MAX_URI_LENGTH = 2048
 _IMAGE = r"^[^\s@]+(@sha256:[a-f0-9]{64})?$"
@@ -656,8 +662,7 @@ class MlflowSpec(_Model):
     @classmethod
     def _tracking_uri(cls, v: str) -> str:
         if _URI_USERINFO.match(v):
-            raise ValueError("credentials must not be inline in a URL ('user:key@' found); put them in a Secret "
-                             "and name it in spec.tracking.mlflow.credentialsSecret")
+            raise ValueError(f"credentials must not be inline in a URL ('user:key@' found); {MLFLOW_CREDENTIALS_HINT}")
         if not re.match(r"^https?://[^/\s?#]+(/\S*)?$", v):
             raise ValueError(f"{v!r} is not an http(s) URL, e.g. http://mlflow.mlflow.svc:5000")
         return v

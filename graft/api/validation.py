@@ -13,12 +13,12 @@ from pydantic import ValidationError
 
 from graft.api.models import (
     API_VERSION,
-    CREDENTIALS_HINT,
     KIND,
     PATTERN_HELP,
     STAGE_TYPES,
     TransferJob,
     TransferJobSpec,
+    credentials_hint,
     find_inline_credentials,
 )
 
@@ -133,7 +133,7 @@ def _merge(creds: list[Problem], problems: list[Problem]) -> list[Problem]:
 
 
 def _credential_problems(spec: Any) -> list[Problem]:
-    return [Problem(f"spec.{p}", f"{r}; {CREDENTIALS_HINT}") for p, r in find_inline_credentials(spec)]
+    return [Problem(f"spec.{p}", f"{r}; {credentials_hint(p)}") for p, r in find_inline_credentials(spec)]
 
 
 def validate_spec(spec: Any) -> tuple[TransferJobSpec | None, list[Problem]]:

@@ -111,3 +111,26 @@ def test_cluster_needs_storage_which_graft_run_does_not():
     assert validate_spec(copy.deepcopy(raw))[0] is not None
     spec, problems = validate_for_cluster(raw)
     assert spec is None and [p.path for p in problems] == ["spec.storage"]
+
+
+INLINE_CREDENTIALS = {
+    # An inline credential's hint names the Secret reference of the part of the spec it was found in.
+    "mlflow-password": (("tracking", "mlflow"), "password", "hunter2", "spec.tracking.mlflow.credentialsSecret"),
+    "mlflow-url-userinfo": (("tracking", "mlflow"), "trackingURI", "http://u:p@mlflow:5000",
+                            "spec.tracking.mlflow.credentialsSecret"),
+    "storage-secret-key": (("storage",), "secretAccessKey", "abc", "spec.storage.credentialsSecret"),
+}
+
+
+@pytest.mark.parametrize("case", list(INLINE_CREDENTIALS), ids=list(INLINE_CREDENTIALS))
+def test_inline_credentials_point_to_their_own_secret_field(case):
+    where, field, value, hint = INLINE_CREDENTIALS[case]
+    spec = copy.deepcopy(BASE["spec"])
+    spec["storage"] = {"uri": "s3://ckpt-bucket/graft"}
+    spec["tracking"] = {"mlflow": {"trackingURI": "http://mlflow:5000"}}
+    section = spec
+    for key in where:
+        section = section[key]
+    section[field] = value
+    problems = [str(p) for p in validate_spec(spec)[1] if field in str(p)]
+    assert problems and all(hint in p for p in problems), problems
