@@ -36,9 +36,14 @@ def pointer(root: str) -> str | None:
 
 
 def job_root_of(target: str) -> str:
-    """The job root for a run folder, a job URI, or its `logs` folder."""
+    """The job root for a run folder, a job URI, or its `logs` folder. A folder that is itself a job root (it holds a
+    ledger or a `logs` folder: a local job named `logs` runs in `graft-runs/logs`) is taken as it is."""
     trimmed = target.rstrip("/")
-    return trimmed[: -len(LOGS_DIR) - 1] if trimmed.endswith("/" + LOGS_DIR) else trimmed
+    if not trimmed.endswith("/" + LOGS_DIR):
+        return trimmed
+    if storage.exists(storage.join(trimmed, "ledger.json")) or storage.is_dir(logs_uri(trimmed)):
+        return trimmed
+    return trimmed[: -len(LOGS_DIR) - 1]
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,8 @@ def graft(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "graft.cli", *args], capture_output=True, text=True, timeout=timeout)
 
 
-def _job(tmp_path, state: StageState = StageState.SUCCEEDED) -> str:
-    root = str(tmp_path / "job")
+def _job(tmp_path, state: StageState = StageState.SUCCEEDED, folder: str = "job") -> str:
+    root = str(tmp_path / folder)
     ledger = Ledger.create("uid-1", "logs-demo", STAGES)
     for s in ledger.stages:
         s.state = state
@@ -51,6 +51,14 @@ def test_every_stage_in_the_specs_order_driver_first_each_line_labelled(tmp_path
             "FullFineTune/worker-0 | fft w0 epoch 2",
             "FullFineTune/worker-1 | fft w1 epoch 1",
         ], target
+
+
+def test_a_job_named_logs_is_its_own_root(tmp_path):
+    # `graft run` keeps a local job named `logs` in graft-runs/logs and prints `graft logs graft-runs/logs`.
+    root = _job(tmp_path, folder="logs")
+    for target in (root, f"{root}/logs"):
+        proc = graft("logs", target, "--stage", "Head", "--worker", "0")
+        assert (proc.returncode, proc.stdout) == (0, "head w0\n"), (target, proc.stderr)
 
 
 def test_stage_and_worker_narrow_it_down(tmp_path):
