@@ -166,7 +166,41 @@ def _pod_template(
         pod["tolerations"] = _tolerations(placement.tolerations)
     if sched.priority_class_name:
         pod["priorityClassName"] = sched.priority_class_name
-    return {"metadata": {"labels": dict(pod_labels)}, "spec": pod}
+    return {"metadata": _pod_metadata(spec, pod_labels), "spec": _customised(spec, pod)}
+
+
+def _dump(items: list[Any]) -> list[dict[str, Any]]:
+    return [i.model_dump(mode="json", by_alias=True, exclude_none=True) for i in items]
+
+
+def _pod_metadata(spec: TransferJobSpec, pod_labels: dict[str, str]) -> dict[str, Any]:
+    # spec.pod cannot name Graft's label keys (the model refuses them), so this merge only adds.
+    metadata: dict[str, Any] = {"labels": {**spec.pod.labels, **pod_labels}}
+    if spec.pod.annotations:
+        metadata["annotations"] = dict(spec.pod.annotations)
+    return metadata
+
+
+def _customised(spec: TransferJobSpec, pod: dict[str, Any]) -> dict[str, Any]:
+    """`spec.pod` merged into a pod Graft built: the user's items after Graft's, Graft's settings kept (the model
+    refuses the names, mounts and keys Graft owns, so nothing here overrides one)."""
+    custom = spec.pod
+    container = pod["containers"][0]
+    container["env"] += _dump(custom.env)
+    if custom.env_from:
+        container["envFrom"] = _dump(custom.env_from)
+    container["volumeMounts"] += _dump(custom.volume_mounts)
+    pod["volumes"] += [dict(v) for v in custom.volumes]
+    if custom.service_account_name:
+        pod["serviceAccountName"] = custom.service_account_name
+    if custom.image_pull_secrets:
+        pod["imagePullSecrets"] = _dump(custom.image_pull_secrets)
+    if custom.affinity:
+        pod["affinity"] = dict(custom.affinity)
+    additions = custom.security_context.model_dump(mode="json", by_alias=True, exclude_none=True,
+                                                   exclude_defaults=True)
+    pod["securityContext"].update(additions)
+    return pod
 
 
 def build_rayjob(name: str, namespace: str | None, uid: str, spec: TransferJobSpec) -> dict[str, Any]:

@@ -757,6 +757,229 @@ class SchedulingSpec(_Model):
     GPU."""
 
 
+# ---------------------------------------------------------------------------------------------- pod
+
+
+#: Objects Graft passes to Kubernetes as they are (a volume source, affinity, valueFrom): the API server validates
+#: them against KubeRay's RayJob schema (its pod template is core/v1's) when the operator creates the RayJob.
+_PASSTHROUGH = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+_ENV_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"  # core/v1 EnvVar.name (IsEnvVarName)
+_QUALIFIED_KEY = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+                            r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+#: Variables Graft sets itself, with the field that sets each (the trainer and its credentials depend on them).
+OWNED_ENV = {
+    "GRAFT_JOB": "the job document (set by the operator)",
+    "HOME": "Graft's writable home in the pod",
+    "RAY_USAGE_STATS_ENABLED": "Graft's Ray settings",
+    "AWS_ACCESS_KEY_ID": "spec.storage.credentialsSecret",
+    "AWS_SECRET_ACCESS_KEY": "spec.storage.credentialsSecret",
+    "AWS_ENDPOINT_URL": "spec.storage.endpoint",
+    "AWS_REGION": "spec.storage.region",
+    "HF_TOKEN": "spec.storage.credentialsSecret (its HF_TOKEN key)",
+    "MLFLOW_TRACKING_USERNAME": "spec.tracking.mlflow.credentialsSecret",
+    "MLFLOW_TRACKING_PASSWORD": "spec.tracking.mlflow.credentialsSecret",
+    "MLFLOW_TRACKING_TOKEN": "spec.tracking.mlflow.credentialsSecret",
+}
+#: Mount paths Graft's own volumes use (a writable /tmp on a read-only root, Ray's object store in /dev/shm).
+OWNED_MOUNTS = ("/tmp", "/dev/shm")  # noqa: S108
+OWNED_VOLUMES = ("tmp", "dshm")
+#: Label and annotation keys Graft sets or reads on the pods.
+OWNED_LABEL_PREFIXES = ("graft.dev/", "app.kubernetes.io/", "ray.io/")
+#: Pod and container fields `spec.pod` does not offer because Graft sets them, and where each comes from.
+OWNED_POD_FIELDS = {
+    "command": "the trainer's entrypoint", "args": "the trainer's entrypoint", "image": "spec.image",
+    "containers": "the Graft container", "resources": "spec.workers and spec.scheduling.head",
+    "runAsUser": "the image's non-root user 1000", "runAsNonRoot": "always true",
+    "privileged": "never", "allowPrivilegeEscalation": "never", "readOnlyRootFilesystem": "always true",
+    "capabilities": "all dropped", "seccompProfile": "RuntimeDefault",
+    "nodeSelector": "spec.scheduling.nodeSelector", "tolerations": "spec.scheduling.tolerations",
+    "priorityClassName": "spec.scheduling.priorityClassName",
+}
+_SECRETISH_ENV = re.compile(r"(?i)(key|token|secret|passw(or)?d|credential)")
+
+
+class LocalObjectReference(_Model):
+    """A reference to an object in the job's namespace (core/v1 LocalObjectReference)."""
+
+    name: str = Field(min_length=1, max_length=253, pattern=_DNS1123_SUBDOMAIN)
+    """The object's name."""
+
+
+class EnvVar(_Model):
+    """An environment variable of the Graft container (core/v1 EnvVar)."""
+
+    name: str = Field(min_length=1, max_length=256, pattern=_ENV_NAME)
+    """Variable name. Graft's own variables (storage keys and endpoint, MLflow credentials, GRAFT_JOB, HOME) are
+    refused: set the spec field that owns each."""
+
+    value: str | None = Field(default=None, max_length=32_768)
+    """A literal value. Never a secret: a variable whose name says key, token, secret or password must use
+    `valueFrom.secretKeyRef`."""
+
+    value_from: dict[str, Any] | None = Field(default=None, json_schema_extra=_PASSTHROUGH)
+    """core/v1 EnvVarSource: `secretKeyRef`, `configMapKeyRef`, `fieldRef` or `resourceFieldRef`."""
+
+    @model_validator(mode="after")
+    def _owned_and_secret(self) -> EnvVar:
+        if self.name in OWNED_ENV:
+            raise ValueError(f"name: {self.name} is set by Graft from {OWNED_ENV[self.name]}; set that instead")
+        if self.value and _SECRETISH_ENV.search(self.name):
+            raise ValueError(f"value: {self.name} looks like a credential; use valueFrom.secretKeyRef "
+                             "(credentials are never accepted inline in the spec)")
+        if self.value is not None and self.value_from is not None:
+            raise ValueError("valueFrom: give value or valueFrom, not both")
+        return self
+
+
+class EnvFromSource(_Model):
+    """Every key of a ConfigMap or Secret as variables (core/v1 EnvFromSource); exactly one of the two."""
+
+    prefix: str | None = Field(default=None, max_length=256)
+    """A prefix for every variable's name."""
+
+    config_map_ref: dict[str, Any] | None = Field(default=None, json_schema_extra=_PASSTHROUGH)
+    """core/v1 ConfigMapEnvSource: `{name, optional}`."""
+
+    secret_ref: dict[str, Any] | None = Field(default=None, json_schema_extra=_PASSTHROUGH)
+    """core/v1 SecretEnvSource: `{name, optional}`."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> EnvFromSource:
+        if (self.config_map_ref is None) == (self.secret_ref is None):
+            raise ValueError("configMapRef: give exactly one of configMapRef and secretRef")
+        return self
+
+
+class VolumeMount(_Model):
+    """Where a volume of `pod.volumes` appears in the Graft container (core/v1 VolumeMount)."""
+
+    name: str = Field(min_length=1, max_length=63)
+    """The volume's name in `pod.volumes`."""
+
+    mount_path: str = Field(min_length=1, max_length=4096, pattern=r"^/")
+    """Absolute path in the container. Not /tmp or /dev/shm (Graft's own volumes)."""
+
+    read_only: bool | None = None
+    """Mount read-only (datasets usually are)."""
+
+    sub_path: str | None = Field(default=None, max_length=4096)
+    """Mount only this path inside the volume."""
+
+
+class PodSecurityAdditions(_Model):
+    """Pod security settings a cluster may require on top of Graft's (non-root, RuntimeDefault seccomp, no
+    privilege escalation, read-only root), which stay as they are."""
+
+    fs_group: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    """Group owning mounted volumes (e.g. so user 1000 can write a PersistentVolumeClaim)."""
+
+    fs_group_change_policy: Literal["OnRootMismatch", "Always"] | None = None
+    """When the kubelet changes volume ownership to `fsGroup`."""
+
+    run_as_group: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    """Primary group of the pod's processes."""
+
+    supplemental_groups: list[int] = Field(default_factory=list, max_length=64, json_schema_extra={
+        "items": {"type": "integer", "minimum": 0, "description": "A group id."}})
+    """Extra groups of the pod's processes."""
+
+
+class PodSpec(_Model):
+    """What Graft passes to the Ray head and worker pods, in Kubernetes' own shapes: identity, registries, volumes,
+    environment, metadata, affinity, security additions. Merged into the pods Graft builds; the fields Graft owns
+    (the trainer command, GRAFT_JOB, resources from `workers`, storage credentials) cannot be overridden."""
+
+    service_account_name: str | None = Field(default=None, max_length=253, pattern=_DNS1123_SUBDOMAIN)
+    """ServiceAccount of the pods: with IRSA (EKS) or Workload Identity (GKE) it gives them cloud credentials,
+    so `storage.credentialsSecret` can be left empty."""
+
+    image_pull_secrets: list[LocalObjectReference] = Field(default_factory=list, max_length=16)
+    """Secrets to pull `spec.image` from a private registry."""
+
+    volumes: list[dict[str, Any]] = Field(
+        default_factory=list, max_length=64,
+        json_schema_extra={"items": {**_PASSTHROUGH, "required": ["name"],
+                                     "description": "A core/v1 Volume: its name and one volume source.",
+                                     "properties": {"name": {"type": "string", "description": "The volume's name, "
+                                                             "a DNS label, unique in the pod."}}}})
+    """core/v1 Volumes of the pods, e.g. `{name: data, persistentVolumeClaim: {claimName: imagenet}}`. Mount them
+    with `volumeMounts`."""
+
+    volume_mounts: list[VolumeMount] = Field(default_factory=list, max_length=64)
+    """Mounts of `volumes` in the Graft container. Data under a mount path (`data.train: /data/train`) is read
+    there on every pod."""
+
+    env: list[EnvVar] = Field(default_factory=list, max_length=128)
+    """Extra environment variables of the Graft container."""
+
+    env_from: list[EnvFromSource] = Field(default_factory=list, max_length=16)
+    """ConfigMaps and Secrets whose keys become variables of the Graft container."""
+
+    labels: dict[str, str] = Field(default_factory=dict)
+    """Extra labels of the pods (e.g. a cost centre). Graft's own (`graft.dev/`, `app.kubernetes.io/`, `ray.io/`)
+    cannot be set."""
+
+    annotations: dict[str, str] = Field(default_factory=dict)
+    """Extra annotations of the pods (e.g. a policy engine's or a service mesh's)."""
+
+    affinity: dict[str, Any] | None = Field(default=None, json_schema_extra=_PASSTHROUGH)
+    """core/v1 Affinity of the pods: `nodeAffinity`, `podAffinity`, `podAntiAffinity`."""
+
+    security_context: PodSecurityAdditions = Field(default_factory=PodSecurityAdditions)
+    """Pod security settings added to Graft's."""
+
+    @field_validator("labels", "annotations")
+    @classmethod
+    def _not_owned(cls, v: dict[str, str]) -> dict[str, str]:
+        for key in v:
+            if not _QUALIFIED_KEY.match(key) or len(key.rsplit("/", 1)[-1]) > 63:
+                raise ValueError(f"{key!r} is not a valid key (an optional DNS prefix, '/', a name of at most 63 "
+                                 "letters, digits, '-', '_' and '.')")
+            if key.startswith(OWNED_LABEL_PREFIXES):
+                raise ValueError(f"{key!r}: keys under {', '.join(OWNED_LABEL_PREFIXES)} are Graft's or Ray's own")
+        return v
+
+    @field_validator("affinity")
+    @classmethod
+    def _affinity(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        unknown = sorted(set(v or {}) - {"nodeAffinity", "podAffinity", "podAntiAffinity"})
+        if unknown:
+            raise ValueError(f"unknown field {unknown[0]!r}; allowed: nodeAffinity, podAffinity, podAntiAffinity")
+        return v
+
+    @model_validator(mode="after")
+    def _volumes(self) -> PodSpec:
+        names: list[str] = []
+        for i, volume in enumerate(self.volumes):
+            name = volume.get("name")
+            if not isinstance(name, str) or not _DNS1123_LABEL.match(name) or len(name) > 63:
+                raise ValueError(f"volumes[{i}].name: required, a DNS label (lower-case letters, digits and '-')")
+            if name in OWNED_VOLUMES or name in names:
+                owner = "by one of Graft's own volumes" if name in OWNED_VOLUMES else "by an earlier volume"
+                raise ValueError(f"volumes[{i}].name: {name!r} is taken {owner}")
+            if len(volume) != 2:
+                raise ValueError(f"volumes[{i}]: give the name and exactly one volume source "
+                                 "(e.g. persistentVolumeClaim, configMap, secret, nfs, csi)")
+            names.append(name)
+        for i, mount in enumerate(self.volume_mounts):
+            if mount.name not in names:
+                raise ValueError(f"volumeMounts[{i}].name: no volume {mount.name!r} in pod.volumes")
+            path = mount.mount_path.rstrip("/") or "/"
+            if any(path == owned or path.startswith(owned + "/") or owned.startswith(path + "/") or path == "/"
+                   for owned in OWNED_MOUNTS):
+                raise ValueError(f"volumeMounts[{i}].mountPath: {mount.mount_path} overlaps Graft's own mounts "
+                                 f"({', '.join(OWNED_MOUNTS)})")
+        return self
+
+    def mount_of(self, path: str) -> VolumeMount | None:
+        """The volume mount a local path lies under, if any."""
+        for mount in self.volume_mounts:
+            root = mount.mount_path.rstrip("/")
+            if path == root or path.startswith(root + "/"):
+                return mount
+        return None
+
+
 _STAGE_RANK = "{" + ", ".join(f"'{t}': {i}" for i, t in enumerate(STAGE_TYPES)) + "}"
 #: The stage-list rules as CEL, so the API server enforces them too (the model validator below is the
 #: same rules with field paths; tests hold the two in step).
@@ -812,6 +1035,10 @@ class TransferJobSpec(_Model):
     scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec)
     """Pod scheduling pass-through: the workers' node selector and tolerations, the head pod's own (`head`),
     priority class and Kueue queue."""
+
+    pod: PodSpec = Field(default_factory=PodSpec)
+    """Pass-through to the Ray head and worker pods: service account, image pull secrets, volumes and mounts,
+    environment, labels and annotations, affinity, security additions."""
 
     @model_validator(mode="after")
     def _stage_order(self) -> TransferJobSpec:

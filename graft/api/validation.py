@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from graft.api.models import (
     API_VERSION,
     KIND,
+    OWNED_POD_FIELDS,
     PATTERN_HELP,
     STAGE_TYPES,
     TransferJob,
@@ -89,6 +90,9 @@ def _clean_message(err: dict[str, Any]) -> str:
         if msg.startswith(prefix):
             msg = msg[len(prefix) :]
     if kind == "extra_forbidden":
+        loc = [str(part) for part in err.get("loc", ())]
+        if loc[:1] == ["pod"] and loc[-1] in OWNED_POD_FIELDS:
+            return f"set by Graft, not by spec.pod: {OWNED_POD_FIELDS[loc[-1]]}"
         return "unknown field (not part of the TransferJob API; check the spelling and `graft crd`)"
     if kind == "missing":
         return "required field is missing"
@@ -206,8 +210,15 @@ def cluster_warnings(spec: TransferJobSpec) -> list[Problem]:
     reads = [("spec.model.weights", weights), ("spec.data.train", spec.data.train),
              ("spec.data.validation", spec.data.validation)]
     reads += [(f"spec.stages[{i}].data", getattr(s, "data", None)) for i, s in enumerate(spec.stages)]
-    warnings += [Problem(path, _LOCAL_HINT) for path, uri in reads if uri and not uri.startswith(_SHARED_SCHEMES)]
+    warnings += [Problem(path, _LOCAL_HINT) for path, uri in reads
+                 if uri and not uri.startswith(_SHARED_SCHEMES) and not _on_a_pod_volume(spec, uri)]
     return warnings
+
+
+def _on_a_pod_volume(spec: TransferJobSpec, uri: str) -> bool:
+    """A local path under one of `spec.pod.volumeMounts`: every Ray pod mounts that volume there."""
+    path = uri.removeprefix("file://")
+    return path.startswith("/") and spec.pod.mount_of(path) is not None
 
 
 def validate_for_cluster(spec: Any) -> tuple[TransferJobSpec | None, list[Problem]]:
