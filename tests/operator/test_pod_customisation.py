@@ -123,3 +123,20 @@ def test_data_on_a_mounted_volume_is_read_there_without_a_warning():
     unmounted = {**POD, "volumeMounts": [{"name": "data", "mountPath": "/mnt/other"}]}
     parsed = validate_spec({**copy.deepcopy(BASE_SPEC), "pod": unmounted})[0]
     assert [p.path for p in cluster_warnings(parsed)] == ["spec.data.train"]
+
+
+def test_graft_render_shows_the_dataset_mount_on_head_and_workers_with_no_warning(tmp_path):
+    import yaml
+    from typer.testing import CliRunner
+
+    from graft.cli import app
+
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump({**BODY, "spec": {**copy.deepcopy(BASE_SPEC), "pod": POD}}))
+    result = CliRunner().invoke(app, ["render", str(job)])
+    assert result.exit_code == 0, result.output
+    assert "warning" not in result.stderr
+    (rayjob,) = yaml.safe_load_all(result.stdout)
+    for role, template in _templates(rayjob).items():
+        mounts = template["spec"]["containers"][0]["volumeMounts"]
+        assert {"name": "data", "mountPath": "/data", "readOnly": True} in mounts, role
