@@ -796,6 +796,24 @@ OWNED_POD_FIELDS = {
     "priorityClassName": "spec.scheduling.priorityClassName",
 }
 _SECRETISH_ENV = re.compile(r"(?i)(key|token|secret|passw(or)?d|credential)")
+_CEL_LIST = ", ".join
+# The same rules as CEL, so `kubectl apply` (and a GitOps sync) refuses them too; the validators below are the rules
+# with field paths, and the corpus holds the two in step.
+_ENV_RULES = [
+    {"rule": f"self.all(e, !(e.name in [{_CEL_LIST(repr(n) for n in OWNED_ENV)}]))",
+     "message": "a variable Graft sets itself (storage and MLflow credentials, GRAFT_JOB, HOME): set the spec field "
+                "that owns it"},
+    {"rule": f"self.all(e, !has(e.value) || !e.name.matches('{_SECRETISH_ENV.pattern}'))",
+     "message": "a variable named like a credential must use valueFrom.secretKeyRef"},
+]
+_MOUNT_RULES = [{
+    "rule": "self.all(m, !(m.mountPath in ['/', '/dev', '/tmp', '/dev/shm']) && !m.mountPath.startsWith('/tmp/') "
+            "&& !m.mountPath.startsWith('/dev/shm/'))",
+    "message": "overlaps Graft's own mounts (/tmp, /dev/shm)"}]
+_VOLUME_RULES = [{"rule": f"self.all(v, !(v.name in [{_CEL_LIST(repr(n) for n in OWNED_VOLUMES)}]))",
+                  "message": "tmp and dshm are Graft's own volumes"}]
+_KEY_RULES = [{"rule": "self.all(k, " + " && ".join(f"!k.startsWith('{p}')" for p in OWNED_LABEL_PREFIXES) + ")",
+               "message": f"keys under {', '.join(OWNED_LABEL_PREFIXES)} are Graft's or Ray's own"}]
 
 
 class LocalObjectReference(_Model):
@@ -898,28 +916,32 @@ class PodSpec(_Model):
 
     volumes: list[dict[str, Any]] = Field(
         default_factory=list, max_length=64,
-        json_schema_extra={"items": {**_PASSTHROUGH, "required": ["name"],
+        json_schema_extra={"x-kubernetes-validations": _VOLUME_RULES, "items": {**_PASSTHROUGH, "required": ["name"],
                                      "description": "A core/v1 Volume: its name and one volume source.",
                                      "properties": {"name": {"type": "string", "description": "The volume's name, "
                                                              "a DNS label, unique in the pod."}}}})
     """core/v1 Volumes of the pods, e.g. `{name: data, persistentVolumeClaim: {claimName: imagenet}}`. Mount them
     with `volumeMounts`."""
 
-    volume_mounts: list[VolumeMount] = Field(default_factory=list, max_length=64)
+    volume_mounts: list[VolumeMount] = Field(default_factory=list, max_length=64,
+                                             json_schema_extra={"x-kubernetes-validations": _MOUNT_RULES})
     """Mounts of `volumes` in the Graft container. Data under a mount path (`data.train: /data/train`) is read
     there on every pod."""
 
-    env: list[EnvVar] = Field(default_factory=list, max_length=128)
+    env: list[EnvVar] = Field(default_factory=list, max_length=128,
+                              json_schema_extra={"x-kubernetes-validations": _ENV_RULES})
     """Extra environment variables of the Graft container."""
 
     env_from: list[EnvFromSource] = Field(default_factory=list, max_length=16)
     """ConfigMaps and Secrets whose keys become variables of the Graft container."""
 
-    labels: dict[str, str] = Field(default_factory=dict)
+    labels: dict[str, str] = Field(default_factory=dict, max_length=64,
+                                   json_schema_extra={"x-kubernetes-validations": _KEY_RULES})
     """Extra labels of the pods (e.g. a cost centre). Graft's own (`graft.dev/`, `app.kubernetes.io/`, `ray.io/`)
     cannot be set."""
 
-    annotations: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict, max_length=64,
+                                        json_schema_extra={"x-kubernetes-validations": _KEY_RULES})
     """Extra annotations of the pods (e.g. a policy engine's or a service mesh's)."""
 
     affinity: dict[str, Any] | None = Field(default=None, json_schema_extra=_PASSTHROUGH)

@@ -91,7 +91,7 @@ def _clean_message(err: dict[str, Any]) -> str:
             msg = msg[len(prefix) :]
     if kind == "extra_forbidden":
         loc = [str(part) for part in err.get("loc", ())]
-        if loc[:1] == ["pod"] and loc[-1] in OWNED_POD_FIELDS:
+        if "pod" in loc[:2] and loc[-1] in OWNED_POD_FIELDS:
             return f"set by Graft, not by spec.pod: {OWNED_POD_FIELDS[loc[-1]]}"
         return "unknown field (not part of the TransferJob API; check the spelling and `graft crd`)"
     if kind == "missing":
