@@ -796,6 +796,8 @@ OWNED_POD_FIELDS = {
     "priorityClassName": "spec.scheduling.priorityClassName",
 }
 _SECRETISH_ENV = re.compile(r"(?i)(key|token|secret|passw(or)?d|credential)")
+#: ... unless it names where a secret lies (IRSA's AWS_WEB_IDENTITY_TOKEN_FILE), not the secret.
+_LOCATION_ENV = re.compile(r"(?i)_(file|path|dir)$")
 _CEL_LIST = ", ".join
 # The same rules as CEL, so `kubectl apply` (and a GitOps sync) refuses them too; the validators below are the rules
 # with field paths, and the corpus holds the two in step.
@@ -803,7 +805,8 @@ _ENV_RULES = [
     {"rule": f"self.all(e, !(e.name in [{_CEL_LIST(repr(n) for n in OWNED_ENV)}]))",
      "message": "a variable Graft sets itself (storage and MLflow credentials, GRAFT_JOB, HOME): set the spec field "
                 "that owns it"},
-    {"rule": f"self.all(e, !has(e.value) || !e.name.matches('{_SECRETISH_ENV.pattern}'))",
+    {"rule": f"self.all(e, !has(e.value) || !e.name.matches('{_SECRETISH_ENV.pattern}') "
+             f"|| e.name.matches('{_LOCATION_ENV.pattern}'))",
      "message": "a variable named like a credential must use valueFrom.secretKeyRef"},
 ]
 _MOUNT_RULES = [{
@@ -841,7 +844,7 @@ class EnvVar(_Model):
     def _owned_and_secret(self) -> EnvVar:
         if self.name in OWNED_ENV:
             raise ValueError(f"name: {self.name} is set by Graft from {OWNED_ENV[self.name]}; set that instead")
-        if self.value and _SECRETISH_ENV.search(self.name):
+        if self.value and _SECRETISH_ENV.search(self.name) and not _LOCATION_ENV.search(self.name):
             raise ValueError(f"value: {self.name} looks like a credential; use valueFrom.secretKeyRef "
                              "(credentials are never accepted inline in the spec)")
         if self.value is not None and self.value_from is not None:

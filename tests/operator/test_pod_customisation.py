@@ -72,6 +72,34 @@ def test_every_pass_through_reaches_the_pod_beside_graft_own(role):
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
 
 
+#: IRSA wired by hand, as EKS's pod identity webhook would inject it (aws/amazon-eks-pod-identity-webhook README:
+#: a projected service-account token with audience sts.amazonaws.com, AWS_ROLE_ARN, AWS_WEB_IDENTITY_TOKEN_FILE),
+#: for clusters without the webhook; with it, `serviceAccountName` alone does the same.
+IRSA_BY_HAND = {
+    "serviceAccountName": "graft-trainer",
+    "volumes": [{"name": "aws-iam-token", "projected": {"sources": [{"serviceAccountToken": {
+        "audience": "sts.amazonaws.com", "expirationSeconds": 86400, "path": "token"}}]}}],
+    "volumeMounts": [{"name": "aws-iam-token", "mountPath": "/var/run/secrets/eks.amazonaws.com/serviceaccount",
+                      "readOnly": True}],
+    "env": [{"name": "AWS_ROLE_ARN", "value": "arn:aws:iam::123456789012:role/graft-trainer"},
+            {"name": "AWS_WEB_IDENTITY_TOKEN_FILE",
+             "value": "/var/run/secrets/eks.amazonaws.com/serviceaccount/token"}],
+}
+
+
+def test_web_identity_wiring_reaches_every_pod_with_no_keys_and_survives_kuberays_schema():
+    from support import crdcheck, kuberay_crds
+
+    rayjob = _rayjob(IRSA_BY_HAND)
+    schema = kuberay_crds.crd("ray.io_rayjobs.yaml")["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    assert crdcheck.prune(copy.deepcopy(rayjob), schema, root=True) == rayjob
+    for role, template in _templates(rayjob).items():
+        env = {e["name"]: e.get("value") for e in template["spec"]["containers"][0]["env"]}
+        assert env["AWS_WEB_IDENTITY_TOKEN_FILE"].endswith("/token"), role
+        assert "AWS_ACCESS_KEY_ID" not in env and "AWS_SECRET_ACCESS_KEY" not in env, role
+        assert template["spec"]["serviceAccountName"] == "graft-trainer"
+
+
 def test_a_spec_without_pod_builds_the_same_pods_as_before():
     assert _rayjob({}) == builder.build_owned_rayjob(BODY, validate_spec(copy.deepcopy(BASE_SPEC))[0])
 
