@@ -14,6 +14,7 @@ import math
 from typing import Any
 
 from graft.operator import builder, children, client, ledgers, metrics, pending, status
+from graft.operator.conditions import FINISHED, NOT_YET_RUN
 from graft.operator.memory import Memory, finished, log_ref, ref
 
 from graft.api.models import TransferJobSpec
@@ -74,7 +75,7 @@ def _read_ledger(mem: Memory, body: Any, spec: TransferJobSpec, follower: Follow
     A job this process has just created has no ledger until its trainer runs: no read while its RayJob starts
     (two reads per job fewer; an adopted or resumed job is read at once, it may have run before)."""
     if follower.unrun:
-        if jds in status.NOT_YET_RUN:
+        if jds in NOT_YET_RUN:
             return
         follower.unrun = False
     due = jds != follower.asked_jds or (
@@ -85,7 +86,7 @@ def _read_ledger(mem: Memory, body: Any, spec: TransferJobSpec, follower: Follow
     uid, namespace, _ = ref(body)
     # A finished job's read goes before the running jobs' polls: its Succeeded/Failed status waits for it.
     if mem.reads.start(uid, namespace, spec, functools.partial(_answered, mem, body, follower, jds, t),
-                       urgent=jds in status.FINISHED):
+                       urgent=jds in FINISHED):
         follower.asked_jds, follower.asked_at = jds, t
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from graft.operator import client, metrics
+from graft.operator.conditions import Reason
 
 from graft import storage
 from graft.api.models import TransferJobSpec
@@ -47,7 +48,7 @@ class LedgerDamaged(LedgerUnavailable):
 
 
 #: Condition reasons of a ledger that cannot be read, and of one that was read but does not parse.
-UNAVAILABLE, DAMAGED = "LedgerUnavailable", "LedgerDamaged"
+UNAVAILABLE, DAMAGED = Reason.LEDGER_UNAVAILABLE, Reason.LEDGER_DAMAGED
 
 
 class Secrets:
@@ -152,8 +153,8 @@ def ledger_uri(spec: TransferJobSpec, uid: str) -> str:
 def timeout_problem(uri: str, deadline: float) -> tuple[str, str]:
     """(reason, message) for a ledger that did not answer within the deadline: the same words every time, so that
     the condition that carries them does not change (or flap) while the endpoint stays silent."""
-    return "LedgerTimeout", (f"{uri} could not be read within {deadline:g} s (the storage endpoint did not answer); "
-                             "stage progress shows the last read")
+    return Reason.LEDGER_TIMEOUT, (f"{uri} could not be read within {deadline:g} s (the storage endpoint did not "
+                                   "answer); stage progress shows the last read")
 
 
 def _problem(exc: BaseException, uri: str) -> tuple[str, str]:

@@ -11,6 +11,7 @@ import logging
 from typing import Any
 
 from graft.operator import builder, children, follow, status
+from graft.operator.conditions import Reason
 from graft.operator.memory import Memory, event, finished, ref, started
 
 from graft.api.validation import cluster_warnings, validate_for_cluster
@@ -50,10 +51,10 @@ async def start(mem: Memory, body: Any, logger: Logger) -> None:
     if not started(current):
         warnings = cluster_warnings(spec)
         if warnings:  # one Event for them all: each is an API request, and they say the same kind of thing
-            event(body, "Warning", "StorageNotShared", "; ".join(map(str, warnings)))
+            event(body, "Warning", Reason.STORAGE_NOT_SHARED, "; ".join(map(str, warnings)))
     rayjob, created = await children.create_rayjob(mem, body, spec)
     if created:
-        event(body, "Normal", "RayJobCreated", f"created RayJob {rj_name}")
+        event(body, "Normal", Reason.RAYJOB_CREATED, f"created RayJob {rj_name}")
         logger.info(f"created RayJob {rj_name}")
     else:
         logger.info(f"adopted existing RayJob {rj_name}")
@@ -82,9 +83,9 @@ async def spec_changed(mem: Memory, body: Any, diff: Any, logger: Logger) -> Non
             f"{', '.join(immutable)} cannot change after the job started; the change is ignored and the job runs "
             "on as it started. To run the new spec, create a new TransferJob (or delete and re-create this one)."
         )
-        event(body, "Warning", "ImmutableFieldChanged", message)
+        event(body, "Warning", Reason.IMMUTABLE_FIELD_CHANGED, message)
         logger.info(message)  # info: kopf posts warnings as Events, and this one has its own
-        override = ("ImmutableFieldChanged", message)
+        override = (Reason.IMMUTABLE_FIELD_CHANGED, message)
     if spec is None:
         logger.warning(f"spec change not applied, it is invalid: {_problems_text(problems)}")
         return

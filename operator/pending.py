@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from graft.operator import client
+from graft.operator.conditions import Reason
 
 _IMAGE_PULL = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull")
 # A container that cannot be configured: usually a missing Secret/ConfigMap or key (e.g. the credentials Secret).
@@ -21,14 +22,15 @@ def from_pods(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
             waiting = (cs.get("state") or {}).get("waiting") or {}
             if waiting.get("reason") in _IMAGE_PULL:
                 detail = waiting.get("message") or waiting["reason"]
-                return "ImagePullBackOff", f"pod {name} cannot pull image {cs.get('image', '')}: {detail}"
+                return Reason.IMAGE_PULL_BACK_OFF, f"pod {name} cannot pull image {cs.get('image', '')}: {detail}"
             if waiting.get("reason") in _CONFIG:
-                return "ContainerConfigError", f"pod {name} cannot start: {waiting.get('message') or waiting['reason']}"
+                detail = waiting.get("message") or waiting["reason"]
+                return Reason.CONTAINER_CONFIG_ERROR, f"pod {name} cannot start: {detail}"
         for cond in status.get("conditions") or []:
             if cond.get("type") == "PodScheduled" and cond.get("status") == "False" and (
                 cond.get("reason") == "Unschedulable"
             ):
-                return "Unschedulable", f"pod {name} cannot be scheduled: {cond.get('message') or 'no node fits'}"
+                return Reason.UNSCHEDULABLE, f"pod {name} cannot be scheduled: {cond.get('message') or 'no node fits'}"
     return None
 
 
@@ -37,7 +39,7 @@ def from_events(events: list[dict[str, Any]]) -> tuple[str, str] | None:
     for ev in sorted(events, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "", reverse=True):
         message = ev.get("message") or ""
         if "exceeded quota" in message or "ResourceQuota" in message:
-            return "QuotaExceeded", f"{ev['involvedObject'].get('kind', 'object')} " \
+            return Reason.QUOTA_EXCEEDED, f"{ev['involvedObject'].get('kind', 'object')} " \
                 f"{ev['involvedObject'].get('name')}: {message}"
     return None
 
