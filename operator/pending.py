@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from typing import Any
 
 from graft.operator import client
@@ -11,6 +13,8 @@ _IMAGE_PULL = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImage
 # A container that cannot be configured: usually a missing Secret/ConfigMap or key (e.g. the credentials Secret).
 _CONFIG = ("CreateContainerConfigError", "CreateContainerError")
 CLUSTER_LABEL = "ray.io/cluster"
+
+log = logging.getLogger("graft.operator")
 
 
 def from_pods(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
@@ -56,3 +60,25 @@ async def reason(api: client.Kube, namespace: str, rayjob: dict[str, Any]) -> tu
     events = [ev for name in (cluster, rayjob["metadata"]["name"])
               for ev in await api.list("Event", namespace, fields={"involvedObject.name": name})]
     return from_events(events)
+
+
+@dataclass
+class PendingCheck:
+    """Why a created job's cluster does not start, as its pods and Events said when last looked at."""
+
+    reason: tuple[str, str] | None = None
+    checked_at: float = 0.0
+    since: float | None = None  # when the cluster was first seen starting
+
+    async def look(self, api: client.Kube, namespace: str, rayjob: dict[str, Any], t: float, every: float,
+                   log_extra: dict[str, Any]) -> tuple[str, str] | None:
+        """What holds a starting cluster up (`reason`), looked at once it has been starting for `every` seconds (its
+        first seconds are no problem: its pods may not even exist), then as often."""
+        self.since = self.since or t
+        if t - max(self.checked_at, self.since) >= every:
+            self.checked_at = t
+            try:
+                self.reason = await reason(api, namespace, rayjob)
+            except client.Errors as exc:
+                log.warning(f"cannot inspect pods/events: {exc}", extra=log_extra)
+        return self.reason
