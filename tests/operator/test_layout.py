@@ -77,9 +77,9 @@ def test_the_operator_modules_import_each_other_without_a_cycle():
         state[node] = "open"
         for dep in sorted(graph[node]):
             if state.get(dep) == "open":
-                cycles.append(" -> ".join(path[path.index(dep):] + [node, dep]))
+                cycles.append(" -> ".join([*path[path.index(dep):], node, dep]))
             elif dep not in state:
-                walk(dep, path + [node])
+                walk(dep, [*path, node])
         state[node] = "done"
 
     for node in sorted(graph):
