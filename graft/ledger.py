@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from graft import lease, storage
-from graft.api.models import StageState
+from graft.api.models import StageState, StageStatus, TrackingStatus, TransferJobStatus
 
 LEDGER_FILE = "ledger.json"
 #: The last complete version, written by every save just before ledger.json (see `Ledger.save`).
@@ -153,10 +153,8 @@ class TrackingRecord(BaseModel):
 
     def to_status(self) -> dict[str, Any]:
         """`status.tracking` (camelCase, as the CRD declares it); fields not known yet are left out."""
-        out = {"state": self.state, "trackingURI": self.tracking_uri, "experimentID": self.experiment_id,
-               "runID": self.run_id, "registeredModel": self.registered_model, "modelVersion": self.model_version,
-               "message": self.message}
-        return {k: v for k, v in out.items() if v is not None}
+        return TrackingStatus.model_validate(self.model_dump(include=set(TrackingStatus.model_fields))).model_dump(
+            by_alias=True, mode="json", exclude_none=True)
 
 
 class Ledger(BaseModel):
@@ -308,30 +306,17 @@ class Ledger(BaseModel):
         return existing
 
     def to_status(self) -> dict[str, Any]:
-        """The per-stage part of a TransferJob status (camelCase, as the CRD declares it)."""
-        out = []
+        """The ledger's part of a TransferJob status (`TransferJobStatus`'s stages, stage, progress, modelURI and,
+        for a tracked job, tracking), camelCase as the CRD declares it; fields not known yet are left out."""
+        stages = []
         for s in self.stages:
-            entry: dict[str, Any] = {"type": s.type, "state": s.state.value}
-            for key, value in (
-                ("startTime", s.start_time),
-                ("endTime", s.end_time),
-                ("epoch", s.epoch or None),
-                ("epochs", s.epochs),
-                ("checkpoint", s.checkpoint),
-                ("message", s.message),
-            ):
-                if value is not None:
-                    entry[key] = value
-            if s.metrics:
-                entry["metrics"] = dict(s.metrics)
-            out.append(entry)
+            known = {"start_time": s.start_time, "end_time": s.end_time, "epoch": s.epoch or None, "epochs": s.epochs,
+                     "metrics": dict(s.metrics) or None, "checkpoint": s.checkpoint, "message": s.message}
+            stages.append(StageStatus(type=s.type, state=s.state, **{k: v for k, v in known.items() if v is not None}))
         cur = self.current
-        projection = {
-            "stages": out,
-            "stage": cur.type if cur else None,
-            "progress": self.progress(),
-            "modelURI": self.model_uri,
-        }
+        projection = TransferJobStatus(stages=stages, stage=cur.type if cur else None, progress=self.progress(),
+                                       model_uri=self.model_uri)
         if self.tracking is not None:  # only jobs with spec.tracking have it
-            projection["tracking"] = self.tracking.to_status()
+            projection.tracking = TrackingStatus.model_validate(self.tracking.to_status())
+        return projection.model_dump(by_alias=True, mode="json", exclude_unset=True)
         return projection

@@ -7,6 +7,7 @@ from typing import Any
 
 import kopf
 from graft.operator import builder, client
+from graft.operator.conditions import Reason
 from graft.operator.memory import Memory, event, ref
 
 from graft.api.models import TransferJobSpec
@@ -63,7 +64,7 @@ async def recreate(mem: Memory, body: Any, spec: TransferJobSpec, rj_name: str) 
     """The RayJob was deleted under a running job: make it again (the trainer resumes from the ledger)."""
     obj, created = await create_rayjob(mem, body, spec)
     if created:
-        event(body, "Warning", "RayJobRecreated",
+        event(body, "Warning", Reason.RAYJOB_RECREATED,
               f"RayJob {rj_name} was deleted before the job finished; created it again (it resumes from the ledger)")
     return obj
 
@@ -82,7 +83,7 @@ async def expire(mem: Memory, body: Any, spec: TransferJobSpec, current: dict[st
         return due
     rj_name = current["rayJobName"]
     if await mem.api.delete("RayJob", rj_name, ref(body)[1]):
-        event(body, "Normal", "RayJobDeleted",
+        event(body, "Normal", Reason.RAYJOB_DELETED,
               f"ttlSecondsAfterFinished ({ttl}s) passed: KubeRay deleted the Ray cluster and this deleted RayJob "
               f"{rj_name}; the "
               "TransferJob, its status and everything in object storage stay")

@@ -1,23 +1,26 @@
 """Following a started job: mirror its RayJob's status and its ledger into the TransferJob's status.
 
-`sync` looks once (never waiting on storage: ledger reads run off this path and wake the job when they answer);
-`follow_once` is one turn of the mirror loop for a job, TTL clean-up included.
+`sync` looks once, KubeRay style: a switch on the job's `Step`, each case a short function that returns the status to
+write (None: nothing yet) and when to look again, or the step to go on with in this same look. It never waits on
+storage: ledger reads run off this path and wake the job when they answer. `follow_once` is one turn of the mirror
+loop for a job, TTL clean-up included.
 """
 
 from __future__ import annotations
 
 import asyncio
-import copy
 import functools
 import logging
-import math
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from graft.operator import builder, children, client, ledgers, metrics, pending, status
-from graft.operator.memory import Memory, finished, log_ref, ref
+from graft.operator.conditions import FINISHED, ConditionType, Reason
+from graft.operator.jobstate import Follower, Step
+from graft.operator.memory import Memory, Standing, log_ref, ref
 
-from graft.api.models import TransferJobSpec
-from graft.api.validation import validate_for_cluster
+from graft.api.models import Phase, TransferJobSpec
 from graft.ledger import now
 
 log = logging.getLogger("graft.operator")
@@ -30,87 +33,58 @@ PENDING_CHECK_SECONDS = 10.0  # how often a job that is not starting looks at it
 # made of it (one API request less per job). Without KubeRay's answer it is written anyway when this has passed.
 FIRST_STATUS_WAIT = 2.0
 
+#: What a step decides: the status to write (None: nothing now) and the most seconds until the next look (None: as
+#: the written phase says); or the step this look goes on with.
+Decision = tuple[dict[str, Any] | None, float | None] | Step
 
-class Follower:
-    """Per-job memory of the mirror loop: what its ledger reads found, when its pods were last read."""
 
-    def __init__(self) -> None:
-        self.ledger: dict[str, Any] | None = None  # the projection the latest answered read found
-        self.asked_jds: str | None = "<never>"  # the RayJob's jobDeploymentStatus when the latest read started
-        self.asked_at = -math.inf
-        self.answered_jds: str | None = None  # ... when the latest read that answered started
-        self.failing_since: float | None = None  # when the first read failing since the last answer started
-        self.problem: tuple[str, str] | None = None  # (reason, message) of the latest failed read
-        self.finished_at: float | None = None  # when the RayJob was first seen finished
-        self.recheck_at: float | None = None  # look again by then (a finished job waiting for its final read)
-        self.pending: tuple[str, str] | None = None
-        self.pending_checked_at = 0.0
-        self.pending_since: float | None = None
-        self.written_rayjob: dict[str, Any] | None = None  # the RayJob as we last wrote it, until the watch sees it
-        self.spec: tuple[Any, TransferJobSpec | None, list[Any]] | None = None  # (generation, spec, problems)
-        self.first_write_by: float | None = None  # a new RayJob's job: write its first status by then at the latest
-        #: A job whose RayJob this process created and whose trainer has not run yet: it has no ledger to read.
-        self.unrun = False
-        #: The watch listed the job again (it was lost meanwhile): ask the API server for the RayJob at the next look.
-        self.verify = False
+@dataclass
+class Look:
+    """One look at a job: what it is given and what it observed."""
 
-    def shown_problem(self, t: float, deadline: float) -> tuple[str, str] | None:
-        """The read problem the status shows: once reads have failed for at least the deadline (a timeout has by
-        definition), so that one failed read among good ones does not flip the condition back and forth."""
-        if self.failing_since is None or t - self.failing_since < deadline:
-            return None
-        return self.problem
+    mem: Memory
+    body: Any
+    spec: TransferJobSpec
+    follower: Follower
+    current: dict[str, Any]
+    t: float
+    override: tuple[str, str] | None
+    rayjob: dict[str, Any] | None = None
+    rj_name: str = ""
 
     @property
-    def answering(self) -> bool:
-        """Reads answer within the deadline (the status's ledger part is as current as the last poll)."""
-        return self.failing_since is None and self.answered_jds is not None
+    def jds(self) -> str:
+        return ((self.rayjob or {}).get("status") or {}).get("jobDeploymentStatus") or ""
+
+    def state(self, ledger: dict[str, Any] | None, pending: tuple[str, str] | None = None) -> status.State:
+        return status.derive_state(spec=self.spec, rayjob=self.rayjob, ledger=ledger, pending=pending)
+
+    def built(self, state: status.State, ledger: dict[str, Any] | None, problem: tuple[str, str] | None
+              ) -> dict[str, Any]:
+        uid = self.body["metadata"]["uid"]
+        return status.build_status(
+            spec=self.spec, generation=self.body["metadata"].get("generation"), current=self.current, state=state,
+            rayjob_name=self.rj_name, created=self.rayjob is not None, rayjob=self.rayjob, ledger=ledger,
+            storage_uri=ledgers.storage_root(self.spec, uid), now=now(), ledger_problem=problem,
+            ledger_answered=self.follower.reads.answering)
 
 
-def _read_ledger(mem: Memory, body: Any, spec: TransferJobSpec, follower: Follower, jds: str, t: float) -> None:
-    """Start a ledger read when one is due: at each new RayJob state, and every POLL_SECONDS while the job runs or
-    its reads fail. Never waits: the outcome arrives in `_answered`, which wakes the job.
-
-    A job this process has just created has no ledger until its trainer runs: no read while its RayJob starts
-    (two reads per job fewer; an adopted or resumed job is read at once, it may have run before)."""
-    if follower.unrun:
-        if jds in status.NOT_YET_RUN:
-            return
-        follower.unrun = False
-    due = jds != follower.asked_jds or (
-        t - follower.asked_at >= POLL_SECONDS and (jds == "Running" or follower.failing_since is not None)
-    )
-    if not due:
+def _read_ledger(look: Look, jds: str) -> None:
+    """Start a ledger read when one is due (`LedgerView.due`). Never waits: the outcome arrives in `_answered`."""
+    reads, t = look.follower.reads, look.t
+    if not reads.due(jds, t, POLL_SECONDS):
         return
-    uid, namespace, _ = ref(body)
+    uid, namespace, _ = ref(look.body)
     # A finished job's read goes before the running jobs' polls: its Succeeded/Failed status waits for it.
-    if mem.reads.start(uid, namespace, spec, functools.partial(_answered, mem, body, follower, jds, t),
-                       urgent=jds in status.FINISHED):
-        follower.asked_jds, follower.asked_at = jds, t
+    if look.mem.reads.start(uid, namespace, look.spec, functools.partial(_answered, look.body, look.follower, jds, t),
+                            urgent=jds in FINISHED):
+        reads.asked_jds, reads.asked_at = jds, t
 
 
-def _answered(mem: Memory, body: Any, follower: Follower, jds: str, asked_at: float, outcome: ledgers.Outcome
-              ) -> None:
-    """A ledger read's outcome: remember it and look at the job again."""
-    if outcome.problem is None:
-        if outcome.ledger is not None:
-            follower.ledger = outcome.ledger
-        follower.answered_jds = jds
-        # An answer after the deadline brings the progress up to date but does not clear the problem: a store that
-        # is always a little slower than the deadline would otherwise flip the condition at every read.
-        if not outcome.late:
-            if follower.failing_since is not None:
-                log.info("the ledger answered again", extra=log_ref(body))
-            follower.failing_since = follower.problem = None
-    elif not outcome.late:  # a hung read that ends in an error after its deadline tells nothing new
-        metrics.RECONCILE_ERRORS.labels(handler="ledger").inc()
-        if outcome.problem != follower.problem:
-            log.warning(f"cannot read the ledger: {outcome.problem[1]}", extra=log_ref(body))
-        follower.problem = outcome.problem
-        if follower.failing_since is None:
-            follower.failing_since = asked_at
-    if mem.supervisor is not None:
-        mem.supervisor.kick(body["metadata"]["uid"])
+def _answered(body: Any, follower: Follower, jds: str, asked_at: float, outcome: ledgers.Outcome) -> None:
+    """A ledger read's outcome: remember it and ask for a look at the job."""
+    follower.reads.take(body, jds, asked_at, outcome)
+    follower.wake()
 
 
 def final_read_missing(current: dict[str, Any]) -> bool:
@@ -118,102 +92,127 @@ def final_read_missing(current: dict[str, Any]) -> bool:
     return (status.condition(current, status.LEDGER_CONDITION) or {}).get("status") == "False"
 
 
-def _finished(mem: Memory, body: Any, spec: TransferJobSpec, follower: Follower, current: dict[str, Any],
-              t: float) -> dict[str, Any]:
-    """The status of a job already written as finished: only a missing final ledger read can still change it."""
-    generation = body["metadata"].get("generation")
-    new = {**current, "observedGeneration": generation}
-    if final_read_missing(current):
-        finished_jds = current.get("jobDeploymentStatus") or ""
-        _read_ledger(mem, body, spec, follower, finished_jds, t)
+async def _first_status(look: Look) -> Decision:
+    """Wait (FIRST_STATUS_WAIT at most) for KubeRay's first status of the RayJob created here, so that the job's first
+    write says both "created" and what KubeRay made of it."""
+    by = look.follower.since + FIRST_STATUS_WAIT
+    if look.rayjob is not None and not look.jds and not look.current.get("rayJobName") and look.t < by:
+        return None, by - look.t  # KubeRay's first status will wake it sooner
+    return Step.FOLLOWING
+
+
+async def _following(look: Look) -> Decision:
+    """Mirror the RayJob and the latest ledger read; a finished RayJob goes on to its final read."""
+    follower = look.follower
+    _read_ledger(look, look.jds)
+    ledger = follower.reads.ledger
+    state = look.state(ledger)
+    if state.phase in status.TERMINAL:
+        follower.since = look.t
+        return Step.FINAL_READ
+    if look.rayjob is not None and state.phase == Phase.PENDING and state.reason == Reason.CLUSTER_STARTING:
+        why = await follower.pending.look(look.mem.api, ref(look.body)[1], look.rayjob, look.t, PENDING_CHECK_SECONDS,
+                                          log_ref(look.body))
+        state = look.state(ledger, why)
+    else:
+        follower.pending = pending.PendingCheck()
+    return look.built(state, ledger, follower.reads.shown_problem(look.t, look.mem.reads.timeout)), None
+
+
+async def _final_read(look: Look) -> Decision:
+    """The RayJob has finished: write the finished status once, whole, with the ledger read after the finish."""
+    follower, deadline = look.follower, look.mem.reads.timeout
+    follower.pending = pending.PendingCheck()
+    _read_ledger(look, look.jds)
+    reads = follower.reads
+    state = look.state(reads.ledger)
+    if state.phase not in status.TERMINAL:  # KubeRay's word changed (a RayJob made again): follow it
+        return Step.FOLLOWING
+    problem, ledger = reads.shown_problem(look.t, deadline), reads.ledger
+    if reads.answered_jds != look.jds:  # the ledger has not been read since the RayJob finished
+        queued = look.mem.reads.queued(ref(look.body)[0])
+        if problem is None and look.override is None and (look.t - follower.since < deadline or queued):
+            # Its final read is on its way (milliseconds when storage answers): what `kubectl wait
+            # --for=condition=Succeeded` returns to then has the model and the stage results. This is the one wait on
+            # storage, bounded by the deadline once the read is reading; while it waits its turn behind other jobs'
+            # reads at an endpoint that answers, the backlog is the operator's own and is not reported as storage
+            # trouble (the read's answer, or the endpoint's silence for a deadline, wakes the job).
+            return None, max(0.0, (look.t if queued else follower.since) + deadline - look.t)
+        ledger = None  # what was read before it finished is not the final word: claim no stage results
+        state = look.state(None)
+        # Say so, so that the read goes on after the finish (`final_read_missing`) and fills the results in.
+        uri = ledgers.ledger_uri(look.spec, ref(look.body)[0])
+        problem = problem or reads.problem or ledgers.timeout_problem(uri, deadline)
+    return look.built(state, ledger, problem), None
+
+
+async def _finished(look: Look) -> Decision:
+    """The status says finished: only a missing final ledger read can still change it."""
+    generation = look.body["metadata"].get("generation")
+    new = {**look.current, "observedGeneration": generation}
+    if final_read_missing(look.current):
+        finished_jds = look.current.get("jobDeploymentStatus") or ""
+        _read_ledger(look, finished_jds)
+        reads = look.follower.reads
         # Only a read started after the finish is the final word; once one has answered (in time or not), the
         # results are in and there is nothing more to read.
-        final = follower.answered_jds == finished_jds
+        final = reads.answered_jds == finished_jds
         new = status.refresh_ledger(
-            new, ledger=follower.ledger, problem=None if final else follower.shown_problem(t, mem.reads.timeout),
-            answered=final, generation=generation, now=now(),
-        )
-    return new
+            new, ledger=reads.ledger, problem=None if final else reads.shown_problem(look.t, look.mem.reads.timeout),
+            answered=final, generation=generation, now=now())
+    return new, None
+
+
+STEPS: dict[Step, Callable[[Look], Awaitable[Decision]]] = {
+    Step.FIRST_STATUS: _first_status, Step.FOLLOWING: _following, Step.FINAL_READ: _final_read,
+    Step.FINISHED: _finished,
+}
+
+
+async def _observe(look: Look, written: dict[str, Any] | None) -> None:
+    """Find the job's RayJob (`written`: as the caller has just written it; the watch may not have seen it yet), and
+    make it again when it was deleted under a running job."""
+    mem, follower, (uid, namespace, name) = look.mem, look.follower, ref(look.body)
+    look.rj_name = look.current.get("rayJobName") or builder.rayjob_name(name, uid)
+    if written is not None:
+        follower.written_rayjob = written
+    rayjob = children.rayjob_seen(mem, follower, namespace, look.rj_name)
+    if follower.verify:  # kopf's index may still hold a RayJob deleted while the watch was lost
+        follower.verify = False
+        rayjob = await children.checked(mem, rayjob, namespace, look.rj_name)
+    rayjob = rayjob or await mem.api.get("RayJob", look.rj_name, namespace)
+    deleting = bool(look.body["metadata"].get("deletionTimestamp"))  # foreground deletion removes children first
+    created = (status.condition(look.current, ConditionType.CREATED) or {}).get("status") == "True"
+    if rayjob is None and not deleting and created:
+        # Deleted under a running job (by hand, or by a cleanup that got it wrong): make it again; the trainer
+        # resumes from the ledger, as after a retry.
+        rayjob = follower.written_rayjob = await children.recreate(mem, look.body, look.spec, look.rj_name)
+    look.rayjob = rayjob
 
 
 async def sync(mem: Memory, body: Any, spec: TransferJobSpec, follower: Follower, *,
-               override: tuple[str, str] | None = None, rayjob: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Observe the RayJob (and, while it starts, its pods), start a ledger read when one is due, and write the
-    status if it changed. Never waits for storage: the status carries the latest ledger read that has answered.
-    `rayjob` is the RayJob when the caller has just written it (the watch may not have seen it yet)."""
-    uid, namespace, name = ref(body)
+               override: tuple[str, str] | None = None, rayjob: dict[str, Any] | None = None
+               ) -> tuple[dict[str, Any], float]:
+    """One look: observe the RayJob, take the job's step, write the status if it changed. Returns the status and the
+    seconds until the next look. `rayjob` is the RayJob when the caller has just written it."""
     current = mem.known_status(body)
-    t = asyncio.get_running_loop().time()
-    if finished(current):  # not a refusal of an earlier generation: that job starts with its fixed spec (issue 24)
-        new = _finished(mem, body, spec, follower, current, t)
-        if override:
-            new["reason"], new["message"] = override
-        return await mem.write_status(body, new)
-    rj_name = current.get("rayJobName") or builder.rayjob_name(name, uid)
-    if rayjob is not None:
-        follower.written_rayjob = rayjob
-    rayjob = children.rayjob_seen(mem, follower, namespace, rj_name)
-    if follower.verify:  # kopf's index may still hold a RayJob deleted while the watch was lost
-        follower.verify = False
-        rayjob = await children.checked(mem, rayjob, namespace, rj_name)
-    rayjob = rayjob or await mem.api.get("RayJob", rj_name, namespace)
-    deleting = bool(body["metadata"].get("deletionTimestamp"))  # foreground deletion removes children first
-    if rayjob is None and not deleting and (status.condition(current, "Created") or {}).get("status") == "True":
-        # Deleted under a running job (by hand, or by a cleanup that got it wrong): make it again; the trainer
-        # resumes from the ledger, as after a retry.
-        rayjob = follower.written_rayjob = await children.recreate(mem, body, spec, rj_name)
-    jds = ((rayjob or {}).get("status") or {}).get("jobDeploymentStatus") or ""
-    if follower.first_write_by is not None:
-        if rayjob is not None and not jds and not current.get("rayJobName") and t < follower.first_write_by:
-            follower.recheck_at = follower.first_write_by  # KubeRay's first status will wake it sooner
-            return current
-        follower.first_write_by = None
-    _read_ledger(mem, body, spec, follower, jds, t)
-    deadline = mem.reads.timeout
-    problem, ledger = follower.shown_problem(t, deadline), follower.ledger
-    state = status.derive_state(spec=spec, rayjob=rayjob, ledger=ledger)
-    if state.phase in status.TERMINAL:
-        follower.finished_at = follower.finished_at or t
-        if follower.answered_jds != jds:  # the ledger has not been read since the RayJob finished
-            queued = mem.reads.queued(uid)
-            if problem is None and override is None and (t - follower.finished_at < deadline or queued):
-                # Its final read is on its way (milliseconds when storage answers): a finished job's status is
-                # written once, whole, so that what `kubectl wait --for=condition=Succeeded` returns to already
-                # has the model and the stage results. This is the one wait on storage, bounded by the deadline
-                # once the read is reading; while it waits its turn behind other jobs' reads at an endpoint that
-                # answers, the backlog is the operator's own and is not reported as storage trouble (the read's
-                # answer, or the endpoint's silence for a deadline, wakes the job).
-                follower.recheck_at = (t if queued else follower.finished_at) + deadline
-                return current
-            ledger = None  # what was read before it finished is not the final word: claim no stage results
-            state = status.derive_state(spec=spec, rayjob=rayjob, ledger=None)
-            # Say so, so that the read goes on after the finish (`final_read_missing`) and fills the results in.
-            problem = problem or follower.problem or ledgers.timeout_problem(ledgers.ledger_uri(spec, uid), deadline)
+    look = Look(mem, body, spec, follower, current, asyncio.get_running_loop().time(), override)
+    # Only a started job's Succeeded/Failed is final: a refused spec's Failed/InvalidSpec belongs to the generation
+    # that was refused, and the fixed spec starts the job (issue 24).
+    if Standing.of(current) is Standing.FINISHED:
+        follower.step = Step.FINISHED
     else:
-        follower.finished_at = None
-    if rayjob is not None and state.phase == "Pending" and state.reason == "ClusterStarting":
-        follower.pending_since = follower.pending_since or t
-        # A cluster's first seconds of starting are no problem (its pods may not even exist): look once it has been
-        # starting for PENDING_CHECK_SECONDS, then as often.
-        if t - max(follower.pending_checked_at, follower.pending_since) >= PENDING_CHECK_SECONDS:
-            follower.pending_checked_at = t
-            try:
-                follower.pending = await pending.reason(mem.api, namespace, rayjob)
-            except client.Errors as exc:
-                log.warning(f"cannot inspect pods/events: {exc}", extra=log_ref(body))
-        state = status.derive_state(spec=spec, rayjob=rayjob, ledger=ledger, pending=follower.pending)
-    else:
-        follower.pending, follower.pending_since, follower.pending_checked_at = None, None, 0.0
-    new = status.build_status(
-        spec=spec, generation=body["metadata"].get("generation"), current=current, state=state, rayjob_name=rj_name,
-        created=rayjob is not None, rayjob=rayjob, ledger=ledger, storage_uri=ledgers.storage_root(spec, uid),
-        now=now(), ledger_problem=problem, ledger_answered=follower.answering,
-    )
-    if override:
+        await _observe(look, rayjob)
+    while isinstance(decision := await STEPS[follower.step](look), Step):
+        follower.step = decision
+    new, wait = decision
+    if new is not None and override:
         new["reason"], new["message"] = override
-    elif status.kuberay_step_only(current, new):
-        return current
-    return await mem.write_status(body, new)
+    elif new is None or status.kuberay_step_only(current, new):
+        new = current
+    written = new if new is current else await mem.write_status(body, new)
+    delay = {Phase.RUNNING: POLL_SECONDS, Phase.PENDING: PENDING_CHECK_SECONDS}.get(written.get("phase"), IDLE_SECONDS)
+    return written, delay if wait is None else min(delay, wait)
 
 
 async def follow_once(mem: Memory, body: Any, follower: Follower) -> float | None:
@@ -222,25 +221,17 @@ async def follow_once(mem: Memory, body: Any, follower: Follower) -> float | Non
     Returns the seconds until it should be looked at again (sooner if woken), None when there is nothing more
     to follow (finished and cleaned up)."""
     with metrics.measured("mirror"):
-        generation = body["metadata"].get("generation")
-        if follower.spec is None or follower.spec[0] != generation:  # validated once per spec change, not per look
-            follower.spec = generation, *validate_for_cluster(copy.deepcopy(dict(body.get("spec") or {})))
-        _, spec, problems = follower.spec
+        spec = follower.valid_spec(body)
         if spec is None:
-            log.warning(f"not following, the spec is invalid: {'; '.join(map(str, problems))}", extra=log_ref(body))
             return None
         try:
-            current = await sync(mem, body, spec, follower)
-            if finished(current):
-                due = await children.expire(mem, body, spec, current)
-                if final_read_missing(current):  # keep reading until the final stage results are in
-                    due = POLL_SECONDS if due is None else min(due, POLL_SECONDS)
-                return due
-            delay = {"Running": POLL_SECONDS, "Pending": PENDING_CHECK_SECONDS}.get(current.get("phase"), IDLE_SECONDS)
-            if follower.recheck_at is not None:  # a finished job waiting for its final ledger read
-                delay = min(delay, max(0.0, follower.recheck_at - asyncio.get_running_loop().time()))
-                follower.recheck_at = None
-            return delay
+            current, delay = await sync(mem, body, spec, follower)
+            if Standing.of(current) is not Standing.FINISHED:
+                return delay
+            due = await children.expire(mem, body, spec, current)
+            if final_read_missing(current):  # keep reading until the final stage results are in
+                due = POLL_SECONDS if due is None else min(due, POLL_SECONDS)
+            return due
         except (TimeoutError, OSError, *client.Errors) as exc:
             log.warning(f"mirroring failed, retrying in {POLL_SECONDS}s: {exc!r}", extra=log_ref(body))
             metrics.RECONCILE_ERRORS.labels(handler="mirror").inc()

@@ -64,7 +64,10 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: lo
     settings.watching.server_timeout = 300
     settings.networking.error_backoffs = [1, 2, 4]
     mem = Memory(client.Kube(), memo.get("ledger_timeout", ledgers.DEFAULT_TIMEOUT), rayjobs=rayjobs)
-    mem.supervisor, mem.relists = Supervisor(mem), Relists(mem)
+    # The mirror loop and the relist sweep are kopf's `memo` too: the handlers below are what drive them, while the
+    # steps they call get only the loop's small `memory.Mirror` face.
+    mem.supervisor = memo.supervisor = Supervisor(mem)
+    memo.relists = Relists(mem)
     memo.graft = mem
     metrics.count_phases(jobs_by_phase, mem.gone)
     # Under `kopf run` no metrics endpoint: its command line has no way to choose the port.
@@ -77,10 +80,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: lo
 async def stop_following(memo: kopf.Memo, **_: Any) -> None:
     """Stop the mirror loop and the ledger reads, close the API client."""
     mem: Memory = memo.graft
-    assert mem.supervisor is not None
-    await mem.supervisor.stop()
-    if mem.relists is not None:
-        await mem.relists.stop()
+    await memo.supervisor.stop()
+    await memo.relists.stop()
     await mem.reads.close()
     await mem.api.close()
 
@@ -93,7 +94,7 @@ async def start(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **_: A
         try:
             await lifecycle.start(memo.graft, body, logger)
         finally:
-            memo.graft.supervisor.created(body["metadata"]["uid"])
+            memo.supervisor.created(body["metadata"]["uid"])
 
 
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec", backoff=_HANDLER_BACKOFF)
@@ -106,16 +107,14 @@ async def spec_changed(body: kopf.Body, diff: kopf.Diff, memo: kopf.Memo, logger
 @kopf.on.event(GROUP, VERSION, PLURAL)
 async def transferjob_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     """Feed every job's latest body to the mirror loop."""
-    mem: Memory = memo.graft
     obj = event["object"]
-    assert mem.supervisor is not None and mem.relists is not None
-    again = mem.relists.event(event.get("type"), obj)
+    again = memo.relists.event(event.get("type"), obj)
     if event.get("type") == "DELETED":
-        mem.forget(obj["metadata"]["uid"])
+        memo.graft.forget(obj["metadata"]["uid"])
         return
     if again:  # listed again after a lost watch: kopf's index of RayJobs may keep one deleted meanwhile
-        mem.supervisor.relisted(obj["metadata"]["uid"])
-    mem.supervisor.observe(obj)
+        memo.supervisor.relisted(obj["metadata"]["uid"])
+    memo.supervisor.observe(obj)
 
 
 @kopf.on.event("ray.io", "v1", "rayjobs", labels=OURS)
@@ -123,5 +122,5 @@ async def rayjob_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     """A RayJob of ours changed: wake its TransferJob's mirror loop (kopf's index above already has it)."""
     refs = event["object"].get("metadata", {}).get("ownerReferences") or []
     owner = next((r.get("uid") for r in refs if r.get("kind") == "TransferJob"), None)
-    if owner and memo.graft.supervisor is not None:
-        memo.graft.supervisor.kick(owner)
+    if owner:
+        memo.supervisor.kick(owner)

@@ -15,15 +15,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import concurrent.futures
+import functools
 import logging
 import math
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from graft.operator import client, metrics
+from graft.operator.conditions import Reason
+from graft.operator.workqueue import Bulkhead
 
 from graft import storage
 from graft.api.models import TransferJobSpec
@@ -47,7 +49,7 @@ class LedgerDamaged(LedgerUnavailable):
 
 
 #: Condition reasons of a ledger that cannot be read, and of one that was read but does not parse.
-UNAVAILABLE, DAMAGED = "LedgerUnavailable", "LedgerDamaged"
+UNAVAILABLE, DAMAGED = Reason.LEDGER_UNAVAILABLE, Reason.LEDGER_DAMAGED
 
 
 class Secrets:
@@ -152,8 +154,8 @@ def ledger_uri(spec: TransferJobSpec, uid: str) -> str:
 def timeout_problem(uri: str, deadline: float) -> tuple[str, str]:
     """(reason, message) for a ledger that did not answer within the deadline: the same words every time, so that
     the condition that carries them does not change (or flap) while the endpoint stays silent."""
-    return "LedgerTimeout", (f"{uri} could not be read within {deadline:g} s (the storage endpoint did not answer); "
-                             "stage progress shows the last read")
+    return Reason.LEDGER_TIMEOUT, (f"{uri} could not be read within {deadline:g} s (the storage endpoint did not "
+                                   "answer); stage progress shows the last read")
 
 
 def _problem(exc: BaseException, uri: str) -> tuple[str, str]:
@@ -172,55 +174,6 @@ def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[[], Any]) -> None:
         pass
 
 
-class Slots:
-    """A semaphore whose urgent waiters go first: a finished job's final read (what its Succeeded status waits for)
-    does not queue behind the running jobs' progress polls (issue 16: at 1,000 jobs the polls filled the queue)."""
-
-    def __init__(self, size: int) -> None:
-        self.free = size
-        self._waiting: tuple[deque[asyncio.Future], deque[asyncio.Future]] = (deque(), deque())  # (urgent, other)
-        self._keys: dict[str, asyncio.Future] = {}
-
-    async def acquire(self, urgent: bool = False, key: str | None = None) -> None:
-        """Take a slot, waiting in line (urgent waiters first); `key` names the wait for `promote`."""
-        if self.free > 0 and not any(self._waiting):
-            self.free -= 1
-            return
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiting[0 if urgent else 1].append(waiter)
-        if key is not None:
-            self._keys[key] = waiter
-        try:
-            await waiter  # release() handed its slot over
-        except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
-                self.release()  # handed over just as the wait was given up: pass it on
-            else:
-                for queue in self._waiting:
-                    if waiter in queue:
-                        queue.remove(waiter)
-            raise
-        finally:
-            if key is not None and self._keys.get(key) is waiter:
-                del self._keys[key]
-
-    def promote(self, key: str) -> None:
-        """Move a waiting acquire to the urgent line (a job that finished while its progress poll waited)."""
-        waiter = self._keys.get(key)
-        if waiter is not None and waiter in self._waiting[1]:
-            self._waiting[1].remove(waiter)
-            self._waiting[0].append(waiter)
-
-    def release(self) -> None:
-        for queue in self._waiting:
-            while queue:
-                waiter = queue.popleft()
-                if not waiter.done():
-                    waiter.set_result(None)
-                    return
-        self.free += 1
-
-
 class Reads:
     """Ledger reads off the status path: bounded in time, one in flight per job, isolated per endpoint."""
 
@@ -229,10 +182,8 @@ class Reads:
         self.timeout, self.threads, self.per_endpoint = timeout, threads, per_endpoint
         self.secrets = Secrets(api)
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
-        self._slots: dict[str, Slots] = {}
+        self._endpoints = Bulkhead(per_endpoint)  # where reads wait for a thread
         self._busy: set[str] = set()
-        self._queued: set[str] = set()  # jobs whose read waits for a slot at an endpoint
-        self._answered_at: dict[str, float] = {}  # endpoint -> when a read there last ended (monotonic)
         self._tasks: set[asyncio.Task] = set()
         self.overdue = 0  # reads past their deadline whose thread has not ended
 
@@ -242,7 +193,7 @@ class Reads:
 
     def queued(self, uid: str) -> bool:
         """The job's read waits its turn at an endpoint that answers (the operator's backlog, not the storage's)."""
-        return uid in self._queued
+        return self._endpoints.queued(uid)
 
     def start(self, uid: str, namespace: str, spec: TransferJobSpec, deliver: Callable[[Outcome], None],
               urgent: bool = False) -> bool:
@@ -252,8 +203,8 @@ class Reads:
         `deliver` is called on the event loop: once with the outcome, within the deadline; and, when the deadline
         passed first, once more when the hung thread ends (`late=True`)."""
         if uid in self._busy:
-            if urgent and (slots := self._slots.get(endpoint_of(spec))) is not None:
-                slots.promote(uid)
+            if urgent:
+                self._endpoints.promote(endpoint_of(spec), uid)
             return False
         self._busy.add(uid)
         task = asyncio.get_running_loop().create_task(self._read(uid, namespace, spec, deliver, urgent),
@@ -276,23 +227,15 @@ class Reads:
                 return None
             options = await asyncio.wait_for(s3_options(self.secrets, namespace, spec, deadline=self.timeout),
                                              self.timeout)
-            slots = self._slots.setdefault(endpoint, Slots(self.per_endpoint))
-            self._queued.add(uid)
-            try:
-                await self._queue(slots, endpoint, urgent, uid)  # released when the thread ends, not when the wait does
-            finally:
-                self._queued.discard(uid)
+            # Left when the thread ends, not when the wait for it does. The wait counts against the deadline only while
+            # the endpoint answers nothing (`Bulkhead.enter`).
+            await self._endpoints.enter(endpoint, uid, urgent=urgent, patience=self.timeout)
             try:
                 thread = self._executor().submit(_load, root, options)
             except BaseException:
-                slots.release()
+                self._endpoints.leave(endpoint)
                 raise
-
-            def ended() -> None:
-                self._answered_at[endpoint] = time.monotonic()
-                slots.release()
-
-            thread.add_done_callback(lambda _: _call_soon(loop, ended))
+            thread.add_done_callback(lambda _: _call_soon(loop, functools.partial(self._endpoints.leave, endpoint)))
             return await asyncio.wait_for(asyncio.wrap_future(thread), self.timeout)
 
         try:
@@ -321,27 +264,6 @@ class Reads:
             self._busy.discard(uid)
         self._deliver(deliver, late)
 
-    async def _queue(self, slots: Slots, endpoint: str, urgent: bool, uid: str) -> None:
-        """Wait for a free slot at the endpoint. While its reads keep answering, a read waits its turn however long the
-        queue (many jobs at once are the operator's backlog, not storage trouble: issue 16 saw 1,000 jobs' reads
-        miss a deadline that counted the queue); once the endpoint has answered nothing for a whole deadline, the
-        wait ends in TimeoutError, so a hung endpoint is reported as it was (issue 10)."""
-        # One place in line for the whole wait (a wait that is given up and taken again goes to the back).
-        acquire = asyncio.ensure_future(slots.acquire(urgent, uid))
-        try:
-            while True:
-                done, _ = await asyncio.wait({acquire}, timeout=self.timeout)
-                if done:
-                    return acquire.result()
-                if time.monotonic() - self._answered_at.get(endpoint, -math.inf) >= self.timeout:
-                    raise TimeoutError
-        except BaseException:
-            if acquire.done() and not acquire.cancelled() and acquire.exception() is None:
-                slots.release()  # taken just as the wait ended: give it back
-            else:
-                acquire.cancel()  # Slots.acquire passes on a slot handed over meanwhile
-            raise
-
     @staticmethod
     def _deliver(deliver: Callable[[Outcome], None], outcome: Outcome) -> None:
         try:
@@ -363,5 +285,5 @@ class Reads:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
-        self._slots.clear()
+        self._endpoints.clear()
         self._busy.clear()

@@ -11,8 +11,10 @@ import logging
 from typing import Any
 
 from graft.operator import builder, children, follow, status
-from graft.operator.memory import Memory, event, finished, ref, started
+from graft.operator.conditions import Reason
+from graft.operator.memory import Memory, Standing, event, ref
 
+from graft.api.models import TransferJobSpec
 from graft.api.validation import cluster_warnings, validate_for_cluster
 from graft.ledger import now
 
@@ -25,40 +27,46 @@ def _problems_text(problems: list[Any]) -> str:
 
 async def start(mem: Memory, body: Any, logger: Logger) -> None:
     """Run on create, on resume (operator restart) and when a not-yet-started job's spec changes."""
-    uid, _, name = ref(body)
-    generation = body["metadata"].get("generation")
-    current = mem.known_status(body)
+    standing = Standing.of(mem.known_status(body))
     spec, problems = validate_for_cluster(copy.deepcopy(dict(body.get("spec") or {})))
     if spec is None:
-        message = _problems_text(problems)
-        if started(current):
-            # The spec changed after the RayJob was made from it; that one runs on (see spec_changed).
-            logger.warning(f"spec is no longer valid; the running job keeps its original spec: {message}")
-            return
-        await mem.write_status(body, status.invalid_status(message=message, generation=generation, current=current,
-                                                           now=now()))
-        # Handled, not raised: the status and its Warning event are the verdict. A PermanentError would log the
-        # user's mistake as an operator ERROR ("failed permanently"); the next spec change runs this again.
-        logger.info(f"invalid spec: {message}")
+        await _refuse(mem, body, standing, _problems_text(problems), logger)
+    elif standing is not Standing.FINISHED:  # a finished job (resumed after a restart): nothing to create again
+        await _create(mem, body, spec, standing, logger)
+
+
+async def _refuse(mem: Memory, body: Any, standing: Standing, message: str, logger: Logger) -> None:
+    """An invalid spec: Failed/InvalidSpec, unless a RayJob was made from an earlier one (that one runs on)."""
+    if standing.started:
+        # The spec changed after the RayJob was made from it; that one runs on (see spec_changed).
+        logger.warning(f"spec is no longer valid; the running job keeps its original spec: {message}")
         return
-    if finished(current):
-        return  # a finished job (resumed after a restart): nothing to create again
+    await mem.write_status(body, status.invalid_status(message=message, generation=body["metadata"].get(
+        "generation"), current=mem.known_status(body), now=now()))
+    # Handled, not raised: the status and its Warning event are the verdict. A PermanentError would log the
+    # user's mistake as an operator ERROR ("failed permanently"); the next spec change runs this again.
+    logger.info(f"invalid spec: {message}")
+
+
+async def _create(mem: Memory, body: Any, spec: TransferJobSpec, standing: Standing, logger: Logger) -> None:
+    """Create (or adopt) the RayJob, then hand the job to the mirror loop, which writes the status that names it."""
+    uid, _, name = ref(body)
     # The RayJob's name is not recorded in status before it is created (KubeRay's habit, for generated names): it is
     # a function of the job's name and uid, so a retry after a crash at any point finds the same name and adopts
     # what it finds (409), and the first status write, after the create, names it. One API request less per job.
-    rj_name = current.get("rayJobName") if started(current) else builder.rayjob_name(name, uid)
-    if not started(current):
+    rj_name = mem.known_status(body).get("rayJobName") if standing.started else builder.rayjob_name(name, uid)
+    if not standing.started:
         warnings = cluster_warnings(spec)
         if warnings:  # one Event for them all: each is an API request, and they say the same kind of thing
-            event(body, "Warning", "StorageNotShared", "; ".join(map(str, warnings)))
+            event(body, "Warning", Reason.STORAGE_NOT_SHARED, "; ".join(map(str, warnings)))
     rayjob, created = await children.create_rayjob(mem, body, spec)
     if created:
-        event(body, "Normal", "RayJobCreated", f"created RayJob {rj_name}")
+        event(body, "Normal", Reason.RAYJOB_CREATED, f"created RayJob {rj_name}")
         logger.info(f"created RayJob {rj_name}")
     else:
         logger.info(f"adopted existing RayJob {rj_name}")
     assert mem.supervisor is not None
-    if created and not started(current):
+    if created and not standing.started:
         # The first status write waits (briefly) for KubeRay's first status of the RayJob: see follow_new.
         mem.supervisor.follow_new(copy.deepcopy(dict(body)), rayjob)
         return
@@ -70,7 +78,8 @@ async def spec_changed(mem: Memory, body: Any, diff: Any, logger: Logger) -> Non
     """Apply run-policy changes to the RayJob; refuse changes to anything else once the job has started."""
     uid, namespace, _ = ref(body)
     current = mem.known_status(body)
-    if not started(current):
+    standing = Standing.of(current)
+    if not standing.started:
         await start(mem, body, logger)
         return
     paths = [tuple(d[1]) for d in diff]
@@ -82,14 +91,14 @@ async def spec_changed(mem: Memory, body: Any, diff: Any, logger: Logger) -> Non
             f"{', '.join(immutable)} cannot change after the job started; the change is ignored and the job runs "
             "on as it started. To run the new spec, create a new TransferJob (or delete and re-create this one)."
         )
-        event(body, "Warning", "ImmutableFieldChanged", message)
+        event(body, "Warning", Reason.IMMUTABLE_FIELD_CHANGED, message)
         logger.info(message)  # info: kopf posts warnings as Events, and this one has its own
-        override = ("ImmutableFieldChanged", message)
+        override = (Reason.IMMUTABLE_FIELD_CHANGED, message)
     if spec is None:
         logger.warning(f"spec change not applied, it is invalid: {_problems_text(problems)}")
         return
     patched = None
-    if any(p and p[0] == "runPolicy" for p in paths) and not status.is_terminal(current):
+    if any(p and p[0] == "runPolicy" for p in paths) and standing is not Standing.FINISHED:
         rj_name, change = current["rayJobName"], builder.runpolicy_patch(spec)
         patched = await mem.api.merge_patch("RayJob", rj_name, namespace, change)
         if patched is not None:

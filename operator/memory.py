@@ -10,16 +10,14 @@ from __future__ import annotations
 import asyncio
 import copy
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from enum import Enum
+from typing import Any, Protocol
 
 import kopf
 from graft.operator import client, ledgers, metrics, status
+from graft.operator.conditions import Reason
 
 from graft.api.models import API_VERSION, KIND
-
-if TYPE_CHECKING:
-    from graft.operator.relists import Relists
-    from graft.operator.supervisor import Supervisor
 
 
 def ref(body: Any) -> tuple[str, str, str]:
@@ -40,15 +38,37 @@ def event(body: Any, type_: str, reason: str, message: str) -> None:
     kopf.event(body, type=type_, reason=reason, message=message[:1000])
 
 
-def started(current: dict[str, Any]) -> bool:
-    """A RayJob name is recorded (and so a RayJob exists or is about to) and the spec was not refused."""
-    return bool(current.get("rayJobName")) and current.get("reason") != "InvalidSpec"
+class Standing(Enum):
+    """Where a job stands by its stored status alone (what an operator restart finds): the one place that reads it."""
+
+    NEW = "new"  # nothing created, nothing refused
+    REFUSED = "refused"  # Failed without a RayJob (InvalidSpec): the next spec change is validated again
+    STARTED = "started"  # its RayJob is named (exists, or is about to)
+    FINISHED = "finished"  # started and written Succeeded/Failed: the run's final state
+
+    @classmethod
+    def of(cls, current: dict[str, Any]) -> Standing:
+        # A refused spec's Failed/InvalidSpec is not FINISHED even when it names a RayJob: it belongs to the generation
+        # that was refused, and a fixed spec (a new generation) starts the job then (issue 24).
+        if current.get("rayJobName") and current.get("reason") != Reason.INVALID_SPEC:
+            return cls.FINISHED if status.is_terminal(current) else cls.STARTED
+        if current.get("reason") == Reason.INVALID_SPEC or status.is_terminal(current):
+            return cls.REFUSED
+        return cls.NEW
+
+    @property
+    def started(self) -> bool:
+        return self in (Standing.STARTED, Standing.FINISHED)
 
 
-def finished(current: dict[str, Any]) -> bool:
-    """A run's final state: a started job written as Succeeded/Failed. A refused spec's Failed/InvalidSpec is not
-    one: it belongs to the generation that was refused, and a fixed spec (a new generation) starts the job then."""
-    return started(current) and status.is_terminal(current)
+class Mirror(Protocol):
+    """What the start and spec-change handlers hand a job over to: the mirror loop (`supervisor.Supervisor`)."""
+
+    def follower(self, uid: str) -> Any: ...
+    def follow_new(self, body: dict[str, Any], rayjob: dict[str, Any]) -> None: ...
+    def observe(self, body: dict[str, Any]) -> None: ...
+    def kick(self, uid: str) -> None: ...
+    def drop(self, uid: str) -> None: ...
 
 
 @dataclass
@@ -58,8 +78,7 @@ class Memory:
     rayjobs: Any = None  # kopf's index of our RayJobs by (namespace, name), handed over by the startup handler
     statuses: dict[str, dict[str, Any]] = field(default_factory=dict)  # uid -> status as last written
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
-    supervisor: Supervisor | None = None
-    relists: Relists | None = None  # the TransferJob watch's listings again, and the jobs they no longer show
+    supervisor: Mirror | None = None
     gone: set[str] = field(default_factory=set)  # uids of TransferJobs deleted while the watch was lost
     #: RayJobs (by uid) that kopf's index still holds but the API server no longer has: deleted while the watch was
     #: away, which kopf's listing again does not tell its index (it drops an entry on a DELETED event only).

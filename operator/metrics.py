@@ -11,7 +11,9 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_se
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-PHASES = ("Pending", "Suspended", "Running", "Succeeded", "Failed")
+from graft.api.models import Phase
+
+PHASES = tuple(Phase)  # Pending, Suspended, Running, Succeeded, Failed
 
 RECONCILE_ERRORS = Counter(
     "graft_reconcile_errors_total", "Reconciliations that raised an error, by handler.", ["handler"]

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from typing import Any
 
 from graft.operator import client
+from graft.operator.conditions import Reason
 
 _IMAGE_PULL = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull")
 # A container that cannot be configured: usually a missing Secret/ConfigMap or key (e.g. the credentials Secret).
 _CONFIG = ("CreateContainerConfigError", "CreateContainerError")
 CLUSTER_LABEL = "ray.io/cluster"
+
+log = logging.getLogger("graft.operator")
 
 
 def from_pods(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
@@ -21,14 +26,15 @@ def from_pods(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
             waiting = (cs.get("state") or {}).get("waiting") or {}
             if waiting.get("reason") in _IMAGE_PULL:
                 detail = waiting.get("message") or waiting["reason"]
-                return "ImagePullBackOff", f"pod {name} cannot pull image {cs.get('image', '')}: {detail}"
+                return Reason.IMAGE_PULL_BACK_OFF, f"pod {name} cannot pull image {cs.get('image', '')}: {detail}"
             if waiting.get("reason") in _CONFIG:
-                return "ContainerConfigError", f"pod {name} cannot start: {waiting.get('message') or waiting['reason']}"
+                detail = waiting.get("message") or waiting["reason"]
+                return Reason.CONTAINER_CONFIG_ERROR, f"pod {name} cannot start: {detail}"
         for cond in status.get("conditions") or []:
             if cond.get("type") == "PodScheduled" and cond.get("status") == "False" and (
                 cond.get("reason") == "Unschedulable"
             ):
-                return "Unschedulable", f"pod {name} cannot be scheduled: {cond.get('message') or 'no node fits'}"
+                return Reason.UNSCHEDULABLE, f"pod {name} cannot be scheduled: {cond.get('message') or 'no node fits'}"
     return None
 
 
@@ -37,7 +43,7 @@ def from_events(events: list[dict[str, Any]]) -> tuple[str, str] | None:
     for ev in sorted(events, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "", reverse=True):
         message = ev.get("message") or ""
         if "exceeded quota" in message or "ResourceQuota" in message:
-            return "QuotaExceeded", f"{ev['involvedObject'].get('kind', 'object')} " \
+            return Reason.QUOTA_EXCEEDED, f"{ev['involvedObject'].get('kind', 'object')} " \
                 f"{ev['involvedObject'].get('name')}: {message}"
     return None
 
@@ -54,3 +60,25 @@ async def reason(api: client.Kube, namespace: str, rayjob: dict[str, Any]) -> tu
     events = [ev for name in (cluster, rayjob["metadata"]["name"])
               for ev in await api.list("Event", namespace, fields={"involvedObject.name": name})]
     return from_events(events)
+
+
+@dataclass
+class PendingCheck:
+    """Why a created job's cluster does not start, as its pods and Events said when last looked at."""
+
+    reason: tuple[str, str] | None = None
+    checked_at: float = 0.0
+    since: float | None = None  # when the cluster was first seen starting
+
+    async def look(self, api: client.Kube, namespace: str, rayjob: dict[str, Any], t: float, every: float,
+                   log_extra: dict[str, Any]) -> tuple[str, str] | None:
+        """What holds a starting cluster up (`reason`), looked at once it has been starting for `every` seconds (its
+        first seconds are no problem: its pods may not even exist), then as often."""
+        self.since = self.since or t
+        if t - max(self.checked_at, self.since) >= every:
+            self.checked_at = t
+            try:
+                self.reason = await reason(api, namespace, rayjob)
+            except client.Errors as exc:
+                log.warning(f"cannot inspect pods/events: {exc}", extra=log_extra)
+        return self.reason

@@ -9,12 +9,14 @@ job is looked at again when its `follow.follow_once` says.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from typing import Any
 
-from graft.operator import follow, metrics, status
+from graft.operator import follow, metrics
 from graft.operator.follow import IDLE_SECONDS, POLL_SECONDS, Follower
-from graft.operator.memory import Memory, log_ref, started
+from graft.operator.memory import Memory, Standing, log_ref
+from graft.operator.workqueue import DelayedQueue
 
 log = logging.getLogger("graft.operator")
 
@@ -30,17 +32,16 @@ CREATE_BACKLOG_SECONDS = 10.0
 
 
 class Supervisor:
+    """Which jobs are followed (the watch's latest body of each, and its `Follower`), and which are still being
+    created; when each is looked at is the `workqueue.DelayedQueue`'s business."""
+
     def __init__(self, mem: Memory, concurrency: int = 32) -> None:
         self.mem = mem
         self.bodies: dict[str, dict[str, Any]] = {}
         self.followers: dict[str, Follower] = {}
-        self.due: dict[str, float] = {}
-        self.busy: set[str] = set()
         self.creating: dict[str, float] = {}  # uid -> when the watch first showed it, not created yet
-        self.concurrency = concurrency
-        self._changed: asyncio.Event | None = None
-        self._task: asyncio.Task | None = None
-        self._inflight: set[asyncio.Task] = set()
+        self.queue = DelayedQueue(self._look, self.drop, concurrency=concurrency, idle=IDLE_SECONDS,
+                                  holdback=self._holdback)
 
     def observe(self, body: dict[str, Any]) -> None:
         """The latest body of a job (from the watch); started jobs are followed, others ignored."""
@@ -49,9 +50,9 @@ class Supervisor:
         if body["metadata"].get("deletionTimestamp"):
             self.drop(uid)
             return
-        current = self.mem.known_status(body)
-        if not started(current):
-            if uid not in self.bodies and current.get("reason") != "InvalidSpec" and not status.is_terminal(current):
+        standing = Standing.of(self.mem.known_status(body))
+        if not standing.started:
+            if uid not in self.bodies and standing is Standing.NEW:
                 self.creating.setdefault(uid, asyncio.get_running_loop().time())
             return
         new = uid not in self.bodies
@@ -74,95 +75,54 @@ class Supervisor:
         self.ensure_running()
         uid = body["metadata"]["uid"]
         self.bodies[uid] = body
-        follower = self.follower(uid)
-        follower.written_rayjob = rayjob
-        follower.unrun = True
-        follower.first_write_by = asyncio.get_running_loop().time() + follow.FIRST_STATUS_WAIT
+        self.follower(uid).created(rayjob, asyncio.get_running_loop().time())
         self.kick(uid)
 
     def created(self, uid: str) -> None:
         """The create handler is done with a job (created, adopted, refused or failed): it holds nothing back."""
         backlog = len(self.creating)
-        if self.creating.pop(uid, None) is not None and backlog == CREATES_FIRST_BACKLOG and self._changed is not None:
-            self._changed.set()  # the backlog just became short: held looks go now
+        if self.creating.pop(uid, None) is not None and backlog == CREATES_FIRST_BACKLOG:
+            self.queue.poke()  # the backlog just became short: held looks go now
 
-    def _creates_pending(self, t: float) -> bool:
+    def _holdback(self, t: float) -> float:
+        """New jobs first: looks due for less than CREATES_FIRST_SECONDS wait while many new jobs are being created."""
         for uid in [u for u, since in self.creating.items() if t - since >= CREATE_BACKLOG_SECONDS]:
             del self.creating[uid]
-        return len(self.creating) >= CREATES_FIRST_BACKLOG
+        return CREATES_FIRST_SECONDS if len(self.creating) >= CREATES_FIRST_BACKLOG else 0.0
 
     def follower(self, uid: str) -> Follower:
         """The job's follower (made on first use: the create handler's first look may come before the loop's)."""
-        return self.followers.setdefault(uid, Follower())
+        if uid not in self.followers:
+            self.followers[uid] = Follower(wake=functools.partial(self.kick, uid))
+        return self.followers[uid]
 
     def ensure_running(self) -> None:
         """Start the loop, from inside a kopf handler: its tasks inherit the context kopf posts Events from."""
-        if self._task is None or self._task.done():
-            self._changed = asyncio.Event()
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="graft-supervisor")
+        self.queue.ensure_running()
 
     def kick(self, uid: str) -> None:
         """Look at a job now (its RayJob, its spec or its ledger read changed)."""
         if uid in self.bodies:
-            self.due[uid] = asyncio.get_running_loop().time()  # due now (a wait while creates pend counts from now)
-            if self._changed is not None:
-                self._changed.set()
+            self.queue.wake(uid)
 
     def drop(self, uid: str) -> None:
         self.creating.pop(uid, None)
         self.bodies.pop(uid, None)
         self.followers.pop(uid, None)
-        self.due.pop(uid, None)
+        self.queue.discard(uid)
 
     async def stop(self) -> None:
-        tasks = [t for t in (self._task, *self._inflight) if t is not None]
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.queue.stop()
 
-    async def _run(self) -> None:
-        assert self._changed is not None
-        loop = asyncio.get_running_loop()
-        limit = asyncio.Semaphore(self.concurrency)
-        while True:
-            self._changed.clear()
-            t = loop.time()
-            # Looks due for less than CREATES_FIRST_SECONDS wait while new jobs are being created.
-            hold = t - CREATES_FIRST_SECONDS if self._creates_pending(t) else t
-            for uid in [u for u, when in self.due.items() if when <= hold and u not in self.busy]:
-                self.busy.add(uid)
-                self.due[uid] = float("inf")
-                task = loop.create_task(self._one(uid, limit))
-                self._inflight.add(task)  # the loop keeps only weak references to tasks
-                task.add_done_callback(self._inflight.discard)
-            upcoming = min(self.due.values(), default=t + IDLE_SECONDS) + (t - hold)
-            try:
-                await asyncio.wait_for(self._changed.wait(), timeout=min(max(0.01, upcoming - t), IDLE_SECONDS))
-            except TimeoutError:
-                pass
-
-    async def _one(self, uid: str, limit: asyncio.Semaphore) -> None:
-        delay: float | None = POLL_SECONDS
+    async def _look(self, uid: str) -> float | None:
+        """One look at a job; the seconds until the next (POLL_SECONDS after a surprise), None when done with it."""
         try:
-            async with limit:
-                body, follower = self.bodies.get(uid), self.followers.get(uid)
-                if body is None or follower is None:
-                    return
-                delay = await follow.follow_once(self.mem, body, follower)
+            body, follower = self.bodies.get(uid), self.followers.get(uid)
+            if body is None or follower is None:
+                return POLL_SECONDS
+            return await follow.follow_once(self.mem, body, follower)
         except Exception:  # one job's surprise must not stop the loop for all of them
             body = self.bodies.get(uid)
             log.exception("following the job failed", extra=log_ref(body) if body else {})
             metrics.RECONCILE_ERRORS.labels(handler="mirror").inc()
-        finally:
-            self.busy.discard(uid)
-            if uid in self.bodies:
-                if delay is None:
-                    if self.due.get(uid) == float("inf"):  # not woken meanwhile: done with it
-                        self.drop(uid)
-                    else:
-                        self.due[uid] = asyncio.get_running_loop().time()
-                else:
-                    t = asyncio.get_running_loop().time()
-                    self.due[uid] = min(self.due.get(uid, float("inf")), t + delay)
-            assert self._changed is not None
-            self._changed.set()
+            return POLL_SECONDS

@@ -55,3 +55,43 @@ def test_no_module_level_mutable_state_in_the_operator(path):
 def test_the_operator_steps_stay_small(name):
     lines = len((ROOT / "operator" / name).read_text().splitlines())
     assert lines <= 250, f"operator/{name} has {lines} lines (250 at most: split it by job)"
+
+
+def _operator_imports(path: Path) -> set[str]:
+    """The operator modules `path` imports, anywhere in it: `if TYPE_CHECKING:` blocks and function bodies count (a
+    cycle hidden from the interpreter is still one to a reader, a type checker and a dependency graph)."""
+    names = {p.stem for p in OPERATOR}
+    found = set()
+    for name in _imports(ast.parse(path.read_text())):
+        parts = name.split(".")
+        if parts[:2] == ["graft", "operator"] and len(parts) > 2 and parts[2] in names:
+            found.add(parts[2])
+    return found - {path.stem}
+
+
+def test_the_operator_modules_import_each_other_without_a_cycle():
+    graph = {p.stem: _operator_imports(p) for p in OPERATOR}
+    cycles, state = [], {}
+
+    def walk(node: str, path: list[str]) -> None:
+        state[node] = "open"
+        for dep in sorted(graph[node]):
+            if state.get(dep) == "open":
+                cycles.append(" -> ".join([*path[path.index(dep):], node, dep]))
+            elif dep not in state:
+                walk(dep, [*path, node])
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            walk(node, [])
+    assert not cycles, f"import cycles in operator/: {cycles}"
+
+
+@pytest.mark.parametrize("path", OPERATOR, ids=lambda p: p.name)
+def test_operator_modules_and_functions_stay_small(path):
+    text = path.read_text()
+    lines = len(text.splitlines())
+    long = [f"{node.name} ({node.end_lineno - node.lineno + 1} lines)" for node in ast.walk(ast.parse(text))
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno - node.lineno >= 60]
+    assert lines <= 400 and not long, f"operator/{path.name}: {lines} lines (400 at most), functions over 60: {long}"

@@ -257,23 +257,6 @@ def test_a_finished_jobs_read_goes_before_the_running_jobs_polls(monkeypatch):
     asyncio.run(scenario())
 
 
-def test_slots_are_not_lost_when_a_wait_is_given_up():
-    async def scenario():
-        slots = ledgers.Slots(1)
-        await slots.acquire()
-        gives_up = asyncio.ensure_future(asyncio.wait_for(slots.acquire(), 0.05))
-        waits = asyncio.ensure_future(slots.acquire(urgent=True))
-        with pytest.raises(TimeoutError):
-            await gives_up
-        slots.release()
-        await asyncio.wait_for(waits, 1)
-        slots.release()
-        assert slots.free == 1
-        await asyncio.wait_for(slots.acquire(), 1)
-
-    asyncio.run(scenario())
-
-
 def test_reads_queued_behind_a_hung_endpoint_are_reported_at_the_deadline(stuck):
     release, entered = stuck
 

@@ -7,6 +7,7 @@ import asyncio
 import copy
 import logging
 
+import pytest
 from graft.operator import builder, client, lifecycle, memory
 from graft.operator.supervisor import Supervisor
 
@@ -172,3 +173,20 @@ def test_a_refused_spec_fixed_by_a_new_generation_is_followed_as_the_new_run_not
         name, "Pending", "ClusterStarting", 2)
     assert (conditions["Created"], conditions.get("Stalled", "False")) == ("True", "False"), first["conditions"]
     assert api.status["phase"] == "Running", api.status
+
+
+@pytest.mark.parametrize(("stored", "standing"), [
+    pytest.param({}, memory.Standing.NEW, id="no-status"),
+    pytest.param({"phase": "Failed", "reason": "InvalidSpec"}, memory.Standing.REFUSED, id="refused"),
+    # The refusal of a later generation never makes a run final, whatever else the status still says (issue 24).
+    pytest.param({"phase": "Failed", "reason": "InvalidSpec", "rayJobName": "job-x"}, memory.Standing.REFUSED,
+                 id="refused-naming-a-rayjob"),
+    pytest.param({"phase": "Pending", "reason": "ClusterStarting", "rayJobName": "job-x"}, memory.Standing.STARTED,
+                 id="started"),
+    pytest.param({"phase": "Failed", "reason": "BackoffLimitExceeded", "rayJobName": "job-x"},
+                 memory.Standing.FINISHED, id="run-failed"),
+    pytest.param({"phase": "Succeeded", "reason": "Succeeded", "rayJobName": "job-x"}, memory.Standing.FINISHED,
+                 id="run-succeeded"),
+])
+def test_where_a_job_stands_is_read_from_its_stored_status_and_only_a_run_is_ever_final(stored, standing):
+    assert memory.Standing.of(stored) is standing

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 from graft.operator import status
+from graft.operator.conditions import ConditionType
 
 from graft.api.models import TransferJobStatus
 from graft.api.validation import validate_spec
@@ -205,7 +206,7 @@ def test_kstatus_conditions(rayjob, phase, reconciling, stalled):
     ],
 )
 def test_phase_is_derived_from_conditions(true_types, phase):
-    conds = [{"type": t, "status": "True" if t in true_types else "False"} for t in status.CONDITION_TYPES]
+    conds = [{"type": t, "status": "True" if t in true_types else "False"} for t in ConditionType]
     assert status.phase_of(conds) == phase
 
 
