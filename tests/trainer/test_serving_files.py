@@ -152,3 +152,26 @@ def test_s3_job_inference_service_uses_the_jobs_secret_and_names_an_existing_uri
                          ids=["plain", "dots-and-case", "leading-digit", "too-long"])
 def test_served_name_is_a_dns1035_label(job_name, served):
     assert triton.model_name(job_name) == served
+
+
+def test_graft_export_makes_the_serving_files_of_an_older_model_folder(tmp_path):
+    from typer.testing import CliRunner
+
+    from graft.cli import app
+
+    uri = _export(str(tmp_path / "old"))
+    with pytest.raises(serving.NoOnnx):
+        serving.onnx_path(uri)
+    result = CliRunner().invoke(app, ["export", uri])
+    assert result.exit_code == 0, result.output
+    path, meta = serving.onnx_path(uri)
+    assert (path, f"InferenceService: {uri}/inferenceservice.yaml" in result.output) == (
+        f"{uri}/{meta['onnx']['file']}", True)
+
+
+def test_a_failed_onnx_export_leaves_the_job_its_model_and_says_how_to_retry(tmp_path, caplog):
+    uri = _export(str(tmp_path / "job"))
+    (tmp_path / "job" / "model" / "model.pt").write_bytes(b"not a state dict")
+    assert serving.export_after_job(uri, None) is None
+    assert f"Retry with: graft export {uri}" in caplog.text
+    assert "onnx" not in storage.read_json(storage.join(uri, "model.json"))
