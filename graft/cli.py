@@ -116,6 +116,21 @@ def _check_data(check: Callable[[Any], list[str]], text: str) -> list[tuple[int,
     return found
 
 
+def _serving_line(model_uri: str) -> str | None:
+    """Where the model's InferenceService manifest is (model.json's `serving` block, trainer/serving.py), or None
+    for a model folder without one."""
+    from graft import storage
+
+    try:
+        serving = storage.read_json(storage.join(model_uri, "model.json")).get("serving")
+    except (OSError, ValueError, storage.StorageError):
+        return None  # the model line above is what status promises; this one is a pointer
+    if not isinstance(serving, dict) or not serving.get("inferenceServiceUri"):
+        return None
+    return (f"inference service: {serving['inferenceServiceUri']}   (kubectl apply -f it; "
+            f"locally: graft serve {model_uri})")
+
+
 def _plugin_hook(name: str) -> Callable[..., Any] | None:
     """A function a plugin module offers besides its commands, or None when no installed plugin has one.
 
@@ -194,6 +209,8 @@ def status(
         typer.echo(f"model: {ledger.model_uri}")
         if ledger.export:
             typer.echo(f"exported: {ledger.export['stage']}: {ledger.export['reason']}")
+        if line := _serving_line(ledger.model_uri):
+            typer.echo(line)
     if ledger.tracking:
         typer.echo(ledger.tracking.describe())
     from graft import joblogs

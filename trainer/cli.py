@@ -413,3 +413,7 @@ def register(app: typer.Typer) -> None:
     app.command(name="run")(run)
     app.command(name="predict")(predict)
     app.command(name="evaluate")(evaluate)
+    from graft.trainer.serving_cli import export_command, serve  # typer and graft.storage only: no torch
+
+    app.command(name="export")(export_command)
+    app.command(name="serve")(serve)

@@ -33,6 +33,8 @@ TAG_UID, TAG_NAME, TAG_NAMESPACE = "graft.dev/job-uid", "graft.dev/job-name", "g
 TAG_KIND, TAG_STAGE, TAG_RESETS = "graft.dev/kind", "graft.dev/stage", "graft.dev/resets"
 #: Seconds between passes while the job runs, and the longest wait between retries of a failed pass.
 POLL_S, MAX_BACKOFF_S = 3.0, 30.0
+#: The run's artifact folder of the ONNX model (MLflow's ONNX flavour); the registered version points at it.
+ONNX_ARTIFACT = "onnx_model"
 #: How long `finish` keeps retrying the last pass (the exported model, the registration) before it gives up.
 FINISH_TIMEOUT_S = float(os.environ.get("GRAFT_TRACKING_FINISH_TIMEOUT", "120"))
 # MLflow's own HTTP retries (default 7, backoff factor 2: minutes per call) are cut short: a pass that fails is
@@ -265,7 +267,7 @@ class Tracker:
             self._log_artifacts(ledger, run_id, plot_curves(ledger), metrics)
             self._model_logged = True
         if ledger.model_uri and self.spec.registered_model_name and self.record.model_version is None:
-            self._register(run_id, metrics)
+            self._register(run_id, metrics, ledger.model_uri)
         self.client.set_terminated(run_id, "FINISHED" if ledger.done else "FAILED")
 
     def _log_artifacts(self, ledger: Ledger, run_id: str, curves: bytes, metrics: dict[str, float]) -> None:
@@ -279,9 +281,35 @@ class Tracker:
                 for name in ("model.pt", "model.json"):
                     (model / name).write_bytes(storage.read_bytes(storage.join(ledger.model_uri, name)))
                 self.client.log_artifacts(run_id, str(model), "model")
+                self._log_onnx(ledger.model_uri, run_id, Path(tmp, ONNX_ARTIFACT))
         self._log_metrics(run_id, metrics)
 
-    def _register(self, run_id: str, metrics: dict[str, float]) -> None:
+    @staticmethod
+    def _onnx_file(model_uri: str | None) -> str | None:
+        """The model folder's ONNX file (model.json's `onnx` block, trainer/serving.py), or None."""
+        if not model_uri:
+            return None
+        block = storage.read_json(storage.join(model_uri, "model.json")).get("onnx")
+        return storage.join(model_uri, block["file"]) if block else None
+
+    def _log_onnx(self, model_uri: str, run_id: str, path: Path) -> None:
+        """The ONNX model with MLflow's ONNX flavour (`mlflow.onnx`: MLmodel, model.onnx, requirements) under the
+        run's `onnx_model` artifacts, when the job wrote one."""
+        file = self._onnx_file(model_uri)
+        if file is None:
+            return
+        import mlflow.onnx
+        import onnx
+        import onnxruntime
+
+        # Requirements named here: MLflow's inference of them imports the model's code, slow and noisy.
+        mlflow.onnx.save_model(onnx.load_model_from_string(storage.read_bytes(file)), str(path),
+                               pip_requirements=[f"onnx=={onnx.__version__}",
+                                                 f"onnxruntime=={onnxruntime.__version__}"],
+                               save_as_external_data=False)
+        self.client.log_artifacts(run_id, str(path), ONNX_ARTIFACT)
+
+    def _register(self, run_id: str, metrics: dict[str, float], model_uri: str | None) -> None:
         name = self.spec.registered_model_name
         assert name is not None
         if not self.client.search_registered_models(filter_string=f"name = '{name}'"):
@@ -297,7 +325,9 @@ class Tracker:
         else:
             tags = {**{k: v for k, v in self.tags.items() if k != TAG_RESETS},
                     **{f"metric.{k}": repr(float(v)) for k, v in metrics.items()}}
-            source = f"{self.client.get_run(run_id).info.artifact_uri}/model"
+            # The ONNX flavour when the job wrote one (served as it is), else the PyTorch model folder.
+            logged = ONNX_ARTIFACT if self._onnx_file(model_uri) else "model"
+            source = f"{self.client.get_run(run_id).info.artifact_uri}/{logged}"
             version = self.client.create_model_version(name, source, run_id=run_id, tags=tags).version
         with self._lock:
             self.record.registered_model, self.record.model_version = name, str(version)

@@ -198,3 +198,19 @@ def test_piped_status_keeps_long_uris_whole_and_plain(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert any(uri in line for line in proc.stdout.splitlines()), proc.stdout
     assert "\x1b[" not in proc.stdout
+
+
+def test_status_points_at_the_inference_service_of_a_served_model(tmp_path):
+    led = Ledger.create("uid-9", "digits", ["FrozenFeatures"])
+    model = tmp_path / "model"
+    led.model_uri = str(model)
+    led.save(str(tmp_path))
+    model.mkdir()
+    (model / "model.json").write_text(json.dumps({"labels": ["a"]}))  # before serving support: no line
+    assert not [line for line in graft("status", str(tmp_path)).stdout.splitlines() if "inference service" in line]
+    manifest = f"{model}/inferenceservice.yaml"
+    (model / "model.json").write_text(json.dumps({"labels": ["a"], "serving": {"inferenceServiceUri": manifest}}))
+    proc = graft("status", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert (f"inference service: {manifest}   (kubectl apply -f it; locally: graft serve {model})"
+            in proc.stdout.splitlines())
