@@ -65,7 +65,9 @@ class Feed(ChangeFeed):
         KubeRay's first status of the RayJob. The operator's first status write waits for that status, up to
         `follow.FIRST_STATUS_WAIT` (2 s), to say both in one write; the fake KubeRay answering it runs in this test
         process, as late as a loaded machine makes it. Counted, that wait alone (0-2 s, whatever the storage) used
-        up the slack: a hung job whose RayJob KubeRay was slow to pick up took 2.4 s against a 0.16 s baseline."""
+        up the slack: a hung job took 2.4 s against a 0.16 s baseline, about the whole wait plus the create. Under
+        load average 70 the fake KubeRay took 0.4-6.8 s to pick up a new RayJob, and the operator wrote Created=True
+        without it for 3 of 8 hung jobs."""
         rayjob, created = self.latency(name, "added", "rayjob created"), self.latency(name, "added", "Created True")
         first = self.between(name, "added", "rayjob Initializing")
         # Created=True comes with KubeRay's first status, or without it once the wait is over.
@@ -131,14 +133,20 @@ def test_hung_storage_delays_neither_its_jobs_conditions_nor_other_jobs(tmp_path
             created_baseline = [feed.created_by_operator(f"healthy-{i}") for i in range(3)]
 
             # One hung job, its first ledger read in flight: its own conditions must not wait for its storage, nor
-            # the healthy jobs' for theirs.
+            # the healthy jobs' for theirs. Its first read starts when its RayJob runs (none while it starts), and it
+            # is read again every few seconds while it runs: the healthy jobs are measured from then on. Not sooner:
+            # the fake KubeRay and the API server run in this process, and their work for a new job (a RayCluster,
+            # status writes) delayed a healthy job's transitions by seconds on a loaded machine, whatever the storage.
             jobs.create("hung-0", hung=True)
+            feed.expect("hung-0", "rayjob Running")
             with_one = [jobs.healthy_transition(f"one-{i}") for i in range(3)]
-            feed.expect("hung-0", "Created True", "rayjob Running", "Running True")
+            feed.expect("hung-0", "Created True", "Running True")
 
             # Eight hung jobs: more hung reads than Python's default thread pool has threads on 2 cores (6).
             for i in range(1, 8):
                 jobs.create(f"hung-{i}", hung=True)
+            for i in range(1, 8):
+                feed.expect(f"hung-{i}", "rayjob Running")
             with_eight = [jobs.healthy_transition(f"eight-{i}") for i in range(3)]
             for i in range(1, 8):
                 feed.expect(f"hung-{i}", "Created True")
