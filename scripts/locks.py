@@ -15,8 +15,9 @@ Three locks, one resolution:
   resolution (`graft`, `graft[trainer]`), installed with --no-deps by the Dockerfile.
 
 `./dev` installs one of two sets into .venv: `dev` for the tests (requirements-dev.txt), or only `trainer` for
-`./dev graft` (the trainer lock plus the installer's pins): about 1 GB and a minute less for a user who runs the
-demo and not the tests (bench/RESULTS.md, "Setup"). `--extra` names the set the venv is checked against.
+`./dev graft` (the trainer lock plus the installer's pins): 0.9 GB and a quarter of the install time less for a
+user who runs the demo and not the tests (bench/RESULTS.md, "Setup"). `--extra` names the set the venv is checked
+against.
 
 The closures are walked from the installed distributions' metadata with environment markers evaluated for
 linux/x86_64 CPython 3.11, the platform of CI, the development machines and both images.
