@@ -4,6 +4,7 @@
     .venv/bin/python scripts/locks.py           # rewrite every lock from the installed environment
     .venv/bin/python scripts/locks.py --check   # exit 1, naming each difference, if the venv or a lock drifted
     .venv/bin/python scripts/locks.py --check-venv   # the venv against requirements-dev.txt only (./dev setup)
+    .venv/bin/python scripts/locks.py --check-venv --extra trainer   # ... against graft[trainer]'s lock
     ./dev upgrade                               # re-resolve from pyproject.toml in a scratch venv, rewrite every lock
 
 Three locks, one resolution:
@@ -12,6 +13,11 @@ Three locks, one resolution:
   versions of the last green run, whatever the registry published since.
 - docker/requirements-operator.txt, docker/requirements-trainer.txt: the images' subsets of the same
   resolution (`graft`, `graft[trainer]`), installed with --no-deps by the Dockerfile.
+
+`./dev` installs one of two sets into .venv: `dev` for the tests (requirements-dev.txt), or only `trainer` for
+`./dev graft` (the trainer lock plus the installer's pins): 0.9 GB and a quarter of the install time less for a
+user who runs the demo and not the tests (bench/RESULTS.md, "Setup"). `--extra` names the set the venv is checked
+against.
 
 The closures are walked from the installed distributions' metadata with environment markers evaluated for
 linux/x86_64 CPython 3.11, the platform of CI, the development machines and both images.
@@ -47,6 +53,10 @@ PLATFORM = {
 }
 #: Never pinned: the project itself (installed editable from the checkout).
 UNPINNED = {"graft"}
+#: The sets `./dev` installs into .venv (`pip install -e .[EXTRA]`) -> the lock that pins the set's closure.
+VENV_LOCKS = {"dev": DEV_LOCK, "trainer": REPO / "docker" / "requirements-trainer.txt"}
+#: Pinned in every venv though no lock but the dev lock names them: ./dev installs them first.
+INSTALLER = ("pip", "setuptools")
 
 
 def _applies(req: Requirement, extras: set[str]) -> bool:
@@ -123,14 +133,22 @@ def _installed() -> dict[str, str]:
     return {canonicalize_name(d.metadata["Name"]): d.version for d in metadata.distributions()}
 
 
+def venv_pins(lock: Path = DEV_LOCK) -> dict[str, str]:
+    """What a venv installed from `lock` holds: its pins, and the installer's from the dev lock where it has none."""
+    pins, dev = read_pins(lock), read_pins(DEV_LOCK)
+    for name in INSTALLER:
+        pins.setdefault(name, dev[name])
+    return pins
+
+
 def extraneous(lock: Path = DEV_LOCK) -> list[str]:
-    """Installed distributions the dev lock does not name (the project itself aside)."""
-    return sorted(_installed().keys() - read_pins(lock).keys() - UNPINNED)
+    """Installed distributions a venv installed from `lock` does not hold (the project itself aside)."""
+    return sorted(_installed().keys() - venv_pins(lock).keys() - UNPINNED)
 
 
 def venv_problems(lock: Path = DEV_LOCK) -> list[str]:
-    """How the installed environment differs from the dev lock, one line each."""
-    locked, installed = read_pins(lock), _installed()
+    """How the installed environment differs from a venv installed from `lock`, one line each."""
+    locked, installed = venv_pins(lock), _installed()
     out = []
     for name in sorted(locked):
         if name not in installed:
@@ -139,7 +157,8 @@ def venv_problems(lock: Path = DEV_LOCK) -> list[str]:
             out.append(f"{lock.name} pins {name}=={locked[name]}, but {installed[name]} is installed")
     out += [f"{name}=={installed[name]} is installed but not in {lock.name}" for name in extraneous(lock)]
     if out:
-        out.append("the venv is not the locked environment: run ./dev setup to re-sync it")
+        which = " trainer" if lock == VENV_LOCKS["trainer"] else ""
+        out.append(f"the venv is not the locked environment: run ./dev setup{which} to re-sync it")
     return out
 
 
@@ -172,13 +191,24 @@ def write() -> None:
             print(f"wrote {lock.relative_to(REPO)}")
 
 
+def _venv_lock(argv: list[str]) -> Path:
+    """The lock of the set named by `--extra NAME` (dev when not given)."""
+    if "--extra" not in argv:
+        return DEV_LOCK
+    i = argv.index("--extra") + 1
+    if i >= len(argv) or argv[i] not in VENV_LOCKS:
+        raise SystemExit(f"--extra: one of {', '.join(VENV_LOCKS)}")
+    return VENV_LOCKS[argv[i]]
+
+
 def main(argv: list[str]) -> int:
+    lock = _venv_lock(argv)
     if "--extraneous" in argv:
-        print(" ".join(extraneous()))
+        print(" ".join(extraneous(lock)))
         return 0
     if "--check-venv" in argv or "--check" in argv:
         # The venv first: while it is not the locked environment, the locks cannot be judged against it.
-        found = venv_problems() or (lock_problems() if "--check" in argv else [])
+        found = venv_problems(lock) or (lock_problems() if "--check" in argv else [])
         for line in found:
             print(line, file=sys.stderr)
         return 1 if found else 0
