@@ -9,15 +9,11 @@ translates.
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 from typing import Any
 
 import yaml
 
 from graft.api import models as m
-
-#: The committed copy the Helm chart installs; a test holds it equal to `build_crd()`.
-COMMITTED_CRD = Path(__file__).resolve().parents[2] / "helm" / "graft" / "files" / "transferjobs.graft.dev.yaml"
 
 _DROP_KEYS = {"title", "default", "discriminator"}
 

@@ -5,15 +5,11 @@ from __future__ import annotations
 import enum
 import types
 import typing
-from pathlib import Path
 
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from graft.api import models as m
-
-#: The committed copy; a test holds it equal to `reference_markdown()`.
-COMMITTED_REFERENCE = Path(__file__).resolve().parents[2] / "docs" / "reference.md"
 
 _SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("spec", m.TransferJobSpec),
