@@ -210,7 +210,6 @@ def _print_ledger(ledger: Any, run: str) -> None:
         typer.echo(f"failed: {failed.type}: {failed.message}")
 
 
-@app.command()
 def _log_chunks(root: str, options: Any, ledger: Any, stage: str | None, worker: int | None, follow: bool):
     """`graft logs`' (file, text) pairs: every log file once, or with `follow` each new piece until the job has
     finished or failed. No file to print: one line saying what was looked for, exit 1."""
@@ -241,6 +240,7 @@ def _log_chunks(root: str, options: Any, ledger: Any, stage: str | None, worker:
     return ((f, joblogs.read(f, options)) for f in found)
 
 
+@app.command()
 def logs(
     target: Annotated[str, typer.Argument(
         metavar="RUN_OR_URI", help="A run folder, a job's storage URI `<storage.uri>/<uid>` (or its logs/ folder); "
