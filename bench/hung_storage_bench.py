@@ -30,11 +30,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import kubernetes  # noqa: E402
 from support.change_feed import ChangeFeed  # noqa: E402
+from support.committed import COMMITTED_CRD  # noqa: E402
 from support.kube import emulated_api  # noqa: E402
 from support.operator_proc import OperatorProcess  # noqa: E402
 from support.s3 import TEST_CREDENTIALS, hung_endpoint  # noqa: E402
-
-from graft.api.crd import COMMITTED_CRD  # noqa: E402
 
 NS = "bench-hung"
 G, V, P = "graft.dev", "v1alpha1", "transferjobs"

@@ -40,11 +40,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 import kubernetes  # noqa: E402
+from support.committed import COMMITTED_CRD  # noqa: E402
 from support.kube import emulated_api  # noqa: E402
 from support.operator_proc import OperatorProcess  # noqa: E402
 from support.s3 import TEST_CREDENTIALS, make_bucket, moto_server  # noqa: E402
-
-from graft.api.crd import COMMITTED_CRD  # noqa: E402
 
 NS = "bench"
 G, V, P = "graft.dev", "v1alpha1", "transferjobs"

@@ -186,8 +186,15 @@ def status(
     if output == "json":
         typer.echo(json.dumps(ledger.model_dump(mode="json"), indent=2))
         return
+    _print_ledger(ledger, run)
+
+
+def _print_ledger(ledger: Any, run: str) -> None:
+    """`graft status`'s table of one job: its stages, then what they left (stops, notes, sweeps, the model, the
+    tracking run, the logs) and why it failed."""
     from rich.table import Table
 
+    from graft import joblogs
     from graft.console import console
 
     table = Table(title=f"{ledger.job_name or ledger.job_uid}  ({ledger.progress()} stages)")
@@ -213,13 +220,41 @@ def status(
             typer.echo(line)
     if ledger.tracking:
         typer.echo(ledger.tracking.describe())
-    from graft import joblogs
-
     if line := joblogs.pointer(run):
         typer.echo(line)
     failed = ledger.failed
     if failed and failed.message:
         typer.echo(f"failed: {failed.type}: {failed.message}")
+
+
+def _log_chunks(root: str, options: Any, ledger: Any, stage: str | None, worker: int | None, follow: bool):
+    """`graft logs`' (file, text) pairs: every log file once, or with `follow` each new piece until the job has
+    finished or failed. No file to print: one line saying what was looked for, exit 1."""
+    from graft import joblogs
+    from graft.ledger import DamagedLedger, Ledger
+
+    order = [s.type for s in ledger.stages] if ledger else None
+
+    def files() -> list:
+        return joblogs.find(root, stage=stage, worker=worker, order=order, options=options)
+
+    if follow:
+        def finished() -> bool:
+            try:
+                now = Ledger.load(root, options)
+            except DamagedLedger:
+                return False  # a writer may be about to recover it; `graft status` says what is wrong
+            return now is not None and (now.done or now.failed is not None)
+
+        return joblogs.follow(files, finished, options=options)
+    found = files()
+    if not found:
+        what = " ".join(x for x in (f"stage {stage}" if stage else "", f"worker {worker}"
+                                    if worker is not None else "") if x)
+        typer.echo(f"error: no logs{' of ' + what if what else ''} in {joblogs.logs_uri(root)}"
+                   + ("" if ledger else " (and no ledger.json: is this a job's storage URI?)"), err=True)
+        raise typer.Exit(1)
+    return ((f, joblogs.read(f, options)) for f in found)
 
 
 @app.command()
@@ -255,29 +290,7 @@ def logs(
         except DamagedLedger as exc:  # the logs are still there to read; the ledger only orders them
             typer.echo(f"warning: {exc}", err=True)
             ledger = None
-        order = [s.type for s in ledger.stages] if ledger else None
-
-        def files() -> list:
-            return joblogs.find(root, stage=stage, worker=worker, order=order, options=options)
-
-        if follow:
-            def finished() -> bool:
-                try:
-                    now = Ledger.load(root, options)
-                except DamagedLedger:
-                    return False  # a writer may be about to recover it; `graft status` says what is wrong
-                return now is not None and (now.done or now.failed is not None)
-
-            chunks = joblogs.follow(files, finished, options=options)
-        else:
-            found = files()
-            if not found:
-                what = " ".join(x for x in (f"stage {stage}" if stage else "", f"worker {worker}"
-                                            if worker is not None else "") if x)
-                typer.echo(f"error: no logs{' of ' + what if what else ''} in {joblogs.logs_uri(root)}"
-                           + ("" if ledger else " (and no ledger.json: is this a job's storage URI?)"), err=True)
-                raise typer.Exit(1)
-            chunks = ((f, joblogs.read(f, options)) for f in found)
+        chunks = _log_chunks(root, options, ledger, stage, worker, follow)
         prefixed = not (stage and worker is not None)
         for f, text in chunks:
             if prefixed:

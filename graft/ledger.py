@@ -292,19 +292,6 @@ class Ledger(BaseModel):
     def create(cls, uid: str, name: str | None, stage_types: list[str]) -> Ledger:
         return cls(job_uid=uid, job_name=name, stages=[StageRecord(type=t) for t in stage_types])
 
-    @classmethod
-    def load_or_create(cls, root: str, uid: str, name: str | None, stage_types: list[str]) -> Ledger:
-        """Load the ledger, checking it belongs to this job's stages, or start a new one."""
-        existing = cls.load(root)
-        if existing is None:
-            return cls.create(uid, name, stage_types)
-        if [s.type for s in existing.stages] != stage_types:
-            raise ValueError(
-                f"{cls.uri(root)}: the ledger lists stages {[s.type for s in existing.stages]} but the job has "
-                f"{stage_types}; a job's stages cannot change once it has started"
-            )
-        return existing
-
     def to_status(self) -> dict[str, Any]:
         """The ledger's part of a TransferJob status (`TransferJobStatus`'s stages, stage, progress, modelURI and,
         for a tracked job, tracking), camelCase as the CRD declares it; fields not known yet are left out."""

@@ -2,7 +2,9 @@
 
 Built on pyarrow.fs. S3 settings come from the environment, as in a RayJob pod whose credentials
 arrive from a Secret: `AWS_ENDPOINT_URL` (or `AWS_ENDPOINT_URL_S3`), `AWS_ACCESS_KEY_ID`,
-`AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_REGION` / `AWS_DEFAULT_REGION`.
+`AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_REGION` / `AWS_DEFAULT_REGION`; a job's own endpoint and region
+(`spec.storage`) are handed to `use_endpoint`, never written into the environment, and `worker_env` passes them on to
+the processes this one starts.
 
 Writes are all-or-nothing: a reader sees the old object or the new one, never half of one, also when the writer is
 interrupted (SIGTERM, Ctrl-C, an error) in the middle. On S3 an object becomes visible only when its upload
@@ -84,13 +86,34 @@ def configure(retry_seconds: float) -> None:
     _retry_seconds = float(retry_seconds)
 
 
+#: The job's endpoint and region (`use_endpoint`); None: the environment's.
+_endpoint: str | None = None
+_region: str | None = None
+
+
+def use_endpoint(endpoint: str | None, region: str | None = None) -> None:
+    """The job's S3 endpoint and region (`spec.storage`) for this process's operations: the endpoint over the
+    environment's `AWS_ENDPOINT_URL` (an `AWS_ENDPOINT_URL_S3`, the SDKs' S3-only override, still wins), the region
+    under the environment's `AWS_REGION`. None: the environment's alone."""
+    global _endpoint, _region
+    _endpoint, _region = endpoint or None, region or None
+
+
+def worker_env() -> dict[str, str]:
+    """The endpoint and region this process uses, as the AWS variables, for the processes it starts (Ray's workers
+    get them through runtime_env): they read their S3 settings from the environment."""
+    options = env_s3_options()
+    named = {"AWS_ENDPOINT_URL": options.endpoint, "AWS_REGION": options.region}
+    return {name: value for name, value in named.items() if value}
+
+
 def env_s3_options() -> S3Options:
     """The environment's S3 settings with this process's retry budget. A request may sit silent for an eighth of the
     budget (curl's low-speed time: a slow large upload is not cut) so that a hung endpoint is given up on, and
     reported, within the budget; pyarrow's attempts stay few, the budget's loop does the waiting."""
     return S3Options(
-        endpoint=os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"),
-        region=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"),
+        endpoint=os.environ.get("AWS_ENDPOINT_URL_S3") or _endpoint or os.environ.get("AWS_ENDPOINT_URL"),
+        region=os.environ.get("AWS_REGION") or _region or os.environ.get("AWS_DEFAULT_REGION"),
         access_key_id=os.environ.get("AWS_ACCESS_KEY_ID"),
         secret_access_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
         session_token=os.environ.get("AWS_SESSION_TOKEN"),

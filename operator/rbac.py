@@ -77,10 +77,3 @@ def rules(*, namespaced: bool = False) -> list[dict[str, Any]]:
     chosen = RULES if namespaced else RULES + CLUSTER_RULES
     return [{k: v for k, v in r.items() if k != "why"} for r in chosen]
 
-
-def allows(method: str, api_group: str, resource: str, namespaced: bool = False) -> bool:
-    """Whether an HTTP request's verb on a resource is covered by the rules."""
-    return any(
-        api_group in r["apiGroups"] and resource in r["resources"] and method in r["verbs"]
-        for r in rules(namespaced=namespaced)
-    )

@@ -21,10 +21,12 @@ from pathlib import Path
 import yaml
 from graft.operator import rbac
 
-from graft.api.crd import COMMITTED_CRD, crd_yaml
+from graft.api.crd import crd_yaml
 
-FILES = COMMITTED_CRD.parent
-REPO = FILES.parents[2]
+REPO = Path(__file__).resolve().parents[1]
+FILES = REPO / "helm" / "graft" / "files"
+#: The CRD the chart installs (tests/support/committed.py names the same file).
+COMMITTED_CRD = FILES / "transferjobs.graft.dev.yaml"
 ARGOCD = REPO / "deploy" / "argocd"
 #: Argo CD's key for a custom health check: resource.customizations.health.<group>_<kind>.
 HEALTH_KEY = "resource.customizations.health.graft.dev_TransferJob"

@@ -52,7 +52,7 @@ def s3_bucket(s3_endpoint):
 def kube_api():
     """A fresh emulated Kubernetes API server (support/kube/) with the committed TransferJob CRD applied
     through the API and a `graft-test` namespace; `.kubeconfig_path`, `.client()`, `.request_log`."""
-    from graft.api.crd import COMMITTED_CRD
+    from support.committed import COMMITTED_CRD
 
     with emulated_api(namespaces=["graft-test"], crds=[COMMITTED_CRD]) as api:
         yield api

@@ -88,7 +88,8 @@ def ensure_ray(workers: WorkersSpec, log_to_driver: bool = True) -> None:
     # Ray Train's controller collects reports every health-check interval (2 s by default) and a worker's
     # report waits for it: with per-epoch checkpoints that idles small jobs for seconds per epoch.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
-    runtime_env = {"env_vars": {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"]}}
+    runtime_env = {"env_vars": {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"],
+                                **storage.worker_env()}}  # the job's S3 endpoint, for workers and Ray Data tasks
     # ray.init puts its own SIGTERM handler (sys.exit) in place of ours as it starts: a SIGTERM during its start-up
     # is a stop like any other, and ours goes back once it is up.
     try:

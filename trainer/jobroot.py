@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from graft.trainer.errors import InputError
@@ -37,14 +36,11 @@ def absolute(uri: str | None) -> str | None:
 
 
 def apply_storage_env(job: TransferJob) -> None:
-    """Point S3 clients (ours, pyarrow's, Ray's) at the job's endpoint, with the job's retry budget; keys come only
-    from the environment."""
+    """Point this process's storage operations (and through `storage.worker_env`, Ray's workers) at the job's
+    endpoint and region, with the job's retry budget; keys come only from the environment."""
     st = job.spec.storage
     storage.configure(st.retry_seconds if st else storage.DEFAULT_RETRY_SECONDS)
-    if st and st.endpoint:
-        os.environ["AWS_ENDPOINT_URL"] = st.endpoint
-    if st and st.region:
-        os.environ.setdefault("AWS_REGION", st.region)
+    storage.use_endpoint(st.endpoint if st else None, st.region if st else None)
 
 
 def take_lease(job: TransferJob, storage_uri: str | None, force: bool = False, wait: float = 0.0) -> lease.Lease:

@@ -26,6 +26,9 @@ from datetime import UTC, datetime
 
 from graft import joblogs, storage
 
+#: Graft's own loggers, one per package (logger names follow module names): INFO and up from them is kept.
+GRAFT_LOGGERS = ("graft", "graft_operator", "graft_trainer")
+
 INTERVAL = 2.0
 #: Bytes kept per file; past it the older half is cut, and a line says how much was cut.
 CAP = 4 * 1024 * 1024
@@ -168,16 +171,17 @@ def capture(root: str, stage: str, name: str) -> Iterator[LogShipper]:
     would hold every record twice.)"""
     shipper = LogShipper(joblogs.log_uri(root, stage, name))
     shipper.line(f"--- {stage} {name}: started (pid {os.getpid()} on {socket.gethostname()})")
-    root_logger, graft_logger = logging.getLogger(), logging.getLogger("graft")
+    root_logger, graft_loggers = logging.getLogger(), [logging.getLogger(name) for name in GRAFT_LOGGERS]
     handlers: list[logging.Handler] = [_Handler(shipper)]
     if not root_logger.handlers:
         # With no handler at all, Python prints WARNING and up to stderr (logging.lastResort); one handler of ours
         # would silence that, so keep it explicitly.
         handlers.append(logging.StreamHandler())
         handlers[-1].setLevel(logging.WARNING)
-    graft_level = graft_logger.level
-    if graft_logger.getEffectiveLevel() > logging.INFO:
-        graft_logger.setLevel(logging.INFO)
+    graft_levels = [(logger, logger.level) for logger in graft_loggers]
+    for logger in graft_loggers:
+        if logger.getEffectiveLevel() > logging.INFO:
+            logger.setLevel(logging.INFO)
     for h in handlers:
         root_logger.addHandler(h)
     logging.captureWarnings(True)
@@ -191,5 +195,6 @@ def capture(root: str, stage: str, name: str) -> Iterator[LogShipper]:
         logging.captureWarnings(False)
         for h in handlers:
             root_logger.removeHandler(h)
-        graft_logger.setLevel(graft_level)
+        for logger, level in graft_levels:
+            logger.setLevel(level)
         shipper.close()

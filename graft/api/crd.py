@@ -9,15 +9,11 @@ translates.
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 from typing import Any
 
 import yaml
 
 from graft.api import models as m
-
-#: The committed copy the Helm chart installs; a test holds it equal to `build_crd()`.
-COMMITTED_CRD = Path(__file__).resolve().parents[2] / "helm" / "graft" / "files" / "transferjobs.graft.dev.yaml"
 
 _DROP_KEYS = {"title", "default", "discriminator"}
 
@@ -146,11 +142,24 @@ def openapi_schema(model: type, description: str | None = None) -> dict[str, Any
     return schema
 
 
-def build_crd() -> dict[str, Any]:
-    """The TransferJob CustomResourceDefinition."""
-    spec_schema = openapi_schema(m.TransferJobSpec)
-    status_schema = openapi_schema(m.TransferJobStatus)
-    root = {
+#: `kubectl get` columns (priority 1: with `-o wide` only).
+PRINTER_COLUMNS = [
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+    {"name": "Stage", "type": "string", "jsonPath": ".status.stage"},
+    {"name": "Progress", "type": "string", "jsonPath": ".status.progress"},
+    {"name": "Backbone", "type": "string", "jsonPath": ".spec.model.backbone", "priority": 1},
+    {"name": "RayJob", "type": "string", "jsonPath": ".status.rayJobName", "priority": 1},
+    {"name": "Model", "type": "string", "jsonPath": ".status.modelURI", "priority": 1},
+    {"name": "Logs", "type": "string", "jsonPath": ".status.logsURI", "priority": 1},
+    {"name": "MLflow Run", "type": "string", "jsonPath": ".status.tracking.runID", "priority": 1},
+    {"name": "Model Version", "type": "string", "jsonPath": ".status.tracking.modelVersion", "priority": 1},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+
+def root_schema() -> dict[str, Any]:
+    """The resource's openAPIV3Schema: apiVersion, kind, metadata, and the spec and status from the models."""
+    return {
         "type": "object",
         "description": (m.TransferJob.__doc__ or "").strip(),
         "required": ["spec"],
@@ -169,10 +178,14 @@ def build_crd() -> dict[str, Any]:
             # generateName"; apiextensions-apiserver/pkg/apiserver/schema/validation.go,
             # validateStructuralMetadataInvariants). kubectl explain describes ObjectMeta by itself.
             "metadata": {"type": "object"},
-            "spec": spec_schema,
-            "status": status_schema,
+            "spec": openapi_schema(m.TransferJobSpec),
+            "status": openapi_schema(m.TransferJobStatus),
         },
     }
+
+
+def build_crd() -> dict[str, Any]:
+    """The TransferJob CustomResourceDefinition."""
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -197,20 +210,8 @@ def build_crd() -> dict[str, Any]:
                     "served": True,
                     "storage": True,
                     "subresources": {"status": {}},
-                    "additionalPrinterColumns": [
-                        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
-                        {"name": "Stage", "type": "string", "jsonPath": ".status.stage"},
-                        {"name": "Progress", "type": "string", "jsonPath": ".status.progress"},
-                        {"name": "Backbone", "type": "string", "jsonPath": ".spec.model.backbone", "priority": 1},
-                        {"name": "RayJob", "type": "string", "jsonPath": ".status.rayJobName", "priority": 1},
-                        {"name": "Model", "type": "string", "jsonPath": ".status.modelURI", "priority": 1},
-                        {"name": "Logs", "type": "string", "jsonPath": ".status.logsURI", "priority": 1},
-                        {"name": "MLflow Run", "type": "string", "jsonPath": ".status.tracking.runID", "priority": 1},
-                        {"name": "Model Version", "type": "string", "jsonPath": ".status.tracking.modelVersion",
-                         "priority": 1},
-                        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-                    ],
-                    "schema": {"openAPIV3Schema": root},
+                    "additionalPrinterColumns": [dict(c) for c in PRINTER_COLUMNS],  # a copy per CRD
+                    "schema": {"openAPIV3Schema": root_schema()},
                 }
             ],
         },

@@ -5,15 +5,11 @@ from __future__ import annotations
 import enum
 import types
 import typing
-from pathlib import Path
 
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from graft.api import models as m
-
-#: The committed copy; a test holds it equal to `reference_markdown()`.
-COMMITTED_REFERENCE = Path(__file__).resolve().parents[2] / "docs" / "reference.md"
 
 _SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("spec", m.TransferJobSpec),
@@ -36,6 +32,10 @@ _SECTIONS: list[tuple[str, type[BaseModel]]] = [
 ]
 
 
+#: The stage types' models: the members of the `Stage` union (Annotated[Union[...], discriminator]).
+_STAGE_CLASSES = typing.get_args(typing.get_args(m.Stage)[0])
+
+
 def _type_name(annotation: typing.Any) -> str:
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is typing.Annotated:
@@ -44,7 +44,7 @@ def _type_name(annotation: typing.Any) -> str:
         return " \\| ".join(f"`{a}`" for a in args)
     if origin in (typing.Union, types.UnionType):
         kept = [a for a in args if a is not type(None)]
-        if all(isinstance(a, type) and issubclass(a, m._StageBase | m.FrozenFeaturesStage) for a in kept):
+        if all(a in _STAGE_CLASSES for a in kept):
             return "stage (below)"
         return " \\| ".join(_type_name(a) for a in kept)
     if origin is list:

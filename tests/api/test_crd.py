@@ -12,10 +12,11 @@ import kubernetes_validate
 import pytest
 import yaml
 from support.cel import all_rules, cel_violations, compile_rule
+from support.committed import COMMITTED_CRD
 from support.kube.schema import jsonschema_for
 
 from graft.api import models as m
-from graft.api.crd import COMMITTED_CRD, build_crd, crd_yaml
+from graft.api.crd import build_crd, crd_yaml
 from graft.api.validation import validate_document
 
 EXAMPLES = sorted(Path(__file__).resolve().parents[2].joinpath("examples").glob("*.yaml"))

@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 import yaml
 from support import kuberay_crds
+from support.committed import COMMITTED_CRD
 from support.crdcheck import check_crd, invalid_status, kubectl_message, printer_column_problems
 
-from graft.api.crd import COMMITTED_CRD, build_crd, crd_yaml
+from graft.api.crd import build_crd, crd_yaml
 
 NAME = "transferjobs.graft.dev"
 #: One version, so the v1 -> internal conversion lifts its schema to spec.validation (see crdcheck.py).

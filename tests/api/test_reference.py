@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from support.committed import COMMITTED_REFERENCE
+
 from graft.api import models as m
-from graft.api.reference import COMMITTED_REFERENCE, reference_markdown
+from graft.api.reference import reference_markdown
 
 
 def test_committed_reference_matches_models():

@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.committed import COMMITTED_CRD
 
-from graft.api.crd import COMMITTED_CRD
 from graft.api.models import StageState
 from graft.ledger import Ledger, TrackingRecord
 

@@ -14,10 +14,9 @@ import kubernetes
 import pytest
 import yaml
 from kubernetes.client.exceptions import ApiException
+from support.committed import COMMITTED_CRD
 from support.crdcheck import kubectl_message
 from support.kube import emulated_api, label_selector_matches
-
-from graft.api.crd import COMMITTED_CRD
 
 NS = "emu"
 G, V, P = "graft.dev", "v1alpha1", "transferjobs"

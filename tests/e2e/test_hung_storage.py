@@ -17,12 +17,11 @@ from typing import Any
 import kubernetes
 import pytest
 from support.change_feed import LABEL, ChangeFeed
+from support.committed import COMMITTED_CRD
 from support.fake_kuberay import FakeKubeRay
 from support.kube import emulated_api
 from support.operator_proc import OperatorProcess
 from support.s3 import TEST_CREDENTIALS, hung_endpoint
-
-from graft.api.crd import COMMITTED_CRD
 
 pytestmark = pytest.mark.slow
 

@@ -27,12 +27,11 @@ import boto3
 import kubernetes
 import pytest
 from kubernetes.client.exceptions import ApiException
+from support.committed import COMMITTED_CRD
 from support.fake_kuberay import FakeKubeRay
 from support.kube import emulated_api
 from support.operator_proc import OPERATOR_USER, OperatorProcess
 from support.s3 import TEST_CREDENTIALS, make_bucket
-
-from graft.api.crd import COMMITTED_CRD
 
 pytestmark = pytest.mark.slow
 
@@ -517,7 +516,7 @@ def test_operator_killed_and_restarted_mid_job_creates_no_duplicate(cluster):
 
 def test_operator_requests_stay_within_its_rbac_rules(cluster):
     """Audit every request the operator processes made (after the other tests ran) against rbac.rules()."""
-    from graft.operator.rbac import allows
+    from support.rbac_rules import allows
 
     c = cluster
     for name in SCENARIOS:  # let every scenario finish so that its calls are in the log

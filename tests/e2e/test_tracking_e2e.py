@@ -12,12 +12,13 @@ import uuid
 import pytest
 from e2e.test_operator_e2e import NS, Cluster
 from mlflow import MlflowClient
+from support.committed import COMMITTED_CRD
 from support.fake_kuberay import FakeKubeRay
 from support.kube import emulated_api
 from support.operator_proc import OperatorProcess
 from support.s3 import TEST_CREDENTIALS, make_bucket
 
-from graft.api.crd import COMMITTED_CRD, build_crd
+from graft.api.crd import build_crd
 
 pytestmark = pytest.mark.slow
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import yaml
 from graft.operator import builder, rbac
+from support.rbac_rules import allows
 from typer.testing import CliRunner
 
 from graft.cli import app
@@ -104,9 +105,9 @@ def test_rbac_prints_the_rules():
 
 
 def test_rbac_allows_what_the_operator_calls_and_nothing_more():
-    assert rbac.allows("create", "ray.io", "rayjobs")
-    assert rbac.allows("patch", "graft.dev", "transferjobs/status")
-    assert rbac.allows("get", "", "secrets")
-    assert not rbac.allows("list", "", "secrets")
-    assert not rbac.allows("delete", "graft.dev", "transferjobs")
-    assert not rbac.allows("create", "", "configmaps")  # the job travels in the RayJob's head env
+    assert allows("create", "ray.io", "rayjobs")
+    assert allows("patch", "graft.dev", "transferjobs/status")
+    assert allows("get", "", "secrets")
+    assert not allows("list", "", "secrets")
+    assert not allows("delete", "graft.dev", "transferjobs")
+    assert not allows("create", "", "configmaps")  # the job travels in the RayJob's head env

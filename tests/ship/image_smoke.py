@@ -33,12 +33,12 @@ from pathlib import Path
 from typing import Any
 
 import kubernetes
-from graft.operator import rbac
+from support.committed import COMMITTED_CRD
 from support.fake_kuberay import FakeKubeRay
 from support.kube import emulated_api
+from support.rbac_rules import allows
 from support.s3 import TEST_CREDENTIALS, free_port, make_bucket, moto_server
 
-from graft.api.crd import COMMITTED_CRD
 from ship.chart import one, render
 
 NAMESPACE = "graft-smoke"
@@ -154,7 +154,7 @@ def _run(api, docker, sh, tmpdir: Path, mode: str, job: str, s3: str, bucket: st
     try:
         _check(api, sh, job, s3, bucket, metrics_port, liveness_port, args.timeout)
         denied = [r for r in api.requests_by(user)
-                  if not rbac.allows(r.verb, r.group, r.rbac_resource, namespaced=mode == "namespaced")]
+                  if not allows(r.verb, r.group, r.rbac_resource, namespaced=mode == "namespaced")]
         assert not denied, f"{mode}: requests outside the chart's {mode} RBAC rules: " + ", ".join(
             f"{r.verb} {r.group}/{r.rbac_resource}" for r in denied[:10])
         log(f"{mode}: {len(api.requests_by(user))} API requests, all within the chart's "

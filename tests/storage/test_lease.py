@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from graft import lease, storage
+from graft import lease, leasestore, storage
 from graft.ledger import Ledger
 
 ELSEWHERE = lease.Holder("node-7", 4242, "token-of-the-other-driver")
@@ -143,8 +143,8 @@ def store_ignoring_conditions(s3_bucket, monkeypatch):
             request.headers.pop(header, None)
 
     client.meta.events.register("before-send.s3.PutObject", strip)
-    monkeypatch.setattr(lease, "_s3_client", lambda _options: client)
-    monkeypatch.setattr(lease, "_CONDITIONAL", {})
+    monkeypatch.setattr(leasestore, "s3_client", lambda _options: client)
+    monkeypatch.setattr(leasestore, "_CONDITIONAL", {})
     return s3_bucket + "/runs/job-uid"
 
 
@@ -153,7 +153,7 @@ def test_a_store_that_ignores_conditional_writes_is_found_and_a_lost_lease_still
     root = store_ignoring_conditions
     old = lease.acquire(root, "digits", ELSEWHERE)
     assert "ignores conditional writes" in caplog.text
-    assert lease._CONDITIONAL == {storage.env_s3_options().endpoint: False}
+    assert leasestore._CONDITIONAL == {storage.env_s3_options().endpoint: False}
     with pytest.raises(lease.LeaseHeld):
         lease.acquire(root, "digits")
     new = lease.acquire(root, "digits", force=True)
@@ -169,8 +169,8 @@ def test_moto_honours_if_none_match_and_if_match_on_put_object(s3_bucket):
 
     root = s3_bucket + "/runs/job-uid"
     lease.acquire(root, "digits")
-    assert lease._CONDITIONAL[storage.env_s3_options().endpoint] is True
-    client = lease._s3_client(storage.env_s3_options())
+    assert leasestore._CONDITIONAL[storage.env_s3_options().endpoint] is True
+    client = leasestore.s3_client(storage.env_s3_options())
     bucket, _, key = lease.uri(root)[len("s3://"):].partition("/")
     for condition in ({"IfNoneMatch": "*"}, {"IfMatch": '"0123456789abcdef0123456789abcdef"'}):
         with pytest.raises(ClientError, match="PreconditionFailed"):

@@ -1,6 +1,7 @@
-"""Checkpoint manifests (trainer/checkpoints.py): an incomplete checkpoint (a file cut short, emptied or missing) is
-never resumed from; the in-driver Head sweep (StoredSession) and a finished Ray run's read-back go back to the
-newest complete one and say so in one line; a checkpoint from a Graft before manifests still resumes (issue 22)."""
+"""Checkpoint manifests (trainer/checkpoints.py): an incomplete checkpoint (a file cut short, emptied or
+missing) is never resumed from; the in-driver Head sweep (StoredSession) and a finished Ray run's read-back go back
+to the newest complete one and say so in one line; a checkpoint from a Graft before manifests still resumes
+(issue 22)."""
 
 from __future__ import annotations
 

@@ -232,8 +232,8 @@ BEFORE_ISSUE_12 = {
 
 
 def _old_hashes(old_view: dict) -> list[str]:
-    """The hashing rule of trainer/identity.py from 5825ee2 to 0ee22c7 (a copy, so this test does not depend on the
-    code it checks): every field of model, data and the stage but the listed ones, chained."""
+    """The hashing rule of trainer/identity.py from 5825ee2 to 0ee22c7 (a copy, so this test does not depend on
+    the code it checks): every field of model, data and the stage but the listed ones, chained."""
     skip = {"Pretrain": {"model": ("numClasses",), "data": ("train", "validation", "shotsPerClass")},
             "FrozenFeatures": {"model": ("numClasses",), "stage": ("batchSize", "actors")},
             "FullFineTune": {"stage": ("keepCheckpoints", "channelsLast")}}
