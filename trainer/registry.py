@@ -1,0 +1,28 @@
+"""The stage registry: the stage type of each `spec.stages[].type`, looked up by the driver, `identity.py` (which
+fields a stage's result depends on) and `selection.py` (which stages are export candidates).
+
+A new stage type is its API model (graft/api/models.py `Stage`) and one module with its `StageType`, registered
+here (or with `register`, as a test registers its own).
+"""
+
+from __future__ import annotations
+
+from graft.trainer.stages import STAGE_TYPES
+from graft.trainer.stagetype import StageType
+
+#: Every registered stage type by its `type`.
+STAGES: dict[str, StageType] = {s.type: s for s in STAGE_TYPES}
+
+
+def register(kind: StageType) -> StageType:
+    """Add a stage type to the registry (replacing one of the same `type`); returns it."""
+    STAGES[kind.type] = kind
+    return kind
+
+
+def kind(stage_type: str) -> StageType:
+    """The registered stage type of that name."""
+    try:
+        return STAGES[stage_type]
+    except KeyError:
+        raise KeyError(f"no stage type {stage_type!r} is registered; registered: {', '.join(STAGES)}") from None
