@@ -1,8 +1,8 @@
 """The stage registry: the stage type of each `spec.stages[].type`, looked up by the driver, `identity.py` (which
 fields a stage's result depends on) and `selection.py` (which stages are export candidates).
 
-A new stage type is its API model (graft/api/models.py `Stage`) and one module with its `StageType`, registered
-here (or with `register`, as a test registers its own).
+A new stage type is its API model (graft/api/models.py `Stage`) and one module with its `StageType`, added to
+`STAGES` here (a test adds its own to `STAGES` for the test's length: tests/trainer/test_stage_registry.py).
 """
 
 from __future__ import annotations
@@ -12,12 +12,6 @@ from graft.trainer.stagetype import StageType
 
 #: Every registered stage type by its `type`.
 STAGES: dict[str, StageType] = {s.type: s for s in STAGE_TYPES}
-
-
-def register(kind: StageType) -> StageType:
-    """Add a stage type to the registry (replacing one of the same `type`); returns it."""
-    STAGES[kind.type] = kind
-    return kind
 
 
 def kind(stage_type: str) -> StageType:
