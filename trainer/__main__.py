@@ -28,10 +28,7 @@ from graft.lease import TTL_S
 LEASE_WAIT_S = 2 * TTL_S
 
 
-def main(argv: list[str] | None = None) -> int:
-    from graft.trainer import stopping
-
-    stopping.install()  # first: a SIGTERM from here on is a stop with its line and exit code, not a bare death
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m graft.trainer", description=__doc__.splitlines()[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--job", help="TransferJob as a JSON or YAML file, or inline JSON ({...})")
@@ -43,9 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force-takeover", action="store_true", help="take the job's lease from its holder now")
     parser.add_argument("--lease-wait", type=float, default=LEASE_WAIT_S, metavar="SECONDS",
                         help=f"wait this long for another driver's lease to end (default {LEASE_WAIT_S:g})")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s graft.trainer %(levelname)s %(message)s")
+    return parser
 
+
+def _read_job(args: argparse.Namespace):
+    """The TransferJob the arguments name, or None when it cannot be read or is invalid (said in one line)."""
     from graft.api.validation import InvalidSpec, load_job
 
     where = f"${args.job_env}" if args.job_env else args.job
@@ -56,15 +55,25 @@ def main(argv: list[str] | None = None) -> int:
             text = os.environ.get(args.job_env)
             if not text:
                 print(f"error: the environment has no {args.job_env} (the job, as JSON)", file=sys.stderr)
-                return 2
+                return None
         else:
             text = args.job if args.job.lstrip().startswith("{") else Path(args.job).read_text()
-        job = load_job(text)
+        return load_job(text)
     except OSError as exc:
         print(f"error: {where}: cannot read the job file: {exc.strerror or exc}", file=sys.stderr)
-        return 2
     except InvalidSpec as exc:
         print(f"error: {where}: invalid TransferJob: {exc}", file=sys.stderr)
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    from graft.trainer import stopping
+
+    stopping.install()  # first: a SIGTERM from here on is a stop with its line and exit code, not a bare death
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s graft.trainer %(levelname)s %(message)s")
+    job = _read_job(args)
+    if job is None:
         return 2
 
     from graft.trainer.driver import Driver, SpecChanged, StageFailed

@@ -1,14 +1,15 @@
-"""`graft run` (the embedded default: the whole job on this machine), `graft predict` and `graft evaluate`."""
+"""`graft run` (the embedded default: the whole job on this machine) and the trainer's part of `graft validate
+--check-data`; `graft predict` and `graft evaluate` are in `model_cli.py`."""
 
 from __future__ import annotations
 
-import json
 import sys
 import threading
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from graft.trainer import model_cli
 
 DEFAULT_RUNS = "./graft-runs"
 
@@ -135,12 +136,23 @@ def run(
     A rerun of a job whose spec changed what finished stages depend on is refused (exit 2), naming the changed
     fields; --from-stage or --restart say what to do with the earlier results. A job another driver runs is refused
     (exit 2), naming it."""
-    from graft.api.validation import InvalidSpec, load_job
     from graft.console import console as make_console
 
     console = make_console()
+    job = _load(file)
+    driver = _prepared_driver(job, file, storage, verbose, restart, from_stage, force_takeover, console)
+    code = _run_shown(driver, [s.type for s in job.spec.stages], console, verbose)
+    _show_results(driver.root, console)
+    _shutdown_ray()
+    raise typer.Exit(code)
+
+
+def _load(file: Path):
+    """The manifest's TransferJob; a file that cannot be read or is invalid exits 2, naming it."""
+    from graft.api.validation import InvalidSpec, load_job
+
     try:
-        job = load_job(file.read_text())
+        return load_job(file.read_text())
     except OSError as exc:
         typer.echo(f"error: {file}: cannot read: {exc.strerror or exc}", err=True)
         raise typer.Exit(2) from exc
@@ -149,11 +161,15 @@ def run(
             typer.echo(f"{file}: {problem}", err=True)
         raise typer.Exit(2) from exc
 
-    from graft.trainer import stopping
+
+def _prepared_driver(job, file: Path, storage: str, verbose: bool, restart: bool, from_stage: str | None,
+                     force_takeover: bool, console):
+    """The job's driver, holding its lease, with the ledger it continues decided: a refusal (lease held, spec
+    changed, bad --from-stage) exits 2 and a storage or ledger failure 1, in one line."""
     from graft.trainer.errors import InputError
     from graft.trainer.jobroot import take_lease
 
-    from graft.lease import LeaseHeld, LeaseLost
+    from graft.lease import LeaseHeld
     from graft.ledger import DamagedLedger
     from graft.storage import StorageError
 
@@ -162,8 +178,7 @@ def run(
     except (InputError, LeaseHeld, StorageError) as exc:
         typer.echo(f"error: {exc}".replace("--force-takeover", f"`graft run {file} --force-takeover`"), err=True)
         raise typer.Exit(1 if isinstance(exc, StorageError) else 2) from exc
-    from graft.trainer.driver import Driver, SpecChanged, StageFailed
-    from graft.trainer.plot import write_plot
+    from graft.trainer.driver import Driver, SpecChanged
 
     try:
         driver = Driver(job, storage, log_to_driver=verbose, restart=restart, from_stage=from_stage, held=held)
@@ -174,24 +189,33 @@ def run(
     console.print(f"run folder: {driver.root}")
     try:
         driver.prepare()
-    except SpecChanged as exc:
+    except (SpecChanged, StorageError, DamagedLedger) as exc:
         driver.release_lease()
-        typer.echo(f"error: {exc}".replace("  --from-stage", f"  graft run {file} --from-stage").replace(
-            "  --restart", f"  graft run {file} --restart"), err=True)
-        raise typer.Exit(2) from exc
-    except StorageError as exc:
-        driver.release_lease()
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from exc
-    except DamagedLedger as exc:
-        driver.release_lease()
-        typer.echo(f"error: {exc.line(f'run graft run {file} --restart')}", err=True)
-        raise typer.Exit(1) from exc
+        if isinstance(exc, SpecChanged):
+            line = f"{exc}".replace("  --from-stage", f"  graft run {file} --from-stage").replace(
+                "  --restart", f"  graft run {file} --restart")
+        else:
+            line = exc.line(f"run graft run {file} --restart") if isinstance(exc, DamagedLedger) else f"{exc}"
+        typer.echo(f"error: {line}", err=True)
+        raise typer.Exit(2 if isinstance(exc, SpecChanged) else 1) from exc
+    return driver
+
+
+def _run_shown(driver, stage_types: list[str], console, verbose: bool) -> int:
+    """Run the job under the progress bars: 0, or 1 when it failed (said in one line). Ctrl-C or SIGTERM leaves it
+    resumable and exits at once with the signal's code; a lost lease exits 1, showing nothing of the ledger."""
+    from graft.trainer import stopping
+    from graft.trainer.driver import StageFailed
+    from graft.trainer.errors import InputError
+
+    from graft.lease import LeaseLost
+    from graft.ledger import DamagedLedger
+    from graft.storage import StorageError
+
     native = None if verbose else _native_output_to(driver.root)
     stopping.install()
-    code = 0
     try:
-        with _ProgressWatcher(driver.root, [s.type for s in job.spec.stages], console):
+        with _ProgressWatcher(driver.root, stage_types, console):
             driver.run()
     except (KeyboardInterrupt, SystemExit) as exc:  # Ctrl-C or SIGTERM: the stage stays Running, resumable
         signum = stopping.signal_of(exc)
@@ -210,30 +234,36 @@ def run(
         console.print(f"[red]error[/]: {escape(str(exc))}", highlight=False, soft_wrap=True)
         if native is not None:
             console.print(f"Ray's own output: {native}")
-        code = 1
+        return 1
+    return 0
+
+
+def _show_results(root: str, console) -> None:
+    """The run's summary table, curves, model, export choice, tracking and logs, from its ledger."""
+    from graft.trainer.plot import write_plot
+
     from graft import joblogs
-    from graft.ledger import Ledger
+    from graft.ledger import DamagedLedger, Ledger
 
     try:
-        ledger = Ledger.load(driver.root)
+        ledger = Ledger.load(root)
     except DamagedLedger:
-        ledger = None  # said above
-    if ledger is not None:
-        _summary(ledger, console)
-        try:
-            console.print(f"curves: {write_plot(ledger, driver.root)}")
-        except Exception as exc:  # the plot is a convenience; never fail a finished run for it
-            console.print(f"[yellow]could not write the plot[/]: {exc}")
-        if ledger.model_uri:
-            console.print(f"model: {ledger.model_uri}   (try: graft predict {ledger.model_uri} IMAGE...)")
-            if ledger.export:
-                console.print(f"exported: {ledger.export['stage']}: {ledger.export['reason']}", markup=False)
-        if ledger.tracking:
-            console.print(ledger.tracking.describe(), highlight=False, markup=False)
-        if line := joblogs.pointer(driver.root):
-            console.print(line, highlight=False, markup=False)
-    _shutdown_ray()
-    raise typer.Exit(code)
+        return  # said already
+    if ledger is None:
+        return
+    _summary(ledger, console)
+    try:
+        console.print(f"curves: {write_plot(ledger, root)}")
+    except Exception as exc:  # the plot is a convenience; never fail a finished run for it
+        console.print(f"[yellow]could not write the plot[/]: {exc}")
+    if ledger.model_uri:
+        console.print(f"model: {ledger.model_uri}   (try: graft predict {ledger.model_uri} IMAGE...)")
+        if ledger.export:
+            console.print(f"exported: {ledger.export['stage']}: {ledger.export['reason']}", markup=False)
+    if ledger.tracking:
+        console.print(ledger.tracking.describe(), highlight=False, markup=False)
+    if line := joblogs.pointer(root):
+        console.print(line, highlight=False, markup=False)
 
 
 def _native_output_to(root: str) -> Path:
@@ -269,129 +299,6 @@ def _shutdown_ray() -> None:
             ray.shutdown()
 
 
-def _output_format(output: str) -> str:
-    if output not in ("text", "json"):
-        raise typer.BadParameter("must be 'text' or 'json'", param_hint="--output")
-    return output
-
-
-def predict(
-    model: Annotated[str, typer.Argument(help="Exported model folder or URI (`<storage>/<uid>/model`).")],
-    images: Annotated[list[str], typer.Argument(
-        help="Image files, folders (every image file under them, recursively) or s3:// URIs of either.")],
-    top: Annotated[int, typer.Option("--top", "-k", min=1, help="How many classes to print per image.")] = 3,
-    output: Annotated[str, typer.Option(
-        "--output", "-o",
-        help='text, or json: one JSON document, a list of {"image", "top": [{"label", "probability"}]} or '
-        '{"image", "error"}.')] = "text",
-) -> None:
-    """Print the top classes with probabilities for each image. An unreadable image is reported with the reason
-    (on stderr as text) and the rest go on; exit 1 at the end if any could not be read."""
-    from graft.trainer.errors import InputError
-    from graft.trainer.export import predict as _predict
-
-    from graft.storage import StorageError
-
-    output = _output_format(output)
-    try:
-        results = _predict(model, images, top)
-    except (FileNotFoundError, InputError, StorageError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from exc
-    failed = total = 0
-    documents = []
-    for result in results:  # text is printed as the batches finish; JSON is one document, at the end
-        total += 1
-        failed += result.error is not None
-        if output == "json":
-            documents.append(result.as_json())
-        elif result.error is not None:
-            typer.echo(f"error: {result.image}: {result.error}", err=True)
-        else:
-            typer.echo(f"{result.image}: " + "  ".join(f"{label} {p:.3f}" for label, p in result.top))
-    if output == "json":
-        typer.echo(json.dumps(documents, indent=2))
-    if failed:
-        typer.echo(f"{failed} of {total} image(s) could not be read", err=True)
-        raise typer.Exit(1)
-
-
-#: Above this many classes the text output leaves the confusion matrix to the PNG and the JSON.
-MATRIX_TABLE_MAX = 20
-
-
-def evaluate(
-    model: Annotated[str, typer.Argument(help="Exported model folder or URI (`<storage>/<uid>/model`).")],
-    data: Annotated[str, typer.Argument(
-        help="Labelled images: an ImageFolder (local or s3://), builtin:NAME, or a TransferJob manifest (its "
-        "validation set: data.validation, or the split of data.train its run held out).")],
-    png: Annotated[str, typer.Option("--png", help="Where to write the confusion matrix PNG (a path or s3:// URI).")]
-    = "confusion.png",
-    output: Annotated[str, typer.Option("--output", "-o", help="text, or json: one JSON document.")] = "text",
-) -> None:
-    """Print the model's accuracy on DATA, per-class precision, recall and support, and the confusion matrix
-    (rows: true class, columns: predicted), and write the matrix as a PNG. DATA's classes must be the model's."""
-    from graft.trainer.errors import InputError
-    from graft.trainer.evaluate import evaluate as _evaluate
-    from graft.trainer.plot import plot_confusion
-
-    from graft import storage
-    from graft.api.validation import InvalidSpec
-    from graft.storage import StorageError
-
-    output = _output_format(output)
-    try:
-        report = _evaluate(model, data).report()
-    except InvalidSpec as exc:
-        for problem in exc.problems:
-            typer.echo(f"{data}: {problem}", err=True)
-        raise typer.Exit(2) from exc
-    except (FileNotFoundError, InputError, StorageError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from exc
-    try:
-        storage.write_bytes(png, plot_confusion(report))
-    except (OSError, StorageError) as exc:
-        typer.echo(f"error: {png}: cannot write the confusion matrix: {exc}", err=True)
-        raise typer.Exit(1) from exc
-    report["png"] = png if storage.is_s3(png) else str(Path(png).expanduser().resolve())
-    if output == "json":
-        typer.echo(json.dumps(report, indent=2))
-        return
-    _print_evaluation(report)
-
-
-def _print_evaluation(report: dict) -> None:
-    from rich.markup import escape
-    from rich.table import Table
-
-    from graft.console import console as make_console
-
-    console = make_console()
-    # Plain lines through typer, cells escaped: paths and class names are data, never rich markup.
-    typer.echo(f"model: {report['model']}")
-    typer.echo(f"data: {report['data']}")
-    typer.echo(f"accuracy: {report['accuracy']:.4f} ({report['correct']} of {report['images']} images)")
-    per_class = Table(title="per class")
-    for col in ("class", "precision", "recall", "support"):
-        per_class.add_column(col, justify="left" if col == "class" else "right")
-    for c in report["classes"]:
-        per_class.add_row(escape(c["label"]), f"{c['precision']:.3f}", f"{c['recall']:.3f}", str(c["support"]))
-    console.print(per_class)
-    labels = [c["label"] for c in report["classes"]]
-    if len(labels) <= MATRIX_TABLE_MAX:
-        matrix = Table(title="confusion matrix (rows: true class, columns: predicted)")
-        matrix.add_column("true \\ predicted")
-        for label in labels:
-            matrix.add_column(escape(label), justify="right")
-        for label, row in zip(labels, report["confusion_matrix"], strict=True):
-            matrix.add_row(escape(label), *(str(n) for n in row))
-        console.print(matrix)
-    else:
-        typer.echo(f"confusion matrix: {len(labels)} classes, too many for a table here (see the PNG, or -o json)")
-    typer.echo(f"confusion matrix PNG: {report['png']}")
-
-
 def check_data(job) -> list[str]:
     """The input checks a run makes before its first stage (listing, class counts against numClasses, decoding or
     a sample of it, weights), for `graft validate --check-data`: one line per stage whose inputs fail. graft/cli.py
@@ -411,8 +318,8 @@ def check_data(job) -> list[str]:
 def register(app: typer.Typer) -> None:
     """Add the trainer's commands to the `graft` CLI."""
     app.command(name="run")(run)
-    app.command(name="predict")(predict)
-    app.command(name="evaluate")(evaluate)
+    app.command(name="predict")(model_cli.predict)
+    app.command(name="evaluate")(model_cli.evaluate)
     from graft.trainer.serving_cli import export_command, serve  # typer and graft.storage only: no torch
 
     app.command(name="export")(export_command)

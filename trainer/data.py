@@ -1,4 +1,5 @@
-"""Labelled image sets: ImageFolder trees (local or `s3://`) and the offline built-in digits sets.
+"""Labelled image sets: ImageFolder trees (local or `s3://`), manifest tables (`tables.py`) and the offline built-in
+digits sets.
 
 A `Source` is a listed, not yet decoded, collection (file URIs or built-in pixels plus labels). Decoding
 gives float32 tensors `[N, 3, S, S]` in [0, 1]; normalisation (the weights' preset) and augmentation are
@@ -20,7 +21,13 @@ import numpy as np
 import pyarrow.fs as pafs
 import torch
 import torch.nn.functional as F
+from graft.trainer import tables
 from graft.trainer.errors import InputError
+from graft.trainer.tables import is_table as is_table
+from graft.trainer.transforms import Resize, timm_resize
+from graft.trainer.transforms import augment as augment
+from graft.trainer.transforms import normalize as normalize
+from graft.trainer.transforms import resize_of as resize_of
 
 from graft import storage
 from graft.api.models import parse_quantity
@@ -133,38 +140,6 @@ class ImageSet:
 # ------------------------------------------------------------------------------------------ decoding
 
 
-@dataclass(frozen=True)
-class Resize:
-    """A timm model's eval resize (its pretrained config's): the shorter side to `floor(size / crop_pct)` with
-    `interpolation`, then the centre `size` x `size` crop (timm's `transforms_imagenet_eval`, crop_mode center)."""
-
-    interpolation: str = "bicubic"
-    crop_pct: float = 1.0
-
-
-def resize_of(preprocessing: dict) -> Resize | None:
-    """The resize a preprocessing dict (`StageConfig.preprocessing`, model.json's) asks for; None: the plain one
-    (bilinear to size x size, as for torchvision backbones)."""
-    if "crop_pct" not in preprocessing:
-        return None
-    return Resize(str(preprocessing.get("interpolation", "bicubic")), float(preprocessing["crop_pct"]))
-
-
-_PIL_FILTERS = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}
-
-
-def _timm_resize(img, size: int, resize: Resize):
-    import math
-
-    scale = math.floor(size / resize.crop_pct)
-    w, h = img.size
-    # timm's Resize(int): the shorter side to `scale`, the other by the same ratio (torchvision's rule).
-    new = (scale, int(scale * h / w)) if w <= h else (int(scale * w / h), scale)
-    img = img.resize(new, _PIL_FILTERS.get(resize.interpolation, 3))
-    left, top = round((new[0] - size) / 2.0), round((new[1] - size) / 2.0)
-    return img.crop((left, top, left + size, top + size))
-
-
 def decode_image(uri: str, size: int, resize: Resize | None = None) -> np.ndarray:
     """Read and decode one image to uint8 `[3, size, size]` (RGB, resized: bilinear to size x size, or a timm
     model's `resize`); InputError names a bad file."""
@@ -174,7 +149,7 @@ def decode_image(uri: str, size: int, resize: Resize | None = None) -> np.ndarra
     try:
         with Image.open(io.BytesIO(data)) as img:
             img = img.convert("RGB")
-            img = _timm_resize(img, size, resize) if resize else img.resize((size, size), Image.BILINEAR)
+            img = timm_resize(img, size, resize) if resize else img.resize((size, size), Image.BILINEAR)
             return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).copy()
     except (OSError, ValueError, SyntaxError) as exc:  # UnidentifiedImageError is an OSError
         raise InputError(uri, f"not a readable image ({_image_reason(exc)})") from None
@@ -333,95 +308,6 @@ def _image_folder(uri: str) -> Source:
     return Source(uri=uri, classes=classes, labels=np.asarray(labels, dtype=np.int64), files=files)
 
 
-#: Manifest tables: one row per image, a path (or URI) column and a label column.
-TABLE_EXTENSIONS = (".csv", ".parquet", ".jsonl")
-#: How many bad rows of a manifest an error message lists (the rest are counted).
-LISTED_ROWS = 10
-
-
-def is_table(uri: str) -> bool:
-    """Whether a data URI names a manifest table (CSV, Parquet, JSONL) rather than an ImageFolder."""
-    return uri.lower().endswith(TABLE_EXTENSIONS)
-
-
-def _read_table(uri: str, columns: tuple[str, str]):
-    import pyarrow as pa
-    import pyarrow.csv as pacsv
-    import pyarrow.json as pajson
-    import pyarrow.parquet as pq
-
-    try:
-        data = storage.read_bytes(uri)
-    except FileNotFoundError:
-        raise InputError(uri, "manifest not found") from None
-    try:
-        if uri.lower().endswith(".csv"):
-            # The path and label columns as text: a label "007" stays the label it is written as.
-            text = pacsv.ConvertOptions(strings_can_be_null=True, column_types=dict.fromkeys(columns, pa.string()))
-            return pacsv.read_csv(pa.BufferReader(data), convert_options=text)
-        if uri.lower().endswith(".parquet"):
-            return pq.read_table(pa.BufferReader(data))
-        return pajson.read_json(pa.BufferReader(data))
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise InputError(uri, f"not a readable {uri.rsplit('.', 1)[-1].upper()} table ({exc})") from None
-
-
-def _text(value) -> str | None:
-    """A cell as text (None for an empty one); numbers as they print (3, not 3.0, for integer labels)."""
-    if value is None:
-        return None
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    text = str(value).strip()
-    return text or None
-
-
-def _table(uri: str, path_column: str, label_column: str, classes: list[str] | None) -> Source:
-    """List a manifest: a path column (relative to the table's folder, or absolute, or a URI) and a label column.
-    Classes are the sorted labels, or `classes` (a validation or test table's labels must be among the training
-    set's). Every bad row (empty label, unknown label, empty path, missing file) is named in one error."""
-    table = _read_table(uri, (path_column, label_column))
-    for column, field in ((path_column, "pathColumn"), (label_column, "labelColumn")):
-        if column not in table.column_names:
-            raise InputError(uri, f"has no column {column!r} (its columns: {', '.join(table.column_names)}); set "
-                             f"spec.data.{field}")
-    base = uri.rsplit("/", 1)[0] if "/" in uri else "."
-    paths = [_text(v) for v in table.column(path_column).to_pylist()]
-    labels = [_text(v) for v in table.column(label_column).to_pylist()]
-    known = set(classes) if classes is not None else None
-    problems: list[str] = []
-    rows: list[tuple[int, str, str]] = []
-    for i, (path, label) in enumerate(zip(paths, labels, strict=True), start=1):
-        if path is None:
-            problems.append(f"row {i}: empty path")
-        elif label is None:
-            problems.append(f"row {i}: {path}: empty label")
-        elif known is not None and label not in known:
-            problems.append(f"row {i}: {path}: unknown label {label!r} (the training labels: "
-                            f"{', '.join(classes[:10])}{' ...' if len(classes) > 10 else ''})")
-        else:
-            full = path if path.startswith(("s3://", "file://", "/")) else storage.join(base, path)
-            rows.append((i, path, full))
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        found = list(pool.map(lambda r: storage.exists(r[2]), rows))
-    problems += [f"row {i}: {path}: file not found ({full})" for (i, path, full), ok in zip(rows, found, strict=True)
-                 if not ok]
-    if problems:
-        problems.sort(key=lambda p: int(p.split(":", 1)[0][4:]))
-        listed = [f"  {p}" for p in problems[:LISTED_ROWS]]
-        if len(problems) > LISTED_ROWS:
-            listed.append(f"  ... and {len(problems) - LISTED_ROWS} more")
-        raise InputError(uri, f"{len(problems)} of {len(paths)} rows are bad:\n" + "\n".join(listed))
-    if not rows:
-        raise InputError(uri, "manifest has no rows")
-    names = classes if classes is not None else sorted({labels[i - 1] for i, _, _ in rows})
-    index = {c: k for k, c in enumerate(names)}
-    order = sorted(range(len(rows)), key=lambda k: (index[labels[rows[k][0] - 1]], rows[k][2]))
-    return Source(uri=uri, classes=list(names),
-                  labels=np.asarray([index[labels[rows[k][0] - 1]] for k in order], dtype=np.int64),
-                  files=[rows[k][2] for k in order])
-
-
 def open_source(uri: str, columns: tuple[str, str] = ("path", "label"), classes: list[str] | None = None) -> Source:
     """List a data set: `builtin:<name>`, an ImageFolder at a local path, `file://` or `s3://` prefix, or a manifest
     table (`.csv`, `.parquet`, `.jsonl`) with `columns` (path, label); `classes`: a manifest's labels must be
@@ -429,7 +315,8 @@ def open_source(uri: str, columns: tuple[str, str] = ("path", "label"), classes:
     if uri.startswith("builtin:"):
         return _builtin(uri[len("builtin:") :])
     if is_table(uri):
-        return _table(uri, *columns, classes)
+        classes_, labels, files = tables.list_table(uri, *columns, classes)
+        return Source(uri=uri, classes=classes_, labels=np.asarray(labels, dtype=np.int64), files=files)
     return _image_folder(uri)
 
 
@@ -501,34 +388,3 @@ def train_val(train_uri: str | Source, validation_uri: str | None, fraction: flo
     if shots:
         train = few_shot(train, shots, seed)
     return train, val
-
-
-# ------------------------------------------------------------------------------------ preprocessing
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
-    m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    return (x - m) / s
-
-
-def augment(x: torch.Tensor, hflip: bool, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Train-time augmentation on a batch: random translation (pad + crop) and, where it suits, flips."""
-    n, _, h, w = x.shape
-    pad = max(1, h // 8)
-    padded = F.pad(x, (pad, pad, pad, pad), mode="replicate")
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-    # Per-sample crops via gather-free indexing: build index grids once per batch.
-    rows = (dy.view(n, 1) + torch.arange(h).view(1, h)).to(x.device)
-    cols = (dx.view(n, 1) + torch.arange(w).view(1, w)).to(x.device)
-    out = padded[torch.arange(n, device=x.device).view(n, 1, 1, 1), torch.arange(x.shape[1], device=x.device).view(
-        1, -1, 1, 1
-    ), rows.view(n, 1, h, 1), cols.view(n, 1, 1, w)]
-    if hflip:
-        flip = (torch.rand(n, generator=generator) < 0.5).to(x.device).view(n, 1, 1, 1)
-        out = torch.where(flip, out.flip(-1), out)
-    return out

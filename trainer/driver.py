@@ -1,4 +1,4 @@
-"""The driver: runs a TransferJob's stages in order through the stage registry (`stages.STAGES`) and an
+"""The driver: runs a TransferJob's stages in order through the stage registry (`registry.py`) and an
 executor (Ray by default, `executors.LocalExecutor` in-process), keeping the ledger, then exports the model.
 
 A rerun of the same job skips finished stages (ledger) and resumes the running one from its latest
@@ -19,12 +19,13 @@ import time
 from collections.abc import Callable
 
 from graft.trainer import data as data_mod
-from graft.trainer import export, identity, logship, models, selection, timm_backbone, tracking
+from graft.trainer import export_choice, identity, logship, models, registry, tracking
+from graft.trainer.config import StageConfig, run_name
+from graft.trainer.context import StageContext
 from graft.trainer.errors import InputError, out_of_memory, user_message
 from graft.trainer.executors import RayExecutor
 from graft.trainer.jobroot import absolute as _absolute
 from graft.trainer.jobroot import apply_storage_env, job_uid, resolve_root
-from graft.trainer.stages import STAGES, StageConfig, run_name, verify_up_front
 
 from graft import joblogs, lease, storage
 from graft.api.models import StageState, TransferJob
@@ -69,7 +70,8 @@ def _absolute_paths(spec):
              "image_size": spec.data.image_size or models.default_image_size(spec.model.backbone)}
     data = spec.data.model_copy(update=paths)
     model = spec.model.model_copy(update={"weights": _absolute(spec.model.weights)})
-    stages_ = [s.model_copy(update={"data": _absolute(s.data)}) if s.type == "Pretrain" else s for s in spec.stages]
+    stages_ = [s.model_copy(update={f: _absolute(getattr(s, f)) for f in registry.kind(s.type).paths})
+               for s in spec.stages]
     return spec.model_copy(update={"data": data, "model": model, "stages": stages_})
 
 
@@ -97,11 +99,10 @@ class Driver:
         self.root = resolve_root(job, storage_uri)
         self.executor = executor or RayExecutor(max_failures, log_to_driver)
         self.on_update = on_update or (lambda _l: None)
-        self.preprocessing = models.torchvision_preset(self.spec.model.backbone, self.spec.model.weights)
-        self._target: tuple[data_mod.Source, data_mod.Source] | None = None
-        self._test: data_mod.Source | None = None
-        self._weights_checked = False
         types = [s.type for s in self.spec.stages]
+        backbone = next((t for t in types if registry.kind(t).makes_backbone), None)
+        self.context = StageContext(self.spec, self.root, self.executor, backbone)
+        self.preprocessing = self.context.preprocessing
         if restart and from_stage:
             raise InputError("--from-stage", "give --restart or --from-stage, not both")
         if from_stage is not None and from_stage not in types:
@@ -138,150 +139,21 @@ class Driver:
         self._save(ledger)
         return ledger
 
-    # -- inputs --------------------------------------------------------------------------------
+    # -- what the stages get (tests and `graft validate` use these too) -------------------------
 
     def target_data(self) -> tuple[data_mod.Source, data_mod.Source]:
-        """Train and validation sources of the target set, listed, decoded once and class-counted."""
-        if self._target is None:
-            d = self.spec.data
-            train, val, self._test = data_mod.target_sets(d)
-            if len(train.classes) != self.spec.model.num_classes:
-                raise InputError(
-                    d.train,
-                    f"has {len(train.classes)} classes ({', '.join(train.classes[:10])}"
-                    f"{' ...' if len(train.classes) > 10 else ''}) but spec.model.numClasses is "
-                    f"{self.spec.model.num_classes}",
-                )
-            verify_up_front(self.spec, train, val, *([self._test] if self._test else []))
-            self._target = (train, val)
-        return self._target
-
-    def test_data(self) -> data_mod.Source | None:
-        """The held-out test set (`spec.data.test` or `testFraction`), or None: scored, never chosen by."""
-        self.target_data()
-        return self._test
-
-    def stage(self, stage_type: str):
-        """The job's stage of that type, or None."""
-        return next((s for s in self.spec.stages if s.type == stage_type), None)
-
-    def build_net(self) -> models.GraftNet:
-        return models.build(self.spec.model.backbone, self.spec.model.num_classes, self.spec.data.image_size)
+        """Train and validation sources of the target set (`StageContext.target_data`)."""
+        return self.context.target_data()
 
     def weights(self) -> str | None:
-        """Where `spec.model.weights` are read from. `hub`: the timm model's pretrained weights, downloaded once into
-        `<root>/weights/` (safetensors) so that a retry, a later stage or a worker never downloads them again."""
-        uri = self.spec.model.weights
-        if uri != "hub":
-            return uri
-        name = timm_backbone.model_name(self.spec.model.backbone)
-        cached = storage.join(self.root, "weights", "hub-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", name) + ".safetensors")
-        if not storage.exists(cached):
-            state = timm_backbone.hub_state_dict(self.spec.model.backbone, self.spec.data.image_size)
-            storage.write_bytes(cached, timm_backbone.safetensors_bytes(state))
-        return cached
+        """Where `spec.model.weights` are read from (`StageContext.weights`)."""
+        return self.context.weights()
 
     def check_weights(self) -> None:
-        """`spec.model.weights` load into the backbone (file found, torchvision name known, keys and shapes fit); a
-        checkpoint's own classifier left out is said here, once."""
-        if not self._weights_checked and self.spec.model.weights:
-            models.load_weights(self.build_net(), self.weights(), report=True)
-            self._weights_checked = True
+        """`spec.model.weights` load into the backbone (`StageContext.check_weights`)."""
+        self.context.check_weights()
 
-    def check_target(self) -> None:
-        """The target data and (unless a Pretrain stage uses them) the weights, before a stage that uses them."""
-        self.target_data()
-        if not self.stage("Pretrain"):
-            self.check_weights()
-
-    def init_backbone(self, ledger: Ledger) -> str | None:
-        """Where the backbone's weights come from: the Pretrain stage's output, else `spec.model.weights`."""
-        return ledger.stage("Pretrain").output if self.stage("Pretrain") else self.weights()
-
-    # -- stages --------------------------------------------------------------------------------
-
-    def _export(self, ledger: Ledger) -> str:
-        found = selection.candidates(ledger)
-        block = None
-        if found:  # the best target classifier by validation, never silently the last stage's
-            chosen, reason, tests = selection.choose(found)
-            made, block = self._candidate(chosen, ledger), self._selection_block(chosen, reason, found, tests, ledger)
-            metrics = chosen.metrics
-            ledger.export = {"stage": chosen.stage, "reason": reason}
-        else:
-            made = metrics = None
-            for last in reversed(self.spec.stages):
-                made = STAGES[last.type].model(self, ledger)
-                if made:
-                    metrics = ledger.stage(last.type).metrics
-                    break
-        if made is None:
-            return ""  # FrozenFeatures alone produces features, not a model
-        state, classes, num_classes = made
-        meta = {
-            "architecture": self.spec.model.backbone,
-            "num_classes": num_classes,
-            "labels": classes,
-            "preprocessing": {"image_size": self.spec.data.image_size, "resize": self._resize_words(),
-                              **self.preprocessing},
-            "metrics": metrics,
-            "stages": [s.type for s in self.spec.stages],
-            "job": {"name": self.job.metadata.name, "uid": self.uid},
-            "load": "net = graft.trainer.models.build(architecture, num_classes, image_size); "
-            "net.load_state_dict(torch.load('model.pt'))",
-        }
-        extra = {}
-        if timm_backbone.is_timm(self.spec.model.backbone):
-            # The same weights in plain timm's layout: timm.create_model(name, num_classes=N, checkpoint_path=...).
-            net = self.build_net()
-            net.load_state_dict(state)
-            extra["timm.safetensors"] = timm_backbone.safetensors_bytes(timm_backbone.timm_state_dict(net.backbone,
-                                                                                                      net.head))
-            kwargs = net.backbone.graft_create_kwargs
-            meta["timm"] = {**timm_backbone.json_config(self.spec.model.backbone, self.spec.data.image_size),
-                            "checkpoint": "timm.safetensors", "create_kwargs": kwargs}
-            meta["load"] += ("; or plain timm: timm.create_model(timm.name, num_classes=num_classes, "
-                             "checkpoint_path='timm.safetensors', **timm.create_kwargs)")
-        if block:
-            meta["selection"] = block
-        if metrics and metrics.get("temperature"):
-            # Fitted on validation logits of the exported weights; `graft predict` divides logits by it.
-            meta["temperature"] = metrics["temperature"]
-        return export.export_model(self.root, state, meta, extra)
-
-    def _resize_words(self) -> str:
-        """model.json's `preprocessing.resize`: how an image becomes image_size x image_size."""
-        resize = data_mod.resize_of(self.preprocessing)
-        if resize is None:
-            return "bilinear"
-        return (f"{resize.interpolation}: shorter side to floor(image_size / crop_pct), then the centre crop (timm's "
-                "eval transform)")
-
-    def _candidate(self, chosen: selection.Candidate, ledger: Ledger) -> tuple[dict, list[str], int]:
-        """The chosen candidate's weights, label names and class count."""
-        if chosen.stage == selection.INTERPOLATED:
-            state = models.read_state_dict(ledger.stage("FullFineTune").interpolation["output"])
-            return state, self.target_data()[0].classes, self.spec.model.num_classes
-        made = STAGES[chosen.stage].model(self, ledger)
-        assert made is not None
-        return made
-
-    def _selection_block(self, chosen: selection.Candidate, reason: str, found: list[selection.Candidate],
-                         tests: list[dict], ledger: Ledger) -> dict:
-        """model.json's account of the choice: the rule, the reason, every candidate, the paired test of each
-        alternative against the last stage's model, the checkpoint kept."""
-        stage = "FullFineTune" if chosen.stage == selection.INTERPOLATED else chosen.stage
-        rec = ledger.stage(stage)
-        block = {
-            "stage": chosen.stage, "model": selection.NAMES[chosen.stage], "rule": selection.RULE, "reason": reason,
-            "candidates": [c.summary() for c in found], "tests": tests,
-            "checkpoint": {"stage": stage, "best_epoch": rec.metrics.get("best_epoch"),
-                           "monitor": self.stage(stage).monitor, "stop": rec.stop,
-                           "note": "the best epoch by validation (monitor), not the last"},
-        }
-        if rec.interpolation:
-            block["interpolation"] = {"alpha": rec.interpolation["alpha"], "curve": rec.interpolation["curve"]}
-        return block
+    # -- the ledger this run continues -----------------------------------------------------------
 
     def prepare(self) -> Ledger:
         """Decide which ledger this run continues, writing nothing (`graft run` calls it before it shows any
@@ -343,7 +215,7 @@ class Driver:
             if rec.state in (StageState.SUCCEEDED, StageState.SKIPPED):
                 continue
             try:
-                STAGES[stage.type].check(self, stage)
+                registry.kind(stage.type).check(self.context, stage)
             except Exception as exc:
                 message = user_message(exc)
                 rec.state, rec.message, rec.end_time = StageState.FAILED, message, now()
@@ -360,7 +232,7 @@ class Driver:
         problems: list[tuple[str, str]] = []
         for stage in self.spec.stages:
             try:
-                STAGES[stage.type].check(self, stage)
+                registry.kind(stage.type).check(self.context, stage)
             except Exception as exc:
                 message = user_message(exc)
                 if all(message != m for _, m in problems):
@@ -455,10 +327,10 @@ class Driver:
             with logship.capture(self.root, stage.type, joblogs.DRIVER) as log:
                 log.line(f"stage {stage.type} ({index + 1} of {len(self.spec.stages)}), attempt {ledger.attempt}")
                 try:
-                    kind = STAGES[stage.type]
-                    cfg = StageConfig(self.spec, index, self.root, rec.run_name, **kind.inputs(self, ledger),
-                                      lease=self.holder)
-                    result = kind.scored(self, cfg, kind.run(self, cfg))
+                    kind = registry.kind(stage.type)
+                    cfg = StageConfig(self.spec, index, self.root, rec.run_name,
+                                      **kind.inputs(self.context, ledger), lease=self.holder)
+                    result = kind.scored(self.context, cfg, kind.run(self.context, cfg))
                 except Exception as exc:
                     message = out_of_memory(exc, index, self.spec) or user_message(exc)
                     self._finish(stage.type, t0, f"{stage.type}: {message}", state=StageState.FAILED, message=message)
@@ -472,7 +344,8 @@ class Driver:
                          f"{logship.metrics_text(result.metrics)}")
         if ledger.model_uri is None:
             try:
-                uri = self._export(ledger)
+                uri = export_choice.export_job(self.context, {"name": self.job.metadata.name, "uid": self.uid},
+                                               ledger)
             except Exception as exc:
                 ledger.message = f"export: {user_message(exc)}"
                 self._save(ledger)

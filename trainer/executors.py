@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from graft.trainer import checkpoints, loops, models, stopping
 from graft.trainer import data as data_mod
+from graft.trainer.config import StageConfig
 from graft.trainer.session import LocalSession
-from graft.trainer.stages import StageConfig
 
 from graft import storage
 from graft.api.models import WorkersSpec

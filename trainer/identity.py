@@ -9,9 +9,10 @@ A stage's hash covers its own fields, `spec.model` and `spec.data` (minus the fi
 affecting it), and the previous stage's hash: every stage's result depends on the stages before it. Workers,
 image, storage, run policy and scheduling never count. Fields are compared with their defaults filled in, except
 a field added to Graft after ledgers recorded hashes, at the value that does what Graft did before it existed
-(`NEUTRAL`): it is left out, so an unchanged manifest still matches a ledger written before the field existed. A
+(`neutral`): it is left out, so an unchanged manifest still matches a ledger written before the field existed. A
 field whose default changed what the stage does (the Head's sweep and patience) counts, and such a ledger's stage
-is refused, naming the field.
+is refused, naming the field. Which fields those are is declared on each stage type (`StageType.not_determining`,
+`neutral`, `added_empty`, `as_recorded`).
 """
 
 from __future__ import annotations
@@ -20,72 +21,40 @@ import hashlib
 import json
 from typing import Any
 
+from graft.trainer import registry
+
 from graft.api.models import TransferJobSpec
 from graft.ledger import Ledger
 
-#: Spec fields a stage's result does not depend on. Everything else in `model`, `data` and the stage counts
-#: (the safe side: a field added later counts until it is listed here).
-NOT_DETERMINING: dict[str, dict[str, tuple[str, ...]]] = {
-    # Pretrain trains on its own `data` with its own `numClasses`; the target set and its class count come later.
-    "Pretrain": {"model": ("numClasses",), "data": ("train", "validation", "shotsPerClass")},
-    # Features do not depend on the target's class count, the inference batch size or the actor pool.
-    "FrozenFeatures": {"model": ("numClasses",), "stage": ("batchSize", "actors")},
-    # How many checkpoints are kept (the best is always among them) and the GPU memory format.
-    "FullFineTune": {"stage": ("keepCheckpoints", "channelsLast")},
-}
-
-
 #: Fields added after ledgers first recorded hashes (issue 12, 2026-12), at the value that reproduces what Graft did
-#: before them: left out of the hash at exactly that value. Per part (`data`, `stage`); "*" is every stage type.
-NEUTRAL: dict[str, dict[str, dict[str, Any]]] = {
-    # No held-out test set, as before.
-    "*": {"data": {"test": None, "testFraction": None}},
-    # No early stopping and the best checkpoint by validation accuracy, as before; no weight interpolation.
-    "Pretrain": {"stage": {"patience": None, "monitor": "val_accuracy"}},
-    "FullFineTune": {"stage": {"patience": None, "monitor": "val_accuracy", "interpolate": "off",
-                               "interpolationAlpha": None}},
-    # The Head's sweep and patience changed what it does: see `_head_as_before`.
-    "Head": {"stage": {"monitor": "val_accuracy", "labelSmoothing": None}},
-}
+#: before them, for every stage type (each type declares its own: `StageType.neutral`): left out of the hash at
+#: exactly that value. No held-out test set, as before.
+NEUTRAL_ALL: dict[str, dict[str, Any]] = {"data": {"test": None, "testFraction": None}}
 
-
-def _head_as_before(stage: dict[str, Any]) -> dict[str, Any]:
-    """A Head stage in the form ledgers recorded before the sweep (`lr`, `weightDecay` one value each), when it does
-    what the Head did then: one setting, no label smoothing, no early stopping, best epoch by validation accuracy.
-    Otherwise (the sweep, the default patience of 20, ...) as it is: its hash then matches no older ledger."""
-    sweep = stage.get("sweep") or {}
-    lrs, decays, smoothings = sweep.get("lr", []), sweep.get("weightDecay", []), sweep.get("labelSmoothing", [])
-    single = len(lrs) == 1 and len(decays) == 1 and smoothings == [0.0]
-    if not (single and stage.get("patience") is None and stage.get("monitor") == "val_accuracy"):
-        return stage
-    drop = ("sweep", "labelSmoothing", "patience", "monitor")
-    return {**{k: v for k, v in stage.items() if k not in drop}, "lr": lrs[0], "weightDecay": decays[0]}
-
-
-#: Fields added after both forms of recorded hashes (issue 13), whose empty value gives the results the code before
-#: them gave: left out of the view while empty, so that every earlier ledger's hashes still match (a set value counts
-#: as any field does).
-ADDED_EMPTY: dict[str, tuple[str, ...]] = {"FullFineTune": ("layerDecay",), "data": ("pathColumn", "labelColumn")}
+#: `spec.data` fields added after both forms of recorded hashes (issue 13), whose empty value gives the results the
+#: code before them gave: left out of the view while empty, so that every earlier ledger's hashes still match (a set
+#: value counts as any field does). A stage type's own are its `StageType.added_empty`.
+DATA_ADDED_EMPTY: tuple[str, ...] = ("pathColumn", "labelColumn")
 
 
 def view(spec: TransferJobSpec) -> dict[str, Any]:
     """The part of the spec that can determine results (model, data, stages), as JSON with defaults filled in."""
     dumped = spec.model_dump(mode="json", by_alias=True)
-    stages = [{k: v for k, v in s.items() if not (v is None and k in ADDED_EMPTY.get(s["type"], ()))}
+    stages = [{k: v for k, v in s.items() if not (v is None and k in registry.kind(s["type"]).added_empty)}
               for s in dumped["stages"]]
-    data = {k: v for k, v in dumped["data"].items() if not (v is None and k in ADDED_EMPTY["data"])}
+    data = {k: v for k, v in dumped["data"].items() if not (v is None and k in DATA_ADDED_EMPTY)}
     return {"model": dumped["model"], "data": data, "stages": stages}
 
 
 def _determining(spec_view: dict[str, Any], index: int, neutral: bool = True) -> dict[str, dict[str, Any]]:
     stage = spec_view["stages"][index]
-    skip = NOT_DETERMINING.get(stage["type"], {})
-    parts = {"model": spec_view["model"], "data": spec_view["data"], "stage": stage}
-    if neutral and stage["type"] == "Head":
-        parts["stage"] = _head_as_before(stage)
+    kind = registry.kind(stage["type"])
+    skip = kind.not_determining
+    parts = {"model": spec_view["model"], "data": spec_view["data"],
+             "stage": kind.as_recorded(stage) if neutral else stage}
     kept = {}
     for part, fields in parts.items():
-        same = {**NEUTRAL["*"].get(part, {}), **NEUTRAL.get(stage["type"], {}).get(part, {})} if neutral else {}
+        same = {**NEUTRAL_ALL.get(part, {}), **kind.neutral.get(part, {})} if neutral else {}
         kept[part] = {k: v for k, v in fields.items()
                       if k not in skip.get(part, ()) and not (k in same and v == same[k])}
     return kept

@@ -11,19 +11,18 @@ from __future__ import annotations
 import math
 import time
 from contextlib import nullcontext
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from graft.trainer import data as data_mod
 from graft.trainer import models, timm_backbone
+from graft.trainer.config import StageConfig
 from torch import nn
 
-from graft.api.models import FullFineTuneStage, PretrainStage
-
-if TYPE_CHECKING:
-    from graft.trainer.stages import StageConfig
+from graft.api.models import FullFineTuneStage
 
 
 def _shard(n: int, rank: int, world: int, generator: torch.Generator) -> torch.Tensor:
@@ -148,106 +147,165 @@ def fine_tune_optimizer(net: models.GraftNet, stage: FullFineTuneStage) -> torch
     return torch.optim.AdamW(groups, weight_decay=stage.weight_decay)
 
 
-def train_network(session, cfg: StageConfig) -> None:
-    """Pretrain or FullFineTune: epochs over decoded images, a checkpoint per epoch."""
-    spec, stage = cfg.spec, cfg.stage
-    assert isinstance(stage, PretrainStage | FullFineTuneStage)
-    seed = spec.data.seed
-    size = spec.data.image_size
-    if isinstance(stage, PretrainStage):
-        train_src, val_src = data_mod.train_val(stage.data, None, spec.data.validation_split, seed)
-        num_classes = stage.num_classes
-    else:
-        train_src, val_src, _ = data_mod.target_sets(spec.data)
-        num_classes = spec.model.num_classes
-    # Kept decoded (uint8) while a quarter of the worker's memory holds them, else streamed from storage.
-    budget = data_mod.keep_budget(spec.workers.memory)
-    preset = cfg.preprocessing
-    resize = data_mod.resize_of(preset)
-    x_train = data_mod.ImageSet(train_src, size, budget, resize=resize)
-    x_val = data_mod.ImageSet(val_src, size, budget - (0 if x_train.streaming else x_train.nbytes), resize=resize)
-    y_train, y_val = torch.from_numpy(train_src.labels), torch.from_numpy(val_src.labels)
+@dataclass(frozen=True)
+class NetworkRecipe:
+    """How `train_network` trains a stage type's network; each stage type that trains one declares its own
+    (`stages.py`).
 
-    torch.manual_seed(seed)
-    net = models.build(spec.model.backbone, num_classes, size)
-    if cfg.init_backbone:
-        models.load_weights(net, cfg.init_backbone)
-    if cfg.init_head:
-        models.load_head(net, cfg.init_head)
+    `own_data`: the stage trains on its own `data` with its own `numClasses` (a source set), else on the job's target
+    train and validation sets with `spec.model.numClasses`. `fine_tune`: AdamW with a lower backbone learning rate
+    (`fine_tune_optimizer`) and warm-up, and the stage's `precision`, `channelsLast`, `augment` and `gradClipNorm`;
+    else SGD with Nesterov momentum, no warm-up, bf16 and channels_last on GPU, augmentation, no clipping."""
 
-    on_gpu = session.device.type == "cuda"
-    fft = isinstance(stage, FullFineTuneStage)
-    # bf16 autocast only where it is fast and safe: on GPU ("auto"), never on CPU even if asked.
-    bf16 = on_gpu and (not fft or stage.precision != "fp32")
-    channels_last = on_gpu and (not fft or stage.channels_last)
-    augment = stage.augment if fft else True
+    own_data: bool = False
+    fine_tune: bool = False
 
-    world = session.world_size
-    per_rank_batch = max(1, stage.batch_size // world)
-    steps_per_epoch = math.ceil(math.ceil(len(y_train) / world) / per_rank_batch)
-    total_steps = steps_per_epoch * stage.epochs
-    if fft:
-        optimizer = fine_tune_optimizer(net, stage)
-        warmup = round(stage.warmup_epochs * steps_per_epoch)
-    else:
-        optimizer = torch.optim.SGD(
-            net.parameters(), lr=stage.lr, momentum=0.9, nesterov=True, weight_decay=stage.weight_decay
-        )
-        warmup = 0
-    scheduler = _schedule(optimizer, warmup, total_steps)
+    @classmethod
+    def implied_by(cls, stage: Any) -> NetworkRecipe:
+        """The recipe a stage's fields imply (its own `data`; fine-tuning's `backboneLrScale`), for a caller that
+        runs the loop without its stage type (tests, benchmarks)."""
+        return cls(own_data=hasattr(stage, "data"), fine_tune=hasattr(stage, "backbone_lr_scale"))
 
-    start_epoch, history = _resume(session, "model", net, optimizer, scheduler)
 
-    if channels_last:
-        net = net.to(memory_format=torch.channels_last)
-    model = session.prepare_model(net)
+@dataclass(frozen=True)
+class _Options:
+    """A network run's per-batch choices: bf16 autocast and channels_last only where they are fast and safe (on
+    GPU, never on CPU even if asked), augmentation, gradient clipping."""
 
-    def autocast():
-        return torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else nullcontext()
+    bf16: bool
+    channels_last: bool
+    augment: bool
+    grad_clip: float | None
 
-    grad_clip = stage.grad_clip_norm if fft else None
-    eval_batch = max(per_rank_batch, 256)
-    stopper = EarlyStopping(stage.monitor, stage.patience, history)
-    for epoch in range(start_epoch, stage.epochs):
-        if stopper.stopped:  # a run resumed from the checkpoint of the epoch it stopped at
-            break
-        model.train()
-        gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
-        idx = _shard(len(y_train), session.rank, world, gen)
+    @classmethod
+    def of(cls, stage: Any, recipe: NetworkRecipe, on_gpu: bool) -> _Options:
+        fft = recipe.fine_tune
+        return cls(bf16=on_gpu and (not fft or stage.precision != "fp32"),
+                   channels_last=on_gpu and (not fft or stage.channels_last),
+                   augment=stage.augment if fft else True, grad_clip=stage.grad_clip_norm if fft else None)
+
+    def autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.bf16 else nullcontext()
+
+
+@dataclass
+class _Sets:
+    """A network run's data: images kept decoded (uint8) while a quarter of the worker's memory holds them, else
+    streamed from storage."""
+
+    train_src: data_mod.Source
+    x_train: data_mod.ImageSet
+    y_train: torch.Tensor
+    x_val: data_mod.ImageSet
+    y_val: torch.Tensor
+    num_classes: int
+
+    @classmethod
+    def load(cls, cfg: StageConfig, recipe: NetworkRecipe) -> _Sets:
+        spec, stage, seed = cfg.spec, cfg.stage, cfg.spec.data.seed
+        if recipe.own_data:
+            train_src, val_src = data_mod.train_val(stage.data, None, spec.data.validation_split, seed)
+            num_classes = stage.num_classes
+        else:
+            train_src, val_src, _ = data_mod.target_sets(spec.data)
+            num_classes = spec.model.num_classes
+        budget, size = data_mod.keep_budget(spec.workers.memory), spec.data.image_size
+        resize = data_mod.resize_of(cfg.preprocessing)
+        x_train = data_mod.ImageSet(train_src, size, budget, resize=resize)
+        x_val = data_mod.ImageSet(val_src, size, budget - (0 if x_train.streaming else x_train.nbytes), resize=resize)
+        return cls(train_src, x_train, torch.from_numpy(train_src.labels), x_val, torch.from_numpy(val_src.labels),
+                   num_classes)
+
+
+def _optimizer(net: models.GraftNet, stage: Any, recipe: NetworkRecipe, steps_per_epoch: int
+               ) -> tuple[torch.optim.Optimizer, int]:
+    """(the optimizer, its warm-up steps)."""
+    if recipe.fine_tune:
+        return fine_tune_optimizer(net, stage), round(stage.warmup_epochs * steps_per_epoch)
+    sgd = torch.optim.SGD(net.parameters(), lr=stage.lr, momentum=0.9, nesterov=True, weight_decay=stage.weight_decay)
+    return sgd, 0
+
+
+@dataclass
+class _NetworkRun:
+    """One worker's share of a network stage's run: its model (DDP-wrapped), optimizer and data."""
+
+    session: Any
+    cfg: StageConfig
+    sets: _Sets
+    opts: _Options
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    per_rank_batch: int
+
+    def epoch(self, epoch: int, start_epoch: int) -> dict[str, float]:
+        """Train one epoch, then evaluate on validation: the epoch's metrics, summed over the ranks."""
+        session, sets, opts, stage = self.session, self.sets, self.opts, self.cfg.stage
+        preset, world = self.cfg.preprocessing, session.world_size
+        self.model.train()
+        gen = torch.Generator().manual_seed(self.cfg.spec.data.seed * 100_003 + epoch)
+        idx = _shard(len(sets.y_train), session.rank, world, gen)
         loss_sum, seen, t0 = 0.0, 0, time.perf_counter()
-        for b, xb in x_train.batches(idx, per_rank_batch):
-            if augment:
-                xb = data_mod.augment(xb, train_src.hflip, gen)
+        for b, xb in sets.x_train.batches(idx, self.per_rank_batch):
+            if opts.augment:
+                xb = data_mod.augment(xb, sets.train_src.hflip, gen)
             xb = data_mod.normalize(xb.to(session.device, non_blocking=True), preset["mean"], preset["std"])
-            if channels_last:
+            if opts.channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
-            yb = y_train[b].to(session.device, non_blocking=True)
-            with autocast():
-                loss = F.cross_entropy(model(xb).float(), yb, label_smoothing=stage.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
+            yb = sets.y_train[b].to(session.device, non_blocking=True)
+            with opts.autocast():
+                loss = F.cross_entropy(self.model(xb).float(), yb, label_smoothing=stage.label_smoothing)
+            self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            optimizer.step()
-            scheduler.step()
+            if opts.grad_clip:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), opts.grad_clip)
+            self.optimizer.step()
+            self.scheduler.step()
             loss_sum += loss.item() * len(b)
             seen += len(b)
         train_seconds = time.perf_counter() - t0
         loss_sum, seen, train_seconds = session.all_sum([loss_sum, float(seen), train_seconds])
-        val_loss, val_acc = _evaluate(session, model, x_val, y_val, preset, eval_batch, autocast, channels_last)
-        metrics = {
-            "epoch": float(epoch + 1),
-            "train_loss": loss_sum / max(1.0, seen),
-            "val_loss": val_loss,
-            "val_accuracy": val_acc,
-            "images_per_second": seen / max(1e-9, train_seconds / world),
-            "resumed_from": float(start_epoch),
-        }
+        val_loss, val_acc = _evaluate(session, self.model, sets.x_val, sets.y_val, preset,
+                                      max(self.per_rank_batch, 256), opts.autocast, opts.channels_last)
+        return {"epoch": float(epoch + 1), "train_loss": loss_sum / max(1.0, seen), "val_loss": val_loss,
+                "val_accuracy": val_acc, "images_per_second": seen / max(1e-9, train_seconds / world),
+                "resumed_from": float(start_epoch)}
+
+
+def train_network(session, cfg: StageConfig, recipe: NetworkRecipe | None = None) -> None:
+    """A network stage (Pretrain, FullFineTune: their stage types' `recipe`): epochs over decoded images, a
+    checkpoint per epoch."""
+    spec, stage = cfg.spec, cfg.stage
+    recipe = recipe or NetworkRecipe.implied_by(stage)
+    sets = _Sets.load(cfg, recipe)
+    torch.manual_seed(spec.data.seed)
+    net = models.build(spec.model.backbone, sets.num_classes, spec.data.image_size)
+    if cfg.init_backbone:
+        models.load_weights(net, cfg.init_backbone)
+    if cfg.init_head:
+        models.load_head(net, cfg.init_head)
+    opts = _Options.of(stage, recipe, session.device.type == "cuda")
+    world = session.world_size
+    per_rank_batch = max(1, stage.batch_size // world)
+    steps_per_epoch = math.ceil(math.ceil(len(sets.y_train) / world) / per_rank_batch)
+    optimizer, warmup = _optimizer(net, stage, recipe, steps_per_epoch)
+    scheduler = _schedule(optimizer, warmup, steps_per_epoch * stage.epochs)
+    start_epoch, history = _resume(session, "model", net, optimizer, scheduler)
+    if opts.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    run = _NetworkRun(session, cfg, sets, opts, session.prepare_model(net), optimizer, scheduler, per_rank_batch)
+    stopper = EarlyStopping(stage.monitor, stage.patience, history)
+    for epoch in range(start_epoch, stage.epochs):
+        if stopper.stopped:  # a run resumed from the checkpoint of the epoch it stopped at
+            break
+        metrics = run.epoch(epoch, start_epoch)
         metrics.update(stopper.update(metrics, epoch + 1 < stage.epochs))
         history.append(metrics)
         state = None
         if session.rank == 0:
-            state = _checkpoint("model", model, optimizer, scheduler, epoch + 1, history, classes=train_src.classes)
+            state = _checkpoint("model", run.model, optimizer, scheduler, epoch + 1, history,
+                                classes=sets.train_src.classes)
         session.report(metrics, state, epoch + 1, stage.epochs)
 
 

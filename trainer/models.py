@@ -14,8 +14,8 @@ from collections.abc import Mapping
 
 import torch
 from graft.trainer import timm_backbone
-from graft.trainer.data import IMAGENET_MEAN, IMAGENET_STD
 from graft.trainer.errors import InputError, check_fit
+from graft.trainer.transforms import IMAGENET_MEAN, IMAGENET_STD
 from torch import nn
 
 from graft import storage

@@ -5,6 +5,7 @@ after each stage; nothing here chooses anything."""
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -101,3 +102,15 @@ def calibration(val: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor
     if test is not None:
         out.update(test_ece=ece(*test), test_ece_calibrated=ece(*test, temperature=t))
     return out
+
+
+def predictions_uri(output: str) -> str:
+    """Where a candidate's validation predictions lie, beside its weights (`outputs/head.pt` ->
+    `outputs/head.val-predictions.pt`)."""
+    return output.removesuffix(".pt") + ".val-predictions.pt"
+
+
+def save_predictions(output: str, logits: torch.Tensor, labels: Any) -> None:
+    """Record a candidate's predicted class and the label of every validation image, for the paired test."""
+    models.save_tensors(predictions_uri(output), {"predicted": logits.argmax(1).to(torch.int64).cpu(),
+                                                  "labels": torch.as_tensor(labels).to(torch.int64).cpu()})

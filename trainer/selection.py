@@ -18,37 +18,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from graft.trainer import models
+from graft.trainer import models, registry, scoring
 from graft.trainer.sweep import better
 
 from graft.api.models import StageState
 from graft.ledger import Ledger
 
-#: The stages whose result is a classifier of the target classes, in the order they run: the last one present is
-#: the reference (what the job exports unless another candidate is significantly better on validation).
-CANDIDATE_STAGES = ("Head", "FullFineTune")
-NAMES = {"Head": "LP (Head on the frozen backbone)", "FullFineTune": "FullFineTune",
-         "Interpolated": "WiSE-FT interpolation of LP and FullFineTune"}
 #: The weight interpolation's candidate is an alternative to FullFineTune like LP: its alpha was itself chosen on
 #: validation among 11, so it too must beat FullFineTune beyond the noise.
 INTERPOLATED = "Interpolated"
+#: What model.json calls the interpolation's candidate.
+INTERPOLATED_NAME = "WiSE-FT interpolation of LP and FullFineTune"
 #: The family-wise chance of passing over the reference when no alternative is really better.
 ALPHA = 0.05
 RULE = (f"the last stage's model (FullFineTune, else LP) unless another candidate is better on validation by more "
         f"than the noise: an exact one-sided McNemar test on per-image correctness, p < {ALPHA} shared among the "
         "alternatives (validation only; the test set chooses nothing)")
-
-
-def predictions_uri(output: str) -> str:
-    """Where a candidate's validation predictions lie, beside its weights (`outputs/head.pt` ->
-    `outputs/head.val-predictions.pt`)."""
-    return output.removesuffix(".pt") + ".val-predictions.pt"
-
-
-def save_predictions(output: str, logits: torch.Tensor, labels: Any) -> None:
-    """Record a candidate's predicted class and the label of every validation image, for the paired test."""
-    models.save_tensors(predictions_uri(output), {"predicted": logits.argmax(1).to(torch.int64).cpu(),
-                                                  "labels": torch.as_tensor(labels).to(torch.int64).cpu()})
 
 
 @dataclass(frozen=True)
@@ -57,6 +42,12 @@ class Candidate:
     metrics: dict[str, float]
     output: str | None = None  #: its weights; its validation predictions lie beside them
     correct: torch.Tensor | None = field(default=None, compare=False)  #: per validation image, when recorded
+    #: The stage whose ledger record the candidate comes from (the interpolation's: the stage that interpolated).
+    record: str | None = field(default=None, compare=False)
+
+    @property
+    def source(self) -> str:
+        return self.record or self.stage
 
     @property
     def score(self) -> tuple[float, float]:
@@ -64,30 +55,42 @@ class Candidate:
 
     def summary(self) -> dict[str, Any]:
         keys = ("val_accuracy", "val_loss", "test_accuracy", "test_loss", "best_epoch", "alpha")
-        return {"stage": self.stage, "model": NAMES[self.stage], **{k: self.metrics[k] for k in keys
+        return {"stage": self.stage, "model": name(self.stage), **{k: self.metrics[k] for k in keys
                                                                     if k in self.metrics}}
+
+
+def name(stage: str) -> str:
+    """What model.json calls a candidate (`StageType.candidate`)."""
+    if stage == INTERPOLATED:
+        return INTERPOLATED_NAME
+    kind = registry.STAGES.get(stage)
+    return (kind.candidate if kind else None) or stage
 
 
 def _correct(output: str | None) -> torch.Tensor | None:
     if output is None:
         return None
     try:
-        recorded = models.read_tensors(predictions_uri(output))
+        recorded = models.read_tensors(scoring.predictions_uri(output))
     except FileNotFoundError:  # a stage scored before the predictions were recorded
         return None
     return recorded["predicted"] == recorded["labels"]
 
 
 def candidates(ledger: Ledger) -> list[Candidate]:
-    """The finished stages that made a target classifier with validation figures, in CANDIDATE_STAGES order."""
+    """The finished stages that made a target classifier (their stage type's `candidate`) with validation figures,
+    in the order they ran: the last one is the reference (what the job exports unless another candidate is
+    significantly better on validation)."""
     found = []
-    for stage in CANDIDATE_STAGES:
-        rec = next((s for s in ledger.stages if s.type == stage), None)
-        if rec and rec.state == StageState.SUCCEEDED and {"val_accuracy", "val_loss"} <= set(rec.metrics):
-            found.append(Candidate(stage, dict(rec.metrics), rec.output, _correct(rec.output)))
+    for rec in ledger.stages:
+        kind = registry.STAGES.get(rec.type)
+        if kind is None or kind.candidate is None:
+            continue
+        if rec.state == StageState.SUCCEEDED and {"val_accuracy", "val_loss"} <= set(rec.metrics):
+            found.append(Candidate(rec.type, dict(rec.metrics), rec.output, _correct(rec.output)))
             if rec.interpolation:
                 out = rec.interpolation.get("output")
-                found.append(Candidate(INTERPOLATED, dict(rec.interpolation["metrics"]), out, _correct(out)))
+                found.append(Candidate(INTERPOLATED, dict(rec.interpolation["metrics"]), out, _correct(out), rec.type))
     return found
 
 
@@ -123,13 +126,13 @@ def choose(found: list[Candidate]) -> tuple[Candidate, str, list[dict[str, Any]]
     reference = [c for c in found if c.stage != INTERPOLATED][-1]
     others = [c for c in found if c is not reference]
     if not others:
-        return reference, f"{NAMES[reference.stage]} is the only candidate", []
+        return reference, f"{name(reference.stage)} is the only candidate", []
     level = ALPHA / len(others)
     tests = [compare(c, reference) for c in others]
     if any(t["p"] is None for t in tests):
         # No per-image record (a stage scored by an older Graft): the plain rule, best by validation, as before.
         chosen = max(found, key=lambda c: (c.score[0], -c.score[1], c is reference))
-        return chosen, (f"{NAMES[chosen.stage]} has the best validation accuracy ({_acc(chosen)}; no per-image "
+        return chosen, (f"{name(chosen.stage)} has the best validation accuracy ({_acc(chosen)}; no per-image "
                         "validation record for the paired test, so the plain best by validation)"), tests
     significant = [c for c, t in zip(others, tests, strict=True) if t["wins"] > t["losses"] and t["p"] < level]
     chosen = reference
@@ -138,12 +141,12 @@ def choose(found: list[Candidate]) -> tuple[Candidate, str, list[dict[str, Any]]
             chosen = c
 
     def versus(c: Candidate, t: dict[str, Any]) -> str:
-        return (f"{NAMES[c.stage]} {_acc(c)} vs {_acc(reference)} on {t['images']} validation images: right where "
+        return (f"{name(c.stage)} {_acc(c)} vs {_acc(reference)} on {t['images']} validation images: right where "
                 f"{reference.stage} is wrong on {t['wins']}, the reverse on {t['losses']}, p = {t['p']:.3g}")
 
     described = "; ".join(versus(c, t) for c, t in zip(others, tests, strict=True))
     if chosen is reference:
-        return reference, (f"{NAMES[reference.stage]} kept (the last stage's model): no other candidate is better "
+        return reference, (f"{name(reference.stage)} kept (the last stage's model): no other candidate is better "
                            f"on validation beyond the noise (needs p < {level:.3g}): {described}"), tests
-    return chosen, (f"{NAMES[chosen.stage]} is better than {NAMES[reference.stage]} on validation beyond the noise "
+    return chosen, (f"{name(chosen.stage)} is better than {name(reference.stage)} on validation beyond the noise "
                     f"(p < {level:.3g}): {described}"), tests

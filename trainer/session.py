@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 from graft.trainer import checkpoints
+from graft.trainer.config import StageConfig
 from graft.trainer.logship import LogShipper, metrics_text
-from graft.trainer.stages import StageConfig
 
 from graft import storage
 from graft.lease import Holder

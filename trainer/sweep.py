@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from graft.trainer import models
+from graft.trainer.config import StageConfig
 from torch import nn
 
 from graft import storage
 from graft.api.models import HeadStage
-
-if TYPE_CHECKING:
-    from graft.trainer.stages import StageConfig
 
 _BETAS, _EPS = (0.9, 0.999), 1e-8
 
@@ -124,37 +122,50 @@ def train_head(session, cfg: StageConfig) -> None:
         _train_head(session, cfg, train, val)
 
 
-def _train_head(session, cfg: StageConfig, train: dict, val: dict) -> None:
-    """Head: the sweep on `features/train.pt`, validated on `features/val.pt`; checkpoints hold every setting
-    (weights, optimizer moments, best epochs), so a resumed run goes on where the last checkpoint left it.
-
-    Only the batched linear layer is built here: the backbone is never constructed, loaded or run."""
-    spec, stage = cfg.spec, cfg.stage
-    device = session.device
-    x_train, y_train = train["features"].to(device), train["labels"].to(device)
-    x_val, y_val = val["features"].to(device), val["labels"].to(device)
-    grid = stage.grid()
-    settings = len(grid)
-    lr = torch.tensor([s["lr"] for s in grid], device=device)
-    wd = torch.tensor([s["weight_decay"] for s in grid], device=device)
-    smoothing = torch.tensor([s["label_smoothing"] for s in grid], device=device)
-
-    torch.manual_seed(spec.data.seed)
-    heads = HeadGrid(settings, x_train.shape[1], spec.model.num_classes).to(device)
-    optimizer = BatchedAdamW([heads.weight, heads.bias], lr, wd)
-    world = session.world_size
-    per_rank_batch = max(1, stage.batch_size // world)
-    steps_per_epoch = math.ceil(math.ceil(len(y_train) / world) / per_rank_batch)
-    total_steps = steps_per_epoch * stage.epochs
-
-    # Per setting: its best (val_accuracy, val_loss), the epoch of it, its weights then, epochs since, active.
-    track: dict[str, Any] = {
+def _new_track(heads: HeadGrid, settings: int) -> dict[str, Any]:
+    """Per setting: its best (val_accuracy, val_loss), the epoch of it, its weights then, epochs since, active."""
+    return {
         "best_acc": torch.full((settings,), -1.0), "best_loss": torch.full((settings,), math.inf),
         "best_epoch": torch.zeros(settings, dtype=torch.long), "since": torch.zeros(settings, dtype=torch.long),
         "active": torch.ones(settings, dtype=torch.bool), "stopped_at": torch.zeros(settings, dtype=torch.long),
         "weight": heads.weight.detach().clone(), "bias": heads.bias.detach().clone(),
     }
-    start_epoch, history = 0, []
+
+
+def _epoch_index(n: int, seed: int, epoch: int, rank: int, world: int) -> torch.Tensor:
+    """This rank's rows for one epoch: a shared permutation padded so every rank takes as many steps."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    per_rank = math.ceil(len(perm) / world)
+    return torch.cat([perm, perm[: per_rank * world - len(perm)]])[rank::world]
+
+
+def _val_scores(heads: HeadGrid, x_val: torch.Tensor, y_val: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(val_accuracy, val_loss) of every setting, on the CPU."""
+    with torch.no_grad():
+        logits = heads(x_val)
+        loss = F.cross_entropy(logits.transpose(1, 2), y_val.expand(len(heads.weight), -1), reduction="none").mean(1)
+        acc = (logits.argmax(-1) == y_val).float().mean(1)
+    return acc.cpu(), loss.cpu()
+
+
+def _train_head(session, cfg: StageConfig, train: dict, val: dict) -> None:
+    """Head: the sweep on `features/train.pt`, validated on `features/val.pt`; checkpoints hold every setting
+    (weights, optimizer moments, best epochs), so a resumed run goes on where the last checkpoint left it.
+
+    Only the batched linear layer is built here: the backbone is never constructed, loaded or run."""
+    spec, stage, device, world = cfg.spec, cfg.stage, session.device, session.world_size
+    x_train, y_train = train["features"].to(device), train["labels"].to(device)
+    x_val, y_val = val["features"].to(device), val["labels"].to(device)
+    grid = stage.grid()
+    settings = len(grid)
+    lr, wd, smoothing = (torch.tensor([s[k] for s in grid], device=device)
+                         for k in ("lr", "weight_decay", "label_smoothing"))
+    torch.manual_seed(spec.data.seed)
+    heads = HeadGrid(settings, x_train.shape[1], spec.model.num_classes).to(device)
+    optimizer = BatchedAdamW([heads.weight, heads.bias], lr, wd)
+    per_rank_batch = max(1, stage.batch_size // world)
+    total_steps = math.ceil(math.ceil(len(y_train) / world) / per_rank_batch) * stage.epochs
+    track, start_epoch, history = _new_track(heads, settings), 0, []
     state = session.load_state()
     if state is not None:
         heads.load_state_dict(state["grid"])
@@ -162,15 +173,11 @@ def _train_head(session, cfg: StageConfig, train: dict, val: dict) -> None:
         track, start_epoch, history = state["track"], state["epoch"], state["history"]
     model = session.prepare_model(heads)
     every = max(1, stage.epochs // 10)
-    epoch = start_epoch
     for epoch in range(start_epoch, stage.epochs):
         if not track["active"].any():
             break
         model.train()
-        gen = torch.Generator().manual_seed(spec.data.seed * 100_003 + epoch)
-        perm = torch.randperm(len(y_train), generator=gen)
-        per_rank = math.ceil(len(perm) / world)
-        idx = torch.cat([perm, perm[: per_rank * world - len(perm)]])[session.rank :: world]
+        idx = _epoch_index(len(y_train), spec.data.seed, epoch, session.rank, world)
         loss_sum = torch.zeros(settings, device=device)
         for start in range(0, len(idx), per_rank_batch):
             b = idx[start : start + per_rank_batch].to(device)
@@ -179,22 +186,12 @@ def _train_head(session, cfg: StageConfig, train: dict, val: dict) -> None:
             losses.sum().backward()  # settings are independent: the sum's gradient is each one's own
             optimizer.step(_cosine(optimizer.steps, total_steps), track["active"].to(device).float())
             loss_sum += losses.detach() * len(b)
-        with torch.no_grad():
-            logits = heads(x_val)
-            val_loss = F.cross_entropy(logits.transpose(1, 2), y_val.expand(settings, -1), reduction="none").mean(1)
-            val_acc = (logits.argmax(-1) == y_val).float().mean(1)
-        _update(track, heads, val_acc.cpu(), val_loss.cpu(), epoch + 1, stage)
+        _update(track, heads, *_val_scores(heads, x_val, y_val), epoch + 1, stage)
         chosen = choose(track, stage.monitor)
         (train_loss,) = session.all_sum([loss_sum[chosen].item() / len(idx) / world])
-        metrics = {
-            "epoch": float(epoch + 1),
-            "train_loss": train_loss,
-            "val_loss": float(track["best_loss"][chosen]),
-            "val_accuracy": float(track["best_acc"][chosen]),
-            "settings": float(settings),
-            "settings_active": float(track["active"].sum()),
-            "resumed_from": float(start_epoch),
-        }
+        metrics = {"epoch": float(epoch + 1), "train_loss": train_loss, "val_loss": float(track["best_loss"][chosen]),
+                   "val_accuracy": float(track["best_acc"][chosen]), "settings": float(settings),
+                   "settings_active": float(track["active"].sum()), "resumed_from": float(start_epoch)}
         done = epoch + 1 == stage.epochs or not track["active"].any()
         if done and epoch + 1 < stage.epochs:
             metrics["stopped_early"] = 1.0  # the executor then knows a short run is not an interrupted one

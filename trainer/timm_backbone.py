@@ -1,8 +1,8 @@
 """timm backbones (`spec.model.backbone: timm:<name>`): the model with no classifier (`num_classes=0`), its pooled
 features through timm's own API (`forward_features`, then `forward_head(pre_logits=True)`), its preprocessing from
-its pretrained config (`timm.data.resolve_data_config`: mean, std, interpolation, crop_pct; `data.Resize` applies the
-last two), weights files in timm's key layout, hub downloads, and the fine-tuning parameter groups (layer-wise
-learning-rate decay, no weight decay on norms and biases).
+its pretrained config (`timm.data.resolve_data_config`: mean, std, interpolation, crop_pct; `transforms.Resize`
+applies the last two), weights files in timm's key layout, hub downloads, and the fine-tuning parameter groups
+(layer-wise learning-rate decay, no weight decay on norms and biases).
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def data_config(arch: str, model: nn.Module | None = None) -> dict[str, Any]:
 
 def preprocessing(arch: str) -> dict[str, Any]:
     """What the trainer applies, from the pretrained config: mean and std, and timm's eval resize (the shorter side
-    to imageSize / crop_pct with the config's interpolation, then the centre crop; `data.Resize`)."""
+    to imageSize / crop_pct with the config's interpolation, then the centre crop; `transforms.Resize`)."""
     cfg = data_config(arch)
     return {"mean": [float(v) for v in cfg["mean"]], "std": [float(v) for v in cfg["std"]],
             "interpolation": str(cfg.get("interpolation") or "bicubic"), "crop_pct": float(cfg.get("crop_pct") or 1.0)}
