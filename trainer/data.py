@@ -273,12 +273,26 @@ def verify_images(source: Source, threads: int = 8, of: int | None = None) -> No
 # ------------------------------------------------------------------------------------------- listing
 
 
-def _builtin(name: str) -> Source:
-    from sklearn.datasets import load_digits
+def _digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 8x8 digits (images [N, 8, 8] in 0..16, labels), read as `sklearn.datasets.load_digits` reads
+    them (sklearn/datasets/_base.py: `np.loadtxt` of data/digits.csv.gz, the label last) without importing scikit-learn:
+    its import (scipy.stats, pandas) took longer than the demo's epochs, in the driver and in every worker."""
+    import gzip
+    import importlib.util
+    import os
 
-    digits = load_digits()
-    x = (digits.images / 16.0).astype(np.float32)  # [N, 8, 8] in [0, 1]
-    y = digits.target.astype(np.int64)
+    package = importlib.util.find_spec("sklearn")  # finds the package without running its __init__
+    assert package is not None and package.submodule_search_locations
+    path = os.path.join(package.submodule_search_locations[0], "datasets", "data", "digits.csv.gz")
+    with gzip.open(path) as f:
+        data = np.loadtxt(f, delimiter=",")
+    return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(np.int64)
+
+
+def _builtin(name: str) -> Source:
+    images, target = _digits()
+    x = (images / 16.0).astype(np.float32)  # [N, 8, 8] in [0, 1]
+    y = target
     perm = np.random.RandomState(_DIGITS_SPLIT_SEED).permutation(len(y))
     half = len(y) // 2
     hflip = False  # a mirrored digit is another symbol
