@@ -22,7 +22,7 @@ import torch
 from graft.trainer import checkpoints, loops, models, stopping, timing
 from graft.trainer import data as data_mod
 from graft.trainer.session import LocalSession
-from graft.trainer.stages import StageConfig
+from graft.trainer.stages import StageConfig, in_process_budget
 
 from graft import storage
 from graft.api.models import WorkersSpec
@@ -79,6 +79,18 @@ class LocalExecutor:
         metrics = save_features(out_uri, x, sets, t2 - t0)
         record_parts(cfg, {"data": t1 - t0, "compute": t2 - t1, "checkpoint": time.perf_counter() - t2})
         return metrics
+
+
+def features_in_driver(cfg: StageConfig, sets: dict[str, Any]) -> bool:
+    """Whether FrozenFeatures runs in the driver's process rather than on a Ray Data actor pool: when the images are in
+    memory already (built-in sets: nothing to read or decode), fit the driver's budget as float32, no GPU is asked
+    for and the stage names no `actors`. On the demo the pool's start-up took seconds for milliseconds of work
+    (`graft status`'s timing); the pool is for sets that need reading and decoding, or a GPU."""
+    size = cfg.spec.data.image_size
+    in_memory = all(src.pixels is not None for src in sets.values())
+    nbytes = sum(len(src) * 3 * size * size * 4 for src in sets.values())
+    return (in_memory and not cfg.stage.actors and not cfg.spec.workers.gpus
+            and nbytes <= in_process_budget(cfg.spec))
 
 
 def ensure_ray(workers: WorkersSpec, log_to_driver: bool = True) -> float:
@@ -269,7 +281,9 @@ class RayExecutor:
 
     def features(self, cfg: StageConfig, sets: dict[str, Any], out_uri: str) -> dict[str, float]:
         """Run the frozen backbone once over the images of `sets` (train, validation, test) on a Ray Data actor pool
-        and store `<out_uri>/<set>.pt` (features and labels)."""
+        and store `<out_uri>/<set>.pt` (features and labels); in the driver's process when `features_in_driver`."""
+        if features_in_driver(cfg, sets):
+            return LocalExecutor().features(cfg, sets, out_uri)
         import ray.data
 
         workers = cfg.spec.workers

@@ -10,9 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from graft.trainer import data as data_mod
 from graft.trainer.driver import Driver
-from graft.trainer.executors import LocalExecutor
-from support.trainer_data import job_doc, write_job
+from graft.trainer.executors import LocalExecutor, features_in_driver
+from graft.trainer.stages import StageConfig
+from support.trainer_data import job_doc, write_job, write_png
 from typer.testing import CliRunner
 
 from graft.api.models import TransferJob
@@ -72,8 +74,29 @@ def test_each_stage_s_time_is_broken_down_in_the_ledger_and_graft_status(tmp_pat
 def test_on_ray_the_worker_group_s_start_up_and_teardown_are_measured(tmp_path):
     """`graft run` on local Ray (2 gloo workers, a Ray Data actor pool): Ray's start in the first stage, Ray Train's
     start-up and teardown in both training stages, the actor pool's start-up in FrozenFeatures."""
-    job = write_job(tmp_path / "job.json", job_doc("timed", SPEC))
+    spec = {**SPEC, "stages": [{**s, "actors": 2} if s["type"] == "FrozenFeatures" else s for s in SPEC["stages"]]}
+    job = write_job(tmp_path / "job.json", job_doc("timed", spec))
     done = subprocess.run([GRAFT, "run", str(job), "--storage", str(tmp_path / "runs")], capture_output=True,
                           text=True, timeout=400, cwd=tmp_path)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     _check(_status_json(str(tmp_path / "runs" / "timed")), ON_RAY)
+
+
+@pytest.mark.parametrize(("change", "in_driver"), [
+    ({}, True),
+    ({"stages": [{"type": "FrozenFeatures", "actors": 2}]}, False),
+    ({"workers": {"replicas": 2, "gpus": 1}}, False),
+    ({"workers": {"replicas": 2, "memory": "64Ki"}}, False),
+    ({"data": {"train": "FOLDER", "imageSize": 8}}, False),
+], ids=["built-in-set", "actors-asked", "gpus-asked", "over-the-budget", "image-files"])
+def test_frozen_features_run_in_the_driver_only_for_small_in_memory_sets(tmp_path, change, in_driver):
+    """The Ray Data actor pool's start-up took seconds for the demo's milliseconds of work: small built-in sets are run
+    through the backbone in the driver; files to read and decode, a GPU, or an explicit `actors` keep the pool."""
+    for label in ("0", "1"):
+        write_png(tmp_path / "images" / label / "a.png", 40)
+    spec = {"model": {"backbone": "smallcnn", "numClasses": 2, "weights": "w.pt"},
+            "data": {"train": "builtin:digits", "imageSize": 8}, "stages": [{"type": "FrozenFeatures"}], **change}
+    spec["data"]["train"] = spec["data"]["train"].replace("FOLDER", str(tmp_path / "images"))
+    job = TransferJob.model_validate(job_doc("features", spec))
+    sets = {"train": data_mod.open_source(job.spec.data.train)}
+    assert features_in_driver(StageConfig(job.spec, 0), sets) is in_driver
