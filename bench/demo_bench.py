@@ -28,6 +28,8 @@ GRAFT = str(Path(sys.executable).with_name("graft"))
 DEMO = REPO / "examples" / "digits-lpft.yaml"
 #: The commit this work started from (2026-12-07): the baseline unless --base says otherwise.
 BASE = "ca262f6"
+#: graft.ledger.TIMING_PARTS (the ledger's JSON has its keys sorted): spelled out, so a baseline without it runs too.
+PARTS = ("ray_init", "startup", "data", "compute", "checkpoint", "teardown", "driver")
 
 
 def unpack(ref: str, into: Path) -> Path:
@@ -67,7 +69,7 @@ def breakdown(run: dict) -> list[str]:
     out = []
     for name, s in run["stages"].items():
         if s["timing"]:
-            parts = ", ".join(f"{k} {v:.1f}s" for k, v in s["timing"].items() if v >= 0.05)
+            parts = ", ".join(f"{k} {s['timing'][k]:.1f}s" for k in PARTS if s["timing"].get(k, 0.0) >= 0.05)
             out.append(f"    {name}: {parts}")
     return out
 

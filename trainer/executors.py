@@ -125,6 +125,9 @@ def _init_ray(workers: WorkersSpec, log_to_driver: bool, runtime_env: dict[str, 
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=log_to_driver, runtime_env=runtime_env)
         return
+    # Ray Train's preemption watcher (one more actor process per worker group, on a 2-core machine a second of CPU
+    # in each stage's start-up) polls for nodes being drained: a local Ray on this machine is never drained.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     # Ray Data read tasks and the feature actors need CPUs beside the training workers; logical CPUs are
     # only a scheduling count, so ask for enough that nothing waits forever on a small machine.
     needed = int(workers.replicas * max(1.0, cpus_per_worker(workers))) + 2
