@@ -77,7 +77,7 @@ def test_on_ray_the_worker_group_s_start_up_and_teardown_are_measured(tmp_path):
     spec = {**SPEC, "stages": [{**s, "actors": 2} if s["type"] == "FrozenFeatures" else s for s in SPEC["stages"]]}
     job = write_job(tmp_path / "job.json", job_doc("timed", spec))
     done = subprocess.run([GRAFT, "run", str(job), "--storage", str(tmp_path / "runs")], capture_output=True,
-                          text=True, timeout=900, cwd=tmp_path)  # a loaded 2-core CI machine: minutes
+                          text=True, timeout=540, cwd=tmp_path)  # under pytest-timeout's 600 s; idle: about 1 min
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     _check(_status_json(str(tmp_path / "runs" / "timed")), ON_RAY)
 
