@@ -4,6 +4,7 @@
   .venv/bin/python bench/trainer_bench.py --tiny     # smoke run
   .venv/bin/python bench/trainer_bench.py gpu        # ResNet-50 and timm ViT-B/16 FullFineTune bf16 on a GPU (gpu.sh)
   .venv/bin/python bench/trainer_bench.py data       # (e) streamed vs kept ImageFolder
+  .venv/bin/python bench/trainer_bench.py demo       # the README's demo vs a baseline checkout (bench/demo_bench.py)
 
 (a) Head on stored features vs re-running the frozen backbone every epoch (same epochs).
 (b) FullFineTune images/s after start-up (epochs after the first) on Ray Train vs a plain PyTorch loop.
@@ -248,6 +249,12 @@ def bench_streaming(tiny: bool, workdir: Path) -> dict:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["demo"]:  # the README's demo, this checkout against a baseline (bench/demo_bench.py)
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import demo_bench
+
+        demo_bench.main(sys.argv[2:])
+        return
     parser = argparse.ArgumentParser()
     parser.add_argument("mode", nargs="?", default="cpu", choices=["cpu", "gpu", "data"])
     parser.add_argument("--tiny", action="store_true", help="small sizes: proves the script runs")

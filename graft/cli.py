@@ -206,6 +206,8 @@ def _print_ledger(ledger: Any, run: str) -> None:
         table.add_row(s.type, s.state.value, epoch, metrics, s.checkpoint or s.output or "")
     console().print(table)
     for s in ledger.stages:
+        if s.timing:
+            typer.echo(f"{s.type}: time {s.timing_text()}")
         if s.stop:
             typer.echo(f"{s.type}: {s.stop}")
         for note in s.notes:

@@ -21,6 +21,8 @@ LEDGER_FILE = "ledger.json"
 #: The last complete version, written by every save just before ledger.json (see `Ledger.save`).
 PREV_FILE = LEDGER_FILE + ".prev"
 LEDGER_VERSION = 1
+#: The parts of a stage's time (`StageRecord.timing`), in the order they happen; `trainer/timing.py` says what each is.
+TIMING_PARTS = ("ray_init", "startup", "data", "compute", "checkpoint", "teardown", "driver")
 
 _log = logging.getLogger(__name__)
 
@@ -121,6 +123,14 @@ class StageRecord(BaseModel):
     #: What a resume of this stage passed over, one line each: an incomplete checkpoint and what it resumed from
     #: instead (`trainer/checkpoints.py`).
     notes: list[str] = Field(default_factory=list)
+    #: Where the latest attempt's time went, seconds per part (`TIMING_PARTS`: Ray's start, the worker group's start-up,
+    #: data, compute, checkpoints and reports, teardown, the driver's own work): written as the stage runs, `driver`
+    #: when it ends. Empty in ledgers written before 2026-12.
+    timing: dict[str, float] = Field(default_factory=dict)
+
+    def timing_text(self) -> str:
+        """`startup 14.2s, data 1.1s, ...`: the parts of at least 0.05 s, in order (one line for `graft status`)."""
+        return ", ".join(f"{k} {self.timing[k]:.1f}s" for k in TIMING_PARTS if self.timing.get(k, 0.0) >= 0.05)
 
 
 class TrackingRecord(BaseModel):

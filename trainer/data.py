@@ -9,9 +9,7 @@ worker's budget, else decoded batch by batch from storage.
 
 from __future__ import annotations
 
-import io
 import posixpath
-import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -22,9 +20,15 @@ import pyarrow.fs as pafs
 import torch
 import torch.nn.functional as F
 from graft.trainer import tables
+from graft.trainer.decoding import LISTED_PROBLEMS as LISTED_PROBLEMS
+from graft.trainer.decoding import decode_files as decode_files
+from graft.trainer.decoding import decode_image as decode_image
+from graft.trainer.decoding import image_problem as image_problem
+from graft.trainer.decoding import images_error as images_error
+from graft.trainer.decoding import try_decode as try_decode
 from graft.trainer.errors import InputError
 from graft.trainer.tables import is_table as is_table
-from graft.trainer.transforms import Resize, timm_resize
+from graft.trainer.transforms import Resize
 from graft.trainer.transforms import augment as augment
 from graft.trainer.transforms import normalize as normalize
 from graft.trainer.transforms import resize_of as resize_of
@@ -91,6 +95,12 @@ def keep_budget(memory: str) -> int:
     return int(parse_quantity(memory)) // 4
 
 
+def in_process_budget(spec) -> int:
+    """Bytes of stored features a stage may hold in the driver's process: a quarter of the smaller of a worker's
+    and the Ray head pod's memory (the driver runs on the head)."""
+    return min(keep_budget(spec.workers.memory), keep_budget(spec.scheduling.head.memory))
+
+
 def decoded_bytes(source: Source, size: int) -> int:
     """The memory the decoded set takes as uint8."""
     return len(source) * 3 * size * size
@@ -140,48 +150,6 @@ class ImageSet:
 # ------------------------------------------------------------------------------------------ decoding
 
 
-def decode_image(uri: str, size: int, resize: Resize | None = None) -> np.ndarray:
-    """Read and decode one image to uint8 `[3, size, size]` (RGB, resized: bilinear to size x size, or a timm
-    model's `resize`); InputError names a bad file."""
-    from PIL import Image
-
-    data = storage.read_bytes(uri)
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            img = img.convert("RGB")
-            img = timm_resize(img, size, resize) if resize else img.resize((size, size), Image.BILINEAR)
-            return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).copy()
-    except (OSError, ValueError, SyntaxError) as exc:  # UnidentifiedImageError is an OSError
-        raise InputError(uri, f"not a readable image ({_image_reason(exc)})") from None
-
-
-def _image_reason(exc: BaseException) -> str:
-    """Why Pillow could not decode a file, in words: the error's type and message without the
-    `<_io.BytesIO object at 0x...>` that Pillow puts in it (the file's path is said beside it)."""
-    from PIL import UnidentifiedImageError
-
-    if isinstance(exc, UnidentifiedImageError):
-        return "UnidentifiedImageError: not an image format Pillow knows, or a corrupt header"
-    text = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", str(exc)).strip()
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def try_decode(uri: str, size: int, resize: Resize | None = None) -> tuple[np.ndarray | None, str | None]:
-    """`(image, None)` as `decode_image` gives it, or `(None, why not)` for a file that is missing or does not
-    decode. Storage errors (endpoint, credentials, bucket) are raised: they are not about the file."""
-    try:
-        return decode_image(uri, size, resize), None
-    except FileNotFoundError:
-        return None, "not found"
-    except InputError as exc:
-        return None, exc.cause
-
-
-def image_problem(uri: str, size: int = 8) -> str | None:
-    """Why one image file cannot be used (not found, not decodable), or None when it decodes."""
-    return try_decode(uri, size)[1]
-
-
 def list_images(uri: str) -> list[str]:
     """The image files under a folder (local or an `s3://` prefix), recursively, sorted, hidden ones left out as
     an ImageFolder's are; a URI that is not a folder is returned as it is (a file, or a path that may not exist)."""
@@ -194,29 +162,6 @@ def list_images(uri: str) -> list[str]:
         if parts[-1].lower().endswith(IMAGE_EXTENSIONS) and not any(p.startswith(".") for p in parts):
             found.append(file)
     return found
-
-
-#: How many unreadable files an error message lists by name (the rest are counted).
-LISTED_PROBLEMS = 10
-
-
-def images_error(where: str, problems: list[tuple[str, str]], checked: int, of: int | None = None) -> InputError:
-    """One InputError for every unreadable file of a set: a single one names its path; several are listed one a
-    line (the first LISTED_PROBLEMS, then how many more) under the set's URI, with the count. `of`: the size of
-    the whole set when only a sample of `checked` images was read."""
-    if len(problems) == 1:
-        return InputError(*problems[0])
-    lines = [f"  {uri}: {reason}" for uri, reason in problems[:LISTED_PROBLEMS]]
-    if len(problems) > LISTED_PROBLEMS:
-        lines.append(f"  ... and {len(problems) - LISTED_PROBLEMS} more")
-    sample = f" (a sample of the set's {of})" if of is not None else ""
-    return InputError(where, f"{len(problems)} of {checked} images checked{sample} are not readable:\n"
-                      + "\n".join(lines))
-
-
-def decode_files(uris: list[str], size: int, pool: ThreadPoolExecutor, resize: Resize | None = None) -> torch.Tensor:
-    """Decode image files on `pool` to one uint8 tensor `[N, 3, size, size]`, in the order given."""
-    return torch.from_numpy(np.stack(list(pool.map(lambda uri: decode_image(uri, size, resize), uris))))
 
 
 #: How many images of a streamed set are decoded before the first stage (besides the first of each class).
@@ -248,12 +193,26 @@ def verify_images(source: Source, threads: int = 8, of: int | None = None) -> No
 # ------------------------------------------------------------------------------------------- listing
 
 
-def _builtin(name: str) -> Source:
-    from sklearn.datasets import load_digits
+def _digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 8x8 digits (images [N, 8, 8] in 0..16, labels), read as `sklearn.datasets.load_digits` reads
+    them (sklearn/datasets/_base.py: `np.loadtxt` of data/digits.csv.gz, the label last) without importing scikit-learn:
+    its import (scipy.stats, pandas) took longer than the demo's epochs, in the driver and in every worker."""
+    import gzip
+    import importlib.util
+    import os
 
-    digits = load_digits()
-    x = (digits.images / 16.0).astype(np.float32)  # [N, 8, 8] in [0, 1]
-    y = digits.target.astype(np.int64)
+    package = importlib.util.find_spec("sklearn")  # finds the package without running its __init__
+    assert package is not None and package.submodule_search_locations
+    path = os.path.join(package.submodule_search_locations[0], "datasets", "data", "digits.csv.gz")
+    with gzip.open(path) as f:
+        data = np.loadtxt(f, delimiter=",")
+    return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(np.int64)
+
+
+def _builtin(name: str) -> Source:
+    images, target = _digits()
+    x = (images / 16.0).astype(np.float32)  # [N, 8, 8] in [0, 1]
+    y = target
     perm = np.random.RandomState(_DIGITS_SPLIT_SEED).permutation(len(y))
     half = len(y) // 2
     hflip = False  # a mirrored digit is another symbol

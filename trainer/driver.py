@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 
 from graft.trainer import data as data_mod
-from graft.trainer import export_choice, identity, logship, models, registry, tracking
+from graft.trainer import export_choice, identity, logship, models, registry, timing, tracking
 from graft.trainer.config import StageConfig, run_name
 from graft.trainer.context import StageContext
 from graft.trainer.errors import InputError, out_of_memory, user_message
@@ -135,6 +135,7 @@ class Driver:
             if value is not None:
                 setattr(rec, name, value)
         rec.seconds = (rec.seconds or 0.0) + time.monotonic() - started
+        rec.timing = timing.close(rec.timing, time.monotonic() - started)  # this attempt's parts, `driver` added
         ledger.message = job_message
         self._save(ledger)
         return ledger
@@ -319,6 +320,7 @@ class Driver:
             rec.start_time = rec.start_time or now()
             rec.end_time = None
             rec.message = None
+            rec.timing = {}  # this attempt's (trainer/timing.py)
             rec.run_name = rec.run_name or run_name(self.uid, stage.type)
             rec.spec_hash = self.hashes[index]
             rec.epochs = getattr(stage, "epochs", 1)

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from graft.trainer import checkpoints, loops, models, stopping
+from graft.trainer import checkpoints, loops, models, stopping, timing
 from graft.trainer import data as data_mod
 from graft.trainer.config import StageConfig
 from graft.trainer.session import LocalSession
@@ -72,17 +72,35 @@ class LocalExecutor:
     def features(self, cfg: StageConfig, sets: dict[str, Any], out_uri: str) -> dict[str, float]:
         t0 = time.perf_counter()
         backbone, size, device = loops.feature_model(cfg).features, cfg.spec.data.image_size, torch.device(self.device)
-        images = (src.images(size, resize=data_mod.resize_of(cfg.preprocessing)) for src in sets.values())
+        images = [src.images(size, resize=data_mod.resize_of(cfg.preprocessing)) for src in sets.values()]
+        t1 = time.perf_counter()
         x = torch.cat([loops.extract_features(backbone, b, cfg.preprocessing, device) for b in images])
-        return save_features(out_uri, x, sets, time.perf_counter() - t0)
+        t2 = time.perf_counter()
+        metrics = save_features(out_uri, x, sets, t2 - t0)
+        record_parts(cfg, {"data": t1 - t0, "compute": t2 - t1, "checkpoint": time.perf_counter() - t2})
+        return metrics
 
 
-def ensure_ray(workers: WorkersSpec, log_to_driver: bool = True) -> None:
-    """Join the cluster in RAY_ADDRESS, or start a local Ray sized for the job's workers."""
+def features_in_driver(cfg: StageConfig, sets: dict[str, Any]) -> bool:
+    """Whether FrozenFeatures runs in the driver's process rather than on a Ray Data actor pool: when the images are in
+    memory already (built-in sets: nothing to read or decode), fit the driver's budget as float32, no GPU is asked
+    for and the stage names no `actors`. On the demo the pool's start-up took seconds for milliseconds of work
+    (`graft status`'s timing); the pool is for sets that need reading and decoding, or a GPU."""
+    size = cfg.spec.data.image_size
+    in_memory = all(src.pixels is not None for src in sets.values())
+    nbytes = sum(len(src) * 3 * size * size * 4 for src in sets.values())
+    return (in_memory and not cfg.stage.actors and not cfg.spec.workers.gpus
+            and nbytes <= data_mod.in_process_budget(cfg.spec))
+
+
+def ensure_ray(workers: WorkersSpec, log_to_driver: bool = True) -> float:
+    """Join the cluster in RAY_ADDRESS, or start a local Ray sized for the job's workers; the seconds it took (0 when
+    Ray was up already)."""
     import ray
 
     if ray.is_initialized():
-        return
+        return 0.0
+    t0 = time.perf_counter()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # Ray Train's controller collects reports every health-check interval (2 s by default) and a worker's
@@ -99,6 +117,7 @@ def ensure_ray(workers: WorkersSpec, log_to_driver: bool = True) -> None:
             raise stopping.Stopped(signal.SIGTERM) from exc
         raise
     stopping.install()
+    return time.perf_counter() - t0
 
 
 def _init_ray(workers: WorkersSpec, log_to_driver: bool, runtime_env: dict[str, Any]) -> None:
@@ -107,6 +126,9 @@ def _init_ray(workers: WorkersSpec, log_to_driver: bool, runtime_env: dict[str, 
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=log_to_driver, runtime_env=runtime_env)
         return
+    # Ray Train's preemption watcher (one more actor process per worker group, on a 2-core machine a second of CPU
+    # in each stage's start-up) polls for nodes being drained: a local Ray on this machine is never drained.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     # Ray Data read tasks and the feature actors need CPUs beside the training workers; logical CPUs are
     # only a scheduling count, so ask for enough that nothing waits forever on a small machine.
     needed = int(workers.replicas * max(1.0, cpus_per_worker(workers))) + 2
@@ -119,6 +141,14 @@ def _init_ray(workers: WorkersSpec, log_to_driver: bool, runtime_env: dict[str, 
         configure_logging=True,
         logging_level=logging.WARNING,
     )
+
+
+def record_parts(cfg: StageConfig, parts: dict[str, float]) -> None:
+    """Add `parts` (seconds, `trainer/timing.py`) to the stage's `timing` in the ledger; nothing without a ledger."""
+    ledger = Ledger.load(cfg.root) if cfg.root else None
+    if ledger is not None:
+        ledger.stage(cfg.stage.type).timing.update(timing.rounded(parts))
+        ledger.save(cfg.root, cfg.lease)
 
 
 def _notes(cfg: StageConfig) -> list[str]:
@@ -166,7 +196,8 @@ def _worker_loop(config: dict[str, Any]) -> None:
     from graft.trainer.session import RaySession
 
     cfg = config["stage"]
-    session = RaySession(cfg)
+    # Wall clocks, the driver's and this worker's: the same machine's, or NTP-synchronised nodes'.
+    session = RaySession(cfg, startup=max(0.0, time.time() - config["fit_start"]))
     with logship.capture(cfg.root, cfg.stage.type, f"worker-{session.rank}") as session.log:
         config["loop"](session, cfg)
 
@@ -195,7 +226,7 @@ class RayExecutor:
         from ray.train.torch import TorchTrainer
 
         workers = cfg.spec.workers
-        ensure_ray(workers, self.log_to_driver)
+        ray_init = ensure_ray(workers, self.log_to_driver)
         # Pretrain and FullFineTune rank their epochs by `selection` (their monitor, see loops.EarlyStopping).
         score = "val_accuracy" if latest else "selection"
         storage_path, fs = storage.ray_storage(storage.join(cfg.root, "checkpoints"))
@@ -204,7 +235,7 @@ class RayExecutor:
             resources["GPU"] = workers.gpus
         trainer = TorchTrainer(
             _worker_loop,
-            train_loop_config={"loop": loop, "stage": cfg},
+            train_loop_config={"loop": loop, "stage": cfg, "fit_start": time.time()},
             scaling_config=ScalingConfig(
                 num_workers=workers.replicas, use_gpu=workers.gpus > 0, resources_per_worker=resources
             ),
@@ -226,6 +257,7 @@ class RayExecutor:
         main = threading.current_thread() is threading.main_thread()
         previous = signal.getsignal(signal.SIGINT) if main else None
         notes = _notes(cfg)
+        started = time.time()
         try:
             result = trainer.fit()
         except SystemExit as exc:
@@ -235,29 +267,58 @@ class RayExecutor:
                 signal.signal(signal.SIGINT, previous)
             for line in _notes(cfg)[len(notes):]:  # what the workers passed over, said in the driver's log too
                 _log.warning(line)
+        self._record_fit(cfg, ray_init, time.time() - started)
         reached = (result.metrics or {}).get("epoch", 0)
         if reached < cfg.stage.epochs and not (result.metrics or {}).get("stopped_early"):
             raise KeyboardInterrupt(f"{cfg.run_name}: training run stopped at epoch {reached} of {cfg.stage.epochs}")
         return read_back(result, cfg, score, latest)
 
+    @staticmethod
+    def _record_fit(cfg: StageConfig, ray_init: float, seconds: float) -> None:
+        """Ray's start and the fit's `teardown` (what the workers' parts leave of `seconds`) into the ledger."""
+        ledger = Ledger.load(cfg.root) if cfg.root else None
+        if ledger is None:
+            return
+        parts = ledger.stage(cfg.stage.type).timing
+        worker = sum(parts.get(k, 0.0) for k in ("startup", "data", "compute", "checkpoint"))
+        record_parts(cfg, {"ray_init": ray_init, "teardown": max(0.0, seconds - worker)})
+
     def features(self, cfg: StageConfig, sets: dict[str, Any], out_uri: str) -> dict[str, float]:
         """Run the frozen backbone once over the images of `sets` (train, validation, test) on a Ray Data actor pool
-        and store `<out_uri>/<set>.pt` (features and labels)."""
+        and store `<out_uri>/<set>.pt` (features and labels); in the driver's process when `features_in_driver`."""
+        if features_in_driver(cfg, sets):
+            return LocalExecutor().features(cfg, sets, out_uri)
         import ray.data
 
-        workers, stage = cfg.spec.workers, cfg.stage
-        ensure_ray(workers, self.log_to_driver)
+        workers = cfg.spec.workers
+        ray_init = ensure_ray(workers, self.log_to_driver)
         if not self.log_to_driver:  # Ray Data's plan, progress and "finished in" lines, unless --verbose
             logging.getLogger("ray.data").setLevel(logging.ERROR)
             context = ray.data.DataContext.get_current()
             context.enable_progress_bars = context.print_on_execution_start = False
+        t0 = time.perf_counter()
         rows: list[dict[str, Any]] = []  # the sets' images in order; `pos` puts the features back in order
         for src in sets.values():
             for i in range(len(src)):
                 image = {"uri": src.files[i]} if src.files is not None else {"pixels": src.pixels[i]}
                 rows.append({"pos": len(rows), **image})
+        parts = {"ray_init": ray_init, "data": time.perf_counter() - t0}
+        x = self._feature_pass(cfg, rows, parts)
+        seconds = parts["startup"] + parts["compute"]
+        t1 = time.perf_counter()
+        metrics = save_features(out_uri, x, sets, seconds)
+        record_parts(cfg, {**parts, "checkpoint": time.perf_counter() - t1})
+        return metrics
+
+    @staticmethod
+    def _feature_pass(cfg: StageConfig, rows: list[dict[str, Any]], parts: dict[str, float]) -> torch.Tensor:
+        """The features of `rows`, in their order, from a Ray Data actor pool; `parts` gets the pool's `startup`
+        (until the first batch comes back) and the pass's `compute`."""
+        import ray.data
+
+        workers, stage = cfg.spec.workers, cfg.stage
         actors = stage.actors or workers.replicas
-        t0 = time.perf_counter()
+        t0 = first = time.perf_counter()
         blocks = max(actors, min(len(rows) // max(1, stage.batch_size), 4 * actors))
         ds = ray.data.from_items(rows, override_num_blocks=blocks)
         out = ds.map_batches(
@@ -271,8 +332,8 @@ class RayExecutor:
         )
         pos, feats = [], []
         for batch in out.iter_batches(batch_size=None, batch_format="numpy"):
+            first = first if pos else time.perf_counter()
             pos.append(np.asarray(batch["pos"]))
             feats.extend(batch["feature"])
-        seconds = time.perf_counter() - t0
-        x = torch.from_numpy(np.stack(feats)[np.argsort(np.concatenate(pos))].astype(np.float32))
-        return save_features(out_uri, x, sets, seconds)
+        parts.update(startup=first - t0, compute=time.perf_counter() - first)
+        return torch.from_numpy(np.stack(feats)[np.argsort(np.concatenate(pos))].astype(np.float32))

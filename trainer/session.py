@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 import torch
-from graft.trainer import checkpoints
+from graft.trainer import checkpoints, timing
 from graft.trainer.config import StageConfig
 from graft.trainer.logship import LogShipper, metrics_text
 
@@ -43,9 +43,12 @@ class LocalSession:
         self.stage = stage
         self._pending: list[dict[str, float]] = []  # epochs not yet in the ledger
         self._written = 0.0  # when the ledger was last written (monotonic)
+        self.clock = timing.Clock()  # where the loop's time goes (ledger `timing`)
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
-        return model.to(self.device)
+        model = model.to(self.device)
+        self.clock.switch("compute")  # the loops call this last before their epochs
+        return model
 
     def load_state(self) -> dict[str, Any] | None:
         return self.state
@@ -57,6 +60,7 @@ class LocalSession:
         """Keep a copy of `state` (the loops hand over live tensors that later steps change) as the latest
         checkpoint, and as the best while it ranks above the earlier ones (`_selection`); record the epoch in the
         ledger."""
+        self.clock.switch("checkpoint")
         self.reports.append(dict(metrics))
         if state is not None:
             self.state = copy.deepcopy(state)
@@ -70,12 +74,15 @@ class LocalSession:
         LEDGER_EVERY_S: in-process epochs can take milliseconds (a Head sweep's), and rewriting the whole ledger
         after each took twice as long as the sweep itself on the demo."""
         if not (self.ledger_root and self.stage):
+            self.clock.switch("compute")
             return
         self._pending.append(dict(metrics))
         now = time.monotonic()
         if checkpointed or epoch == epochs or metrics.get("stopped_early") or now - self._written >= LEDGER_EVERY_S:
-            record_epochs(self.ledger_root, self.stage, self._pending, epochs, checkpoint, self.lease)
+            record_epochs(self.ledger_root, self.stage, self._pending, epochs, checkpoint, self.lease,
+                          self.clock.snapshot())
             self._pending, self._written = [], now
+        self.clock.switch("compute")
 
 
 #: The longest an in-process stage leaves finished epochs out of the ledger (its progress display reads them).
@@ -102,9 +109,11 @@ class StoredSession(LocalSession):
 
     def load_state(self) -> dict[str, Any] | None:
         if self.state is None:
+            self.clock.switch("checkpoint")
             found = self._newest()
             if found is not None:
                 self.uri, self.state = found
+            self.clock.switch("data")
         return self.state
 
     def _newest(self) -> tuple[str, dict[str, Any]] | None:
@@ -129,6 +138,7 @@ class StoredSession(LocalSession):
         return None
 
     def report(self, metrics: dict[str, float], state: dict[str, Any] | None, epoch: int, epochs: int) -> None:
+        self.clock.switch("checkpoint")
         self.reports.append(dict(metrics))
         if state is not None:
             buf = io.BytesIO()
@@ -159,9 +169,12 @@ class StoredSession(LocalSession):
 class RaySession:
     """One Ray Train worker: DDP through `prepare_model`, checkpoints persisted by Ray Train."""
 
-    def __init__(self, cfg: StageConfig):
+    def __init__(self, cfg: StageConfig, startup: float = 0.0):
         import ray.train
         import ray.train.torch
+
+        self.clock = timing.Clock()  # `startup`: from the driver's fit() to here (executors._worker_loop)
+        self.clock.parts["startup"] = startup
 
         if cfg.spec.storage is not None:  # this worker's own storage writes (ledger, logs) retry like the driver's
             storage.configure(cfg.spec.storage.retry_seconds)
@@ -177,7 +190,9 @@ class RaySession:
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
         import ray.train.torch
 
-        return ray.train.torch.prepare_model(model)
+        model = ray.train.torch.prepare_model(model)
+        self.clock.switch("compute")  # the loops call this last before their epochs
+        return model
 
     def load_state(self) -> dict[str, Any] | None:
         """The run's latest checkpoint (Ray Train's), checked against its manifest; when it is incomplete, the
@@ -188,6 +203,13 @@ class RaySession:
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is None:
             return None
+        self.clock.switch("checkpoint")
+        try:
+            return self._resume_state(checkpoint)
+        finally:
+            self.clock.switch("data")
+
+    def _resume_state(self, checkpoint: Any) -> dict[str, Any] | None:
         latest = storage.join(self.checkpoint_root, checkpoints.folder_name(checkpoint.path))
         try:  # read through graft.storage, whose reads retry a flaky store (Ray's download does not)
             state = checkpoints.load_uri(latest)
@@ -227,6 +249,7 @@ class RaySession:
         import ray.train
         from ray.train import Checkpoint
 
+        self.clock.switch("checkpoint")
         checkpointing = state is not None if self.world_size == 1 else self._agree(state is not None)
         name = checkpoints.free_name(f"epoch_{epoch:05d}", self._taken)
         checkpoint_uri = None
@@ -244,11 +267,13 @@ class RaySession:
             else:
                 ray.train.report(metrics, checkpoint=None, checkpoint_dir_name=name)
         if self.rank == 0 and self.ledger_root:
-            record_epoch(self.ledger_root, self.stage, metrics, epoch, epochs, checkpoint_uri, self.lease)
+            record_epoch(self.ledger_root, self.stage, metrics, epoch, epochs, checkpoint_uri, self.lease,
+                         self.clock.snapshot())
         _log.info("epoch %d/%d (worker %d of %d): %s", epoch, epochs, self.rank, self.world_size,
                   metrics_text({k: v for k, v in metrics.items() if k != "epoch"}))
         if self.log is not None:
             self.log.flush()
+        self.clock.switch("compute")
 
     def _agree(self, flag: bool) -> bool:
         """Rank 0 decides whether this epoch is checkpointed; the others follow (equal report counts)."""
@@ -269,16 +294,17 @@ def note_fallback(root: str | None, stage: str | None, line: str) -> None:
 
 def record_epoch(
     root: str, stage: str, metrics: dict[str, float], epoch: int, epochs: int, checkpoint: str | None,
-    lease: Holder | None = None,
+    lease: Holder | None = None, parts: dict[str, float] | None = None,
 ) -> None:
     """Write one finished epoch into the ledger (rank 0 only; the driver is blocked in `fit` meanwhile)."""
-    record_epochs(root, stage, [{**metrics, "epoch": float(epoch)}], epochs, checkpoint, lease)
+    record_epochs(root, stage, [{**metrics, "epoch": float(epoch)}], epochs, checkpoint, lease, parts)
 
 
 def record_epochs(root: str, stage: str, finished: list[dict[str, float]], epochs: int, checkpoint: str | None,
-                  lease: Holder | None = None) -> None:
+                  lease: Holder | None = None, parts: dict[str, float] | None = None) -> None:
     """Write finished epochs (each metrics with its `epoch`, in order) into the ledger in one write; `lease`: the
-    driver's, checked first (LeaseLost when another driver took the job over)."""
+    driver's, checked first (LeaseLost when another driver took the job over); `parts`: the loop's time so far
+    (`trainer/timing.py`), recorded in the stage's `timing`."""
     ledger = Ledger.load(root)
     if ledger is None or not finished:
         return
@@ -293,4 +319,6 @@ def record_epochs(root: str, stage: str, finished: list[dict[str, float]], epoch
         {k: float(v) for k, v in m.items()} for m in finished]
     if checkpoint:
         rec.checkpoint = checkpoint
+    if parts:
+        rec.timing.update(parts)
     ledger.save(root, lease)

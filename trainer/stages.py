@@ -20,17 +20,10 @@ from graft.trainer.errors import InputError
 from graft.trainer.stagetype import StageResult, StageType
 
 from graft import storage
-from graft.api.models import TransferJobSpec
 from graft.ledger import Ledger
 
 __all__ = ["STAGE_TYPES", "FrozenFeatures", "FullFineTune", "Head", "Pretrain", "StageConfig", "StageResult",
            "StageType", "run_name", "verify_up_front"]
-
-
-def in_process_budget(spec: TransferJobSpec) -> int:
-    """Bytes of stored features a stage may hold in the driver's process: a quarter of the smaller of a worker's
-    and the Ray head pod's memory (the driver runs on the head)."""
-    return min(data_mod.keep_budget(spec.workers.memory), data_mod.keep_budget(spec.scheduling.head.memory))
 
 
 class NetworkStage(StageType):
@@ -126,7 +119,7 @@ class Head(StageType):
     def run(self, ctx: StageContext, cfg: StageConfig) -> StageResult:
         features = ctx.ledger().stage("FrozenFeatures").metrics
         rows = sum(v for k, v in features.items() if k.endswith("_images"))
-        if rows * features.get("feature_dim", 0) * 4 <= in_process_budget(ctx.spec):
+        if rows * features.get("feature_dim", 0) * 4 <= data_mod.in_process_budget(ctx.spec):
             state, checkpoint = ctx.executor.in_process(sweep.train_head, cfg)
         else:
             state, checkpoint = ctx.executor.fit(sweep.train_head, cfg, 2, latest=True)

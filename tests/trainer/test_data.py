@@ -130,3 +130,20 @@ def test_image_set_streams_what_does_not_fit_and_gives_the_same_batches(image_fo
 def test_keep_budget_is_a_quarter_of_the_worker_memory():
     assert data.keep_budget("4Gi") == 2**30
     assert data.keep_budget("512Mi") == 2**27
+
+
+def test_builtin_digits_are_scikit_learn_s_digits_without_importing_it():
+    """Read from scikit-learn's own file, as its `load_digits` reads it, in a process that never imports scikit-learn
+    (its import took longer than the demo's epochs, in every worker)."""
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    full = data.open_source("builtin:digits")
+    assert np.array_equal(full.labels, digits.target)
+    assert np.array_equal(full.pixels[:, 0], (digits.images / 16.0).astype(np.float32))
+    probe = ("import sys; from graft.trainer import data; data.open_source('builtin:digits'); "
+             "print('sklearn' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout == "False\n"

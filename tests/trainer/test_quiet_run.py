@@ -26,8 +26,9 @@ RAY_LINE = re.compile(r"^\d{4}-\d\d-\d\d [\d:,]+\s+(DEBUG|INFO|WARNING|ERROR)\s"
 def test_a_piped_run_prints_no_ray_line_and_labels_stage_times_and_best_epochs(tmp_path):
     doc = yaml.safe_load((REPO / "examples" / "digits-lpft.yaml").read_text())
     # FrozenFeatures runs on a Ray Data actor pool (Ray Data's plan and progress lines, the core worker's
-    # "constructor arguments in the object store" error line); Head's sweep then runs in the driver.
-    doc["spec"]["stages"] = [{"type": "FrozenFeatures"}, {"type": "Head", "epochs": 4, "lr": 0.01}]
+    # "constructor arguments in the object store" error line): `actors` asks for it, a built-in set would run in the
+    # driver (executors.features_in_driver). Head's sweep then runs in the driver.
+    doc["spec"]["stages"] = [{"type": "FrozenFeatures", "actors": 2}, {"type": "Head", "epochs": 4, "lr": 0.01}]
     doc["spec"]["model"]["weights"] = str(smallcnn_weights(tmp_path / "w.pt"))
     manifest = tmp_path / "job.yaml"
     manifest.write_text(yaml.safe_dump(doc))
