@@ -8,10 +8,6 @@ Ray Train restarts the worker group, `FailureConfig.max_failures`). After every 
 SIGTERMed driver said where it resumes and exited 143 (never SIGABRT); no stage that had finished is run again.
 The job always ends with a model.
 
-On local storage each driver starts its own Ray, so SIGKILL of its process group takes its Ray with it (the head pod
-lost). On S3 every driver joins the session's Ray cluster, which outlives each kill (the driver's pod killed on a
-RayCluster that stays up, the next attempt joining it); it also spares 11 Ray start-ups.
-
 Also: the demo job on S3 behind an endpoint that answers 30% of requests with 503 and resets 5% of connections.
 """
 
@@ -30,7 +26,6 @@ import pytest
 import yaml
 from support.driver_proc import DriverProcess, cmdline, pids_with_env
 from support.flaky_s3 import flaky_s3
-from support.ray_cluster import RayCluster
 from support.trainer_data import job_doc, write_job
 
 from graft import storage
@@ -106,16 +101,11 @@ def _finished(root: str) -> dict[str, tuple[str | None, str | None]]:
     return {s.type: (s.end_time, s.output) for s in ledger.stages if s.state == StageState.SUCCEEDED}
 
 
-def _train_actors(ray_tmp: Path, name: str = "RayTrain") -> list[int]:
-    """The Ray Train processes (workers, controller) of the Ray in `ray_tmp`."""
-    return [p for p in pids_with_env("RAY_TMPDIR", str(ray_tmp)) if name in cmdline(p)]
-
-
-def _kill(driver: DriverProcess, kind: str, ray_tmp: Path) -> str:
+def _kill(driver: DriverProcess, kind: str) -> str:
     """Kill as `kind` says; returns what was killed (a worker kill falls back to the driver's SIGTERM when no
     training worker is up at that moment, e.g. during FrozenFeatures or the in-driver Head sweep)."""
     if kind == "sigkill-worker":
-        workers = _train_actors(ray_tmp, "RayTrainWorker")
+        workers = [p for p in pids_with_env("RAY_TMPDIR", str(driver.ray_tmp)) if "RayTrainWorker" in cmdline(p)]
         if workers:
             os.kill(workers[0], signal.SIGKILL)
             return "sigkill-worker"
@@ -158,19 +148,7 @@ def _recovered(driver: DriverProcess, root: str, stage: str, epoch: int) -> None
     raise AssertionError(f"{stage} did not go past epoch {epoch} after a worker was killed:\n{driver.output()[-3000:]}")
 
 
-def _gone(ray_tmp: Path) -> None:
-    """Wait until the killed attempt's Ray Train processes on a shared cluster have ended (Ray ends a dead driver's
-    actors), as a retried RayJob starts once the last attempt's are gone."""
-    deadline = time.monotonic() + 60
-    while _train_actors(ray_tmp) + _train_actors(ray_tmp, "TrainController") and time.monotonic() < deadline:
-        time.sleep(0.2)
-
-
-def _storm(tmp_path: Path, job_storage: dict, root: str, env: dict[str, str], cluster: RayCluster | None = None
-           ) -> list[str]:
-    """The storm; each driver starts its own Ray, or joins `cluster`."""
-    if cluster is not None:
-        env = {**env, "RAY_ADDRESS": cluster.address}
+def _storm(tmp_path: Path, job_storage: dict, root: str, env: dict[str, str]) -> list[str]:
     job = write_job(tmp_path / "job.json", job_doc("chaos", {**SPEC, "storage": job_storage}, uid="chaos-uid"))
     cmd = [sys.executable, "-m", "graft.trainer", "--job", str(job)]
     log: list[str] = []
@@ -187,17 +165,14 @@ def _storm(tmp_path: Path, job_storage: dict, root: str, env: dict[str, str], cl
                 log.append(f"kill {n}: the job had finished (exit {driver.proc.returncode})")
                 break
             stage = Ledger.load(root).current
-            ray_tmp = cluster.ray_tmp if cluster is not None else driver.ray_tmp
-            done = _kill(driver, kind, ray_tmp)
+            done = _kill(driver, kind)
             if done == "sigkill-worker":  # Ray Train replaces the worker group and goes on: once it has, stop it too
                 _recovered(driver, root, stage.type, stage.epoch)
-                done += " + " + _kill(driver, "sigterm", ray_tmp)
+                done += " + " + _kill(driver, "sigterm")
             code = driver.wait(180)
         finally:
             watch.stop()
             driver.kill()
-            if cluster is not None:
-                _gone(cluster.ray_tmp)
         assert reached, f"kill {n}: {target} not reached in 300 s"
         out = driver.output()
         log.append(f"kill {n}: {done} during {stage.type} epoch {stage.epoch}, exit {code}, "
@@ -225,9 +200,9 @@ def test_kill_storm_on_local_storage(tmp_path):
     print("\n".join(log))
 
 
-def test_kill_storm_on_s3(tmp_path, s3_bucket, s3_endpoint, ray_cluster):
+def test_kill_storm_on_s3(tmp_path, s3_bucket, s3_endpoint):
     log = _storm(tmp_path, {"uri": f"{s3_bucket}/jobs", "endpoint": s3_endpoint}, f"{s3_bucket}/jobs/chaos-uid",
-                 dict(os.environ), ray_cluster)
+                 dict(os.environ))
     print("\n".join(log))
 
 
