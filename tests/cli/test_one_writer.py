@@ -91,7 +91,7 @@ def test_a_second_graft_run_of_a_running_job_is_refused_and_the_first_finishes(t
     assert storage.read_json(lease.uri(root))["released"]
 
 
-def test_a_job_taken_over_mid_stage_stops_at_the_rank0_workers_next_ledger_write(tmp_path, shared_ray):
+def test_a_job_taken_over_mid_stage_stops_at_the_rank0_workers_next_ledger_write(tmp_path):
     manifest = _manifest(tmp_path, epochs=60)
     root = str(tmp_path / "runs" / "digits-lpft")
     first = DriverProcess([GRAFT, "run", str(manifest), "--storage", "runs"], tmp_path, cwd=tmp_path)
