@@ -35,20 +35,20 @@ class RayCluster:
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.num_cpus = num_cpus
-        # RAY_ADDRESS in its processes too: Ray's state API, called without an address inside them (see start()),
-        # would otherwise look for "the" Ray on the machine and find several.
+        # RAY_ADDRESS in its processes too: Ray's client APIs called without an address inside them would otherwise
+        # look for "the" Ray on the machine and find several.
         self.env = {**os.environ, **(env or {}), "RAY_TMPDIR": str(self.ray_tmp), "RAY_ADDRESS": self.address,
                     "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
 
     def start(self) -> RayCluster:
-        # The dashboard serves Ray's state API, which Ray Train's PlacementGroupCleaner (a detached actor, one per
-        # training run) polls until its run's controller is gone (ray/train/v2/_internal/execution/controller/
-        # placement_group_cleaner.py): without it every cleaner lives on, one process per run, for the whole session.
-        # Fixed default ports (the dashboard's 8265, its agent's 52365, the client server's 10001) would clash with any
-        # other Ray on the machine: every port is a free one.
+        # No dashboard (as the drivers' own local Rays): Ray's state API is off. Ray Train's PlacementGroupCleaner (a
+        # detached actor per training run) polls that API until its run's controller is gone and exits when the run
+        # ends normally (ray/train/v2/_internal/execution/controller/placement_group_cleaner.py); the cleaner of a
+        # training run whose driver is killed would live on for the session, so such tests keep their own Ray.
+        # Fixed default ports (the dashboard agent's 52365, the client server's 10001) would clash with any other Ray
+        # on the machine: every port is a free one.
         cmd = [RAY, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(self.port),
-               "--num-cpus", str(self.num_cpus), "--num-gpus", "0", "--include-dashboard", "true",
-               "--dashboard-host", "127.0.0.1", "--dashboard-port", str(free_port()),
+               "--num-cpus", str(self.num_cpus), "--num-gpus", "0", "--include-dashboard", "false",
                "--disable-usage-stats", "--dashboard-agent-listen-port", str(free_port()),
                "--ray-client-server-port", str(free_port())]
         done = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=180)
