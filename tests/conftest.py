@@ -40,6 +40,26 @@ def mlflow_server(s3_endpoint, tmp_path_factory):
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def ray_cluster(s3_endpoint):
+    """One local Ray cluster for the session (support/ray_cluster.py), started at first use: drivers given its
+    `.address` in RAY_ADDRESS join it as a RayJob's driver joins its RayCluster, instead of paying a Ray start-up each.
+    Its processes have the session's S3 settings (moto's endpoint and test keys), as a RayCluster's pods have the
+    job's storage settings (operator/builder.py). A test about Ray's own start-up or death (a driver killed with its
+    Ray, a Ray Train worker killed, Ctrl-C) starts its own Ray instead."""
+    from support.ray_cluster import RayCluster
+
+    with RayCluster(num_cpus=8) as cluster:
+        yield cluster
+
+
+@pytest.fixture()
+def shared_ray(ray_cluster, monkeypatch):
+    """RAY_ADDRESS of the session's Ray cluster for this test: drivers it starts, in this process or not, join it."""
+    monkeypatch.setenv("RAY_ADDRESS", ray_cluster.address)
+    return ray_cluster.address
+
+
 @pytest.fixture()
 def s3_bucket(s3_endpoint):
     """A fresh, empty bucket; returns its `s3://name` URI."""

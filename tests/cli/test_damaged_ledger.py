@@ -224,8 +224,9 @@ def test_graft_logs_still_prints_the_logs_of_a_job_whose_ledger_is_damaged(tmp_p
 
 
 @pytest.mark.slow
-def test_graft_run_restart_over_a_damaged_ledger_runs_the_job(tmp_path):
-    """`graft run --restart` as a user runs it (local Ray): the job runs from the start, the damaged object kept."""
+def test_graft_run_restart_over_a_damaged_ledger_runs_the_job(tmp_path, shared_ray):
+    """`graft run --restart` as a user runs it (on the session's Ray cluster): the job runs from the start, the
+    damaged object kept."""
     root = str(tmp_path / "runs" / "digits")
     _ledger(root)
     damaged = _damage(root, "cut")

@@ -61,7 +61,7 @@ def _wait_for(predicate, driver: DriverProcess, timeout: float, what: str):
     return driver.wait_for(predicate, timeout, what)
 
 
-def test_a_second_graft_run_of_a_running_job_is_refused_and_the_first_finishes(tmp_path, s3_bucket):
+def test_a_second_graft_run_of_a_running_job_is_refused_and_the_first_finishes(tmp_path, s3_bucket, shared_ray):
     manifest = _manifest(tmp_path, epochs=4)
     root = f"{s3_bucket}/runs/digits-lpft"
     first = DriverProcess([GRAFT, "run", str(manifest), "--storage", f"{s3_bucket}/runs"], tmp_path, cwd=tmp_path)

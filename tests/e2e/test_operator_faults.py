@@ -144,9 +144,10 @@ def test_a_lost_connection_ends_the_watch_and_an_old_resource_version_is_gone_af
 
 
 @pytest.fixture()
-def cluster(kube_api, fake_kuberay, s3_endpoint, s3_bucket, tmp_path):
-    """The API server, the fake KubeRay and the operator, a bucket with the backbone's weights and the storage
-    Secret; yields (api, kuberay, operator, bucket)."""
+def cluster(kube_api, fake_kuberay, s3_endpoint, s3_bucket, ray_cluster, tmp_path):
+    """The API server, the fake KubeRay (its RayJobs' drivers join the session's Ray cluster) and the operator, a
+    bucket with the backbone's weights and the storage Secret; yields (api, kuberay, operator, bucket)."""
+    fake_kuberay.extra_env["RAY_ADDRESS"] = ray_cluster.address  # read at each attempt's start
     import torch
     from graft.trainer.models import build
 

@@ -1,12 +1,11 @@
-"""End to end with MLflow: the real operator process, the fake KubeRay running the real trainer on local Ray, moto
-S3 and a real `mlflow server`. A TransferJob with `spec.tracking.mlflow` (credentials from a Secret that holds only
-basic-auth keys: the token key is optional) ends with its MLflow run and registered model version in
-`status.tracking`, which `kubectl get tj -o wide` shows through the CRD's printer columns."""
+"""End to end with MLflow: the real operator process, the fake KubeRay running the real trainer on the session's Ray
+cluster, moto S3 and a real `mlflow server`. A TransferJob with `spec.tracking.mlflow` (credentials from a Secret
+that holds only basic-auth keys: the token key is optional) ends with its MLflow run and registered model version
+in `status.tracking`, which `kubectl get tj -o wide` shows through the CRD's printer columns."""
 
 from __future__ import annotations
 
 import io
-import shutil
 import uuid
 
 import pytest
@@ -32,7 +31,7 @@ def _column(obj: dict, json_path: str):
 
 
 def test_a_tracked_job_shows_its_mlflow_run_and_model_version_in_status_and_wide_columns(
-        s3_endpoint, mlflow_server, tmp_path):
+        s3_endpoint, mlflow_server, ray_cluster, tmp_path):
     bucket = f"graft-e2e-ml-{uuid.uuid4().hex[:8]}"
     make_bucket(s3_endpoint, bucket)
     import boto3
@@ -43,7 +42,6 @@ def test_a_tracked_job_shows_its_mlflow_run_and_model_version_in_status_and_wide
     torch.save(build("smallcnn", 10, 8).state_dict(), weights)
     boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").put_object(
         Bucket=bucket, Key="weights/smallcnn.pt", Body=weights.getvalue())
-    ray_tmp = f"/tmp/gml-{uuid.uuid4().hex[:6]}"  # noqa: S108 (Ray's socket paths must stay short)
     with emulated_api(namespaces=[NS]) as api:
         api.apply_crd(COMMITTED_CRD)
         c = Cluster(api, f"s3://{bucket}", s3_endpoint)
@@ -54,7 +52,7 @@ def test_a_tracked_job_shows_its_mlflow_run_and_model_version_in_status_and_wide
             "MLFLOW_TRACKING_USERNAME": "graft", "MLFLOW_TRACKING_PASSWORD": "not-checked-by-this-server"}})
         c.operators[NS] = OperatorProcess(api, NS, tmp_path / "operator").start()
         c.kuberays[NS] = FakeKubeRay(api, NS, tmp_path / "kuberay", env={
-            "RAY_TMPDIR": ray_tmp, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}).start()
+            "RAY_ADDRESS": ray_cluster.address, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}).start()
         try:
             c.create("tracked", tracking={"mlflow": {
                 "trackingURI": mlflow_server.url, "experiment": "graft-e2e", "registeredModelName": "digits-e2e",
@@ -71,7 +69,6 @@ def test_a_tracked_job_shows_its_mlflow_run_and_model_version_in_status_and_wide
             c.kuberays[NS].stop()
             c.operators[NS].stop()
             c.client.close()
-            shutil.rmtree(ray_tmp, ignore_errors=True)
 
     tracking = st["tracking"]
     client = MlflowClient(mlflow_server.url)

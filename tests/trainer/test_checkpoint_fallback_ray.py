@@ -29,6 +29,8 @@ def _epoch(root: str) -> int:
 
 
 def test_a_cut_short_latest_checkpoint_is_passed_over_for_the_one_before(tmp_path):
+    # Its own Ray, killed with the driver: on a shared cluster the killed attempt's workers could still write a
+    # checkpoint after the snapshot is read here.
     uid = "ckpt-fallback-1"
     spec = {
         "model": {"backbone": "smallcnn", "numClasses": 10, "weights": str(smallcnn_weights(tmp_path / "w.pt"))},

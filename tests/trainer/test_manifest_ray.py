@@ -18,13 +18,15 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def ray_local():
+    """The drivers here join the session's Ray cluster (the `shared_ray` fixture) from this process: disconnect at
+    the end (a joined cluster stays up)."""
     import ray
 
     yield
     ray.shutdown()
 
 
-def test_csv_and_images_on_s3_on_ray(tmp_path, s3_endpoint, s3_bucket, ray_local):
+def test_csv_and_images_on_s3_on_ray(tmp_path, s3_endpoint, s3_bucket, ray_local, shared_ray):
     lines = ["file,kind"]
     for kind, value in (("cat", 40), ("dog", 130), ("owl", 220)):
         for i in range(8):

@@ -24,6 +24,7 @@ RAY_LINE = re.compile(r"^\d{4}-\d\d-\d\d [\d:,]+\s+(DEBUG|INFO|WARNING|ERROR)\s"
 
 
 def test_a_piped_run_prints_no_ray_line_and_labels_stage_times_and_best_epochs(tmp_path):
+    # Its own Ray (not the session's cluster): what a starting Ray prints is part of what this checks.
     doc = yaml.safe_load((REPO / "examples" / "digits-lpft.yaml").read_text())
     # FrozenFeatures runs on a Ray Data actor pool (Ray Data's plan and progress lines, the core worker's
     # "constructor arguments in the object store" error line): `actors` asks for it, a built-in set would run in the

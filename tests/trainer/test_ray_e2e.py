@@ -1,6 +1,8 @@
 """End to end on real Ray Train (2 gloo workers): S3 storage, driver killed and resumed, a worker killed
 mid-epoch, and `graft run` interrupted with Ctrl-C and resumed. Each run is a separate driver process, as
-in a RayJob, with its own Ray and a bounded timeout."""
+in a RayJob, with a bounded timeout. The kill and Ctrl-C tests start their own Ray with each driver (the driver and
+its Ray die together, a worker is found by its driver's RAY_TMPDIR, Ctrl-C reaches the whole process group); the
+streamed-folder test joins the session's Ray cluster."""
 
 from __future__ import annotations
 
@@ -232,7 +234,8 @@ def test_graft_run_example_ctrl_c_resumes_then_exports_plots_and_predicts(tmp_pa
     assert json.loads(status.stdout)["model_uri"] == f"{root}/model"
 
 
-def test_a_streamed_image_folder_trains_on_two_workers_and_its_corrupt_image_fails_the_stage_by_name(tmp_path):
+def test_a_streamed_image_folder_trains_on_two_workers_and_its_corrupt_image_fails_the_stage_by_name(tmp_path,
+                                                                                                     shared_ray):
     """An ImageFolder over the workers' memory budget (workers.memory 4Ki) is read batch by batch inside the
     Ray Train workers; a corrupt image in it outside the sample decoded up front fails the stage naming the
     file when a worker reads it."""

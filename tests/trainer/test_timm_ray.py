@@ -23,6 +23,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def ray_local():
+    """The drivers here join the session's Ray cluster (the `shared_ray` fixture) from this process: disconnect at
+    the end (a joined cluster stays up)."""
     import ray
 
     yield
@@ -38,7 +40,7 @@ def _reference_features(ref: torch.nn.Module, driver: Driver, split: str) -> tor
 
 
 @pytest.mark.parametrize("name", ["resnet18", "vit_tiny_patch16_224"])
-def test_every_stage_on_ray_with_safetensors_weights_from_s3(name, s3_endpoint, s3_bucket, ray_local):
+def test_every_stage_on_ray_with_safetensors_weights_from_s3(name, s3_endpoint, s3_bucket, ray_local, shared_ray):
     torch.manual_seed(1)
     ref = timm.create_model(name, pretrained=False, **({"img_size": 32} if name.startswith("vit") else {}))
     weights = f"{s3_bucket}/weights/{name}.safetensors"

@@ -108,7 +108,9 @@ def test_two_workers_killed_mid_stage_and_rerun_continue_one_mlflow_run_and_regi
     assert client.get_run(run_id).info.status == "FINISHED"
 
 
-def test_mlflow_stopped_mid_job_the_job_succeeds_and_says_tracking_failed(tmp_path, s3_endpoint):
+def test_mlflow_stopped_mid_job_the_job_succeeds_and_says_tracking_failed(tmp_path, s3_endpoint, shared_ray):
+    # Its own MLflow server (stopped mid-job); the driver joins the session's Ray cluster. The test above kills its
+    # driver with its own Ray, as a RayJob's pod dies.
     server = MlflowServer(tmp_path, s3_endpoint, "mlflow-stopped")
     try:
         weights = tmp_path / "smallcnn.pt"
