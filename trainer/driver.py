@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 
 from graft.trainer import data as data_mod
-from graft.trainer import export_choice, identity, logship, models, registry, timing, tracking
+from graft.trainer import export_choice, identity, logship, models, registry, serving, timing, tracking
 from graft.trainer.config import StageConfig, run_name
 from graft.trainer.context import StageContext
 from graft.trainer.errors import InputError, out_of_memory, user_message
@@ -352,6 +352,8 @@ class Driver:
                 ledger.message = f"export: {user_message(exc)}"
                 self._save(ledger)
                 raise StageFailed("export", user_message(exc)) from exc
+            if uri:
+                serving.export_after_job(uri, self.job)  # ONNX, Triton repository, InferenceService (never fails it)
             ledger.model_uri = uri or None
             self._save(ledger)
         return ledger
