@@ -175,7 +175,6 @@ def test_an_editable_install_imports_the_checkout_from_anywhere(tmp_path):
 
 def test_type_checkers_resolve_the_operator_and_the_trainer(tmp_path):
     """mypy follows pyproject's [tool.mypy] search path (pyright's extraPaths name the same folders)."""
-    pytest.importorskip("mypy", reason="mypy is not in the dev environment yet (see pyproject's [tool.mypy])")
     probe = tmp_path / "probe.py"
     probe.write_text("import graft.cli\nimport graft_operator.handlers\nimport graft_trainer.driver\n"
                      "import graft_trainer.no_such_module\n")
