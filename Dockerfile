@@ -51,7 +51,7 @@ COPY --from=build /wheels /wheels
 RUN /opt/graft/bin/pip install --no-deps /wheels/graft-*.whl \
  # The operator never installs anything at run time: pip and setuptools do not ship in it.
  && /opt/graft/bin/pip uninstall --yes pip setuptools \
- && /opt/graft/bin/python -c "import graft.operator, kopf"
+ && /opt/graft/bin/python -c "import graft_operator, kopf"
 
 # ------------------------------------------------------------------------------------------ operator
 FROM ${BASE_IMAGE} AS operator
@@ -80,7 +80,7 @@ RUN python3 -m venv /opt/graft \
  && /opt/graft/bin/pip install --no-deps --requirement /tmp/requirements.txt
 COPY --from=build /wheels /wheels
 RUN /opt/graft/bin/pip install --no-deps /wheels/graft-*.whl \
- && /opt/graft/bin/python -c "import graft.trainer, torch, torchvision, ray, timm"
+ && /opt/graft/bin/python -c "import graft_trainer, torch, torchvision, ray, timm"
 
 # ------------------------------------------------------------------------------------------- trainer
 FROM ${BASE_IMAGE} AS trainer
@@ -96,6 +96,6 @@ ENV PATH=/opt/graft/bin:$PATH \
     RAY_USAGE_STATS_ENABLED=0
 USER 1000:1000
 WORKDIR /home/ray
-# The RayJob entrypoint is `python -m graft.trainer --job ...`; KubeRay starts Ray itself, so the image
+# The RayJob entrypoint is `python -m graft_trainer --job ...`; KubeRay starts Ray itself, so the image
 # needs no entrypoint of its own.
-CMD ["python", "-m", "graft.trainer", "--help"]
+CMD ["python", "-m", "graft_trainer", "--help"]

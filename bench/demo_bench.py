@@ -7,7 +7,7 @@ records one), the sum of stage times, the exported model's test accuracy, and th
   .venv/bin/python bench/trainer_bench.py demo --rounds 3  # the same
 
 The baseline is `git archive <base>` unpacked in a temporary folder and run with it first on PYTHONPATH (the
-checkout's `graft/__init__.py` maps `trainer/` to `graft.trainer` there too); both use this interpreter's packages.
+checkout's `graft/__init__.py` maps `trainer/` to `graft_trainer` there too); both use this interpreter's packages.
 The machine's load average is printed with the figures: on a shared machine compare only figures of one run.
 """
 

@@ -13,7 +13,7 @@ if [[ -z "$PY" ]]; then
 fi
 export RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0 PYTHONPATH="${PYTHONPATH:-}"
 # Without an editable install (a bare GPU box), map the source folders to the graft.* package names.
-if ! "$PY" -c 'import graft.trainer' 2>/dev/null; then
+if ! "$PY" -c 'import graft_trainer' 2>/dev/null; then
   shim=$(mktemp -d)
   mkdir -p "$shim/graft"
   for f in graft/*; do ln -s "$PWD/$f" "$shim/graft/$(basename "$f")"; done

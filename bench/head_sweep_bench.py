@@ -25,13 +25,13 @@ import time
 from pathlib import Path
 
 import yaml
-from graft.trainer import sweep
-from graft.trainer.driver import Driver
-from graft.trainer.executors import RayExecutor
-from graft.trainer.session import LocalSession
-from graft.trainer.stages import StageConfig, run_name
 
 from graft.api.models import TransferJob
+from graft_trainer import sweep
+from graft_trainer.driver import Driver
+from graft_trainer.executors import RayExecutor
+from graft_trainer.session import LocalSession
+from graft_trainer.stages import StageConfig, run_name
 
 REPO = Path(__file__).resolve().parents[1]
 PINNED = {"lr": 0.01, "weightDecay": 1e-4, "labelSmoothing": 0.0, "patience": None}

@@ -26,9 +26,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from graft.trainer import data as data_mod
-from graft.trainer import export, models, serving
 from PIL import Image
+
+from graft_trainer import data as data_mod
+from graft_trainer import export, models, serving
 
 BATCH = 64
 

@@ -27,15 +27,15 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from graft.trainer import data as data_mod
-from graft.trainer import loops, models, sweep
-from graft.trainer.driver import Driver
-from graft.trainer.session import LocalSession
-from graft.trainer.stages import StageConfig
 
 from graft import storage
 from graft.api.models import TransferJob
 from graft.ledger import Ledger
+from graft_trainer import data as data_mod
+from graft_trainer import loops, models, sweep
+from graft_trainer.driver import Driver
+from graft_trainer.session import LocalSession
+from graft_trainer.stages import StageConfig
 
 
 def _job(name: str, spec: dict) -> TransferJob:

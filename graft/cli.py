@@ -1,7 +1,7 @@
 """The `graft` command line.
 
-The foundation commands live here; the trainer (`graft.trainer.cli`) and the operator
-(`graft.operator.cli`) register theirs through a `register(app)` function, importing their heavy
+The foundation commands live here; the trainer (`graft_trainer.cli`) and the operator
+(`graft_operator.cli`) register theirs through a `register(app)` function, importing their heavy
 dependencies (torch, Ray, kopf) only when one of their commands runs. A plugin module may also offer hooks
 that a foundation command calls by name (`_plugin_hook`): `validate --check-data` runs the trainer's
 `check_data`, so this module never imports the trainer itself.
@@ -66,7 +66,7 @@ def validate(
 
     data_check = _plugin_hook("check_data") if check_data else None
     if check_data and data_check is None:
-        typer.echo("error: --check-data needs the trainer (graft.trainer), which is not installed", err=True)
+        typer.echo("error: --check-data needs the trainer (graft_trainer), which is not installed", err=True)
         raise typer.Exit(2)
     bad = 0
     for file in files:
@@ -117,7 +117,7 @@ def _check_data(check: Callable[[Any], list[str]], text: str) -> list[tuple[int,
 
 
 def _serving_line(model_uri: str) -> str | None:
-    """Where the model's InferenceService manifest is (model.json's `serving` block, trainer/serving.py), or None
+    """Where the model's InferenceService manifest is (model.json's `serving` block, graft_trainer/serving.py), or None
     for a model folder without one."""
     from graft import storage
 
@@ -135,7 +135,7 @@ def _plugin_hook(name: str) -> Callable[..., Any] | None:
     """A function a plugin module offers besides its commands, or None when no installed plugin has one.
 
     The core never imports the trainer (it needs torch) but `validate --check-data` must run the trainer's
-    input checks: the trainer's plugin module (`graft.trainer.cli`, already imported by `_register_plugins`)
+    input checks: the trainer's plugin module (`graft_trainer.cli`, already imported by `_register_plugins`)
     offers them as `check_data(job) -> [problem lines]`, found here by name."""
     for module in PLUGINS:
         hook = getattr(sys.modules.get(module), name, None)
@@ -385,7 +385,7 @@ def _print_runs(runs: dict[str, Any], output: str) -> None:
 
 
 #: Modules that add commands (`register(app)`) and may offer hooks (`_plugin_hook`), when installed.
-PLUGINS = ("graft.trainer.cli", "graft.operator.cli")
+PLUGINS = ("graft_trainer.cli", "graft_operator.cli")
 
 
 def _register_plugins() -> None:

@@ -2,7 +2,7 @@
 that runs the stages: the RayJob's submitter, or `graft run`) and `<root>/logs/<stage>/worker-<rank>.log` (each Ray
 Train worker of a training stage).
 
-The trainer writes them as the job runs (`graft.trainer.logship`); `graft logs` reads them here, from local or S3
+The trainer writes them as the job runs (`graft_trainer.logship`); `graft logs` reads them here, from local or S3
 storage, and the operator puts `logs_uri(root)` in the TransferJob's status.
 """
 

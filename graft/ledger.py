@@ -21,7 +21,8 @@ LEDGER_FILE = "ledger.json"
 #: The last complete version, written by every save just before ledger.json (see `Ledger.save`).
 PREV_FILE = LEDGER_FILE + ".prev"
 LEDGER_VERSION = 1
-#: The parts of a stage's time (`StageRecord.timing`), in the order they happen; `trainer/timing.py` says what each is.
+#: The parts of a stage's time (`StageRecord.timing`), in the order they happen; `graft_trainer/timing.py` says
+#: what each is.
 TIMING_PARTS = ("ray_init", "startup", "data", "compute", "checkpoint", "teardown", "driver")
 
 _log = logging.getLogger(__name__)
@@ -121,7 +122,7 @@ class StageRecord(BaseModel):
     #: None in ledgers written before 2026-12 (then "unknown": a rerun accepts the stage as it is).
     spec_hash: str | None = None
     #: What a resume of this stage passed over, one line each: an incomplete checkpoint and what it resumed from
-    #: instead (`trainer/checkpoints.py`).
+    #: instead (`graft_trainer/checkpoints.py`).
     notes: list[str] = Field(default_factory=list)
     #: Where the latest attempt's time went, seconds per part (`TIMING_PARTS`: Ray's start, the worker group's start-up,
     #: data, compute, checkpoints and reports, teardown, the driver's own work): written as the stage runs, `driver`
@@ -187,7 +188,7 @@ class Ledger(BaseModel):
     #: MLflow tracking of this job (None: not tracked).
     tracking: TrackingRecord | None = None
     #: Which stage's model was exported and why: the last stage's unless another candidate is better on validation
-    #: beyond the noise (`trainer/selection.py`). {"stage": ..., "reason": ...}.
+    #: beyond the noise (`graft_trainer/selection.py`). {"stage": ..., "reason": ...}.
     export: dict[str, str] | None = None
     #: Set by `load` when ledger.json did not parse and this is its previous version: the next `save` keeps the
     #: damaged object beside it (`Damage.aside`) before writing.

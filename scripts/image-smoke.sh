@@ -88,12 +88,12 @@ step "image built: $("${DOCKER[@]}" image inspect --format '{{.Size}}' "$IMAGE" 
 
 if [[ $TARGET == trainer ]]; then
   # The RayJob entrypoint (contract 1) on local Ray inside the image, as the image's user; then the ledger.
-  step "running python -m graft.trainer on tests/ship/jobs/tiny-digits.yaml inside it"
+  step "running python -m graft_trainer on tests/ship/jobs/tiny-digits.yaml inside it"
   out=$("${DOCKER[@]}" run --rm --network host --shm-size 1g \
     --volume "$REPO/tests/ship/jobs:/jobs:ro" --env RAY_AUTH_MODE=disabled "$IMAGE" bash -c '
       set -e
       echo "uid=$(id -u) user=$(id -un)"
-      python -m graft.trainer --job /jobs/tiny-digits.yaml --storage /tmp/graft-out >/tmp/trainer.log 2>&1 \
+      python -m graft_trainer --job /jobs/tiny-digits.yaml --storage /tmp/graft-out >/tmp/trainer.log 2>&1 \
         || { tail -40 /tmp/trainer.log; exit 1; }
       graft status --output json /tmp/graft-out/0b5e7d1a-5d1c-4c61-9a53-2f1d8c1e7a01
     ' 2>&1) || { echo "$out" >&2; exit 1; }

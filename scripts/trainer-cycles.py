@@ -10,7 +10,7 @@ import ast
 import sys
 from pathlib import Path
 
-PACKAGE = "graft.trainer"
+PACKAGE = "graft_trainer"
 FOLDER = Path(__file__).resolve().parent.parent / "trainer"
 
 

@@ -45,8 +45,8 @@ def ray_cluster(s3_endpoint):
     """One local Ray cluster for the session (support/ray_cluster.py), started at first use: drivers given its
     `.address` in RAY_ADDRESS join it as a RayJob's driver joins its RayCluster, instead of paying a Ray start-up each.
     Its processes have the session's S3 settings (moto's endpoint and test keys), as a RayCluster's pods have the
-    job's storage settings (operator/builder.py). A test about Ray's own start-up or death (a driver killed with its
-    Ray, a Ray Train worker killed, Ctrl-C) starts its own Ray instead."""
+    job's storage settings (graft_operator/builder.py). A test about Ray's own start-up or death (a driver killed with
+    its Ray, a Ray Train worker killed, Ctrl-C) starts its own Ray instead."""
     from support.ray_cluster import RayCluster
 
     with RayCluster(num_cpus=8) as cluster:

@@ -149,8 +149,8 @@ def test_no_previous_version_at_all_is_named(store):
 
 
 def _driver(store: str, tmp_path: Path, **kwargs):
-    from graft.trainer.driver import Driver
-    from graft.trainer.executors import LocalExecutor
+    from graft_trainer.driver import Driver
+    from graft_trainer.executors import LocalExecutor
 
     job = TransferJob.model_validate({"apiVersion": "graft.dev/v1alpha1", "kind": "TransferJob",
                                       "metadata": {"name": "digits"}, "spec": _spec(tmp_path)})
@@ -181,12 +181,11 @@ def test_restart_over_a_damaged_ledger_starts_over_and_keeps_the_damaged_object(
 
 
 def test_the_operator_reports_a_damaged_ledger_as_a_condition_reason_with_the_line(tmp_path):
-    """Through the operator's ledger reads (operator/ledgers.py), as its status path hears them."""
+    """Through the operator's ledger reads (graft_operator/ledgers.py), as its status path hears them."""
     import asyncio
 
-    from graft.operator import ledgers
-
     from graft.api.validation import validate_spec
+    from graft_operator import ledgers
 
     spec, problems = validate_spec({**_spec(tmp_path), "storage": {"uri": str(tmp_path / "jobs")}})
     assert not problems

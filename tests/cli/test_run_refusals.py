@@ -38,8 +38,8 @@ def graft_run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_a_rerun_with_a_changed_spec_exits_2_naming_the_changes_and_the_ways_out(tmp_path):
-    from graft.trainer.driver import Driver
-    from graft.trainer.executors import LocalExecutor
+    from graft_trainer.driver import Driver
+    from graft_trainer.executors import LocalExecutor
 
     job = TransferJob.model_validate(json.loads(_manifest(tmp_path / "job.json", SPEC).read_text()))
     Driver(job, str(tmp_path / "runs"), executor=LocalExecutor()).run()

@@ -353,11 +353,10 @@ def _unlike(sent, got, path="") -> list[str]:
 
 
 def test_the_operators_rayjob_passes_kuberays_crd_unpruned(client):
-    """Everything operator/builder.py puts in a RayJob is declared by KubeRay's CRD: nothing is pruned or
+    """Everything graft_operator/builder.py puts in a RayJob is declared by KubeRay's CRD: nothing is pruned or
     changed, and nothing is left for KubeRay's defaults."""
-    from graft.operator.builder import build_rayjob
-
     from graft.api.models import TransferJobSpec
+    from graft_operator.builder import build_rayjob
 
     spec = TransferJobSpec.model_validate({
         "model": {"backbone": "smallcnn", "numClasses": 10, "weights": "s3://weights/smallcnn.pt"},
@@ -552,14 +551,14 @@ def test_a_real_kopf_operator_reacts_to_a_created_object(tmp_path):
 
 @pytest.mark.slow
 def test_kopf_run_with_graft_handlers_module_creates_the_rayjob(tmp_path):
-    """`kopf run -m graft.operator.handlers` (docs/operator.md) works as well as `graft operator`."""
+    """`kopf run -m graft_operator.handlers` (docs/operator.md) works as well as `graft operator`."""
     with emulated_api(namespaces=[NS]) as api:
         api.apply_crd(COMMITTED_CRD)
         kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig", user="kopf-m")
         env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
         log_path = tmp_path / "kopf.log"
         proc = subprocess.Popen(
-            [sys.executable, "-m", "kopf", "run", "--standalone", "--namespace", NS, "-m", "graft.operator.handlers"],
+            [sys.executable, "-m", "kopf", "run", "--standalone", "--namespace", NS, "-m", "graft_operator.handlers"],
             env=env, cwd=tmp_path, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)
         try:
             with api.client() as c:

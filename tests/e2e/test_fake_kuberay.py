@@ -203,7 +203,7 @@ def test_no_training_mode_marks_jobs_running_then_succeeded(kube_api, tmp_path):
             "apiVersion": "ray.io/v1", "kind": "RayJob", "metadata": {"name": "bench"},
             # A RayJob needs a rayClusterSpec (or a clusterSelector) for KubeRay to run it, and the RayCluster it
             # creates from it needs a headGroupSpec (KubeRay's CRD requires it).
-            "spec": {"entrypoint": "python -m graft.trainer --job /etc/graft/job/transferjob.json",
+            "spec": {"entrypoint": "python -m graft_trainer --job /etc/graft/job/transferjob.json",
                      "rayClusterSpec": {"headGroupSpec": {"rayStartParams": {}, "template": {"spec": {
                          "containers": [{"name": "ray-head", "image": "graft"}]}}}}}})
         wait_for(lambda: status(c, "bench").get("jobStatus") == "RUNNING", what="RUNNING")

@@ -1,5 +1,5 @@
 """End to end: the real `graft operator` process against the emulated API server, the fake KubeRay running
-the real trainer (`python -m graft.trainer`) on a local Ray cluster, and a moto S3 server. Driven only through API
+the real trainer (`python -m graft_trainer`) on a local Ray cluster, and a moto S3 server. Driven only through API
 calls, as a user with kubectl would.
 
 Training is the slow part, so the scenarios that train start when the module starts, in their own threads, while
@@ -274,7 +274,8 @@ def cluster(s3_endpoint, ray_cluster, tmp_path_factory):
     make_bucket(s3_endpoint, bucket)
     _s3.endpoint = s3_endpoint
     import torch
-    from graft.trainer.models import build
+
+    from graft_trainer.models import build
 
     weights = io.BytesIO()
     torch.save(build("smallcnn", 10, 8).state_dict(), weights)

@@ -149,7 +149,8 @@ def cluster(kube_api, fake_kuberay, s3_endpoint, s3_bucket, ray_cluster, tmp_pat
     bucket with the backbone's weights and the storage Secret; yields (api, kuberay, operator, bucket)."""
     fake_kuberay.extra_env["RAY_ADDRESS"] = ray_cluster.address  # read at each attempt's start
     import torch
-    from graft.trainer.models import build
+
+    from graft_trainer.models import build
 
     weights = io.BytesIO()
     torch.save(build("smallcnn", 10, 8).state_dict(), weights)

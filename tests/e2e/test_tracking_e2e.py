@@ -36,7 +36,8 @@ def test_a_tracked_job_shows_its_mlflow_run_and_model_version_in_status_and_wide
     make_bucket(s3_endpoint, bucket)
     import boto3
     import torch
-    from graft.trainer.models import build
+
+    from graft_trainer.models import build
 
     weights = io.BytesIO()
     torch.save(build("smallcnn", 10, 8).state_dict(), weights)

@@ -8,10 +8,10 @@ import json
 
 import jsonschema
 import pytest
-from graft.operator import builder
 from support.diff import diff
 
 from graft.api.validation import validate_document, validate_for_cluster, validate_spec
+from graft_operator import builder
 
 UID = "5c1f7a0e-1d2b-4c3d-9e8f-0a1b2c3d4e5f"
 
@@ -61,7 +61,7 @@ POD_LABELS = {
 }
 
 
-ENTRYPOINT = "python -m graft.trainer --job-env GRAFT_JOB"
+ENTRYPOINT = "python -m graft_trainer --job-env GRAFT_JOB"
 #: Stands for the head's GRAFT_JOB value (the job's JSON, which each case's spec changes) in the expected objects;
 #: `built` checks the real value on its own.
 JOB = "<the job document>"
@@ -347,7 +347,7 @@ def test_the_head_carries_the_whole_job_and_the_trainer_accepts_it():
     head = rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
     doc = json.loads(next(v["value"] for v in head["env"] if v["name"] == "GRAFT_JOB"))
     assert doc["metadata"] == {"name": "digits", "namespace": "ml", "uid": UID}
-    job, problems = validate_document(doc)  # what `python -m graft.trainer --job-env GRAFT_JOB` validates with
+    job, problems = validate_document(doc)  # what `python -m graft_trainer --job-env GRAFT_JOB` validates with
     assert not problems and job is not None
     # defaults are pinned at creation time
     assert doc["spec"]["stages"][1]["sweep"]["lr"] == [0.003, 0.01, 0.03, 0.1]

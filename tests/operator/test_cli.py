@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 
 import yaml
-from graft.operator import builder, rbac
 from support.rbac_rules import allows
 from typer.testing import CliRunner
 
 from graft.cli import app
+from graft_operator import builder, rbac
 
 ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()

@@ -15,8 +15,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from graft.operator import client
 from lightkube import KubeConfig
+
+from graft_operator import client
 
 
 def _self_signed(tmp_path, name: str) -> tuple[bytes, ssl.SSLContext]:

@@ -10,13 +10,13 @@ import threading
 import time
 
 import pytest
-from graft.operator import ledgers
 from support.s3 import hung_endpoint
 
 from graft import storage
 from graft.api.models import StageState
 from graft.api.validation import validate_spec
 from graft.ledger import Ledger, job_root
+from graft_operator import ledgers
 
 KEY_ID, SECRET = "AKIDOPERATORTEST", "operator-secret-value"
 

@@ -8,8 +8,9 @@ import copy
 import logging
 
 import pytest
-from graft.operator import builder, client, lifecycle, memory
-from graft.operator.supervisor import Supervisor
+
+from graft_operator import builder, client, lifecycle, memory
+from graft_operator.supervisor import Supervisor
 
 SPEC = {
     "model": {"backbone": "smallcnn", "numClasses": 10, "weights": "/models/w.pt"},

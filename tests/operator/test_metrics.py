@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import kopf
 import pytest
-from graft.operator import metrics
 from prometheus_client import REGISTRY
+
+from graft_operator import metrics
 
 
 def _value(name, **labels):

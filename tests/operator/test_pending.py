@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from graft.operator import pending
+
+from graft_operator import pending
 
 
 def _pod(name="c-head-x", waiting=None, scheduled=None, image="graft:1"):

@@ -9,9 +9,9 @@ import copy
 
 import jsonschema
 import pytest
-from graft.operator import builder
 
 from graft.api.validation import cluster_warnings, validate_spec
+from graft_operator import builder
 
 BASE_SPEC = {
     "model": {"backbone": "smallcnn", "numClasses": 10, "weights": "s3://models/smallcnn.pt"},

@@ -4,11 +4,11 @@ transitions."""
 from __future__ import annotations
 
 import pytest
-from graft.operator import status
-from graft.operator.conditions import ConditionType
 
 from graft.api.models import TransferJobStatus
 from graft.api.validation import validate_spec
+from graft_operator import status
+from graft_operator.conditions import ConditionType
 
 SPEC_RAW = {
     "model": {"backbone": "smallcnn", "numClasses": 10, "weights": "s3://models/w.pt"},

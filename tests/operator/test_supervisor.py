@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from graft.operator import follow, memory, metrics, supervisor
-from graft.operator.supervisor import Supervisor
+
+from graft_operator import follow, memory, metrics, supervisor
+from graft_operator.supervisor import Supervisor
 
 
 def _body(uid, started=True, deleting=False):
@@ -107,7 +108,7 @@ def test_a_job_whose_look_raises_is_logged_counted_and_looked_at_again_while_oth
                                                                                             caplog):
     seen, plan = calls
     original = follow.follow_once
-    monkeypatch.setattr("graft.operator.supervisor.POLL_SECONDS", 0.05)
+    monkeypatch.setattr("graft_operator.supervisor.POLL_SECONDS", 0.05)
 
     async def flaky(mem, body, follower):
         if body["metadata"]["uid"] == "bad":

@@ -7,10 +7,10 @@ import asyncio
 import copy
 
 import pytest
-from graft.operator import builder, follow, ledgers, memory, status
-from graft.operator.supervisor import Supervisor
 
 from graft.api.validation import validate_spec
+from graft_operator import builder, follow, ledgers, memory, status
+from graft_operator.supervisor import Supervisor
 
 SPEC = {
     "model": {"backbone": "smallcnn", "numClasses": 10, "weights": "s3://models/w.pt"},

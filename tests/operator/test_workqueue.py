@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from graft.operator.workqueue import Bulkhead, DelayedQueue, Slots
+
+from graft_operator.workqueue import Bulkhead, DelayedQueue, Slots
 
 
 def test_slots_are_not_lost_when_a_wait_is_given_up():

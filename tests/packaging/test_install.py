@@ -46,11 +46,11 @@ def test_installed_environment_is_consistent():
 
 
 def test_operator_folder_never_shadows_the_standard_library():
-    code = "import operator, graft.operator; print(operator.__file__); print(list(graft.operator.__path__)[0])"
+    code = "import operator, graft_operator; print(operator.__file__); print(list(graft_operator.__path__)[0])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
     stdlib, ours = out.stdout.splitlines()
     assert "site-packages" not in stdlib and not stdlib.startswith(str(ROOT)), stdlib
-    assert ours.startswith(str(ROOT / "operator")), ours
+    assert ours.startswith(str(ROOT / "operator" / "graft_operator")), ours
 
 
 def test_checkout_root_on_sys_path_keeps_the_standard_library_operator():
@@ -83,7 +83,7 @@ def _run(argv: list[str], cwd: Path, env: dict[str, str] | None = None) -> subpr
 
 @pytest.mark.parametrize("folder", ["graft", "tests", "operator", "trainer"])
 def test_no_folder_of_the_checkout_imports_as_a_graft_subpackage(folder):
-    # In a venv whose editable install predates the layout, its finder still maps graft.operator and graft.trainer
+    # In a venv whose editable install predates the layout, its finder still maps graft_operator and graft_trainer
     # (re-sync it: `./dev setup`); the editable-install test below checks a fresh one.
     out = _run([sys.executable, "-c", f"import graft.{folder}"], cwd=ROOT)
     assert out.returncode != 0 and f"No module named 'graft.{folder}'" in out.stderr, out.stdout + out.stderr

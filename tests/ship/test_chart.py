@@ -5,10 +5,10 @@ from __future__ import annotations
 import kubernetes_validate
 import pytest
 import yaml
-from graft.operator import rbac
 from support.crdcheck import check_crd, printer_column_problems
 
 from graft.api.crd import build_crd
+from graft_operator import rbac
 from ship.chart import CHART, NAMESPACE, HelmFailed, find, helm, one, render
 
 #: Named value sets: the default install and the non-default ones the issue asks for.

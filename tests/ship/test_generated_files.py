@@ -1,4 +1,4 @@
-"""Files generated from code must not drift from it: the chart's RBAC rules (operator/rbac.py), the
+"""Files generated from code must not drift from it: the chart's RBAC rules (graft_operator/rbac.py), the
 argocd-cm snippet (the Lua file), and the locks: the venv the tests run in is requirements-dev.txt, and the
 images' requirements are its subsets."""
 
@@ -11,10 +11,10 @@ import sys
 
 import pytest
 import yaml
-from graft.operator import rbac
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from graft_operator import rbac
 from ship.tools import REPO
 
 FILES = REPO / "helm" / "graft" / "files"
@@ -30,8 +30,8 @@ def _script(name: str, *args: str) -> subprocess.CompletedProcess:
 def test_chart_rbac_rules_are_the_operators():
     cluster = yaml.safe_load((FILES / "rbac-rules-cluster.yaml").read_text())["rules"]
     namespaced = yaml.safe_load((FILES / "rbac-rules-namespaced.yaml").read_text())["rules"]
-    assert cluster == rbac.rules(namespaced=False), "run scripts/chart-files.py after changing operator/rbac.py"
-    assert namespaced == rbac.rules(namespaced=True), "run scripts/chart-files.py after changing operator/rbac.py"
+    assert cluster == rbac.rules(namespaced=False), "run scripts/chart-files.py after changing graft_operator/rbac.py"
+    assert namespaced == rbac.rules(namespaced=True), "run scripts/chart-files.py after changing graft_operator/rbac.py"
 
 
 def test_chart_files_script_reports_no_drift():

@@ -6,10 +6,10 @@ from __future__ import annotations
 import os
 
 import pytest
-from graft.trainer.jobroot import apply_storage_env
 
 from graft import storage
 from graft.api.models import TransferJob
+from graft_trainer.jobroot import apply_storage_env
 
 
 def _job(bucket: str, endpoint: str | None, region: str | None = None) -> TransferJob:

@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 TRANSFERJOBS = "transferjobs"
-LABEL = "graft.dev/transferjob"  # the label operator/builder.py puts on a TransferJob's RayJob
+LABEL = "graft.dev/transferjob"  # the label graft_operator/builder.py puts on a TransferJob's RayJob
 
 
 class ChangeFeed:

@@ -3,7 +3,7 @@ checkpoint of a given epoch has been written, as a SIGKILL there would leave it.
 
 from __future__ import annotations
 
-from graft.trainer.session import StoredSession
+from graft_trainer.session import StoredSession
 
 
 class Killed(Exception):

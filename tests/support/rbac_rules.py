@@ -1,9 +1,9 @@
-"""Whether an API call the operator made is covered by its RBAC rules (`graft.operator.rbac.rules`): the tests'
+"""Whether an API call the operator made is covered by its RBAC rules (`graft_operator.rbac.rules`): the tests'
 check of what the emulated API server logged against what the chart grants."""
 
 from __future__ import annotations
 
-from graft.operator import rbac
+from graft_operator import rbac
 
 
 def allows(method: str, api_group: str, resource: str, namespaced: bool = False) -> bool:

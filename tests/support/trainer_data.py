@@ -27,7 +27,7 @@ def state_dict_bytes(state: dict[str, torch.Tensor]) -> bytes:
 
 def smallcnn_weights(path: Path, seed: int = 0) -> Path:
     """A SmallCNN backbone state_dict file (what a user's own pretraining would leave)."""
-    from graft.trainer.models import SmallCNN
+    from graft_trainer.models import SmallCNN
 
     torch.manual_seed(seed)
     path.write_bytes(state_dict_bytes(SmallCNN().state_dict()))
@@ -48,7 +48,7 @@ def write_job(path: Path, doc: dict) -> Path:
 
 def export_constant_model(root: Path, labels: list[str], answer: str, image_size: int = 8) -> str:
     """Export a SmallCNN model (as a finished job would) that answers `answer` for every image; returns its URI."""
-    from graft.trainer import export, models
+    from graft_trainer import export, models
 
     net = models.build("smallcnn", num_classes=len(labels), image_size=image_size)
     with torch.no_grad():

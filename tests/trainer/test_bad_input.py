@@ -4,12 +4,12 @@ reason in the ledger, and nothing already written is lost. These fail before any
 from __future__ import annotations
 
 import pytest
-from graft.trainer.driver import Driver, StageFailed
 from support.trainer_data import job_doc, smallcnn_weights
 
 from graft import storage
 from graft.api.models import StageState, TransferJob
 from graft.ledger import Ledger, job_root
+from graft_trainer.driver import Driver, StageFailed
 
 STAGES = [{"type": "FrozenFeatures"}, {"type": "Head", "epochs": 2}, {"type": "FullFineTune", "epochs": 1}]
 
@@ -125,7 +125,7 @@ def test_entrypoint_exit_codes_and_inline_json(tmp_path, capsys):
     """The entrypoint exits 2 for an unusable job file, 1 for a failed stage (reason in the ledger)."""
     import json
 
-    from graft.trainer.__main__ import main
+    from graft_trainer.__main__ import main
 
     assert main(["--job", str(tmp_path / "missing.json")]) == 2
     assert "cannot read the job file" in capsys.readouterr().err
@@ -144,7 +144,7 @@ def test_entrypoint_exit_codes_and_inline_json(tmp_path, capsys):
 
 
 def test_a_relative_storage_folder_is_made_absolute_for_the_workers(tmp_path, monkeypatch):
-    from graft.trainer.driver import resolve_root
+    from graft_trainer.driver import resolve_root
 
     monkeypatch.chdir(tmp_path)
     job = _job(tmp_path, "builtin:digits", "w.pt", num_classes=10, uid="rel-1")

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from graft.trainer import data as data_mod
-from graft.trainer import export, scoring
-from graft.trainer.driver import Driver
-from graft.trainer.executors import LocalExecutor
 from support.trainer_data import job_doc, smallcnn_weights
 
 from graft import storage
 from graft.api.models import TransferJob
+from graft_trainer import data as data_mod
+from graft_trainer import export, scoring
+from graft_trainer.driver import Driver
+from graft_trainer.executors import LocalExecutor
 
 
 def _overconfident(n: int, temperature: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

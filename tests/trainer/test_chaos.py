@@ -150,7 +150,7 @@ def _recovered(driver: DriverProcess, root: str, stage: str, epoch: int) -> None
 
 def _storm(tmp_path: Path, job_storage: dict, root: str, env: dict[str, str]) -> list[str]:
     job = write_job(tmp_path / "job.json", job_doc("chaos", {**SPEC, "storage": job_storage}, uid="chaos-uid"))
-    cmd = [sys.executable, "-m", "graft.trainer", "--job", str(job)]
+    cmd = [sys.executable, "-m", "graft_trainer", "--job", str(job)]
     log: list[str] = []
     for n, (target, kind) in enumerate(STORM, 1):
         before, attempt = _finished(root), _attempt(root)
@@ -216,7 +216,7 @@ def test_the_demo_on_s3_through_a_flaky_endpoint_finishes(tmp_path, s3_bucket, s
         job = tmp_path / "demo.yaml"
         job.write_text(yaml.safe_dump(doc))
         env = {k: v for k, v in os.environ.items() if k != "AWS_ENDPOINT_URL"}  # the endpoint is the spec's
-        driver = DriverProcess([sys.executable, "-m", "graft.trainer", "--job", str(job)], tmp_path, env)
+        driver = DriverProcess([sys.executable, "-m", "graft_trainer", "--job", str(job)], tmp_path, env)
         code = driver.wait(900)
     assert code == 0, driver.output()[-3000:]
     ledger = Ledger.load(f"{s3_bucket}/runs/digits-lpft")

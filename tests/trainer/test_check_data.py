@@ -80,10 +80,10 @@ def test_check_data_starts_no_ray(tmp_path):
 
 
 def test_check_data_without_the_trainer_says_so(tmp_path, monkeypatch):
-    monkeypatch.setattr(cli, "PLUGINS", ("graft.operator.cli",))
+    monkeypatch.setattr(cli, "PLUGINS", ("graft_operator.cli",))
     result = CliRunner().invoke(app, ["validate", "--check-data", str(_manifest(tmp_path))])
     assert result.exit_code == 2
-    assert result.stderr == "error: --check-data needs the trainer (graft.trainer), which is not installed\n"
+    assert result.stderr == "error: --check-data needs the trainer (graft_trainer), which is not installed\n"
 
 
 def test_check_data_follows_the_cluster_rules_first(tmp_path):

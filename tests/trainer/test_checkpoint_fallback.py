@@ -1,4 +1,4 @@
-"""Checkpoint manifests (trainer/checkpoints.py): an incomplete checkpoint (a file cut short, emptied or
+"""Checkpoint manifests (graft_trainer/checkpoints.py): an incomplete checkpoint (a file cut short, emptied or
 missing) is never resumed from; the in-driver Head sweep (StoredSession) and a finished Ray run's read-back go back
 to the newest complete one and say so in one line; a checkpoint from a Graft before manifests still resumes
 (issue 22)."""
@@ -12,15 +12,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from graft.trainer import checkpoints, sweep
-from graft.trainer.session import LocalSession, StoredSession
-from graft.trainer.stages import StageConfig
 from support.dying_session import DyingSession, Killed
 from support.trainer_data import job_doc
 
 from graft import storage
 from graft.api.models import TransferJob, TransferJobSpec
 from graft.ledger import Ledger
+from graft_trainer import checkpoints, sweep
+from graft_trainer.session import LocalSession, StoredSession
+from graft_trainer.stages import StageConfig
 
 STATE = {"weights": torch.arange(1000, dtype=torch.float32), "epoch": 3}
 
@@ -186,7 +186,7 @@ def _result(tmp_path: Path, scores: dict[int, float], latest: int):
 )
 def test_a_finished_runs_checkpoint_is_read_back_complete(tmp_path, caplog, latest_wanted, damaged, chosen,
                                                          ray_logging_put_back):
-    from graft.trainer.executors import read_back
+    from graft_trainer.executors import read_back
 
     result = _result(tmp_path, {1: 0.5, 2: 0.9, 3: 0.7}, latest=3)
     n = (tmp_path / "epoch_00001" / "state.pt").stat().st_size
@@ -207,7 +207,7 @@ def test_a_finished_runs_checkpoint_is_read_back_complete(tmp_path, caplog, late
 
 
 def test_a_finished_run_with_no_complete_checkpoint_fails_naming_them(tmp_path, ray_logging_put_back):
-    from graft.trainer.executors import read_back
+    from graft_trainer.executors import read_back
 
     result = _result(tmp_path, {1: 0.5}, latest=1)
     _cut(tmp_path / "epoch_00001" / "state.pt", 0)

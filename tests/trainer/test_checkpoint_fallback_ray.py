@@ -40,7 +40,7 @@ def test_a_cut_short_latest_checkpoint_is_passed_over_for_the_one_before(tmp_pat
         "storage": {"uri": str(tmp_path / "jobs")},
     }
     job = write_job(tmp_path / "job.json", job_doc("ckpt-fallback", spec, uid=uid))
-    cmd = [sys.executable, "-m", "graft.trainer", "--job", str(job)]
+    cmd = [sys.executable, "-m", "graft_trainer", "--job", str(job)]
     root = str(tmp_path / "jobs" / uid)
     run = storage.join(root, "checkpoints", f"{uid}-fullfinetune")
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from graft.trainer import data
-from graft.trainer.errors import InputError
 from support.storage_files import upload_dir
 
 from graft.storage import StorageError
+from graft_trainer import data
+from graft_trainer.errors import InputError
 
 
 def test_builtin_digits_variants_split_the_set_and_only_the_target_is_noisy():
@@ -144,6 +144,6 @@ def test_builtin_digits_are_scikit_learn_s_digits_without_importing_it():
     full = data.open_source("builtin:digits")
     assert np.array_equal(full.labels, digits.target)
     assert np.array_equal(full.pixels[:, 0], (digits.images / 16.0).astype(np.float32))
-    probe = ("import sys; from graft.trainer import data; data.open_source('builtin:digits'); "
+    probe = ("import sys; from graft_trainer import data; data.open_source('builtin:digits'); "
              "print('sklearn' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout == "False\n"

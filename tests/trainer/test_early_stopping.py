@@ -4,14 +4,14 @@ the exported model is the best epoch by the monitored validation metric."""
 from __future__ import annotations
 
 import pytest
-from graft.trainer import data as data_mod
-from graft.trainer import evaluate, scoring
-from graft.trainer.driver import Driver
-from graft.trainer.executors import LocalExecutor
 from support.trainer_data import job_doc
 
 from graft import storage
 from graft.api.models import TransferJob
+from graft_trainer import data as data_mod
+from graft_trainer import evaluate, scoring
+from graft_trainer.driver import Driver
+from graft_trainer.executors import LocalExecutor
 
 
 def _run(tmp_path, stage: dict):
@@ -56,8 +56,8 @@ def test_without_patience_every_epoch_runs(tmp_path, one_thread):
 @pytest.mark.parametrize(("monitor", "best_epoch", "stopped_at"), [("val_accuracy", 2, 4), ("val_loss", 3, 5)])
 def test_the_kept_checkpoint_is_the_best_by_the_monitor_not_always_by_accuracy(monitor, best_epoch, stopped_at):
     """Epochs where accuracy and loss disagree: the session keeps the monitor's best, and stops on its patience."""
-    from graft.trainer.loops import EarlyStopping
-    from graft.trainer.session import LocalSession
+    from graft_trainer.loops import EarlyStopping
+    from graft_trainer.session import LocalSession
 
     epochs = [(0.5, 1.0), (0.8, 0.9), (0.7, 0.5), (0.7, 0.6), (0.6, 0.7), (0.9, 0.1)]  # (val_accuracy, val_loss)
     session, stopper, history = LocalSession(), EarlyStopping(monitor, 2, []), []

@@ -1,4 +1,4 @@
-"""The RayJob entrypoint's refusals (`python -m graft.trainer`): the job comes from --job or --job-env, and a
+"""The RayJob entrypoint's refusals (`python -m graft_trainer`): the job comes from --job or --job-env, and a
 missing or invalid one exits 2 with a message that says where it looked, before anything starts."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 
 def entrypoint(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if k != "GRAFT_JOB"}
-    return subprocess.run([sys.executable, "-m", "graft.trainer", *args], capture_output=True, text=True, timeout=60,
+    return subprocess.run([sys.executable, "-m", "graft_trainer", *args], capture_output=True, text=True, timeout=60,
                           env={**clean, **env})
 
 

@@ -6,12 +6,12 @@ import json
 
 import pytest
 import torch
-from graft.trainer import export, models
 from support.storage_files import upload_dir
 from support.trainer_data import write_png
 from typer.testing import CliRunner
 
 from graft.cli import app
+from graft_trainer import export, models
 
 NOT_AN_IMAGE = "not a readable image (UnidentifiedImageError: not an image format Pillow knows, or a corrupt header)"
 

@@ -6,10 +6,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from graft.trainer import data as data_mod
-from graft.trainer import evaluate, scoring, selection
-from graft.trainer.driver import Driver
-from graft.trainer.executors import LocalExecutor
 from support.trainer_data import job_doc, smallcnn_weights
 from typer.testing import CliRunner
 
@@ -17,6 +13,10 @@ from graft import storage
 from graft.api.models import TransferJob
 from graft.cli import app
 from graft.ledger import Ledger, StageRecord
+from graft_trainer import data as data_mod
+from graft_trainer import evaluate, scoring, selection
+from graft_trainer.driver import Driver
+from graft_trainer.executors import LocalExecutor
 
 
 def test_a_fine_tune_that_made_things_worse_is_not_exported(tmp_path, one_thread):

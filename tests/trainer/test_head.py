@@ -7,12 +7,12 @@ import io
 import pytest
 import torch
 import torchvision
-from graft.trainer import models, sweep
-from graft.trainer.session import LocalSession
-from graft.trainer.stages import StageConfig
 
 from graft import storage
 from graft.api.models import TransferJobSpec
+from graft_trainer import models, sweep
+from graft_trainer.session import LocalSession
+from graft_trainer.stages import StageConfig
 
 
 def _forbidden(*_a, **_k):

@@ -9,15 +9,15 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from graft.trainer import sweep
-from graft.trainer.session import LocalSession, StoredSession
-from graft.trainer.stages import StageConfig
 from support.dying_session import DyingSession, Killed
 from support.trainer_data import job_doc
 
 from graft import storage
 from graft.api.models import HeadStage, TransferJob, TransferJobSpec
 from graft.ledger import Ledger
+from graft_trainer import sweep
+from graft_trainer.session import LocalSession, StoredSession
+from graft_trainer.stages import StageConfig
 
 
 def _store_features(folder: str, n: int = 60, dim: int = 16, classes: int = 4, seed: int = 0) -> None:
@@ -161,9 +161,10 @@ def test_graft_status_shows_the_whole_sweep_with_the_chosen_row_marked(tmp_path)
 def test_head_runs_in_the_driver_only_when_the_features_fit_in_memory(tmp_path, memory, path, one_thread):
     """In the driver (no worker group, no DDP) when the stored features fit a quarter of the smaller of the
     worker's and the Ray head's memory; else on the worker group, where the same sweep runs under DDP."""
-    from graft.trainer.driver import Driver
-    from graft.trainer.executors import LocalExecutor
     from support.trainer_data import smallcnn_weights
+
+    from graft_trainer.driver import Driver
+    from graft_trainer.executors import LocalExecutor
 
     class Recording(LocalExecutor):
         used: list[str] = []

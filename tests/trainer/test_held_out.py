@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from graft.trainer import data as data_mod
-from graft.trainer import evaluate
-from graft.trainer.cli import _fmt_metrics
-from graft.trainer.driver import Driver
-from graft.trainer.executors import LocalExecutor
 from support.trainer_data import job_doc, smallcnn_weights
 
 from graft import storage
 from graft.api.models import DataSpec, TransferJob
+from graft_trainer import data as data_mod
+from graft_trainer import evaluate
+from graft_trainer.cli import _fmt_metrics
+from graft_trainer.driver import Driver
+from graft_trainer.executors import LocalExecutor
 
 
 def _ids(source: data_mod.Source) -> set[bytes]:
@@ -60,7 +60,7 @@ def test_every_stage_reports_the_test_score_apart_and_it_matches_the_exported_mo
     _, _, test = data_mod.target_sets(job.spec.data)
     source = test
     net, _ = evaluate.load_model(ledger.model_uri)
-    from graft.trainer import scoring
+    from graft_trainer import scoring
 
     logits = scoring.network_logits(net, source, 8, meta["preprocessing"])
     assert meta["metrics"]["test_accuracy"] == pytest.approx((logits.argmax(1).numpy() == source.labels).mean())

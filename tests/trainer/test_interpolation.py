@@ -4,12 +4,12 @@ validation an export candidate."""
 from __future__ import annotations
 
 import pytest
-from graft.trainer.driver import Driver
-from graft.trainer.executors import LocalExecutor
 from support.trainer_data import job_doc, smallcnn_weights
 
 from graft import storage
 from graft.api.models import TransferJob, TransferJobSpec
+from graft_trainer.driver import Driver
+from graft_trainer.executors import LocalExecutor
 
 
 def _run(tmp_path, fft: dict):

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from graft.trainer import data
-from graft.trainer.leakage import TARGET_PAIRS, overlaps
 from PIL import Image
+
+from graft_trainer import data
+from graft_trainer.leakage import TARGET_PAIRS, overlaps
 
 
 def _folder(root, images: dict[str, np.ndarray]) -> str:

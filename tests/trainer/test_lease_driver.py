@@ -8,12 +8,12 @@ import json
 import socket
 
 import pytest
-from graft.trainer.driver import Driver
-from graft.trainer.executors import LocalExecutor
 
 from graft import lease, storage
 from graft.api.models import StageState, TransferJob
 from graft.ledger import Ledger
+from graft_trainer.driver import Driver
+from graft_trainer.executors import LocalExecutor
 
 SPEC = {
     "model": {"backbone": "smallcnn", "numClasses": 10},
@@ -80,7 +80,7 @@ def finished_job(tmp_path, one_thread) -> tuple[str, str]:
 
 def test_the_entrypoint_waits_for_a_lease_its_holder_stopped_renewing_then_takes_it(finished_job, tmp_path):
     """A retried RayJob's new driver, the old one lost with its node: its lease runs out, the new driver goes on."""
-    from graft.trainer.__main__ import main
+    from graft_trainer.__main__ import main
 
     job, root = finished_job
     lease.acquire(root, "digits", OTHER, ttl=2.0)  # never renewed: expires in 2 s
@@ -90,7 +90,7 @@ def test_the_entrypoint_waits_for_a_lease_its_holder_stopped_renewing_then_takes
 
 
 def test_the_entrypoint_fails_with_the_line_when_the_holder_keeps_renewing(finished_job, tmp_path, capsys):
-    from graft.trainer.__main__ import main
+    from graft_trainer.__main__ import main
 
     job, root = finished_job
     held = lease.acquire(root, "digits", OTHER)

@@ -1,4 +1,4 @@
-"""The job's logs in storage (trainer/logship.py): what a process logs and prints lands in its file while it runs,
+"""The job's logs in storage (graft_trainer/logship.py): what a process logs and prints lands in its file while it runs,
 credentials never do, a rerun appends, and a failure's traceback is kept."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import warnings
 from pathlib import Path
 
 import pytest
-from graft.trainer import logship
 
 from graft import joblogs
+from graft_trainer import logship
 
 SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzEXAMPLEKEY"  # noqa: S105 (AWS docs example key)
 
@@ -53,14 +53,14 @@ def test_a_log_is_uploaded_while_the_stage_runs_not_only_at_its_end(tmp_path):
 def test_capture_keeps_graft_records_warnings_and_the_traceback_and_a_rerun_appends(tmp_path, monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
     with logship.capture(str(tmp_path), "FullFineTune", "worker-1"):
-        logging.getLogger("graft.trainer.loops").info("epoch 1/2: train_loss=0.5")
+        logging.getLogger("graft_trainer.loops").info("epoch 1/2: train_loss=0.5")
         logging.getLogger("ray.train").info("chatter that is not kept")
         logging.getLogger("ray.train").warning("a warning that is")
         warnings.warn(f"a Python warning naming {SECRET}", UserWarning, stacklevel=1)
     with pytest.raises(ValueError), logship.capture(str(tmp_path), "FullFineTune", "worker-1"):
         raise ValueError("bad batch")
     text = _read(tmp_path, "FullFineTune", "worker-1")
-    assert "INFO graft.trainer.loops: epoch 1/2: train_loss=0.5" in text and "a warning that is" in text
+    assert "INFO graft_trainer.loops: epoch 1/2: train_loss=0.5" in text and "a warning that is" in text
     assert "chatter" not in text
     assert "a Python warning naming ***" in text and SECRET not in text
     assert text.count("--- FullFineTune worker-1: started") == 2, "the rerun replaced the first attempt's log"

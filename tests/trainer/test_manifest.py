@@ -11,15 +11,15 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from graft.trainer import data as data_mod
-from graft.trainer.driver import Driver, StageFailed
-from graft.trainer.errors import InputError
-from graft.trainer.executors import LocalExecutor
 from support.trainer_data import job_doc, smallcnn_weights, write_png
 
 from graft import storage
 from graft.api.models import StageState, TransferJob
 from graft.ledger import Ledger, job_root
+from graft_trainer import data as data_mod
+from graft_trainer.driver import Driver, StageFailed
+from graft_trainer.errors import InputError
+from graft_trainer.executors import LocalExecutor
 
 LABELS = {"cat": 40, "dog": 130, "owl": 220}
 
@@ -133,8 +133,9 @@ def test_unknown_label_in_a_validation_table_and_a_missing_column(tmp_path):
 
 
 def test_graft_evaluate_reads_a_table_whose_labels_are_some_of_the_models(tmp_path):
-    from graft.trainer.evaluate import evaluate
     from support.trainer_data import export_constant_model
+
+    from graft_trainer.evaluate import evaluate
 
     rows = _images(tmp_path, per_class=2)
     (tmp_path / "test.csv").write_bytes(_csv([r for r in rows if r[1] != "owl"]))

@@ -7,11 +7,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from graft.trainer.driver import Driver
 from support.trainer_data import job_doc, smallcnn_weights, write_png
 
 from graft import storage
 from graft.api.models import StageState, TransferJob
+from graft_trainer.driver import Driver
 
 pytestmark = pytest.mark.slow
 

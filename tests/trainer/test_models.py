@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torchvision
-from graft.trainer import models
-from graft.trainer.errors import InputError
 from support.trainer_data import state_dict_bytes
 
 from graft import storage
 from graft.api.models import BACKBONES
+from graft_trainer import models
+from graft_trainer.errors import InputError
 
 SIZES = {"vit_b_16": 224, "smallcnn": 8}
 

@@ -6,8 +6,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from graft.trainer import export, models, onnx_export
-from graft.trainer.data import normalize
+
+from graft_trainer import export, models, onnx_export
+from graft_trainer.data import normalize
 
 #: (backbone, image size): smallcnn, a torchvision CNN, a timm CNN and a timm ViT (random weights; no download).
 FAMILIES = [

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from graft.trainer.driver import Driver, StageFailed
-from graft.trainer.errors import out_of_memory
-from graft.trainer.executors import LocalExecutor
 from support.trainer_data import job_doc
 
 from graft.api.models import TransferJob
 from graft.ledger import Ledger, job_root
+from graft_trainer.driver import Driver, StageFailed
+from graft_trainer.errors import out_of_memory
+from graft_trainer.executors import LocalExecutor
 
 SPEC = {"model": {"backbone": "smallcnn", "numClasses": 10},
         "data": {"train": "builtin:digits-noisy", "imageSize": 8, "shotsPerClass": 2},

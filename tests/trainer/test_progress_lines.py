@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from graft.trainer.cli import _fmt_metrics, _stage_time
-
 from graft.api.models import StageState
 from graft.ledger import StageRecord
+from graft_trainer.cli import _fmt_metrics, _stage_time
 
 
 def test_a_finished_stage_shows_its_own_seconds_and_a_running_one_the_time_since_it_started():
@@ -29,10 +28,10 @@ def test_metrics_of_a_finished_stage_say_which_epoch_they_are_from():
 
 
 def test_the_summary_says_the_held_out_score_apart_and_where_a_stage_stopped_early():
-    from graft.trainer.cli import _summary
     from rich.console import Console
 
     from graft.ledger import Ledger
+    from graft_trainer.cli import _summary
 
     ledger = Ledger.create("u", "demo", ["Head", "FullFineTune"])
     ledger.stage("Head").metrics = {"val_accuracy": 0.44, "best_epoch": 62.0, "test_accuracy": 0.41}

@@ -51,7 +51,7 @@ def test_s3_two_workers_driver_killed_mid_stage_resumes_from_checkpoint(tmp_path
     is killed mid-stage; the same command resumes FullFineTune from its last checkpoint and skips the
     finished stages."""
     weights = f"{s3_bucket}/weights/smallcnn.pt"
-    from graft.trainer.models import SmallCNN
+    from graft_trainer.models import SmallCNN
 
     storage.write_bytes(weights, state_dict_bytes(SmallCNN().state_dict()))
     uid = "0b9c7e52-s3-resume"
@@ -70,7 +70,7 @@ def test_s3_two_workers_driver_killed_mid_stage_resumes_from_checkpoint(tmp_path
     # the head); the endpoint comes from the spec.
     env = {k: v for k, v in os.environ.items() if k != "AWS_ENDPOINT_URL"}
     env.update(TEST_CREDENTIALS, GRAFT_JOB=job.read_text())
-    cmd = [sys.executable, "-m", "graft.trainer", "--job-env", "GRAFT_JOB"]
+    cmd = [sys.executable, "-m", "graft_trainer", "--job-env", "GRAFT_JOB"]
     root = f"{s3_bucket}/jobs/{uid}"
 
     first = start_driver(cmd, tmp_path, env)
@@ -135,7 +135,7 @@ def test_worker_killed_mid_epoch_is_restarted_from_the_latest_checkpoint(tmp_pat
     job = write_job(tmp_path / "job.json", job_doc("worker-kill", spec, uid="worker-kill-1"))
     store = tmp_path / "store"
     root = str(store / "worker-kill-1")
-    driver = start_driver([sys.executable, "-m", "graft.trainer", "--job", str(job), "--storage", str(store)], tmp_path)
+    driver = start_driver([sys.executable, "-m", "graft_trainer", "--job", str(job), "--storage", str(store)], tmp_path)
     # At epoch 2 in the ledger, epoch 1's checkpoint is registered (a worker's second report waits for the
     # controller to collect the first).
     driver.wait_for(lambda: stage_epoch(root, "FullFineTune") >= 2, 240, "FullFineTune epoch 2")
@@ -164,7 +164,7 @@ def test_a_driver_killed_mid_sweep_resumes_the_head_sweep_from_its_checkpoint(tm
         "storage": {"uri": str(tmp_path / "jobs")},
     }
     job = write_job(tmp_path / "job.json", job_doc("sweep-resume", spec, uid=uid))
-    cmd = [sys.executable, "-m", "graft.trainer", "--job", str(job)]
+    cmd = [sys.executable, "-m", "graft_trainer", "--job", str(job)]
     root = str(tmp_path / "jobs" / uid)
     first = start_driver(cmd, tmp_path)
     first.wait_for(lambda: stage_epoch(root, "Head") >= 450, 300, "Head past its first checkpoint (epoch 300)")
@@ -239,7 +239,7 @@ def test_a_streamed_image_folder_trains_on_two_workers_and_its_corrupt_image_fai
     """An ImageFolder over the workers' memory budget (workers.memory 4Ki) is read batch by batch inside the
     Ray Train workers; a corrupt image in it outside the sample decoded up front fails the stage naming the
     file when a worker reads it."""
-    from graft.trainer import data as data_mod
+    from graft_trainer import data as data_mod
 
     folder = tmp_path / "images"
     for c, value in (("dark", 40), ("mid", 128), ("bright", 215)):
@@ -256,7 +256,7 @@ def test_a_streamed_image_folder_trains_on_two_workers_and_its_corrupt_image_fai
             "workers": {"replicas": 2, "cpus": "1", "memory": "4Ki"},
         }
         job = write_job(tmp_path / f"{uid}.json", job_doc(uid, spec, uid=uid))
-        cmd = [sys.executable, "-m", "graft.trainer", "--job", str(job), "--storage", str(store)]
+        cmd = [sys.executable, "-m", "graft_trainer", "--job", str(job), "--storage", str(store)]
         driver = start_driver(cmd, tmp_path)
         try:
             return driver, driver.wait(400)

@@ -21,7 +21,7 @@ Amendment (2026-12-02, written before the second measurement; the first one, com
 the best candidate by validation accuracy, which took LP for seeds 1 and 2, worse on test by 2-6 points): (b)'s
 export keeps FullFineTune unless LP (or the interpolation) is better on validation by more than the noise, by an
 exact one-sided McNemar test on per-image validation correctness at p < 0.05 shared among the alternatives
-(`trainer/selection.py`). The level 0.05 is the textbook one, fixed before measuring and not tuned on test. The
+(`graft_trainer/selection.py`). The level 0.05 is the textbook one, fixed before measuring and not tuned on test. The
 table also shows what the plain best-by-validation rule would have exported from the same runs, for comparison.
 
 Each job runs through the `Driver` with the `LocalExecutor` (the stage loops Ray Train runs, in this process), as
@@ -32,12 +32,12 @@ from __future__ import annotations
 
 import statistics
 
-from graft.trainer.driver import Driver
-from graft.trainer.executors import LocalExecutor
 from support.trainer_data import job_doc
 
 from graft import storage
 from graft.api.models import TransferJob
+from graft_trainer.driver import Driver
+from graft_trainer.executors import LocalExecutor
 
 SEEDS = (0, 1, 2, 3, 4)
 DATA = {"train": "builtin:digits-noisy", "imageSize": 8, "shotsPerClass": 5, "testFraction": 0.2}

@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from graft.trainer import data as data_mod
-from graft.trainer import export, models, serving
 from PIL import Image
 from support.s3 import free_port
 from typer.testing import CliRunner
 
 from graft.cli import app
+from graft_trainer import data as data_mod
+from graft_trainer import export, models, serving
 
 LABELS = [f"class-{i}" for i in range(6)]
 IMAGES = 24

@@ -11,13 +11,13 @@ import pytest
 import torch
 import yaml
 from google.protobuf import text_format
-from graft.trainer import export, models, serving, triton
 from support import crdcheck
 from support.kserve_crds import crd as kserve_crd
 from support.kube import schema as kube_schema
 
 from graft import storage
 from graft.api.validation import load_job
+from graft_trainer import export, models, serving, triton
 
 LABELS = ["zero", "one", "two"]
 # Triton's DataType enum name for an ONNX element type (triton-inference-server/common model_config.proto).

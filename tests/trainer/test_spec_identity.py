@@ -9,14 +9,14 @@ import hashlib
 import json
 
 import pytest
-from graft.trainer import driver as driver_mod
-from graft.trainer import identity
-from graft.trainer.driver import Driver, StageFailed
-from graft.trainer.executors import LocalExecutor
 from support.trainer_data import job_doc
 
 from graft.api.models import StageState, TransferJob, TransferJobSpec
 from graft.ledger import Ledger, job_root
+from graft_trainer import driver as driver_mod
+from graft_trainer import identity
+from graft_trainer.driver import Driver, StageFailed
+from graft_trainer.executors import LocalExecutor
 
 SPEC = {
     "model": {"backbone": "smallcnn", "numClasses": 10},
@@ -167,7 +167,7 @@ def test_a_retry_of_a_failed_attempt_with_the_same_spec_resumes(tmp_path, one_th
 
 
 def test_the_entrypoint_resumes_the_same_spec_and_refuses_a_changed_one(store, capsys):
-    from graft.trainer.__main__ import main
+    from graft_trainer.__main__ import main
 
     doc = job_doc("digits", SPEC)
     assert main(["--job", json.dumps(doc), "--storage", str(store)]) == 0
@@ -232,7 +232,7 @@ BEFORE_ISSUE_12 = {
 
 
 def _old_hashes(old_view: dict) -> list[str]:
-    """The hashing rule of trainer/identity.py from 5825ee2 to 0ee22c7 (a copy, so this test does not depend on
+    """The hashing rule of graft_trainer/identity.py from 5825ee2 to 0ee22c7 (a copy, so this test does not depend on
     the code it checks): every field of model, data and the stage but the listed ones, chained."""
     skip = {"Pretrain": {"model": ("numClasses",), "data": ("train", "validation", "shotsPerClass")},
             "FrozenFeatures": {"model": ("numClasses",), "stage": ("batchSize", "actors")},

@@ -9,9 +9,6 @@ import json
 from typing import Annotated, Literal
 
 import pytest
-from graft.trainer import identity, registry
-from graft.trainer.driver import Driver
-from graft.trainer.stagetype import StageResult, StageType
 from pydantic import BaseModel, ConfigDict, Field
 
 from graft import storage
@@ -24,6 +21,9 @@ from graft.api.models import (
     TransferJob,
     TransferJobSpec,
 )
+from graft_trainer import identity, registry
+from graft_trainer.driver import Driver
+from graft_trainer.stagetype import StageResult, StageType
 
 
 class ToyStage(BaseModel):

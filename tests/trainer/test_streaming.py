@@ -4,12 +4,12 @@ learns exactly what it learns with the set kept in memory."""
 from __future__ import annotations
 
 import pytest
-from graft.trainer import data, loops
-from graft.trainer.errors import InputError
-from graft.trainer.session import LocalSession
-from graft.trainer.stages import StageConfig
 
 from graft.api.models import TransferJobSpec
+from graft_trainer import data, loops
+from graft_trainer.errors import InputError
+from graft_trainer.session import LocalSession
+from graft_trainer.stages import StageConfig
 
 
 def _run(image_folder, memory: str) -> list[dict[str, float]]:
@@ -54,7 +54,7 @@ def test_a_corrupt_image_in_a_streamed_set_fails_training_naming_the_file(image_
 def test_the_driver_verifies_a_kept_set_up_front_and_a_sample_of_a_streamed_one(image_folder, monkeypatch):
     """A streamed set is too large to decode before the first stage: the first image of every class and
     CHECK_SAMPLE others are (here 3 + 4 of 18: 4 to 7 images, as the two may overlap)."""
-    from graft.trainer.stages import verify_up_front
+    from graft_trainer.stages import verify_up_front
 
     verified: list[data.Source] = []
     monkeypatch.setattr(data, "CHECK_SAMPLE", 4)

@@ -10,15 +10,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from graft.trainer import data as data_mod
-from graft.trainer.driver import Driver
-from graft.trainer.executors import LocalExecutor, features_in_driver
-from graft.trainer.stages import StageConfig
 from support.trainer_data import job_doc, write_job, write_png
 from typer.testing import CliRunner
 
 from graft.api.models import TransferJob
 from graft.cli import app
+from graft_trainer import data as data_mod
+from graft_trainer.driver import Driver
+from graft_trainer.executors import LocalExecutor, features_in_driver
+from graft_trainer.stages import StageConfig
 
 GRAFT = str(Path(sys.executable).with_name("graft"))
 SPEC = {

@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from graft.trainer import loops, models, timm_backbone
-from graft.trainer.driver import Driver
-from graft.trainer.errors import InputError
-from graft.trainer.executors import LocalExecutor
 from support.trainer_data import job_doc, state_dict_bytes
 
 from graft import storage
 from graft.api.models import FullFineTuneStage, TransferJob
+from graft_trainer import loops, models, timm_backbone
+from graft_trainer.driver import Driver
+from graft_trainer.errors import InputError
+from graft_trainer.executors import LocalExecutor
 
 GRAFT = str(Path(sys.executable).with_name("graft"))
 VIT = "vit_tiny_patch16_224"
@@ -46,7 +46,7 @@ def test_classifier_only_mismatch_is_said_once_and_features_are_the_checkpoints(
     uri = str(tmp_path / "r18.safetensors")
     storage.write_bytes(uri, timm_backbone.safetensors_bytes(ref.state_dict()))  # with its 1000-class fc
     net = models.build("timm:resnet18", 3, 32)
-    with caplog.at_level(logging.WARNING, logger="graft.trainer.models"):
+    with caplog.at_level(logging.WARNING, logger="graft_trainer.models"):
         models.load_weights(net, uri)  # a worker's load: quiet
         models.load_weights(net, uri, report=True)  # the driver's check
     said = [r.getMessage() for r in caplog.records]
@@ -179,7 +179,7 @@ def test_export_predicts_and_loads_into_plain_timm_with_the_same_logits(tmp_path
     plain = timm.create_model(meta["timm"]["name"], num_classes=meta["num_classes"],
                               checkpoint_path=str(model / meta["timm"]["checkpoint"]), **meta["timm"]["create_kwargs"])
     plain.eval()
-    from graft.trainer.export import load_model
+    from graft_trainer.export import load_model
 
     net, _ = load_model(str(model))
     x = torch.rand(4, 3, 32, 32)
@@ -199,7 +199,8 @@ def test_layer_decay_leaves_older_ledgers_hashes_as_they_were():
     rerun of an old finished job is not refused as a changed spec. ed415cc counted every field, the form
     `first_invalidated` accepts beside today's (`neutral=False`, issue 12)."""
     import yaml
-    from graft.trainer import identity
+
+    from graft_trainer import identity
 
     doc = yaml.safe_load((Path(__file__).resolve().parents[2] / "examples" / "digits-lpft.yaml").read_text())
     assert identity.hashes(identity.view(TransferJob.model_validate(doc).spec), neutral=False) == [
@@ -218,9 +219,10 @@ def test_images_are_resized_and_cropped_as_timms_own_eval_transform(tmp_path, na
     is what timm's `create_transform(**resolve_data_config(...))` makes of it (interpolation, crop_pct, centre crop,
     mean, std), at the job's image size."""
     import numpy as np
-    from graft.trainer import data as data_mod
     from PIL import Image, ImageFilter
     from timm.data import create_transform, resolve_data_config
+
+    from graft_trainer import data as data_mod
 
     rng = np.random.RandomState(0)
     photo = tmp_path / "photo.png"
@@ -253,7 +255,8 @@ def test_an_empty_image_size_keeps_older_ledgers_hashes():
     it had then (computed with the code of ed415cc on the demo manifest without imageSize; that code counted every
     field, the form `first_invalidated` accepts beside today's, `neutral=False`)."""
     import yaml
-    from graft.trainer import identity
+
+    from graft_trainer import identity
 
     doc = yaml.safe_load((Path(__file__).resolve().parents[2] / "examples" / "digits-lpft.yaml").read_text())
     del doc["spec"]["data"]["imageSize"]

@@ -10,13 +10,13 @@ import json
 import pytest
 import timm
 import torch
-from graft.trainer import data as data_mod
-from graft.trainer import models, timm_backbone
-from graft.trainer.driver import Driver
 from support.trainer_data import job_doc
 
 from graft import storage
 from graft.api.models import StageState, TransferJob
+from graft_trainer import data as data_mod
+from graft_trainer import models, timm_backbone
+from graft_trainer.driver import Driver
 
 pytestmark = pytest.mark.slow
 

@@ -6,14 +6,14 @@ from __future__ import annotations
 import copy
 
 import pytest
-from graft.trainer import tracking
-from graft.trainer.driver import Driver, StageFailed
-from graft.trainer.executors import LocalExecutor
 from mlflow import MlflowClient
 from support.trainer_data import job_doc
 
 from graft.api.models import StageState, TransferJob
 from graft.ledger import Ledger, job_root
+from graft_trainer import tracking
+from graft_trainer.driver import Driver, StageFailed
+from graft_trainer.executors import LocalExecutor
 
 SPEC = {
     "model": {"backbone": "smallcnn", "numClasses": 10},

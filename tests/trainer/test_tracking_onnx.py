@@ -7,12 +7,12 @@ import mlflow.artifacts
 import mlflow.pyfunc
 import numpy as np
 import torch
-from graft.trainer import export, models, serving, tracking
 from mlflow import MlflowClient
 from support.trainer_data import job_doc
 
 from graft.api.models import TransferJob
 from graft.ledger import Ledger
+from graft_trainer import export, models, serving, tracking
 
 LABELS = ["a", "b", "c"]
 

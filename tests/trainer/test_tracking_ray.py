@@ -54,7 +54,7 @@ def _steps(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float
 def test_two_workers_killed_mid_stage_and_rerun_continue_one_mlflow_run_and_register_one_version(
         tmp_path, s3_endpoint, s3_bucket, mlflow_server):
     weights = f"{s3_bucket}/weights/smallcnn.pt"
-    from graft.trainer.models import SmallCNN
+    from graft_trainer.models import SmallCNN
 
     storage.write_bytes(weights, state_dict_bytes(SmallCNN().state_dict()))
     uid = "c41e-mlflow-resume"
@@ -62,7 +62,7 @@ def test_two_workers_killed_mid_stage_and_rerun_continue_one_mlflow_run_and_regi
     spec["storage"]["endpoint"] = s3_endpoint
     job = write_job(tmp_path / "job.json", job_doc("mlflow-resume", spec, uid=uid))
     env = {k: v for k, v in os.environ.items() if k != "AWS_ENDPOINT_URL"} | TEST_CREDENTIALS
-    cmd = [sys.executable, "-m", "graft.trainer", "--job", str(job)]
+    cmd = [sys.executable, "-m", "graft_trainer", "--job", str(job)]
     root = f"{s3_bucket}/jobs/{uid}"
     client = MlflowClient(mlflow_server.url)
 
@@ -114,14 +114,14 @@ def test_mlflow_stopped_mid_job_the_job_succeeds_and_says_tracking_failed(tmp_pa
     server = MlflowServer(tmp_path, s3_endpoint, "mlflow-stopped")
     try:
         weights = tmp_path / "smallcnn.pt"
-        from graft.trainer.models import SmallCNN
+        from graft_trainer.models import SmallCNN
 
         weights.write_bytes(state_dict_bytes(SmallCNN().state_dict()))
         spec = _spec(str(weights), str(tmp_path / "jobs"), server.url, 4, "digits-stopped")
         job = write_job(tmp_path / "job.json", job_doc("mlflow-stopped", spec, uid="mlflow-stopped-1"))
         root = str(tmp_path / "jobs" / "mlflow-stopped-1")
         env = {"GRAFT_TRACKING_FINISH_TIMEOUT": "5"}
-        driver = DriverProcess([sys.executable, "-m", "graft.trainer", "--job", str(job)], tmp_path, env)
+        driver = DriverProcess([sys.executable, "-m", "graft_trainer", "--job", str(job)], tmp_path, env)
         driver.wait_for(lambda: _epoch(root, "FullFineTune") >= 1, 300, "FullFineTune epoch 1")
         assert Ledger.load(root).tracking.run_id
         server.stop()

@@ -19,7 +19,7 @@ the validation split come from the rest. Score: test accuracy of the model each 
 FullFineTune), which is what a user gets; validation only chooses. Everything else as above, the claim unchanged.
 
 Each job runs through the `Driver` (the stage registry's checks, wiring and outputs, the ledger, the export),
-as `graft run` does, with its `LocalExecutor`: the stage loops Ray Train runs (`graft.trainer.loops`), in this
+as `graft run` does, with its `LocalExecutor`: the stage loops Ray Train runs (`graft_trainer.loops`), in this
 process with single-threaded torch (3x faster than 2 threads for models this small). So a stage hands the next
 its best checkpoint by validation accuracy, as on Ray; the score is still the last epoch's, from the ledger.
 """
@@ -28,12 +28,12 @@ from __future__ import annotations
 
 import statistics
 
-from graft.trainer.driver import Driver
-from graft.trainer.executors import LocalExecutor
 from support.trainer_data import job_doc
 
 from graft import storage
 from graft.api.models import TransferJob
+from graft_trainer.driver import Driver
+from graft_trainer.executors import LocalExecutor
 
 SEEDS = (0, 1, 2)
 SHOTS = 2

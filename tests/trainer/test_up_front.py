@@ -4,12 +4,12 @@ unloadable weights fail the job in seconds, not after Pretrain (issue 11, proble
 from __future__ import annotations
 
 import pytest
-from graft.trainer.driver import Driver, StageFailed
-from graft.trainer.executors import LocalExecutor
 from support.trainer_data import job_doc, smallcnn_weights
 
 from graft.api.models import StageState, TransferJob
 from graft.ledger import Ledger, job_root
+from graft_trainer.driver import Driver, StageFailed
+from graft_trainer.executors import LocalExecutor
 
 PRETRAIN = {"type": "Pretrain", "data": "builtin:digits-clean", "numClasses": 10, "epochs": 1, "batchSize": 128}
 LPFT = [{"type": "FrozenFeatures"}, {"type": "Head", "epochs": 2}, {"type": "FullFineTune", "epochs": 1}]
@@ -104,7 +104,7 @@ def test_weights_given_with_a_pretrain_stage_initialise_it(tmp_path, one_thread)
 def test_a_streamed_target_set_is_checked_by_sample(tmp_path, image_folder, monkeypatch):
     """A set too large to keep in a worker's memory: a sample is decoded up front (here the first image of
     every class, which is the corrupt one), so the common case, a wrong format throughout, fails early too."""
-    from graft.trainer import data
+    from graft_trainer import data
 
     monkeypatch.setattr(data, "CHECK_SAMPLE", 1)
     (image_folder / "dark" / "0.png").write_bytes(b"not a png")
@@ -121,7 +121,7 @@ def test_a_streamed_target_set_is_checked_by_sample(tmp_path, image_folder, monk
                          ids=["kept", "streamed-sample"])
 def test_every_corrupt_target_image_is_in_the_runs_failure(tmp_path, image_folder, monkeypatch, memory, checked):
     """Issue 11: the run stopped at the first of three corrupt images; now the failure (and the ledger) lists all."""
-    from graft.trainer import data
+    from graft_trainer import data
 
     monkeypatch.setattr(data, "CHECK_SAMPLE", 0)  # a streamed set's sample: the first image of every class
     bad = [image_folder / c / "0.png" for c in ("bright", "dark", "mid")]

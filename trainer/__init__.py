@@ -1,1 +1,0 @@
-"""Graft data plane: the transfer-learning stages on Ray Train. Installed as `graft.trainer`."""

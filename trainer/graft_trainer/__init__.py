@@ -1,0 +1,1 @@
+"""Graft data plane: the transfer-learning stages on Ray Train. Installed as `graft_trainer`."""
