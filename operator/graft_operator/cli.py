@@ -38,6 +38,7 @@ def run_operator(
     Connects with KUBECONFIG (or ~/.kube/config, or the in-cluster service account). Logs are JSON lines."""
     if namespace and all_namespaces:
         raise typer.BadParameter("give --namespace or --all-namespaces, not both", param_hint="--namespace")
+    _check_cluster_config()
     import kopf
 
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.JSON, log_refkey="object")
@@ -56,6 +57,20 @@ def run_operator(
         namespaces=list(namespace or []),
         liveness_endpoint=f"http://0.0.0.0:{liveness_port}/healthz",
     )
+
+
+def _check_cluster_config() -> None:
+    """One line and exit 1 when there is no cluster to connect to: no in-cluster service account and no kubeconfig
+    (kopf would log a traceback and retry every minute, forever)."""
+    from lightkube.config.kubeconfig import KubeConfig
+    from lightkube.core.exceptions import ConfigError
+
+    try:
+        KubeConfig.from_env()
+    except ConfigError as exc:
+        typer.echo(f"error: no Kubernetes cluster to connect to ({exc}); set KUBECONFIG, or run the operator in a pod "
+                   "with a service account", err=True)
+        raise typer.Exit(1) from None
 
 
 def _load(file: Path) -> dict[str, Any]:

@@ -111,3 +111,17 @@ def test_rbac_allows_what_the_operator_calls_and_nothing_more():
     assert not allows("list", "", "secrets")
     assert not allows("delete", "graft.dev", "transferjobs")
     assert not allows("create", "", "configmaps")  # the job travels in the RayJob's head env
+
+
+def test_operator_without_a_cluster_says_so_in_one_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST")}
+    env["HOME"] = str(tmp_path)  # no ~/.kube/config, and no service account outside a pod
+    proc = subprocess.run([sys.executable, "-m", "graft.cli", "operator"], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 1
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("error: no Kubernetes cluster to connect to") and "KUBECONFIG" in line
