@@ -43,7 +43,13 @@ def job_root_of(target: str) -> str:
         return trimmed
     if storage.exists(storage.join(trimmed, "ledger.json")) or storage.is_dir(logs_uri(trimmed)):
         return trimmed
-    return trimmed[: -len(LOGS_DIR) - 1]
+    return root_of_logs(trimmed)
+
+
+def root_of_logs(logs: str) -> str:
+    """The job root of a job's `logs` folder URI (`status.logsURI` names one): no storage call."""
+    trimmed = logs.rstrip("/")
+    return trimmed[: -len(LOGS_DIR) - 1] if trimmed.endswith("/" + LOGS_DIR) else trimmed
 
 
 @dataclass(frozen=True)

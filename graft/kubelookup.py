@@ -44,7 +44,7 @@ def job_storage(namespace: str, name: str) -> tuple[str, storage.S3Options | Non
     client = _client()
     tj = _get(client, create_namespaced_resource(GROUP, VERSION, KIND, PLURAL), name, namespace, "TransferJob")
     status, st = tj.get("status") or {}, (tj.get("spec") or {}).get("storage") or {}
-    root = joblogs.job_root_of(status["logsURI"]) if status.get("logsURI") else status.get("storageURI")
+    root = joblogs.root_of_logs(status["logsURI"]) if status.get("logsURI") else status.get("storageURI")
     if not root:
         raise LookupError(f"TransferJob {namespace}/{name} has not started yet: its status names no storage")
     if not storage.is_s3(root):

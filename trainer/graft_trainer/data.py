@@ -24,7 +24,6 @@ from graft import storage
 from graft.api.models import parse_quantity
 from graft_trainer import tables
 from graft_trainer.decoding import LISTED_PROBLEMS as LISTED_PROBLEMS
-from graft_trainer.decoding import decode_files as decode_files
 from graft_trainer.decoding import decode_image as decode_image
 from graft_trainer.decoding import image_problem as image_problem
 from graft_trainer.decoding import images_error as images_error
@@ -162,6 +161,11 @@ def list_images(uri: str) -> list[str]:
         if parts[-1].lower().endswith(IMAGE_EXTENSIONS) and not any(p.startswith(".") for p in parts):
             found.append(file)
     return found
+
+
+def decode_files(uris: list[str], size: int, pool: ThreadPoolExecutor, resize: Resize | None = None) -> torch.Tensor:
+    """Decode image files on `pool` to one uint8 tensor `[N, 3, size, size]`, in the order given."""
+    return torch.from_numpy(np.stack(list(pool.map(lambda uri: decode_image(uri, size, resize), uris))))
 
 
 #: How many images of a streamed set are decoded before the first stage (besides the first of each class).

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import io
 import re
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import torch
 
 from graft import storage
 from graft_trainer.errors import InputError
@@ -73,8 +71,3 @@ def images_error(where: str, problems: list[tuple[str, str]], checked: int, of: 
     sample = f" (a sample of the set's {of})" if of is not None else ""
     return InputError(where, f"{len(problems)} of {checked} images checked{sample} are not readable:\n"
                       + "\n".join(lines))
-
-
-def decode_files(uris: list[str], size: int, pool: ThreadPoolExecutor, resize: Resize | None = None) -> torch.Tensor:
-    """Decode image files on `pool` to one uint8 tensor `[N, 3, size, size]`, in the order given."""
-    return torch.from_numpy(np.stack(list(pool.map(lambda uri: decode_image(uri, size, resize), uris))))

@@ -68,7 +68,7 @@ def load_served(model_uri: str, threads: int | None = None) -> ServedModel:
 
 def make_app(model: ServedModel) -> FastAPI:
     """The v2 REST app serving `model`."""
-    from starlette.concurrency import run_in_threadpool
+    from fastapi.concurrency import run_in_threadpool
 
     app = FastAPI(title=f"graft serve: {model.name}", docs_url=None, redoc_url=None, openapi_url=None)
 
