@@ -323,6 +323,8 @@ class Driver:
             rec.run_name = rec.run_name or run_name(self.uid, stage.type)
             rec.spec_hash = self.hashes[index]
             rec.epochs = getattr(stage, "epochs", 1)
+            if self.tracker is not None:
+                self.tracker.started()
             self._save(ledger)
             t0 = time.monotonic()
             with logship.capture(self.root, stage.type, joblogs.DRIVER) as log:

@@ -37,6 +37,8 @@ POLL_S, MAX_BACKOFF_S = 3.0, 30.0
 ONNX_ARTIFACT = "onnx_model"
 #: How long `finish` keeps retrying the last pass (the exported model, the registration) before it gives up.
 FINISH_TIMEOUT_S = float(os.environ.get("GRAFT_TRACKING_FINISH_TIMEOUT", "120"))
+#: How long a stage's start waits for the job's MLflow run to exist (its id goes in the ledger with the stage).
+STARTED_TIMEOUT_S = 10.0
 # MLflow's own HTTP retries (default 7, backoff factor 2: minutes per call) are cut short: a pass that fails is
 # retried as a whole by the loop here, with its own backoff, and the job never waits on one call for long.
 _CLIENT_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
@@ -79,6 +81,7 @@ class Tracker:
         self.client = MlflowClient(spec.tracking_uri)
         self._lock = threading.Lock()
         self._wake = threading.Event()
+        self._answered = threading.Event()  # the job's run exists, or MLflow failed to answer: see `started`
         self._stop = False
         self._final: Ledger | None = None
         self._done = False
@@ -94,6 +97,11 @@ class Tracker:
     def start(self) -> Tracker:
         self._thread.start()
         return self
+
+    def started(self, timeout: float = STARTED_TIMEOUT_S) -> None:
+        """Wait (at most `timeout`) until the job's MLflow run exists or MLflow failed to answer once, so that a stage's
+        start records the run's id in the ledger: a driver killed mid-stage leaves it there. Never raises."""
+        self._answered.wait(timeout)
 
     def snapshot(self) -> TrackingRecord:
         """The record as it stands (the driver writes it into the ledger when it saves)."""
@@ -159,6 +167,7 @@ class Tracker:
                     log.warning("MLflow tracking at %s failed, retrying: %s", self.spec.tracking_uri, message)
                 with self._lock:
                     self._error = message
+                self._answered.set()
                 wait = min(wait * 2, MAX_BACKOFF_S)
             self._wake.wait(wait)
             self._wake.clear()
@@ -204,6 +213,7 @@ class Tracker:
                                                 tags={**self.tags, TAG_KIND: "job"}).info.run_id
             with self._lock:
                 self.record.run_id = run_id
+        self._answered.set()
         if not self._params_done:
             have = self.client.get_run(self.record.run_id).data.params
             # Params never change in MLflow: a retry with another spec (only a non-determining field can differ)
