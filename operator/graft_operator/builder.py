@@ -10,7 +10,7 @@ import hashlib
 import json
 from typing import Any
 
-from graft.api.models import API_VERSION, KIND, Toleration, TransferJobSpec
+from graft.api.models import API_VERSION, KIND, TransferJobSpec
 
 RAYJOB_API_VERSION = "ray.io/v1"
 RAY_VERSION = "2.60.0"
@@ -125,10 +125,6 @@ def _resources(cpu: str, memory: str, gpus: int) -> dict[str, Any]:
     return {"requests": dict(amounts), "limits": dict(amounts)}
 
 
-def _tolerations(tolerations: list[Toleration]) -> list[dict[str, Any]]:
-    return [t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in tolerations]
-
-
 def _pod_template(
     spec: TransferJobSpec, *, container: str, resources: dict[str, Any], pod_labels: dict[str, str],
     job: str | None = None,
@@ -163,13 +159,14 @@ def _pod_template(
     if placement.node_selector:
         pod["nodeSelector"] = dict(placement.node_selector)
     if placement.tolerations:
-        pod["tolerations"] = _tolerations(placement.tolerations)
+        pod["tolerations"] = _dump(placement.tolerations)
     if sched.priority_class_name:
         pod["priorityClassName"] = sched.priority_class_name
     return {"metadata": _pod_metadata(spec, pod_labels), "spec": _customised(spec, pod)}
 
 
 def _dump(items: list[Any]) -> list[dict[str, Any]]:
+    """Spec objects (tolerations, env, mounts, ...) as the Kubernetes API spells them."""
     return [i.model_dump(mode="json", by_alias=True, exclude_none=True) for i in items]
 
 
