@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from graft import storage
+from graft.ledger import LEDGER_FILE
 
 LOGS_DIR = "logs"
 DRIVER = "driver"
@@ -41,7 +42,7 @@ def job_root_of(target: str) -> str:
     trimmed = target.rstrip("/")
     if not trimmed.endswith("/" + LOGS_DIR):
         return trimmed
-    if storage.exists(storage.join(trimmed, "ledger.json")) or storage.is_dir(logs_uri(trimmed)):
+    if storage.exists(storage.join(trimmed, LEDGER_FILE)) or storage.is_dir(logs_uri(trimmed)):
         return trimmed
     return root_of_logs(trimmed)
 
