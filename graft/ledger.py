@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from graft import lease, storage
-from graft.api.models import StageState, StageStatus, TrackingStatus, TransferJobStatus
+from graft.api.models import ModelStatus, StageState, StageStatus, TrackingStatus, TransferJobStatus
 
 LEDGER_FILE = "ledger.json"
 #: The last complete version, written by every save just before ledger.json (see `Ledger.save`).
@@ -190,6 +190,9 @@ class Ledger(BaseModel):
     #: Which stage's model was exported and why: the last stage's unless another candidate is better on validation
     #: beyond the noise (`graft_trainer/selection.py`). {"stage": ..., "reason": ...}.
     export: dict[str, str] | None = None
+    #: The exported model's serving files (`graft_trainer/serving.py`), as `status.model` names them: onnx,
+    #: tritonRepository, inferenceService (URIs), servedName. None before the export or when it wrote none.
+    serving: dict[str, str] | None = None
     #: Set by `load` when ledger.json did not parse and this is its previous version: the next `save` keeps the
     #: damaged object beside it (`Damage.aside`) before writing.
     _damage: Damage | None = PrivateAttr(default=None)
@@ -314,7 +317,8 @@ class Ledger(BaseModel):
         cur = self.current
         projection = TransferJobStatus(stages=stages, stage=cur.type if cur else None, progress=self.progress(),
                                        model_uri=self.model_uri)
+        if self.model_uri:
+            projection.model = ModelStatus.model_validate({"uri": self.model_uri, **(self.serving or {})})
         if self.tracking is not None:  # only jobs with spec.tracking have it
             projection.tracking = TrackingStatus.model_validate(self.tracking.to_status())
         return projection.model_dump(by_alias=True, mode="json", exclude_unset=True)
-        return projection

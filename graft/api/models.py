@@ -1206,6 +1206,27 @@ class TrackingStatus(_StatusModel):
     """Why tracking failed, when it did."""
 
 
+class ModelStatus(_StatusModel):
+    """The exported model and its serving hand-off (`graft export` writes the same files for a model folder)."""
+
+    uri: str | None = None
+    """The model folder (PyTorch weights, model.json): the same as `status.modelURI`."""
+
+    onnx: str | None = None
+    """The ONNX model, with a dynamic batch and uint8 images in (the preprocessing is in the graph)."""
+
+    triton_repository: str | None = None
+    """The Triton model repository (`<name>/config.pbtxt`, `<name>/1/model.onnx`, labels) KServe's Triton runtime
+    serves: the InferenceService's `storageUri`."""
+
+    inference_service: str | None = None
+    """The KServe InferenceService manifest (`serving.kserve.io/v1beta1`): `kubectl apply -f` it, or commit it for
+    GitOps, to serve the model."""
+
+    served_name: str | None = None
+    """The model's name on the server (`/v2/models/<name>/infer`)."""
+
+
 class TransferJobStatus(_StatusModel):
     """Observed state, written only by the operator."""
 
@@ -1251,6 +1272,10 @@ class TransferJobStatus(_StatusModel):
     logs_uri: str | None = Field(default=None, alias="logsURI")
     """Where the job's logs are kept, per stage, for the driver and each Ray worker (`<storageURI>/logs`): they
     outlive the Ray cluster. `graft logs -n NAMESPACE NAME` prints them."""
+
+    model: ModelStatus | None = None
+    """The exported model and where its serving files are (ONNX, Triton repository, InferenceService manifest);
+    set when the job has exported its model."""
 
     tracking: TrackingStatus | None = None
     """MLflow tracking: the run, the registered model version, or why tracking failed."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from graft.api.models import StageState, StageStatus, TrackingStatus, TransferJobSpec
+from graft.api.models import ModelStatus, StageState, StageStatus, TrackingStatus, TransferJobSpec
 
 
 def _clean_metrics(stages: list[dict[str, Any]]) -> list[StageStatus]:
@@ -33,16 +33,18 @@ def last(current: dict[str, Any]) -> dict[str, Any] | None:
     """The ledger part of the status as written last (kept while no newer read has answered)."""
     if not current.get("stages"):
         return None
-    return {k: current.get(k) for k in ("stages", "stage", "progress", "modelURI", "tracking")}
+    return {k: current.get(k) for k in ("stages", "stage", "progress", "modelURI", "model", "tracking")}
 
 
 def fields(projection: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
     """The status fields (model names) that carry a ledger projection."""
     tracking = projection.get("tracking") or current.get("tracking")
+    model = projection.get("model") or current.get("model")
     return {
         "stage": projection.get("stage"),
         "progress": projection.get("progress"),
         "stages": _clean_metrics(projection.get("stages") or []),
         "model_uri": projection.get("modelURI") or current.get("modelURI"),
+        "model": ModelStatus.model_validate(model) if model else None,
         "tracking": TrackingStatus.model_validate(tracking) if tracking else None,
     }

@@ -26,6 +26,7 @@ from typing import Any
 import boto3
 import kubernetes
 import pytest
+import yaml
 from kubernetes.client.exceptions import ApiException
 from support.committed import COMMITTED_CRD
 from support.fake_kuberay import FakeKubeRay
@@ -173,6 +174,11 @@ def s3_keys(uri: str) -> list[str]:
     bucket, _, prefix = uri.removeprefix("s3://").partition("/")
     pages = _s3().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix.rstrip("/") + "/")
     return [o["Key"] for page in pages for o in page.get("Contents", [])]
+
+
+def s3_object(uri: str) -> bytes:
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    return _s3().get_object(Bucket=bucket, Key=key)["Body"].read()
 
 
 # ---------------------------------------------------------------------------------------- scenarios
@@ -417,6 +423,13 @@ def test_small_job_succeeds_with_metrics_checkpoints_and_model_in_status(cluster
     assert 0.0 <= head["metrics"]["val_accuracy"] <= 1.0
     assert head["checkpoint"].startswith(f"{c.bucket}/jobs/") and s3_keys(head["checkpoint"])
     assert st["modelURI"].startswith(f"{c.bucket}/jobs/") and s3_keys(st["modelURI"])
+    # The serving hand-off (issue 26): the InferenceService to apply, serving the Triton repository beside the model.
+    model = st["model"]
+    assert model["uri"] == st["modelURI"] and model["tritonRepository"].startswith(st["modelURI"]), model
+    service = [d for d in yaml.safe_load_all(s3_object(model["inferenceService"])) if d["kind"] == "InferenceService"]
+    assert service[0]["spec"]["predictor"]["model"]["storageUri"] == model["tritonRepository"], service
+    assert s3_object(model["onnx"])[:2] and f"{model['servedName']}/config.pbtxt" in "\n".join(
+        s3_keys(model["tritonRepository"])), model
     succeeded = condition(st, "Succeeded")
     assert succeeded["status"] == "True" and succeeded["observedGeneration"] == 1
     assert condition(st, "Reconciling")["status"] == "False"

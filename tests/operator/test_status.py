@@ -241,6 +241,26 @@ def test_ledger_progress_is_mirrored_and_nan_metrics_dropped():
     assert "stage Head running" in st["message"]
 
 
+def test_the_model_and_its_serving_files_reach_the_status_and_stay():
+    """The ledger the trainer writes after the export (issue 26) -> `status.model`, camelCase as the CRD declares;
+    a later status built while the ledger is not readable keeps it."""
+    from graft.ledger import Ledger
+
+    led = Ledger.create("uid", "job", ["FrozenFeatures", "Head"])
+    for s in led.stages:
+        s.state = "Succeeded"
+    led.model_uri = "s3://b/uid/model"
+    led.serving = {"onnx": "s3://b/uid/model/triton/job/1/model.onnx", "tritonRepository": "s3://b/uid/model/triton",
+                   "inferenceService": "s3://b/uid/model/inferenceservice.yaml", "servedName": "job"}
+    done = _build(_rj("Complete", "SUCCEEDED"), ledger=led.to_status())
+    assert done["model"] == {"uri": "s3://b/uid/model", **led.serving}
+    assert done["modelURI"] == "s3://b/uid/model"
+    later = _build(_rj("Complete", "SUCCEEDED"), current=done, ledger=None)
+    assert later["model"] == done["model"]
+    led.serving = None  # a model whose ONNX export failed: the folder, and no serving files claimed
+    assert _build(_rj("Complete", "SUCCEEDED"), ledger=led.to_status())["model"] == {"uri": "s3://b/uid/model"}
+
+
 @pytest.mark.parametrize(
     ("failed", "jds", "attempts"),
     [

@@ -353,8 +353,8 @@ class Driver:
                 ledger.message = f"export: {user_message(exc)}"
                 self._save(ledger)
                 raise StageFailed("export", user_message(exc)) from exc
-            if uri:
-                serving.export_after_job(uri, self.job)  # ONNX, Triton repository, InferenceService (never fails it)
+            if uri:  # ONNX, Triton repository, InferenceService (never fails the job)
+                ledger.serving = serving.status_of(uri, serving.export_after_job(uri, self.job))
             ledger.model_uri = uri or None
             self._save(ledger)
         return ledger

@@ -35,6 +35,11 @@ class NoOnnx(Exception):
                          f"make one with: graft export {uri}")
 
 
+def onnx_file_of(name: str) -> str:
+    """The ONNX model's path in a model folder: inside the Triton repository, where the server reads it."""
+    return f"{REPOSITORY}/{name}/{triton.VERSION}/{triton.MODEL_FILE}"
+
+
 def served_name(meta: dict[str, Any]) -> str:
     """The served model's name: the job's name made a DNS-1035 label (triton.model_name)."""
     return triton.model_name(str((meta.get("job") or {}).get("name") or "model"))
@@ -48,7 +53,7 @@ def export_serving(model_uri: str, job: Any | None = None) -> dict[str, Any]:
     name = served_name(meta)
     repository = storage.join(model_uri, REPOSITORY)
     folder = storage.join(repository, name)
-    onnx_file = f"{REPOSITORY}/{name}/{triton.VERSION}/{triton.MODEL_FILE}"
+    onnx_file = onnx_file_of(name)
     storage.write_bytes(storage.join(model_uri, onnx_file), onnx_export.onnx_bytes(net, meta))
     storage.write_bytes(storage.join(folder, triton.LABELS_FILE), triton.labels_text(meta["labels"]).encode())
     config = triton.config_text(name, int(meta["preprocessing"]["image_size"]), int(meta["num_classes"]))
@@ -75,6 +80,15 @@ def export_after_job(model_uri: str, job: Any) -> dict[str, Any] | None:
         log.warning("%s: no ONNX model written (%s: %s); the PyTorch model is complete. Retry with: graft export %s",
                     model_uri, type(exc).__name__, str(exc)[:300], model_uri)
         return None
+
+
+def status_of(model_uri: str, served: dict[str, Any] | None) -> dict[str, str] | None:
+    """What `status.model` says of the serving files `export_serving` wrote (`graft.api.models.ModelStatus`'s
+    fields, camelCase); None when none were written."""
+    if not served:
+        return None
+    return {"onnx": storage.join(model_uri, onnx_file_of(served["name"])), "tritonRepository": served["storageUri"],
+            "inferenceService": served["inferenceServiceUri"], "servedName": served["name"]}
 
 
 def onnx_path(model_uri: str) -> tuple[str, dict[str, Any]]:
