@@ -10,7 +10,8 @@ rounds=2
 if [[ $# -gt 0 && $1 != -- ]]; then rounds=$1; shift; fi
 [[ ${1:-} == -- ]] && shift
 py=$PWD/.venv/bin/python
-base=$(mktemp -d); trap 'rm -rf "$base"' EXIT
+# Beside this checkout, so that the old tests/support finds the same ../shared (the KubeRay CRDs) this one does.
+base=$(mktemp -d "$(dirname "$PWD")/.graft-base-XXXXXX"); trap 'rm -rf "$base"' EXIT
 git archive "$ref" | tar -x -C "$base"
 run() {
   echo "=== $1 (load average $(cut -d' ' -f1-3 /proc/loadavg))"
