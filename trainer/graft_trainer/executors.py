@@ -104,8 +104,11 @@ def ensure_ray(workers: WorkersSpec, log_to_driver: bool = True) -> float:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # Ray Train's controller collects reports every health-check interval (2 s by default) and a worker's
-    # report waits for it: with per-epoch checkpoints that idles small jobs for seconds per epoch.
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+    # report waits for it: with per-epoch checkpoints that idles small jobs for seconds per epoch. Measured on 2
+    # cores (ray.train.report with a small checkpoint, 2 workers): 196 ms per report at 0.2 s, 57 ms at 0.05 s;
+    # the polling costs Ray's processes 5% of one core more at 0.05 s than at 0.2 s (13% against 8%) while a
+    # worker computes. Set the variable to choose otherwise.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.05")
     runtime_env = {"env_vars": {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"],
                                 **storage.worker_env()}}  # the job's S3 endpoint, for workers and Ray Data tasks
     # ray.init puts its own SIGTERM handler (sys.exit) in place of ours as it starts: a SIGTERM during its start-up
