@@ -215,6 +215,25 @@ def cluster_warnings(spec: TransferJobSpec) -> list[Problem]:
     return warnings
 
 
+_DEFAULT_CREDENTIALS = (
+    "s3 storage with no credentialsSecret and no spec.pod.serviceAccountName: the pods will use whatever default "
+    "credentials the node gives them (an instance role, or none at all); set spec.storage.credentialsSecret to a "
+    "Secret with the keys, or spec.pod.serviceAccountName to a ServiceAccount carrying a cloud identity "
+    "(EKS IRSA, GKE Workload Identity)"
+)
+
+
+def credential_warnings(spec: TransferJobSpec) -> list[Problem]:
+    """`graft validate --cluster`'s warning for s3 storage that names no way to its credentials: the pods then
+    fall back on the SDK's default chain, which on most nodes finds the node's own role or nothing."""
+    storage = spec.storage
+    if storage is None or not storage.uri.startswith("s3://"):
+        return []
+    if storage.credentials_secret is not None or spec.pod.service_account_name:
+        return []
+    return [Problem("spec.storage.credentialsSecret", _DEFAULT_CREDENTIALS)]
+
+
 def _on_a_pod_volume(spec: TransferJobSpec, uri: str) -> bool:
     """A local path under one of `spec.pod.volumeMounts`: every Ray pod mounts that volume there."""
     path = uri.removeprefix("file://")
@@ -329,7 +348,9 @@ def _check_stream(text: str, *, cluster: bool) -> tuple[int, list[tuple[int, Pro
             job, problems = None, [Problem("(document)", "nested too deeply to be a manifest")]
         if cluster and job is not None and not problems:
             problems = cluster_problems(job.spec)
-            warned.extend((i, w) for w in ([] if problems else cluster_warnings(job.spec)))
+            if not problems:
+                # Not among cluster_warnings: the operator posts those as a StorageNotShared Event.
+                warned.extend((i, w) for w in cluster_warnings(job.spec) + credential_warnings(job.spec))
         out.extend((i, p) for p in problems)
     if syntax is not None:
         out.append((len(docs), syntax))
