@@ -6,6 +6,8 @@ these HTML comments, which render as nothing on GitHub:
 - `<!-- not-a-manifest: why -->`: not Kubernetes objects at all (e.g. Prometheus alert rules); not checked.
 - `<!-- transferjob-fragment -->`: a part of a TransferJob (`spec: {pod: ...}`), merged into a complete job
   (examples/digits-lpft.yaml) and checked as one.
+- `<!-- helm-values -->`: values for the chart (`helm install -f`), checked against `helm/graft/values.schema.json`,
+  as Helm checks them before it renders anything.
 
 Every document of a manifest block is checked by its kind (`checker_for`): TransferJobs by Graft's validation (as
 `graft validate` does) and against the CRD Graft generates, built-in kinds against Kubernetes' own OpenAPI schemas
@@ -18,6 +20,7 @@ validation (support/kube/schema.py). A kind none of these knows fails, unless `U
 from __future__ import annotations
 
 import copy
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +28,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import kubernetes_validate
 import yaml
 from support import crdcheck, kuberay_crds, upstream_files
@@ -41,6 +45,7 @@ KUEUE_FILES = ("kueue.x-k8s.io_clusterqueues.yaml", "kueue.x-k8s.io_localqueues.
                "kueue.x-k8s.io_resourceflavors.yaml")
 KUBERNETES = kubernetes_validate.latest_version()
 FRAGMENT_BASE = REPO / "examples" / "digits-lpft.yaml"
+VALUES_SCHEMA = REPO / "helm" / "graft" / "values.schema.json"
 RENDER_UID = "00000000-0000-4000-8000-000000000000"
 RENDER_STORAGE = {"uri": "s3://render-check/graft"}
 
@@ -52,7 +57,8 @@ UNCHECKED_KINDS = {
 }
 
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)```(?P<lang>[A-Za-z0-9_+-]*)[^\n]*$")
-_MARKER = re.compile(r"^\s*<!--\s*(?P<name>not-a-manifest|transferjob-fragment)\s*(?::\s*(?P<why>.*?))?\s*-->\s*$")
+_MARKER = re.compile(r"^\s*<!--\s*(?P<name>not-a-manifest|transferjob-fragment|helm-values)"
+                     r"\s*(?::\s*(?P<why>.*?))?\s*-->\s*$")
 
 
 @dataclass(frozen=True)
@@ -111,6 +117,17 @@ def documents(block: Block) -> list[Any]:
         base = yaml.safe_load(FRAGMENT_BASE.read_text())
         return [_merged(base, doc) for doc in docs]
     return docs
+
+
+def check_values(block: Block) -> list[str]:
+    """A `helm-values` block against the chart's values schema (what `helm install -f` refuses)."""
+    docs, syntax = parse_stream(block.text)
+    if syntax is not None:
+        return [str(syntax)]
+    schema = json.loads(VALUES_SCHEMA.read_text())
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    return [f"{'/'.join(map(str, e.absolute_path)) or '(values)'}: {e.message}"
+            for doc in docs for e in validator.iter_errors(doc)]
 
 
 def _merged(base: Any, part: Any) -> Any:

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from docs.blocks import REPO, UNCHECKED_KINDS, Block, blocks, checker_for, documents
+from docs.blocks import REPO, UNCHECKED_KINDS, Block, blocks, check_values, checker_for, documents
 
 BLOCKS = blocks()
-MANIFESTS = [b for b in BLOCKS if b.marker != "not-a-manifest"]
+MANIFESTS = [b for b in BLOCKS if b.marker not in ("not-a-manifest", "helm-values")]
+VALUES = [b for b in BLOCKS if b.marker == "helm-values"]
 #: Blocks that are right and fail for a bug elsewhere: (page, a line of the block) -> the bug. Strict: once the bug is
 #: fixed the block passes, the xfail fails, and the entry goes.
 KNOWN_BUGS = {
@@ -48,6 +49,18 @@ def test_every_document_of_a_yaml_block_is_valid_for_its_kind(block: Block):
         if check is not None:
             failures += [f"{block.where}[{i}] {doc.get('kind')}/{_name(doc)}: {f}" for f in check(doc)]
     assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize("block", VALUES, ids=[b.where for b in VALUES])
+def test_chart_values_blocks_pass_the_charts_values_schema(block: Block):
+    assert check_values(block) == [], block.where
+
+
+def test_chart_values_that_helm_would_refuse_fail(tmp_path: Path):
+    page = tmp_path / "page.md"
+    page.write_text("<!-- helm-values -->\n```yaml\nwatchNamespaces: [ml-team]\nimage: {tagg: '0.1.0'}\n```\n")
+    (block,) = blocks([page])
+    assert {line.split(":")[0] for line in check_values(block)} == {"image"}
 
 
 def test_the_pages_show_and_check_the_kinds_a_user_applies():
