@@ -12,6 +12,10 @@ from docs.blocks import REPO, UNCHECKED_KINDS, Block, blocks, check_values, chec
 BLOCKS = blocks()
 MANIFESTS = [b for b in BLOCKS if b.marker not in ("not-a-manifest", "helm-values")]
 VALUES = [b for b in BLOCKS if b.marker == "helm-values"]
+#: The kinds the Quickstart, GPU, Kueue and cloud-identity pages show; each must be found and checked.
+MUST_CHECK = {"TransferJob", "Namespace", "Secret", "Deployment", "Service", "Job", "ServiceAccount",
+              "PriorityClass", "ResourceFlavor", "ClusterQueue", "LocalQueue"}
+MAX_NOT_MANIFESTS = 3  # keep it small: a snippet that is not a manifest is a snippet nobody checks
 #: Blocks that are right and fail for a bug elsewhere: (page, a line of the block) -> the bug. Strict: once the bug is
 #: fixed the block passes, the xfail fails, and the entry goes.
 KNOWN_BUGS = {
@@ -29,10 +33,7 @@ def _param(block: Block):
                 and text in block.text), None)
     marks = [pytest.mark.xfail(strict=True, reason=bug)] if bug else []
     return pytest.param(block, id=block.where, marks=marks)
-#: The kinds the Quickstart, GPU, Kueue and cloud-identity pages show; each must be found and checked.
-MUST_CHECK = {"TransferJob", "Namespace", "Secret", "Deployment", "Service", "Job", "ServiceAccount",
-              "PriorityClass", "ResourceFlavor", "ClusterQueue", "LocalQueue"}
-MAX_NOT_MANIFESTS = 3  # keep it small: a snippet that is not a manifest is a snippet nobody checks
+
 
 
 @pytest.mark.parametrize("block", [_param(b) for b in MANIFESTS])
