@@ -84,13 +84,28 @@ def test_template_from_package_equals_template_from_folder(packaged, scenario, t
     assert from_package == from_folder
 
 
-def test_packaging_refuses_a_chart_whose_version_drifted(tmp_path):
+#: Name -> (Chart.yaml text change, or None to leave no Chart.yaml; the one line the script must print).
+REFUSALS = {
+    "version-drifted": (("\nversion: {v}\n", "\nversion: 9.9.9\n"),
+                        "{meta}: version 9.9.9 must equal the project version {v} in pyproject.toml"),
+    "app-version-drifted": (('appVersion: "{v}"', 'appVersion: "0.0.1"'),
+                            "{meta}: appVersion 0.0.1 must equal the project version {v} in pyproject.toml"),
+    "not-a-chart": (None, "{chart}: no Chart.yaml here; --chart names the chart's folder"),
+}
+
+
+@pytest.mark.parametrize(("change", "message"), list(REFUSALS.values()), ids=list(REFUSALS))
+def test_packaging_refuses_what_it_cannot_release(change, message, tmp_path):
     chart = tmp_path / "graft"
     shutil.copytree(CHART, chart)
     meta = chart / "Chart.yaml"
-    meta.write_text(meta.read_text().replace(f"\nversion: {_version()}\n", "\nversion: 9.9.9\n"))
+    if change is None:
+        meta.unlink()
+    else:
+        old, new = (s.format(v=_version()) for s in change)
+        assert old in meta.read_text()
+        meta.write_text(meta.read_text().replace(old, new))
     proc = _package("--chart", str(chart), "--destination", str(tmp_path / "dist"))
-    assert proc.returncode == 1
-    assert proc.stderr == (f"package-chart: {meta}: version 9.9.9 must equal the project version {_version()} "
-                           "in pyproject.toml\n")
+    assert (proc.returncode, proc.stdout) == (1, "")
+    assert proc.stderr == f"package-chart: {message.format(meta=meta, chart=chart, v=_version())}\n"
     assert not (tmp_path / "dist").exists()
