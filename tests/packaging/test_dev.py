@@ -86,10 +86,13 @@ def _repo(tmp_path: Path, stamp: str | None) -> Path:
     ("CURRENT", ["setup", "trainer"], None, ""),
     ("OLD trainer", ["graft", "--help"], "trainer", "trainer"),
     ("OLD dev", ["graft", "--help"], "dev", "dev"),
+    ("CURRENT trainer", ["chart"], "dev", "dev"),
+    ("CURRENT dev", ["chart", "--destination", "out"], None, "dev"),
 ], ids=["fresh-clone-demo", "fresh-clone-setup", "demo-venv-demo", "demo-venv-gains-the-tests",
         "demo-venv-checked", "dev-venv-serves-the-demo", "dev-venv-never-cut-down", "stamp-before-sets-is-dev",
         "stamp-before-sets-is-checked-as-dev",
-        "lock-changed-demo-venv", "lock-changed-dev-venv-stays-dev"])
+        "lock-changed-demo-venv", "lock-changed-dev-venv-stays-dev", "chart-needs-helm-from-dev",
+        "chart-in-dev-venv"])
 def test_dev_installs_the_set_its_command_needs_and_keeps_a_bigger_one(tmp_path, stamp, command, installed, after):
     """`./dev graft` needs graft[trainer] only; `./dev setup` (and `./dev test`) graft[dev]. A venv that has dev
     keeps it (it holds all of trainer); a stamp from before there were sets was written for dev."""
@@ -105,3 +108,5 @@ def test_dev_installs_the_set_its_command_needs_and_keeps_a_bigger_one(tmp_path,
         assert calls[0] == f"scripts/locks.py --check-venv --extra {after or 'dev'}"
     stamp_now = (repo / ".venv" / ".graft-installed").read_text().split()
     assert stamp_now[1:] == ([after] if after else [])
+    if command[0] == "chart":  # then the packaging script, with the arguments given
+        assert calls[-1] == " ".join(["scripts/package-chart.py", *command[1:]])

@@ -15,6 +15,26 @@ CHART = REPO / "helm" / "graft"
 RELEASE = "graft"
 NAMESPACE = "graft-system"
 
+#: Named value sets: the default install and the non-default ones the issue asks for.
+SCENARIOS = {
+    "default": {},
+    "namespaced": {"watchNamespaces": ["ml", "research"]},
+    "servicemonitor": {"metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}}},
+    "crds-off": {"crds": {"enabled": False}},
+    "all-non-default": {
+        "watchNamespaces": ["ml"],
+        "crds": {"enabled": False},
+        "metrics": {"port": 9090, "serviceMonitor": {"enabled": True, "interval": "1m"}},
+        "livenessProbe": {"port": 9091},
+        "image": {"digest": "sha256:" + "a" * 64},
+        "serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/graft"}},
+        "operator": {"extraArgs": ["--verbose"], "extraEnv": [{"name": "TZ", "value": "UTC"}]},
+        "nodeSelector": {"kubernetes.io/os": "linux"},
+        "tolerations": [{"key": "infra", "operator": "Exists", "effect": "NoSchedule"}],
+        "priorityClassName": "system-cluster-critical",
+    },
+}
+
 
 class HelmFailed(AssertionError):
     """helm exited non-zero; the message is its stderr."""
