@@ -121,6 +121,12 @@ def _structural(node: Any) -> Any:
         node["anyOf"] = [{"type": "integer"}, {"type": "string"}]
     if node.get("type") == "object" and "properties" in node:
         node.pop("additionalProperties", None)  # pruning, not additionalProperties, drops unknown fields
+    if node.get("additionalProperties") is True:
+        # Any value (pydantic's dict[str, Any]): say it the structural way. Beside preserve-unknown-fields a
+        # `true` empties the object: the API server prunes with AdditionalProperties.Structural, which is nil
+        # for `true` (apiextensions-apiserver pkg/apiserver/schema/pruning/algorithm.go, schema/convert.go).
+        del node["additionalProperties"]
+        node["x-kubernetes-preserve-unknown-fields"] = True
     out = {}
     for k, v in node.items():
         if k == "properties":

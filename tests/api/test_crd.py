@@ -13,7 +13,7 @@ import pytest
 import yaml
 from support.cel import all_rules, cel_violations, compile_rule
 from support.committed import COMMITTED_CRD
-from support.kube.schema import jsonschema_for
+from support.kube.schema import jsonschema_for, prune
 
 from graft.api import models as m
 from graft.api.crd import build_crd, crd_yaml
@@ -145,6 +145,21 @@ def test_a_full_status_round_trips_through_the_schema():
     doc = yaml.safe_load(EXAMPLES[0].read_text()) | {"status": status}
     jsonschema.validate(doc, jsonschema_for(_schema()))
     m.TransferJobStatus.model_validate(status)
+
+
+def test_pod_pass_through_objects_survive_the_api_servers_pruning():
+    """spec.pod's Kubernetes objects (env valueFrom, envFrom refs, affinity) keep every nested field through pruning
+    (support/crdcheck.py transcribes the API server's): an `additionalProperties: true` beside
+    preserve-unknown-fields emptied them."""
+    pod = {
+        "env": [{"name": "WANDB_API_KEY", "valueFrom": {"secretKeyRef": {"name": "wandb", "key": "token"}}}],
+        "envFrom": [{"secretRef": {"name": "extra"}}, {"configMapRef": {"name": "settings", "optional": True}}],
+        "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": "pool", "operator": "In", "values": ["gpu"]}]}]}}},
+    }
+    doc = yaml.safe_load(EXAMPLES[0].read_text())
+    doc["spec"]["pod"] = copy.deepcopy(pod)
+    assert prune(doc, _schema(), root=True)["spec"]["pod"] == pod
 
 
 def test_printer_columns_and_names():

@@ -18,14 +18,7 @@ MUST_CHECK = {"TransferJob", "Namespace", "Secret", "Deployment", "Service", "Jo
 MAX_NOT_MANIFESTS = 3  # keep it small: a snippet that is not a manifest is a snippet nobody checks
 #: Blocks that are right and fail for a bug elsewhere: (page, a line of the block) -> the bug. Strict: once the bug is
 #: fixed the block passes, the xfail fails, and the entry goes.
-KNOWN_BUGS = {
-    ("docs/install.md", "WANDB_API_KEY"):
-        "Graft's CRD declares the pass-through objects of spec.pod (env[].valueFrom, affinity) with "
-        "`additionalProperties: true` beside `x-kubernetes-preserve-unknown-fields: true`; the API server's pruning "
-        "then empties their nested objects (apiextensions-apiserver schema/pruning/algorithm.go: skipPrune calls "
-        "prune(v, AdditionalProperties.Structural) and that Structural is nil for `true`, convert.go), so "
-        "secretKeyRef.name/key and nodeAffinity's terms are dropped. Fix in graft/api/crd.py.",
-}
+KNOWN_BUGS: dict[tuple[str, str], str] = {}
 
 
 def _param(block: Block):
