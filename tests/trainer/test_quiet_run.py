@@ -40,5 +40,18 @@ def test_a_piped_run_prints_no_ray_line_and_labels_stage_times_and_best_epochs(t
     assert done.returncode == 0, out[-3000:]
     ray_lines = [line for line in out.splitlines() if RAY_LINE.search(line)]
     assert not ray_lines, "\n".join(ray_lines)
-    assert re.search(r"^Head .* 4/4 +0:\d\d Succeeded best epoch \d: val_accuracy=", done.stdout, re.M), done.stdout
+    # Not a terminal: one plain line per epoch of each stage, each once, then the stage's end (issue 27, part 5).
+    epochs = re.findall(r"^Head +epoch (\d)/4  train_loss=[\d.]+ val_accuracy=[\d.]+ val_loss=[\d.]+  \d+:\d\d$",
+                        done.stdout, re.M)
+    assert epochs == ["1", "2", "3", "4"], done.stdout
+    assert re.search(r"^Head +succeeded in 0:\d\d: best epoch \d: val_accuracy=", done.stdout, re.M), done.stdout
+    assert re.search(r"^FrozenFeatures +succeeded in 0:\d\d$", done.stdout, re.M), done.stdout
+    progress = done.stdout.split("digits-lpft: 2/2 stages")[0]  # what came before the summary table
+    assert "\x1b[" not in progress and "━" not in progress, progress  # no bars, no cursor movement
     assert (tmp_path / "runs" / "digits-lpft" / "ray.log").exists()  # where Ray's own output went
+
+    again = subprocess.run([GRAFT, "run", str(manifest), "--storage", "runs"], cwd=tmp_path, capture_output=True,
+                           text=True, timeout=120, env=env)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "nothing to do: all 2 stages already succeeded and the model is exported" in again.stdout, again.stdout
+    assert "epoch" not in again.stdout.split("nothing to do")[0], again.stdout  # nothing ran, nothing was shown

@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from graft_trainer import model_cli
+from graft_trainer.progress_lines import LinesWatcher
 
 DEFAULT_RUNS = "./graft-runs"
 
@@ -142,10 +143,23 @@ def run(
     console = make_console()
     job = _load(file)
     driver = _prepared_driver(job, file, storage, verbose, restart, from_stage, force_takeover, console)
+    if _finished_before(driver.prepare()):
+        driver.release_lease()
+        console.print(f"nothing to do: all {len(job.spec.stages)} stages already succeeded and the model is exported "
+                      f"(graft run {file} --restart runs the job again)", markup=False, highlight=False, soft_wrap=True)
+        _show_results(driver.root, console)
+        raise typer.Exit(0)
     code = _run_shown(driver, [s.type for s in job.spec.stages], console, verbose)
     _show_results(driver.root, console)
     _shutdown_ray()
     raise typer.Exit(code)
+
+
+def _finished_before(ledger) -> bool:
+    """Whether the ledger this run continues has nothing left to do: every stage succeeded (or was skipped), the
+    model is exported, and tracking (if any) has logged everything."""
+    tracked = ledger.tracking is None or ledger.tracking.state == "Succeeded"
+    return bool(ledger.done and ledger.model_uri and tracked)
 
 
 def _load(file: Path):
@@ -214,7 +228,8 @@ def _run_shown(driver, stage_types: list[str], console, verbose: bool) -> int:
     native = None if verbose else _native_output_to(driver.root)
     stopping.install()
     try:
-        with _ProgressWatcher(driver.root, stage_types, console):
+        with (_ProgressWatcher(driver.root, stage_types, console) if console.is_terminal
+              else LinesWatcher(driver.root, console, _fmt_metrics, _stage_time)):
             driver.run()
     except (KeyboardInterrupt, SystemExit) as exc:  # Ctrl-C or SIGTERM: the stage stays Running, resumable
         signum = stopping.signal_of(exc)
