@@ -193,6 +193,9 @@ class Ledger(BaseModel):
     #: The exported model's serving files (`graft_trainer/serving.py`), as `status.model` names them: onnx,
     #: tritonRepository, inferenceService (URIs), servedName. None before the export or when it wrote none.
     serving: dict[str, str] | None = None
+    #: Images shared by splits that must share none (`graft_trainer/leakage.py`), one line each; [] when none was
+    #: found, None when not checked (a ledger from before 2026-12-07, or a job too large to check on its own).
+    leakage: list[str] | None = None
     #: Set by `load` when ledger.json did not parse and this is its previous version: the next `save` keeps the
     #: damaged object beside it (`Damage.aside`) before writing.
     _damage: Damage | None = PrivateAttr(default=None)

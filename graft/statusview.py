@@ -49,6 +49,8 @@ def print_ledger(ledger: Any, run: str) -> None:
             typer.echo(f"{s.type}: {note}")
         if s.sweep:
             console().print(sweep_table(s))
+    for line in ledger.leakage or []:
+        typer.echo(f"warning: leakage: {line}")
     if ledger.model_uri:
         typer.echo(f"model: {ledger.model_uri}")
         if ledger.export:

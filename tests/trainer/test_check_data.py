@@ -58,6 +58,28 @@ def test_check_data_passes_good_inputs_and_writes_nothing(tmp_path, monkeypatch)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["check.yaml"]  # no graft-runs/, no ledger
 
 
+def test_check_data_warns_of_leakage_and_still_passes(tmp_path):
+    """A Pretrain on the target's own source has seen the images the job is scored on (issue 27, part 3): each
+    overlap is one warning line, with counts and examples; warnings alone exit 0. (The test above is the demo's
+    shape, Pretrain on the other half of the digits, and prints nothing.)"""
+    job = _manifest(tmp_path, data={"train": "builtin:digits-noisy", "imageSize": 8, "testFraction": 0.3},
+                    stages=[{**PRETRAIN, "data": "builtin:digits-noisy"}, *LPFT])
+    result = CliRunner().invoke(app, ["validate", "--check-data", str(job)])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    # Every image of the target's validation and test splits (each content counted once) was in Pretrain's set.
+    from graft.api.models import DataSpec
+    from graft_trainer import data
+    from graft_trainer.leakage import fingerprints
+
+    _, val, test = data.target_sets(DataSpec.model_validate({"train": "builtin:digits-noisy", "testFraction": 0.3}))
+    counts = [len(fingerprints(val)), len(fingerprints(test))]
+    assert [line.split(" image(s)")[0] for line in lines] == [
+        f"{job}: check-data: warning: leakage: {n}" for n in counts], lines
+    assert "of the validation split are also in the Pretrain data split (e.g. builtin:digits-noisy[" in lines[0]
+    assert "of the test split are also in the Pretrain data split" in lines[1]
+
+
 def test_check_data_loads_the_weights(tmp_path):
     absent = tmp_path / "absent.pt"
     job = _manifest(tmp_path, model={"backbone": "smallcnn", "numClasses": 10, "weights": str(absent)},

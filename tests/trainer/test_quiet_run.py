@@ -3,6 +3,7 @@ per-stage times, and a finished stage's metrics labelled as its best epoch's."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -49,6 +50,8 @@ def test_a_piped_run_prints_no_ray_line_and_labels_stage_times_and_best_epochs(t
     progress = done.stdout.split("digits-lpft: 2/2 stages")[0]  # what came before the summary table
     assert "\x1b[" not in progress and "━" not in progress, progress  # no bars, no cursor movement
     assert (tmp_path / "runs" / "digits-lpft" / "ray.log").exists()  # where Ray's own output went
+    assert "leakage" not in done.stdout  # the demo's splits share no image (test_leakage_run.py plants some)
+    assert json.loads((tmp_path / "runs" / "digits-lpft" / "ledger.json").read_text())["leakage"] == []
 
     again = subprocess.run([GRAFT, "run", str(manifest), "--storage", "runs"], cwd=tmp_path, capture_output=True,
                            text=True, timeout=120, env=env)

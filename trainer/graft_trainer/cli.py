@@ -265,6 +265,8 @@ def _show_results(root: str, console) -> None:
     if ledger is None:
         return
     _summary(ledger, console)
+    for line in ledger.leakage or []:
+        console.print(f"warning: leakage: {line}", markup=False, highlight=False, soft_wrap=True)
     try:
         console.print(f"curves: {write_plot(ledger, root)}")
     except Exception as exc:  # the plot is a convenience; never fail a finished run for it
@@ -314,9 +316,10 @@ def _shutdown_ray() -> None:
 
 def check_data(job) -> list[str]:
     """The input checks a run makes before its first stage (listing, class counts against numClasses, decoding or
-    a sample of it, weights), for `graft validate --check-data`: one line per stage whose inputs fail. graft/cli.py
-    finds this function by name on the plugin module, as the core cannot import the trainer (torch). Reads the
-    data and weights; trains nothing, writes nothing, starts no Ray."""
+    a sample of it, weights), for `graft validate --check-data`: one line per stage whose inputs fail; when none
+    does, a `warning: ` line per leakage between splits (graft_trainer/leakage.py, whatever the data's size).
+    graft/cli.py finds this function by name on the plugin module, as the core cannot import the trainer (torch).
+    Reads the data and weights; trains nothing, writes nothing, starts no Ray."""
     from graft_trainer.driver import Driver
     from graft_trainer.errors import InputError
     from graft_trainer.executors import LocalExecutor
@@ -325,7 +328,12 @@ def check_data(job) -> list[str]:
         driver = Driver(job, DEFAULT_RUNS, executor=LocalExecutor())
     except InputError as exc:
         return [str(exc)]
-    return [f"stage {stage}: {message}" for stage, message in driver.input_problems()]
+    problems = [f"stage {stage}: {message}" for stage, message in driver.input_problems()]
+    if problems:
+        return problems
+    from graft_trainer import leakage
+
+    return [f"warning: leakage: {line}" for line in leakage.job_findings(driver.context, job.spec) or []]
 
 
 def register(app: typer.Typer) -> None:

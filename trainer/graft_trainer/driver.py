@@ -22,7 +22,7 @@ from graft import joblogs, lease, storage
 from graft.api.models import StageState, TransferJob
 from graft.ledger import DamagedLedger, Ledger, StageRecord, now
 from graft_trainer import data as data_mod
-from graft_trainer import export_choice, identity, logship, models, registry, serving, timing, tracking
+from graft_trainer import export_choice, identity, leakage, logship, models, registry, serving, timing, tracking
 from graft_trainer.config import StageConfig, run_name
 from graft_trainer.context import StageContext
 from graft_trainer.errors import InputError, out_of_memory, user_message
@@ -311,6 +311,8 @@ class Driver:
     def _run(self, ledger: Ledger) -> Ledger:
         self._save(ledger)
         self._check_inputs(ledger)
+        if leakage.record(ledger, self.context, self.spec):  # images shared by splits that must share none: a warning
+            self._save(ledger)
         for index, stage in enumerate(self.spec.stages):
             rec = ledger.stage(stage.type)
             if rec.state in (StageState.SUCCEEDED, StageState.SKIPPED):

@@ -70,3 +70,53 @@ def overlaps(splits: dict[str, Source], pairs: Iterable[tuple[str, str]]) -> lis
 
 #: The pairs that must not share an image, in the order a finding is reported.
 TARGET_PAIRS = (("train", "validation"), ("train", "test"), ("validation", "test"))
+#: Above this many images in all, a run does not check on its own (every file is read once more): `graft validate
+#: --check-data` checks whatever the size.
+RUN_LIMIT = 20_000
+
+
+def job_splits(context, spec) -> tuple[dict[str, Source], list[tuple[str, str]]]:
+    """The job's named splits (the target's train, validation, test; each stage's own data set, e.g. Pretrain's)
+    and the pairs that must not share an image: the target's among themselves, and a stage's own set against the
+    target's validation and test (a Pretrain on the target's own folder has seen the images it is scored on)."""
+    from graft_trainer import data as data_mod
+
+    train, val = context.target_data()
+    test = context.test_data()
+    splits = {"train": train, "validation": val, **({"test": test} if test is not None else {})}
+    pairs = list(TARGET_PAIRS)
+    for stage in spec.stages:
+        uri = getattr(stage, "data", None)
+        if uri:
+            name = f"{stage.type} data"
+            splits[name] = data_mod.open_source(uri)
+            pairs += [(name, "validation"), (name, "test")]
+    return splits, pairs
+
+
+def job_findings(context, spec, limit: int | None = None) -> list[str] | None:
+    """One line per overlap of the job's splits (`job_splits`); None when the splits hold more than `limit` images
+    (not checked)."""
+    splits, pairs = job_splits(context, spec)
+    if limit is not None and sum(len(s) for s in splits.values()) > limit:
+        return None
+    return [str(o) for o in overlaps(splits, pairs)]
+
+
+def record(ledger, context, spec) -> bool:
+    """Check the job's splits once per run folder, before its first stage, and keep what was found in the ledger
+    (`leakage`; said as a warning here, in `graft run`'s summary and in `graft status`). A job too large to check
+    on its own (`RUN_LIMIT`) is left unchecked (None) and said so. True when the ledger changed."""
+    import logging
+
+    if ledger.leakage is not None:
+        return False
+    found = job_findings(context, spec, RUN_LIMIT)
+    log = logging.getLogger(__name__)
+    if found is None:
+        log.info("leakage not checked: more than %d images; graft validate --check-data checks them", RUN_LIMIT)
+        return False
+    ledger.leakage = found
+    for line in found:
+        log.warning("leakage: %s", line)
+    return True
