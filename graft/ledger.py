@@ -193,6 +193,12 @@ class Ledger(BaseModel):
     #: The exported model's serving files (`graft_trainer/serving.py`), as `status.model` names them: onnx,
     #: tritonRepository, inferenceService (URIs), servedName. None before the export or when it wrote none.
     serving: dict[str, str] | None = None
+    #: How many images the target data's splits hold as the stages used them ({"train", "validation", "test"}: after
+    #: the test split and the few-shot draw), for the intervals beside every accuracy (`graft/uncertainty.py`). None
+    #: in ledgers written before 2026-12.
+    splits: dict[str, int] | None = None
+    #: The same for a stage that trains on its own data set (Pretrain's `data`), by stage type.
+    stage_splits: dict[str, dict[str, int]] = Field(default_factory=dict)
     #: Set by `load` when ledger.json did not parse and this is its previous version: the next `save` keeps the
     #: damaged object beside it (`Damage.aside`) before writing.
     _damage: Damage | None = PrivateAttr(default=None)
