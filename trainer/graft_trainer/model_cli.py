@@ -79,9 +79,15 @@ def evaluate(
     from graft.storage import StorageError
     from graft_trainer.errors import InputError
     from graft_trainer.evaluate import evaluate as _evaluate
+    from graft_trainer.evaluate_job import check_split
     from graft_trainer.plot import plot_confusion
 
     output = _output_format(output)
+    try:
+        check_split(split)
+    except InputError as exc:  # a usage error, said before anything is read
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
     try:
         report = _evaluate(model, data, split=split).report()
     except InvalidSpec as exc:
