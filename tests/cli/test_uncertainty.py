@@ -172,7 +172,7 @@ def test_evaluate_scores_the_split_asked_for_with_the_runs_sizes_and_figures(run
     text = graft("evaluate", model, data, "--split", "validation", "--png", "cm.png", cwd=runs).stdout
     assert "split: validation" in text
     v = wilson(docs["validation"]["accuracy"], docs["validation"]["n"])
-    assert f"[{v.low:.3f}, {v.high:.3f}] 95% Wilson interval, n={v.n}" in text
+    assert f"({round(v.accuracy * v.n)} of {v.n} images), 95% Wilson interval [{v.low:.3f}, {v.high:.3f}]" in text
     assert "warning: the validation split has" in text
 
 

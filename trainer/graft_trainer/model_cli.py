@@ -122,8 +122,8 @@ def _print_evaluation(report: dict) -> None:
     if report.get("split"):
         typer.echo(f"split: {report['split']}")
     interval = report["accuracy_interval"]
-    within = f" [{interval[0]:.3f}, {interval[1]:.3f}] 95% Wilson interval, n={report['n']}" if interval else ""
-    typer.echo(f"accuracy: {report['accuracy']:.4f}{within} ({report['correct']} of {report['images']} images)")
+    within = f", 95% Wilson interval [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else ""
+    typer.echo(f"accuracy: {report['accuracy']:.4f} ({report['correct']} of {report['images']} images){within}")
     for line in report["warnings"]:
         typer.echo(f"warning: {line}")
     per_class = Table(title="per class")
