@@ -76,6 +76,7 @@ def evaluate(
     (rows: true class, columns: predicted), and write the matrix as a PNG. DATA's classes must be the model's."""
     from graft import storage
     from graft.api.validation import InvalidSpec
+    from graft.ledger import DamagedLedger
     from graft.storage import StorageError
     from graft_trainer.errors import InputError
     from graft_trainer.evaluate import evaluate as _evaluate
@@ -94,7 +95,7 @@ def evaluate(
         for problem in exc.problems:
             typer.echo(f"{data}: {problem}", err=True)
         raise typer.Exit(2) from exc
-    except (FileNotFoundError, InputError, StorageError) as exc:
+    except (FileNotFoundError, InputError, StorageError, DamagedLedger) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     try:
