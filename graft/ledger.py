@@ -69,6 +69,10 @@ class DamagedLedger(ValueError):
                 f"{self.prev_cause}); either {way}, or put a good {LEDGER_FILE} back")
 
 
+#: JSON's literal words: a ledger cut short inside one of them is truncated, not garbage.
+_LITERALS = ("true", "false", "null")
+
+
 def _parse(data: bytes) -> tuple[Ledger | None, str | None]:
     """(the ledger, None), or (None, what is wrong with the bytes)."""
     if not data.strip():
@@ -78,8 +82,9 @@ def _parse(data: bytes) -> tuple[Ledger | None, str | None]:
     except UnicodeDecodeError:
         return None, "not UTF-8 text"
     except json.JSONDecodeError as exc:
-        # Cut short: the parser ran out of text (or inside a string that never ends).
-        if exc.msg.startswith("Unterminated string") or not exc.doc[exc.pos:].strip():
+        # Cut short: the parser ran out of text (or inside a string that never ends, or a true/false/null).
+        rest = exc.doc[exc.pos:].strip()
+        if exc.msg.startswith("Unterminated string") or not rest or any(w.startswith(rest) for w in _LITERALS):
             return None, f"truncated JSON at byte {len(data)}"
         return None, f"not JSON: {exc.msg} at offset {exc.pos}"
     try:
