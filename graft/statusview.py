@@ -128,7 +128,9 @@ def age(timestamp: str) -> str:
 def _best(ledger: Any) -> dict[str, Any]:
     """A run's best validation accuracy (and which stage), its held-out test accuracy, with their intervals:
     `best` in words, and `<accuracy>_interval` / `<accuracy>_n` fields where the split sizes are known."""
-    scored = [(s.metrics["val_accuracy"], s.type) for s in ledger.stages if "val_accuracy" in s.metrics]
+    # A stage trained on its own data set (Pretrain) is scored on that set's validation split, not the target's.
+    scored = [(s.metrics["val_accuracy"], s.type) for s in ledger.stages
+              if "val_accuracy" in s.metrics and s.type not in ledger.stage_splits]
     if not scored:
         return {"best": ""}
     value, stage = max(scored)

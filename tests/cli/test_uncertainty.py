@@ -143,6 +143,9 @@ def test_graft_status_shows_intervals_and_the_warning_in_table_and_json(runs, na
     rows = json.loads(graft("status", "runs", "-o", "json", cwd=runs).stdout)
     row = next(r for r in rows if r["run"] == name)
     assert bool(row["warnings"]) is warned
+    best = max(("Head", "FullFineTune"), key=lambda t: ledger.stage(t).metrics["val_accuracy"])  # not Pretrain's
+    assert row["best"].startswith(_shown(ledger, best, "val_accuracy", "validation") + f" ({best})")
+    assert row["val_accuracy_n"] == ledger.splits["validation"]
 
 
 @pytest.mark.parametrize("where", ["manifest", "run-folder"])
