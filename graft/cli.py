@@ -18,7 +18,7 @@ from typing import Annotated, Any
 
 import typer
 
-from graft import __version__, statusview
+from graft import __version__, statusview, uncertainty
 
 app = typer.Typer(
     name="graft",
@@ -169,7 +169,7 @@ def status(
                    "of runs, or a job URI)", err=True)
         raise typer.Exit(1)
     if output == "json":
-        typer.echo(json.dumps(ledger.model_dump(mode="json"), indent=2))
+        typer.echo(json.dumps(uncertainty.annotate(ledger.model_dump(mode="json"), ledger), indent=2))
         return
     statusview.print_ledger(ledger, run)
 

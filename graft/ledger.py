@@ -69,6 +69,10 @@ class DamagedLedger(ValueError):
                 f"{self.prev_cause}); either {way}, or put a good {LEDGER_FILE} back")
 
 
+#: JSON's literal words: a ledger cut short inside one of them is truncated, not garbage.
+_LITERALS = ("true", "false", "null")
+
+
 def _parse(data: bytes) -> tuple[Ledger | None, str | None]:
     """(the ledger, None), or (None, what is wrong with the bytes)."""
     if not data.strip():
@@ -78,8 +82,9 @@ def _parse(data: bytes) -> tuple[Ledger | None, str | None]:
     except UnicodeDecodeError:
         return None, "not UTF-8 text"
     except json.JSONDecodeError as exc:
-        # Cut short: the parser ran out of text (or inside a string that never ends).
-        if exc.msg.startswith("Unterminated string") or not exc.doc[exc.pos:].strip():
+        # Cut short: the parser ran out of text (or inside a string that never ends, or a true/false/null).
+        rest = exc.doc[exc.pos:].strip()
+        if exc.msg.startswith("Unterminated string") or not rest or any(w.startswith(rest) for w in _LITERALS):
             return None, f"truncated JSON at byte {len(data)}"
         return None, f"not JSON: {exc.msg} at offset {exc.pos}"
     try:
@@ -196,6 +201,12 @@ class Ledger(BaseModel):
     #: Images shared by splits that must share none (`graft_trainer/leakage.py`), one line each; [] when none was
     #: found, None when not checked (a ledger from before 2026-12-07, or a job too large to check on its own).
     leakage: list[str] | None = None
+    #: How many images the target data's splits hold as the stages used them ({"train", "validation", "test"}: after
+    #: the test split and the few-shot draw), for the intervals beside every accuracy (`graft/uncertainty.py`). None
+    #: in ledgers written before 2026-12.
+    splits: dict[str, int] | None = None
+    #: The same for a stage that trains on its own data set (Pretrain's `data`), by stage type.
+    stage_splits: dict[str, dict[str, int]] = Field(default_factory=dict)
     #: Set by `load` when ledger.json did not parse and this is its previous version: the next `save` keeps the
     #: damaged object beside it (`Damage.aside`) before writing.
     _damage: Damage | None = PrivateAttr(default=None)

@@ -52,4 +52,4 @@ def small_validation_warning(n: int) -> str | None:
     half = wilson(0.5, n).high - 0.5 if n else 0.5
     return (f"the validation split has {n} examples (95% interval about +-{half * 100:.0f} points at 50% accuracy): "
             f"the sweep's choice and the exported stage are mostly noise below {MIN_VALIDATION}; raise "
-            "spec.data.validationFraction or label more examples")
+            "spec.data.validationSplit (or give spec.data.validation) or label more examples")

@@ -8,6 +8,8 @@ from typing import Any
 
 import typer
 
+from graft import uncertainty
+
 
 def serving_line(model_uri: str) -> str | None:
     """Where the model's InferenceService manifest is (model.json's `serving` block, graft_trainer/serving.py), or None
@@ -36,10 +38,15 @@ def print_ledger(ledger: Any, run: str) -> None:
     for col in ("stage", "state", "epoch", "metrics", "checkpoint"):
         table.add_column(col, overflow="fold")
     for s in ledger.stages:
-        metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted(s.metrics.items()))
+        found = uncertainty.intervals(ledger, s.type, s.metrics)
+        metrics = ", ".join(f"{k}={uncertainty.text(found[k])}" if k in found else f"{k}={v:.4g}"
+                            for k, v in sorted(s.metrics.items()))
         epoch = f"{s.epoch}/{s.epochs}" if s.epochs else str(s.epoch or "")
         table.add_row(s.type, s.state.value, epoch, metrics, s.checkpoint or s.output or "")
     console().print(table)
+    if ledger.splits:
+        typer.echo("intervals: 95% Wilson, from the split sizes (" + ", ".join(
+            f"{k} {n}" for k, n in ledger.splits.items()) + ")")
     for s in ledger.stages:
         if s.timing:
             typer.echo(f"{s.type}: time {s.timing_text()}")
@@ -61,6 +68,8 @@ def print_ledger(ledger: Any, run: str) -> None:
         typer.echo(ledger.tracking.describe())
     if line := joblogs.pointer(run):
         typer.echo(line)
+    for line in uncertainty.warnings(ledger):
+        typer.echo(f"warning: {line}")
     failed = ledger.failed
     if failed and failed.message:
         typer.echo(f"failed: {failed.type}: {failed.message}")
@@ -118,17 +127,33 @@ def age(timestamp: str) -> str:
     return f"{max(seconds, 0)}s"
 
 
+def _best(ledger: Any) -> dict[str, Any]:
+    """A run's best validation accuracy (and which stage), its held-out test accuracy, with their intervals:
+    `best` in words, and `<accuracy>_interval` / `<accuracy>_n` fields where the split sizes are known."""
+    # A stage trained on its own data set (Pretrain) is scored on that set's validation split, not the target's.
+    scored = [(s.metrics["val_accuracy"], s.type) for s in ledger.stages
+              if "val_accuracy" in s.metrics and s.type not in ledger.stage_splits]
+    if not scored:
+        return {"best": ""}
+    value, stage = max(scored)
+    metrics = ledger.stage(stage).metrics
+    found = uncertainty.intervals(ledger, stage, metrics)
+    words = {"val_accuracy": f"{value:.4g}", "test_accuracy": f"{metrics.get('test_accuracy', 0.0):.4g}"}
+    words.update({k: uncertainty.text(v) for k, v in found.items()})
+    best = f"val_accuracy={words['val_accuracy']} ({stage})"
+    best += f", held-out test_accuracy={words['test_accuracy']}" if "test_accuracy" in metrics else ""
+    fields = {f"{k}_{part}": x for k, v in found.items() for part, x in (("interval", [v.low, v.high]), ("n", v.n))}
+    return {"best": best, **fields}
+
+
 def print_runs(runs: dict[str, Any], output: str) -> None:
     """One line per run: name, state, stages done, best validation accuracy (and which stage), age."""
     rows = []
     for name, ledger in sorted(runs.items()):
         state = "Succeeded" if ledger.done else "Failed" if ledger.failed else ledger.current.state.value
-        scored = [(s.metrics["val_accuracy"], s.type) for s in ledger.stages if "val_accuracy" in s.metrics]
-        best = f"val_accuracy={max(scored)[0]:.4g} ({max(scored)[1]})" if scored else ""
-        test = ledger.stage(max(scored)[1]).metrics.get("test_accuracy") if scored else None
-        best += f", held-out test_accuracy={test:.4g}" if test is not None else ""
-        rows.append({"run": name, "state": state, "stages": ledger.progress(), "best": best,
-                     "age": age(ledger.updated_at), "updated_at": ledger.updated_at})
+        rows.append({"run": name, "state": state, "stages": ledger.progress(), **_best(ledger),
+                     "age": age(ledger.updated_at), "updated_at": ledger.updated_at,
+                     "warnings": uncertainty.warnings(ledger)})
     if output == "json":
         typer.echo(json.dumps(rows, indent=2))
         return

@@ -25,7 +25,7 @@ def test_wilson_matches_published_intervals(case):
 
 def test_small_validation_splits_are_called_out_with_what_to_change():
     warning = small_validation_warning(12)
-    assert warning is not None and "12 examples" in warning and "spec.data.validationFraction" in warning
+    assert warning is not None and "12 examples" in warning and "spec.data.validationSplit" in warning
     assert small_validation_warning(MIN_VALIDATION) is None
 
 

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from graft import storage
 from graft.api.models import StageState, TransferJob
 from graft.cli import app
-from graft.ledger import Ledger
+from graft.ledger import DamagedLedger, Ledger
 
 #: (id, the bytes ledger.json is left with, how the line names the damage). `truncated` is the first 300 bytes of a
 #: real ledger (`_cut`); `garbage` is what a proxy answering for the store might leave.
@@ -240,3 +240,11 @@ def test_graft_run_restart_over_a_damaged_ledger_runs_the_job(tmp_path, shared_r
     assert ledger.done and ledger.model_uri and ledger.recovered is None
     aside = [n for n in _names(root) if n.startswith("ledger.json.damaged-")]
     assert len(aside) == 1 and storage.read_bytes(storage.join(root, aside[0])) == damaged
+
+
+@pytest.mark.parametrize("cut", ['{"splits": nu', '{"ok": t', '{"ok": fals'], ids=["null", "true", "false"])
+def test_a_ledger_cut_inside_a_literal_word_is_called_truncated(tmp_path, cut):
+    (tmp_path / "ledger.json").write_text(cut)
+    with pytest.raises(DamagedLedger) as caught:
+        Ledger.load(str(tmp_path))
+    assert caught.value.damage.cause == f"truncated JSON at byte {len(cut)}"

@@ -16,14 +16,25 @@ from graft_trainer.progress_lines import LinesWatcher
 DEFAULT_RUNS = "./graft-runs"
 
 
-def _fmt_metrics(metrics: dict[str, float]) -> str:
-    """The headline metrics; a finished stage's are its best epoch's (the one its result keeps), and say so."""
+def _fmt_metrics(metrics: dict[str, float], found: dict | None = None) -> str:
+    """The headline metrics; a finished stage's are its best epoch's (the one its result keeps), and say so.
+    `found`: the accuracies' intervals (`graft.uncertainty.intervals`), shown beside them."""
+    from graft.uncertainty import metric_text
+
+    found = found or {}
     keys = [k for k in ("val_accuracy", "val_loss", "train_loss") if k in metrics]
-    text = ", ".join(f"{k}={metrics[k]:.3f}" for k in keys)
+    text = ", ".join(metric_text(k, metrics[k], found) for k in keys)
     text = f"best epoch {int(metrics['best_epoch'])}: {text}" if "best_epoch" in metrics and text else text
     # The held-out test score is said apart: it chose nothing, the validation figures chose the checkpoint.
-    test = ", ".join(f"{k}={metrics[k]:.3f}" for k in ("test_accuracy", "test_loss") if k in metrics)
+    test = ", ".join(metric_text(k, metrics[k], found) for k in ("test_accuracy", "test_loss") if k in metrics)
     return f"{text}; held-out {test}" if test else text
+
+
+def _stage_metrics(ledger, rec) -> str:
+    """A stage's headline metrics with the intervals of its accuracies."""
+    from graft.uncertainty import intervals
+
+    return _fmt_metrics(rec.metrics, intervals(ledger, rec.type, rec.metrics))
 
 
 def _stage_time(rec) -> str:
@@ -77,7 +88,7 @@ class _ProgressWatcher:
                 total=rec.epochs or 1,
                 completed=rec.epoch or 0,
                 state=rec.state.value,
-                metrics=_fmt_metrics(rec.metrics),
+                metrics=_stage_metrics(ledger, rec),
                 time=_stage_time(rec),
             )
 
@@ -100,6 +111,8 @@ class _ProgressWatcher:
 def _summary(ledger, console) -> None:
     from rich.table import Table
 
+    from graft.uncertainty import warnings
+
     table = Table(title=f"{ledger.job_name or ledger.job_uid}: {ledger.progress()} stages")
     for col in ("stage", "state", "time", "epochs", "metrics", "checkpoint"):
         table.add_column(col, overflow="fold")
@@ -107,12 +120,17 @@ def _summary(ledger, console) -> None:
         seconds = f"{rec.seconds:.1f}s" if rec.seconds is not None else ""
         epochs = f"{rec.epoch}/{rec.epochs}" if rec.epochs else ""
         table.add_row(
-            rec.type, rec.state.value, seconds, epochs, _fmt_metrics(rec.metrics), rec.checkpoint or rec.output or ""
+            rec.type, rec.state.value, seconds, epochs, _stage_metrics(ledger, rec), rec.checkpoint or rec.output or ""
         )
     console.print(table)
+    if ledger.splits:
+        console.print("intervals: 95% Wilson, from the split sizes (" + ", ".join(
+            f"{k} {n}" for k, n in ledger.splits.items()) + ")", markup=False, highlight=False)
     for rec in ledger.stages:
         if rec.stop and rec.stop.startswith("early stop"):
             console.print(f"{rec.type}: {rec.stop}", markup=False)
+    for line in warnings(ledger):
+        console.print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)
 
 
 def run(

@@ -336,6 +336,12 @@ def target_sets(data) -> tuple[Source, Source, Source | None]:
     return train, val, test
 
 
+def own_sets(stage, data) -> tuple[Source, Source]:
+    """(train, validation) of a stage that trains on its own `data` set (Pretrain): its stratified validation split,
+    by the job's `validationSplit` and `seed`."""
+    return train_val(stage.data, None, data.validation_split, data.seed)
+
+
 def train_val(train_uri: str | Source, validation_uri: str | None, fraction: float, seed: int,
               shots: int | None = None, columns: tuple[str, str] = ("path", "label")):
     """The (train, validation) sources of a data spec: explicit validation set or a stratified split."""

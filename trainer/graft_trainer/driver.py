@@ -22,7 +22,7 @@ from graft import joblogs, lease, storage
 from graft.api.models import StageState, TransferJob
 from graft.ledger import DamagedLedger, Ledger, StageRecord, now
 from graft_trainer import data as data_mod
-from graft_trainer import export_choice, identity, leakage, logship, models, registry, serving, timing, tracking
+from graft_trainer import export_choice, identity, leakage, logship, models, registry, serving, splits, timing, tracking
 from graft_trainer.config import StageConfig, run_name
 from graft_trainer.context import StageContext
 from graft_trainer.errors import InputError, out_of_memory, user_message
@@ -223,6 +223,15 @@ class Driver:
                 self._save(ledger)
                 raise StageFailed(stage.type, message) from exc
 
+    def _record_splits(self, ledger: Ledger) -> None:
+        """The split sizes the stages are about to use, in the ledger (saved with the next stage's start). They only
+        annotate results, so a job whose stages never read the target data goes on without them."""
+        try:
+            splits.record(ledger, self.context)
+        except Exception as exc:
+            _log.warning("could not count the data's splits (accuracies are shown without intervals): %s",
+                         user_message(exc))
+
     def input_problems(self) -> list[tuple[str, str]]:
         """Every stage's input checks, the ones a run makes before its first stage (`_check_inputs`), for all the
         stages and without a ledger: `(stage type, message)` for each stage whose inputs fail, a message said once
@@ -313,6 +322,8 @@ class Driver:
         self._check_inputs(ledger)
         if leakage.record(ledger, self.context, self.spec):  # images shared by splits that must share none: a warning
             self._save(ledger)
+        if not ledger.done:
+            self._record_splits(ledger)
         for index, stage in enumerate(self.spec.stages):
             rec = ledger.stage(stage.type)
             if rec.state in (StageState.SUCCEEDED, StageState.SKIPPED):

@@ -1,18 +1,21 @@
 """`graft evaluate`: an exported model's accuracy, per-class precision and recall, and confusion matrix on a
-labelled set (an ImageFolder, a built-in set, or a TransferJob manifest's validation set)."""
+labelled set (an ImageFolder, a built-in set, or one split of a job: its manifest or its run folder)."""
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from graft import stats
 from graft_trainer import data as data_mod
+from graft_trainer import evaluate_job
 from graft_trainer.errors import InputError
+from graft_trainer.evaluate_job import JobSplit
 from graft_trainer.export import load_model, probabilities
 
 #: How many images are decoded and run at a time.
@@ -28,6 +31,8 @@ class Evaluation:
     labels: list[str]
     y_true: np.ndarray
     y_pred: np.ndarray
+    split: str = ""  #: which of a job's splits (test, validation, train); empty for a data set
+    warnings: list[str] = field(default_factory=list)  #: what the score is worth (`evaluate_job.job_split`)
 
     def report(self) -> dict[str, Any]:
         """Accuracy, per-class precision/recall/F1/support and the confusion matrix (rows: true class, columns:
@@ -38,12 +43,18 @@ class Evaluation:
         precision, recall, f1, support = precision_recall_fscore_support(
             self.y_true, self.y_pred, labels=index, zero_division=0
         )
+        accuracy = float(accuracy_score(self.y_true, self.y_pred))
+        interval = stats.wilson(accuracy, len(self.y_true)) if len(self.y_true) else None
         return {
             "model": self.model,
             "data": self.data,
+            **({"split": self.split} if self.split else {}),
             "images": len(self.y_true),
             "correct": int((self.y_true == self.y_pred).sum()),
-            "accuracy": float(accuracy_score(self.y_true, self.y_pred)),
+            "accuracy": accuracy,
+            "accuracy_interval": [interval.low, interval.high] if interval else None,
+            "n": len(self.y_true),
+            "warnings": list(self.warnings),
             "classes": [
                 {"label": label, "precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
                 for label, p, r, f, s in zip(self.labels, precision, recall, f1, support, strict=True)
@@ -58,35 +69,35 @@ def is_manifest(data: str) -> bool:
     return path.suffix.lower() in MANIFEST_SUFFIXES and path.is_file()
 
 
-def open_data(data: str, labels: list[str] | None = None) -> tuple[data_mod.Source, str]:
-    """The labelled set DATA names and a description of it: a manifest's validation set (`data.validation`, or
-    the held-out split of `data.train` a run of it used), else the set itself (`data.open_source`; a table's labels
-    checked against the model's `labels`, which it may not all have). Raises InvalidSpec for a manifest that is not
-    a valid TransferJob."""
-    if not is_manifest(data):
-        return data_mod.open_source(data, classes=labels if data_mod.is_table(data) else None), data
-    from graft.api.validation import load_job
-    from graft_trainer.driver import apply_storage_env
-
-    job = load_job(Path(data).read_text(encoding="utf-8"))
-    apply_storage_env(job)
-    d = job.spec.data
-    _, val, _ = data_mod.target_sets(d)
-    if d.validation:
-        return val, f"{d.validation} (data.validation of {data})"
-    return val, f"{d.train}: the validation split of {data} ({d.validation_split:g} of each class, seed {d.seed})"
+def open_data(data: str, labels: list[str] | None = None, split: str | None = None) -> JobSplit:
+    """The labelled set DATA names: for a manifest or a run folder, one of the job's splits (`--split`; default its
+    test split, else validation: `evaluate_job.job_split`), else the set itself (`data.open_source`; a table's labels
+    checked against the model's `labels`, which it may not all have). Raises InvalidSpec for a manifest that is not a
+    valid TransferJob, InputError for a `split` of something that is not a job."""
+    split = evaluate_job.check_split(split)
+    if is_manifest(data):
+        return evaluate_job.job_split(*evaluate_job.from_manifest(data), split)
+    if evaluate_job.is_run_folder(data):
+        return evaluate_job.job_split(*evaluate_job.from_run(data), split)
+    if split is not None:
+        raise InputError("--split", f"{data} is a data set, not a job: --split applies to a TransferJob manifest or a "
+                         "run folder")
+    source = data_mod.open_source(data, classes=labels if data_mod.is_table(data) else None)
+    return JobSplit(source, "", data)
 
 
 def _names(names: list[str], most: int = 20) -> str:
     return str(names[:most])[:-1] + f", ... {len(names) - most} more]" if len(names) > most else str(names)
 
 
-def evaluate(model: str, data: str, threads: int = 8) -> Evaluation:
+def evaluate(model: str, data: str, threads: int = 8, split: str | None = None) -> Evaluation:
     """Run the model over every image of DATA. Raises InputError when its classes differ from the model's (by
     name; the order may differ) or when images do not decode (all of them listed), before any metric is made."""
+    evaluate_job.check_split(split)  # a bad --split is said before the model is read
     net, meta = load_model(model)
     labels = list(meta["labels"])
-    source, described = open_data(data, labels)
+    chosen = open_data(data, labels, split)
+    source = chosen.source
     if sorted(source.classes) != sorted(labels):
         only_data = [c for c in source.classes if c not in labels]
         only_model = [c for c in labels if c not in source.classes]
@@ -112,4 +123,4 @@ def evaluate(model: str, data: str, threads: int = 8) -> Evaluation:
     if problems:
         raise data_mod.images_error(source.uri, problems, len(source))
     y_pred = np.concatenate(preds) if preds else np.zeros(0, dtype=np.int64)
-    return Evaluation(model, described, labels, to_model[source.labels], y_pred)
+    return Evaluation(model, chosen.described, labels, to_model[source.labels], y_pred, chosen.split, chosen.warnings)

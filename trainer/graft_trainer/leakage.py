@@ -111,8 +111,12 @@ def record(ledger, context, spec) -> bool:
 
     if ledger.leakage is not None:
         return False
-    found = job_findings(context, spec, RUN_LIMIT)
     log = logging.getLogger(__name__)
+    try:
+        found = job_findings(context, spec, RUN_LIMIT)
+    except Exception as exc:  # a check that warns never fails the job: the stages read the data themselves
+        log.warning("leakage not checked: %s: %s", type(exc).__name__, exc)
+        return False
     if found is None:
         log.info("leakage not checked: more than %d images; graft validate --check-data checks them", RUN_LIMIT)
         return False

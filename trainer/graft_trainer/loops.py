@@ -202,9 +202,9 @@ class _Sets:
 
     @classmethod
     def load(cls, cfg: StageConfig, recipe: NetworkRecipe) -> _Sets:
-        spec, stage, seed = cfg.spec, cfg.stage, cfg.spec.data.seed
+        spec, stage = cfg.spec, cfg.stage
         if recipe.own_data:
-            train_src, val_src = data_mod.train_val(stage.data, None, spec.data.validation_split, seed)
+            train_src, val_src = data_mod.own_sets(stage, spec.data)
             num_classes = stage.num_classes
         else:
             train_src, val_src, _ = data_mod.target_sets(spec.data)

@@ -62,8 +62,12 @@ MATRIX_TABLE_MAX = 20
 def evaluate(
     model: Annotated[str, typer.Argument(help="Exported model folder or URI (`<storage>/<uid>/model`).")],
     data: Annotated[str, typer.Argument(
-        help="Labelled images: an ImageFolder (local or s3://), builtin:NAME, or a TransferJob manifest (its "
-        "validation set: data.validation, or the split of data.train its run held out).")],
+        help="Labelled images: an ImageFolder (local or s3://), builtin:NAME, a TransferJob manifest or a run folder "
+        "(graft-runs/JOB): one of the job's splits, rebuilt as its run made them (see --split).")],
+    split: Annotated[str | None, typer.Option(
+        "--split", help="For a manifest or run folder: which of the job's splits to score: test, validation or "
+        "train. Default: test when the job has a test split (data.test or data.testFraction), else validation "
+        "(the split that chose the model: optimistic).")] = None,
     png: Annotated[str, typer.Option("--png", help="Where to write the confusion matrix PNG (a path or s3:// URI).")]
     = "confusion.png",
     output: Annotated[str, typer.Option("--output", "-o", help="text, or json: one JSON document.")] = "text",
@@ -72,19 +76,26 @@ def evaluate(
     (rows: true class, columns: predicted), and write the matrix as a PNG. DATA's classes must be the model's."""
     from graft import storage
     from graft.api.validation import InvalidSpec
+    from graft.ledger import DamagedLedger
     from graft.storage import StorageError
     from graft_trainer.errors import InputError
     from graft_trainer.evaluate import evaluate as _evaluate
+    from graft_trainer.evaluate_job import check_split
     from graft_trainer.plot import plot_confusion
 
     output = _output_format(output)
     try:
-        report = _evaluate(model, data).report()
+        check_split(split)
+    except InputError as exc:  # a usage error, said before anything is read
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    try:
+        report = _evaluate(model, data, split=split).report()
     except InvalidSpec as exc:
         for problem in exc.problems:
             typer.echo(f"{data}: {problem}", err=True)
         raise typer.Exit(2) from exc
-    except (FileNotFoundError, InputError, StorageError) as exc:
+    except (FileNotFoundError, InputError, StorageError, DamagedLedger) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     try:
@@ -109,7 +120,13 @@ def _print_evaluation(report: dict) -> None:
     # Plain lines through typer, cells escaped: paths and class names are data, never rich markup.
     typer.echo(f"model: {report['model']}")
     typer.echo(f"data: {report['data']}")
-    typer.echo(f"accuracy: {report['accuracy']:.4f} ({report['correct']} of {report['images']} images)")
+    if report.get("split"):
+        typer.echo(f"split: {report['split']}")
+    interval = report["accuracy_interval"]
+    within = f", 95% Wilson interval [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else ""
+    typer.echo(f"accuracy: {report['accuracy']:.4f} ({report['correct']} of {report['images']} images){within}")
+    for line in report["warnings"]:
+        typer.echo(f"warning: {line}")
     per_class = Table(title="per class")
     for col in ("class", "precision", "recall", "support"):
         per_class.add_column(col, justify="left" if col == "class" else "right")

@@ -21,6 +21,7 @@ import torch
 
 from graft.api.models import StageState
 from graft.ledger import Ledger
+from graft.uncertainty import ONLY_CANDIDATE
 from graft_trainer import models, registry, scoring
 from graft_trainer.sweep import better
 
@@ -126,7 +127,7 @@ def choose(found: list[Candidate]) -> tuple[Candidate, str, list[dict[str, Any]]
     reference = [c for c in found if c.stage != INTERPOLATED][-1]
     others = [c for c in found if c is not reference]
     if not others:
-        return reference, f"{name(reference.stage)} is the only candidate", []
+        return reference, f"{name(reference.stage)} {ONLY_CANDIDATE}", []
     level = ALPHA / len(others)
     tests = [compare(c, reference) for c in others]
     if any(t["p"] is None for t in tests):
