@@ -925,13 +925,14 @@ class PodSecurityAdditions(_Model):
         return self
 
 
-_CAPABILITY = r"^[A-Z][A-Z0-9_]*$"
+_CAPABILITY_NAME = Annotated[str, Field(max_length=64, pattern=r"^[A-Z][A-Z0-9_]*$",
+                                        description="A capability name, e.g. NET_ADMIN.")]
 
 
 class Capabilities(_Model):
     """Linux capabilities added to the Graft container; all others stay dropped (core/v1 Capabilities)."""
 
-    add: list[Annotated[str, Field(max_length=64, pattern=_CAPABILITY)]] = Field(default_factory=list, max_length=64)
+    add: list[_CAPABILITY_NAME] = Field(default_factory=list, max_length=64)
     """Capabilities to add, e.g. `NET_ADMIN`. Refused unless the operator allows `capabilities`."""
 
 
