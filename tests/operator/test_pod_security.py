@@ -123,3 +123,35 @@ def test_sys_admin_makes_escalation_true_which_the_api_server_requires():
     sc = builder.build_owned_rayjob(BODY, parsed)["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"][
         "containers"][0]["securityContext"]
     assert sc["allowPrivilegeEscalation"] is True
+
+
+@pytest.mark.parametrize("command", ["validate", "render", "operator"])
+def test_an_unknown_exception_name_is_one_clear_error_before_anything_runs(command, tmp_path):
+    from typer.testing import CliRunner
+
+    from graft.cli import app
+
+    job = tmp_path / "job.yaml"
+    job.write_text("{}")
+    args = [command, "--allow", "hostPath,hostpath"] + ([str(job)] if command != "operator" else [])
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "unknown pod security exception 'hostpath'" in result.output
+    assert "hostPath" in result.output.split("allowed:", 1)[1]
+
+
+def test_graft_validate_allow_takes_repeated_and_comma_separated_names(tmp_path):
+    import yaml
+    from typer.testing import CliRunner
+
+    from graft.cli import app
+
+    job = tmp_path / "job.yaml"
+    pod = {**CASES["hostPath"][0], "hostNetwork": True}
+    job.write_text(yaml.safe_dump({**{k: v for k, v in BODY.items() if k != "metadata"},
+                                   "metadata": {"name": "digits"}, "spec": _spec(pod)}))
+    refused = CliRunner().invoke(app, ["validate", "--allow", "hostPath", str(job)])
+    assert refused.exit_code == 1 and "spec.pod.hostNetwork: " in refused.output, refused.output
+    for allow in (["--allow", "hostPath,hostNetwork"], ["--allow", "hostPath", "--allow", "hostNetwork"]):
+        result = CliRunner().invoke(app, ["validate", *allow, str(job)])
+        assert result.exit_code == 0, result.output
