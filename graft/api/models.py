@@ -936,6 +936,9 @@ class Capabilities(_Model):
     """Capabilities to add, e.g. `NET_ADMIN`. Refused unless the operator allows `capabilities`."""
 
 
+# No CEL rules (x-kubernetes-validations) refuse the exceptions below or `hostNetwork`/`hostPID`/`hostIPC`, `hostPath`
+# volumes and root: the chart may allow each (podSecurity.allow), which the CRD cannot know. The operator and
+# `graft validate` refuse them (graft/api/podsecurity.py); the corpus marks their cases `schema: false`.
 class ContainerSecurityAdditions(_Model):
     """Container security settings beyond Graft's (every capability dropped, no privilege escalation), for the
     clusters that need them. Each is refused unless the operator allows it (`graft operator --allow`, the chart's
