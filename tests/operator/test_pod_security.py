@@ -155,3 +155,18 @@ def test_graft_validate_allow_takes_repeated_and_comma_separated_names(tmp_path)
     for allow in (["--allow", "hostPath,hostNetwork"], ["--allow", "hostPath", "--allow", "hostNetwork"]):
         result = CliRunner().invoke(app, ["validate", *allow, str(job)])
         assert result.exit_code == 0, result.output
+
+
+def test_every_exception_survives_the_transferjob_crd_unpruned():
+    # The API server prunes what the CRD does not declare: a field spelt differently there (hostPid for hostPID)
+    # would vanish from the stored job, and the operator would never see it to refuse or allow.
+    from graft.api.crd import build_crd
+
+    schema = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    pod: dict = {}
+    for case_pod, _, _ in CASES.values():
+        for key, value in case_pod.items():
+            pod[key] = {**pod[key], **value} if isinstance(value, dict) and key in pod else value
+    job = {**{k: v for k, v in BODY.items() if k != "metadata"}, "metadata": {"name": "digits"}, "spec": _spec(pod)}
+    assert crdcheck.prune(copy.deepcopy(job), schema, root=True) == job
+    assert len(validate_for_cluster(job["spec"])[1]) == len(EXCEPTIONS) + 1  # runAsRoot names two fields
