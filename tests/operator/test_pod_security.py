@@ -170,3 +170,15 @@ def test_every_exception_survives_the_transferjob_crd_unpruned():
     job = {**{k: v for k, v in BODY.items() if k != "metadata"}, "metadata": {"name": "digits"}, "spec": _spec(pod)}
     assert crdcheck.prune(copy.deepcopy(job), schema, root=True) == job
     assert len(validate_for_cluster(job["spec"])[1]) == len(EXCEPTIONS) + 1  # runAsRoot names two fields
+
+
+def test_the_mirror_loop_follows_a_job_whatever_exceptions_it_uses():
+    # The operator's policy gates the RayJob's creation (lifecycle.allowed); once it exists the job is followed, or
+    # an allowed hostPath job's status would never move past its creation.
+    from graft_operator.jobstate import Follower
+
+    every = {key: value for case_pod, _, _ in CASES.values() for key, value in case_pod.items()
+             if key not in ("volumes", "volumeMounts")}
+    for pod in (CASES["hostPath"][0], every):
+        body = {**BODY, "metadata": {**BODY["metadata"], "generation": 1}, "spec": _spec(pod)}
+        assert Follower().valid_spec(body) is not None
