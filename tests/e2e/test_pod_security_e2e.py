@@ -86,3 +86,7 @@ def test_a_hostpath_job_is_refused_by_default_and_runs_where_the_operator_allows
         assert {"name": "nvme", "mountPath": "/nvme", "readOnly": True} in template["spec"]["containers"][0][
             "volumeMounts"]
     assert _rayjobs(co, NS_DEFAULT, "nvme-data") == []
+    # And its status follows the RayJob (the mirror loop does not refuse what the operator allowed).
+    named = _wait("the allowed job's status naming its RayJob", lambda: (co.get_namespaced_custom_object(
+        G, V, NS_ALLOW, P, "nvme-data").get("status") or {}).get("rayJobName"), allowing)
+    assert named == rayjob["metadata"]["name"]
