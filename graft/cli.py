@@ -19,6 +19,7 @@ from typing import Annotated, Any
 import typer
 
 from graft import __version__, statusview, uncertainty
+from graft.cliopts import AllowOption
 
 app = typer.Typer(
     name="graft",
@@ -53,6 +54,7 @@ def validate(
                      "spec.storage required; local data, weights and storage paths warned about "
                      "(`FILE: warning: field.path: reason`, exit 0 when warnings are all)."),
     ] = False,
+    allow: AllowOption = None,
     check_data: Annotated[
         bool,
         typer.Option("--check-data", help="Also run the input checks `graft run` makes before its first stage, "
@@ -79,9 +81,9 @@ def validate(
             bad += 1
             continue
         if cluster:
-            documents, problems, warnings = validate_stream_for_cluster(text)
+            documents, problems, warnings = validate_stream_for_cluster(text, allow or ())
         else:
-            (documents, problems), warnings = validate_stream(text), []
+            (documents, problems), warnings = validate_stream(text, allow or ()), []
         findings = [(i, str(p)) for i, p in problems] + [(i, f"warning: {w}") for i, w in warnings]
         failed = bool(problems)
         if data_check is not None and not failed:

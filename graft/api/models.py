@@ -789,11 +789,17 @@ OWNED_LABEL_PREFIXES = ("graft.dev/", "app.kubernetes.io/", "ray.io/")
 OWNED_POD_FIELDS = {
     "command": "the trainer's entrypoint", "args": "the trainer's entrypoint", "image": "spec.image",
     "containers": "the Graft container", "resources": "spec.workers and spec.scheduling.head",
-    "runAsUser": "the image's non-root user 1000", "runAsNonRoot": "always true",
-    "privileged": "never", "allowPrivilegeEscalation": "never", "readOnlyRootFilesystem": "always true",
-    "capabilities": "all dropped", "seccompProfile": "RuntimeDefault",
+    "readOnlyRootFilesystem": "always true", "seccompProfile": "RuntimeDefault",
     "nodeSelector": "spec.scheduling.nodeSelector", "tolerations": "spec.scheduling.tolerations",
     "priorityClassName": "spec.scheduling.priorityClassName",
+}
+#: Security fields `spec.pod` offers in one of its two security contexts only (as Kubernetes splits them), so a field
+#: given in the other is pointed there. The risky values of each are refused unless the operator allows them
+#: (graft/api/podsecurity.py).
+POD_SECURITY_FIELD_HOMES = {
+    "runAsUser": "spec.pod.securityContext", "runAsNonRoot": "spec.pod.securityContext",
+    "privileged": "spec.pod.containerSecurityContext", "allowPrivilegeEscalation": "spec.pod.containerSecurityContext",
+    "capabilities": "spec.pod.containerSecurityContext",
 }
 _SECRETISH_ENV = re.compile(r"(?i)(key|token|secret|passw(or)?d|credential)")
 #: ... unless it names where a secret lies (IRSA's AWS_WEB_IDENTITY_TOKEN_FILE), not the secret.
@@ -889,7 +895,7 @@ class VolumeMount(_Model):
 
 class PodSecurityAdditions(_Model):
     """Pod security settings a cluster may require on top of Graft's (non-root, RuntimeDefault seccomp, no
-    privilege escalation, read-only root), which stay as they are."""
+    privilege escalation, read-only root), which stay unless the operator allows otherwise."""
 
     fs_group: int | None = Field(default=None, ge=0, le=2**31 - 1)
     """Group owning mounted volumes (e.g. so user 1000 can write a PersistentVolumeClaim)."""
@@ -903,6 +909,51 @@ class PodSecurityAdditions(_Model):
     supplemental_groups: list[int] = Field(default_factory=list, max_length=64, json_schema_extra={
         "items": {"type": "integer", "minimum": 0, "description": "A group id."}})
     """Extra groups of the pod's processes."""
+
+    run_as_user: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    """User of the pod's processes (default: the image's user 1000). 0 (root) is refused unless the operator allows
+    `runAsRoot`, and needs `runAsNonRoot: false`."""
+
+    run_as_non_root: bool | None = None
+    """false lets the pods run as root: refused unless the operator allows `runAsRoot` (default: true)."""
+
+    @model_validator(mode="after")
+    def _root_needs_both(self) -> PodSecurityAdditions:
+        if self.run_as_user == 0 and self.run_as_non_root is not False:
+            raise ValueError("runAsUser: 0 is root; the kubelet refuses it while runAsNonRoot is true, so also set "
+                             "runAsNonRoot: false (and the operator must allow runAsRoot)")
+        return self
+
+
+_CAPABILITY_NAME = Annotated[str, Field(max_length=64, pattern=r"^[A-Z][A-Z0-9_]*$",
+                                        description="A capability name, e.g. NET_ADMIN.")]
+
+
+class Capabilities(_Model):
+    """Linux capabilities added to the Graft container; all others stay dropped (core/v1 Capabilities)."""
+
+    add: list[_CAPABILITY_NAME] = Field(default_factory=list, max_length=64)
+    """Capabilities to add, e.g. `NET_ADMIN`. Refused unless the operator allows `capabilities`."""
+
+
+# No CEL rules (x-kubernetes-validations) refuse the exceptions below or `hostNetwork`/`hostPID`/`hostIPC`, `hostPath`
+# volumes and root: the chart may allow each (podSecurity.allow), which the CRD cannot know. The operator and
+# `graft validate` refuse them (graft/api/podsecurity.py); the corpus marks their cases `schema: false`.
+class ContainerSecurityAdditions(_Model):
+    """Container security settings beyond Graft's (every capability dropped, no privilege escalation), for the
+    clusters that need them. Each is refused unless the operator allows it (`graft operator --allow`, the chart's
+    `podSecurity.allow`)."""
+
+    privileged: bool | None = None
+    """true runs the container privileged (every device and capability of the node): refused unless the operator
+    allows `privileged`."""
+
+    allow_privilege_escalation: bool | None = None
+    """true lets processes gain more privileges than their parent (setuid binaries): refused unless the operator
+    allows `allowPrivilegeEscalation`."""
+
+    capabilities: Capabilities = Field(default_factory=Capabilities)
+    """Capabilities to add; `drop: [ALL]` is Graft's and stays."""
 
 
 class PodSpec(_Model):
@@ -952,6 +1003,19 @@ class PodSpec(_Model):
 
     security_context: PodSecurityAdditions = Field(default_factory=PodSecurityAdditions)
     """Pod security settings added to Graft's."""
+
+    container_security_context: ContainerSecurityAdditions = Field(default_factory=ContainerSecurityAdditions)
+    """Container security settings added to Graft's (privileged, privilege escalation, capabilities): refused unless
+    the operator allows them."""
+
+    host_network: bool | None = None
+    """true puts the pods in the node's network namespace: refused unless the operator allows `hostNetwork`."""
+
+    host_pid: bool | None = Field(default=None, alias="hostPID")
+    """true shares the node's process namespace: refused unless the operator allows `hostPID`."""
+
+    host_ipc: bool | None = Field(default=None, alias="hostIPC")
+    """true shares the node's IPC namespace: refused unless the operator allows `hostIPC`."""
 
     @field_validator("labels", "annotations")
     @classmethod

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +16,7 @@ from graft.api.models import (
     KIND,
     OWNED_POD_FIELDS,
     PATTERN_HELP,
+    POD_SECURITY_FIELD_HOMES,
     STAGE_TYPES,
     TransferJob,
     TransferJobSpec,
@@ -93,6 +94,8 @@ def _clean_message(err: dict[str, Any]) -> str:
         loc = [str(part) for part in err.get("loc", ())]
         if "pod" in loc[:2] and loc[-1] in OWNED_POD_FIELDS:
             return f"set by Graft, not by spec.pod: {OWNED_POD_FIELDS[loc[-1]]}"
+        if "pod" in loc[:2] and loc[-1] in POD_SECURITY_FIELD_HOMES:
+            return f"not a field here; set it in {POD_SECURITY_FIELD_HOMES[loc[-1]]}"
         return "unknown field (not part of the TransferJob API; check the spelling and `graft crd`)"
     if kind == "missing":
         return "required field is missing"
@@ -240,12 +243,20 @@ def _on_a_pod_volume(spec: TransferJobSpec, uri: str) -> bool:
     return path.startswith("/") and spec.pod.mount_of(path) is not None
 
 
-def validate_for_cluster(spec: Any) -> tuple[TransferJobSpec | None, list[Problem]]:
+def pod_security_problems(spec: TransferJobSpec, allow: Collection[str] = ()) -> list[Problem]:
+    """The pod security exceptions the spec asks for and `allow` does not name (graft/api/podsecurity.py): what
+    `graft validate` and the operator refuse by default."""
+    from graft.api.podsecurity import refusals
+
+    return [Problem(path, why) for path, why in refusals(spec, allow)]
+
+
+def validate_for_cluster(spec: Any, allow: Collection[str] = ()) -> tuple[TransferJobSpec | None, list[Problem]]:
     """The `graft validate` checks plus the cluster-only ones: what the operator, `graft render` and
-    `graft validate --cluster` apply."""
+    `graft validate --cluster` apply. `allow`: the pod security exceptions this cluster's operator allows."""
     parsed, problems = validate_spec(spec)
     if parsed is not None and not problems:
-        problems = cluster_problems(parsed)
+        problems = pod_security_problems(parsed, allow) + cluster_problems(parsed)
     return (parsed if not problems else None), problems
 
 
@@ -323,21 +334,24 @@ def parse_stream(text: str) -> tuple[list[Any], Problem | None]:
     return docs, None
 
 
-def validate_stream(text: str) -> tuple[int, list[tuple[int, Problem]]]:
+def validate_stream(text: str, allow: Collection[str] = ()) -> tuple[int, list[tuple[int, Problem]]]:
     """Validate every document of a YAML/JSON text: (number of documents, [(document index, problem)]).
 
-    A syntax error is reported with the index of the document it stopped in."""
-    documents, problems, _ = _check_stream(text, cluster=False)
+    A syntax error is reported with the index of the document it stopped in. `allow`: the pod security exceptions
+    accepted (`graft validate --allow`); the others are refused, as the operator refuses them."""
+    documents, problems, _ = _check_stream(text, cluster=False, allow=allow)
     return documents, problems
 
 
-def validate_stream_for_cluster(text: str) -> tuple[int, list[tuple[int, Problem]], list[tuple[int, Problem]]]:
+def validate_stream_for_cluster(text: str, allow: Collection[str] = ()
+                                ) -> tuple[int, list[tuple[int, Problem]], list[tuple[int, Problem]]]:
     """`validate_stream` plus the rules of a cluster (the ones the operator and `graft render` apply):
     (number of documents, [(document index, problem)], [(document index, warning)])."""
-    return _check_stream(text, cluster=True)
+    return _check_stream(text, cluster=True, allow=allow)
 
 
-def _check_stream(text: str, *, cluster: bool) -> tuple[int, list[tuple[int, Problem]], list[tuple[int, Problem]]]:
+def _check_stream(text: str, *, cluster: bool, allow: Collection[str] = ()
+                  ) -> tuple[int, list[tuple[int, Problem]], list[tuple[int, Problem]]]:
     docs, syntax = parse_stream(text)
     out: list[tuple[int, Problem]] = []
     warned: list[tuple[int, Problem]] = []
@@ -346,6 +360,8 @@ def _check_stream(text: str, *, cluster: bool) -> tuple[int, list[tuple[int, Pro
             job, problems = validate_document(doc)
         except RecursionError:
             job, problems = None, [Problem("(document)", "nested too deeply to be a manifest")]
+        if job is not None and not problems:
+            problems = pod_security_problems(job.spec, allow)
         if cluster and job is not None and not problems:
             problems = cluster_problems(job.spec)
             if not problems:

@@ -10,7 +10,7 @@ import hashlib
 import json
 from typing import Any
 
-from graft.api.models import API_VERSION, KIND, TransferJobSpec
+from graft.api.models import API_VERSION, KIND, PodSpec, TransferJobSpec
 
 RAYJOB_API_VERSION = "ray.io/v1"
 RAY_VERSION = "2.60.0"
@@ -197,7 +197,31 @@ def _customised(spec: TransferJobSpec, pod: dict[str, Any]) -> dict[str, Any]:
     additions = custom.security_context.model_dump(mode="json", by_alias=True, exclude_none=True,
                                                    exclude_defaults=True)
     pod["securityContext"].update(additions)
+    _security_exceptions(custom, pod, container)
     return pod
+
+
+def _security_exceptions(custom: PodSpec, pod: dict[str, Any], container: dict[str, Any]) -> None:
+    """The pod security exceptions `spec.pod` asks for (validation has refused those the operator does not allow)."""
+    for field, on in (("hostNetwork", custom.host_network), ("hostPID", custom.host_pid),
+                      ("hostIPC", custom.host_ipc)):
+        if on is not None:
+            pod[field] = on
+    sc, csc = container["securityContext"], custom.container_security_context
+    # The container's own user settings win over the pod's, so the pod-level ones are repeated there.
+    for field, value in (("runAsUser", custom.security_context.run_as_user),
+                         ("runAsNonRoot", custom.security_context.run_as_non_root)):
+        if value is not None:
+            sc[field] = value
+    if csc.capabilities.add:
+        sc["capabilities"] = {"drop": ["ALL"], "add": list(csc.capabilities.add)}
+    if csc.privileged is not None:
+        sc["privileged"] = csc.privileged
+    # The API server refuses allowPrivilegeEscalation: false beside privileged: true or an added CAP_SYS_ADMIN
+    # (kubernetes pkg/apis/core/validation/validation.go, ValidateSecurityContext): both imply escalation.
+    escalates = csc.privileged or bool({"SYS_ADMIN", "CAP_SYS_ADMIN"} & set(csc.capabilities.add))
+    if csc.allow_privilege_escalation is not None or escalates:
+        sc["allowPrivilegeEscalation"] = bool(csc.allow_privilege_escalation or escalates)
 
 
 def build_rayjob(name: str, namespace: str | None, uid: str, spec: TransferJobSpec) -> dict[str, Any]:

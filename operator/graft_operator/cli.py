@@ -12,6 +12,8 @@ from typing import Annotated, Any
 import typer
 import yaml
 
+from graft.cliopts import AllowOption
+
 #: What `graft render` uses when the manifest has no metadata.uid (the API server assigns one on create).
 PLACEHOLDER_UID = "00000000-0000-0000-0000-000000000000"
 
@@ -31,6 +33,7 @@ def run_operator(
         typer.Option(min=0.5, help="Seconds a ledger read may take; past that the job's status says the ledger "
                      "could not be read (its conditions never wait for storage)."),
     ] = 5.0,  # ledgers.DEFAULT_TIMEOUT (not imported here: it would load kopf for every graft command)
+    allow: AllowOption = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
     """Run the operator: watch TransferJobs, run each as a KubeRay RayJob, mirror progress into its status.
@@ -51,7 +54,8 @@ def run_operator(
     settings.scanning.disabled = bool(namespace)
     kopf.run(
         settings=settings,
-        memo=kopf.Memo(ledger_timeout=ledger_timeout, metrics_port=metrics_port),  # read by the startup handler
+        # read by the startup handler
+        memo=kopf.Memo(ledger_timeout=ledger_timeout, metrics_port=metrics_port, pod_security_allow=allow or []),
         standalone=True,
         clusterwide=not namespace,
         namespaces=list(namespace or []),
@@ -96,6 +100,7 @@ def render(
     uid: Annotated[
         str | None, typer.Option(help="The job's uid (default: metadata.uid, else a placeholder).")
     ] = None,
+    allow: AllowOption = None,
 ) -> None:
     """Print the RayJob the operator would create for a TransferJob (same builder, no cluster)."""
     from graft.api.validation import cluster_warnings, validate_for_cluster
@@ -107,7 +112,7 @@ def render(
     if meta["uid"] == PLACEHOLDER_UID:
         typer.echo(f"note: no metadata.uid; using {PLACEHOLDER_UID} (names carry a hash of the uid)", err=True)
     meta.setdefault("namespace", "default")
-    spec, problems = validate_for_cluster(doc["spec"])
+    spec, problems = validate_for_cluster(doc["spec"], allow or ())
     if spec is None:
         for p in problems:
             typer.echo(f"{file}: {p}", err=True)

@@ -15,6 +15,7 @@ from enum import StrEnum
 from typing import Any
 
 from graft.api.models import TransferJobSpec
+from graft.api.podsecurity import EXCEPTIONS
 from graft.api.validation import validate_for_cluster
 from graft_operator import ledgers, metrics, pending
 from graft_operator.conditions import JDS, NOT_YET_RUN
@@ -127,7 +128,9 @@ class Follower:
         """The job's spec, validated once per generation (not per look); None, with a warning, when it is invalid."""
         generation = body["metadata"].get("generation")
         if self.spec is None or self.spec[0] != generation:
-            self.spec = generation, *validate_for_cluster(copy.deepcopy(dict(body.get("spec") or {})))
+            # Every pod security exception allowed: a followed job's RayJob exists, made under the operator's policy
+            # (lifecycle.allowed).
+            self.spec = generation, *validate_for_cluster(copy.deepcopy(dict(body.get("spec") or {})), EXCEPTIONS)
         _, spec, problems = self.spec
         if spec is None:
             log.warning(f"not following, the spec is invalid: {'; '.join(map(str, problems))}", extra=log_ref(body))

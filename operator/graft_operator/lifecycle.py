@@ -11,6 +11,7 @@ import logging
 from typing import Any
 
 from graft.api.models import TransferJobSpec
+from graft.api.podsecurity import EXCEPTIONS
 from graft.api.validation import cluster_warnings, validate_for_cluster
 from graft.ledger import now
 from graft_operator import builder, children, follow, status
@@ -24,10 +25,17 @@ def _problems_text(problems: list[Any]) -> str:
     return "; ".join(str(p) for p in problems)
 
 
+def allowed(mem: Memory, standing: Standing) -> frozenset[str] | dict[str, str]:
+    """The pod security exceptions a job's spec is checked against: the operator's, until its RayJob exists. A
+    RayJob made under them runs on (and is followed) after a restart with fewer: refusing it then would only stop
+    its status."""
+    return EXCEPTIONS if standing.started else mem.pod_security_allow
+
+
 async def start(mem: Memory, body: Any, logger: Logger) -> None:
     """Run on create, on resume (operator restart) and when a not-yet-started job's spec changes."""
     standing = Standing.of(mem.known_status(body))
-    spec, problems = validate_for_cluster(copy.deepcopy(dict(body.get("spec") or {})))
+    spec, problems = validate_for_cluster(copy.deepcopy(dict(body.get("spec") or {})), allowed(mem, standing))
     if spec is None:
         await _refuse(mem, body, standing, _problems_text(problems), logger)
     elif standing is not Standing.FINISHED:  # a finished job (resumed after a restart): nothing to create again
@@ -83,7 +91,7 @@ async def spec_changed(mem: Memory, body: Any, diff: Any, logger: Logger) -> Non
         return
     paths = [tuple(d[1]) for d in diff]
     immutable = sorted({".".join(("spec", *p)) if p else "spec" for p in paths if not p or p[0] != "runPolicy"})
-    spec, problems = validate_for_cluster(copy.deepcopy(dict(body.get("spec") or {})))
+    spec, problems = validate_for_cluster(copy.deepcopy(dict(body.get("spec") or {})), allowed(mem, standing))
     override = None
     if immutable:
         message = (

@@ -75,6 +75,8 @@ class Mirror(Protocol):
 class Memory:
     api: client.Kube
     ledger_timeout: float = ledgers.DEFAULT_TIMEOUT  # seconds a ledger read may take before the status says so
+    #: The pod security exceptions `spec.pod` may ask for (`graft operator --allow`; graft/api/podsecurity.py).
+    pod_security_allow: frozenset[str] = frozenset()
     rayjobs: Any = None  # kopf's index of our RayJobs by (namespace, name), handed over by the startup handler
     statuses: dict[str, dict[str, Any]] = field(default_factory=dict)  # uid -> status as last written
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)

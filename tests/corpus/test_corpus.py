@@ -67,6 +67,20 @@ def test_graft_validate_rejects(name):
     assert any(case["fragment"] in line for line in matching), f"{case['fragment']!r} not in {matching}"
 
 
+ALLOWED = {name: case for name, case in CASES.items() if "allow" in case}
+
+
+def test_graft_validate_accepts_the_pod_security_cases_where_the_operator_allows_them():
+    # The other half of each case: refused by default (above), accepted with the exception it asks for; the tests in
+    # tests/operator/test_pod_security.py show each is still refused when only the others are allowed.
+    assert len(ALLOWED) >= 5
+    allow = ",".join(sorted({case["allow"] for case in ALLOWED.values()}))
+    files = [f"tests/corpus/cases/{case['file']}" for case in ALLOWED.values()]
+    proc = subprocess.run([*GRAFT, "validate", "--cluster", "--allow", allow, *files], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert (proc.returncode, proc.stdout) == (0, ""), proc.stdout + proc.stderr
+
+
 # Cases with `schema: null` (parse errors, empty files, other kinds) give the schema no TransferJob to check.
 SCHEMA_CASES = [name for name, case in CASES.items() if case["schema"] is not None]
 

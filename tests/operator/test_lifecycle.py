@@ -191,3 +191,43 @@ def test_a_refused_spec_fixed_by_a_new_generation_is_followed_as_the_new_run_not
 ])
 def test_where_a_job_stands_is_read_from_its_stored_status_and_only_a_run_is_ever_final(stored, standing):
     assert memory.Standing.of(stored) is standing
+
+
+HOST_PATH_POD = {"volumes": [{"name": "nvme", "hostPath": {"path": "/mnt/nvme"}}],
+                 "volumeMounts": [{"name": "nvme", "mountPath": "/nvme"}]}
+
+
+@pytest.mark.parametrize("allow", [frozenset(), frozenset({"hostPath"})], ids=["operator-refuses", "operator-allows"])
+def test_a_new_hostpath_job_runs_only_where_the_operator_allows_it(monkeypatch, allow):
+    monkeypatch.setattr(lifecycle, "event", lambda body, *e: None)
+    monkeypatch.setattr(memory, "event", lambda body, *e: None)
+    api = FakeKube()
+    mem = memory.Memory(api, pod_security_allow=allow)
+    mem.supervisor = Supervisor(mem)
+    _start(mem, {**BODY, "spec": {**SPEC, "pod": HOST_PATH_POD}})
+    if allow:
+        assert [c for c in api.calls if c[0] == "create"] == [("create", "RayJob")]
+    else:
+        assert [c for c in api.calls if c[0] == "create"] == []
+        assert (api.status["phase"], api.status["reason"]) == ("Failed", "InvalidSpec")
+        assert "spec.pod.volumes[0].hostPath" in api.status["message"]
+
+
+def test_a_started_job_runs_on_after_a_restart_that_no_longer_allows_its_exception(monkeypatch):
+    """Made under `--allow hostPath`, resumed by an operator without it: its RayJob is adopted and followed, not
+    refused (refusing would only freeze its status; the pods run either way)."""
+    monkeypatch.setattr(lifecycle, "event", lambda body, *e: None)
+    monkeypatch.setattr(memory, "event", lambda body, *e: None)
+    body = {**BODY, "spec": {**SPEC, "pod": HOST_PATH_POD}}
+    spec = lifecycle.validate_for_cluster(copy.deepcopy(body["spec"]), {"hostPath"})[0]
+    rayjob = builder.build_owned_rayjob(copy.deepcopy(body), spec)
+    api = FakeKube()
+    api.objects = {("RayJob", rayjob["metadata"]["name"]): rayjob}
+    body["status"] = {"phase": "Pending", "reason": "ClusterStarting", "rayJobName": rayjob["metadata"]["name"]}
+    mem = memory.Memory(api)  # allows nothing
+    mem.supervisor = Supervisor(mem)
+    _start(mem, body)
+    # Adopted (the create answers 409) and handed to the mirror loop; a refusal would create nothing and follow nothing.
+    assert [c for c in api.calls if c[0] == "create"] == [("create", "RayJob")]
+    assert len([k for k in api.objects if k[0] == "RayJob"]) == 1
+    assert api.status.get("reason") != "InvalidSpec", api.status

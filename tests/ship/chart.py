@@ -32,6 +32,7 @@ SCENARIOS = {
         "nodeSelector": {"kubernetes.io/os": "linux"},
         "tolerations": [{"key": "infra", "operator": "Exists", "effect": "NoSchedule"}],
         "priorityClassName": "system-cluster-critical",
+        "podSecurity": {"allow": ["hostPath", "runAsRoot"]},
     },
 }
 

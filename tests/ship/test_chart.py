@@ -141,6 +141,24 @@ def test_ports_follow_values(tmp_path):
     assert one(objects, "Service")["spec"]["ports"][0]["port"] == 9090
 
 
+def _operator_args(values=None, tmp_path=None):
+    return one(render(values, tmp_path), "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+def test_pod_security_exceptions_reach_the_operator_as_its_allow_flag(tmp_path):
+    from graft.api.podsecurity import EXCEPTIONS, parse_allow
+
+    assert not [a for a in _operator_args() if a.startswith("--allow")]  # the default: none allowed
+    args = _operator_args({"podSecurity": {"allow": ["hostPath", "privileged"]}}, tmp_path)
+    (flag,) = [a for a in args if a.startswith("--allow")]
+    assert parse_allow([flag.removeprefix("--allow=")]) == {"hostPath", "privileged"}  # what `graft operator` reads
+    # The schema's names are the operator's: a name it does not know fails `helm install`, not the operator pod.
+    import json
+
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    assert schema["properties"]["podSecurity"]["properties"]["allow"]["items"]["enum"] == list(EXCEPTIONS)
+
+
 def test_metrics_service_selects_the_operator_pod():
     objects = render()
     service = one(objects, "Service")
@@ -180,6 +198,7 @@ BAD_VALUES = {
     "keep-not-boolean": ({"crds": {"keep": "yes"}}, "/crds/keep"),
     "bad-quantity": ({"resources": {"limits": {"memory": "lots"}}}, "/resources/limits/memory"),
     "bad-interval": ({"metrics": {"serviceMonitor": {"interval": "often"}}}, "/metrics/serviceMonitor/interval"),
+    "unknown-pod-security-exception": ({"podSecurity": {"allow": ["hostpath"]}}, "/podSecurity/allow/0"),
 }
 
 

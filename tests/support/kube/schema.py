@@ -33,7 +33,10 @@ def jsonschema_for(schema: dict[str, Any], strict_fields: bool = True) -> dict[s
             node["type"] = ([*t] if isinstance(t, list) else [t]) + ["null"]
             if "enum" in node:
                 node["enum"] = [*node["enum"], None]
-        if strict_fields and node.get("type") in ("object", ["object", "null"]) and "properties" in node:
+        # x-kubernetes-preserve-unknown-fields keeps undeclared fields (a pass-through core/v1 Volume's source):
+        # neither pruned nor unknown to strict field validation.
+        closed = strict_fields and node.get("x-kubernetes-preserve-unknown-fields") is not True
+        if closed and node.get("type") in ("object", ["object", "null"]) and "properties" in node:
             if node["properties"] and "additionalProperties" not in node:
                 node["additionalProperties"] = False
         return node
