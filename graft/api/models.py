@@ -695,8 +695,8 @@ class RunPolicy(_Model):
 
 
 class LearningCheck(_Model):
-    """After each training stage (Pretrain, Head, FullFineTune): did it learn? Two tests, either failing is the
-    finding `NotLearning` (docs/learning-check.md says why these statistics).
+    """After each training stage (Pretrain, Head, FullFineTune): did it learn? The first test failing, or the second
+    failing where the first could not be judged, is the finding `NotLearning` (docs/learning-check.md says why).
 
     1. Validation accuracy against chance: the one-sided Wilson (score) test that the accuracy exceeds
        max(1/classes, the largest class's share of the validation split) at `significance`, divided by the number of

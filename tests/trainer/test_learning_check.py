@@ -35,13 +35,16 @@ def _ev(acc, labels=TEN, classes=10, candidates=1, losses=LEARNED_LOSS):
     # 0.16 passes alone; as the best of 3,200 validation scores it is what chance gives
     (_ev(0.16), False, "level 0.05"),
     (_ev(0.16, candidates=3200), True, "best of 3200 validation scores"),
-    (_ev(0.9, losses=[2.31, 2.30, 2.30]), True, "training loss 2.310 -> 2.300 (at most 2.079 to pass)"),
+    # the loss stands in for the accuracy only where the split is too small to tell
+    (_ev(0.5, labels=TEN[:4:2], losses=[2.31, 2.30, 2.30]), True, "training loss 2.310 -> 2.300 (at most 2.079"),
+    (_ev(0.9, losses=[2.31, 2.30, 2.30]), False, "training loss 2.310 -> 2.300"),
+    (_ev(0.11, losses=[2.31, 2.30]), True, "chance 0.100 (1/10); training loss 2.310 -> 2.300"),
     # the start is at least ln(C): a first epoch that already learned most does not make the drop look small
-    (_ev(0.9, losses=[0.8, 0.7]), False, "training loss 0.800 -> 0.700"),
-    (_ev(0.9, losses=[2.0, float("nan")]), True, "training loss not finite"),
+    (_ev(0.5, labels=TEN[:4:2], losses=[0.8, 0.7]), False, "training loss 0.800 -> 0.700"),
+    (_ev(0.5, labels=TEN[:4:2], losses=[2.0, float("nan")]), True, "training loss not finite"),
     (_ev(0.0, labels=TEN[:4:2]), False, "accuracy not judged: 2 validation images"),
-], ids=["learned", "chance", "majority-class", "above-majority", "one-score", "best-of-many", "flat-loss",
-        "loss-from-ln-c", "nan-loss", "too-few-to-tell"])
+], ids=["learned", "chance", "majority-class", "above-majority", "one-score", "best-of-many", "flat-loss-small-split",
+        "flat-loss-but-accurate", "chance-and-flat-loss", "loss-from-ln-c", "nan-loss", "too-few-to-tell"])
 def test_the_verdict_on_what_a_stage_measured(evidence, finding, words):
     verdict = learning.judge(evidence, LearningCheck())
     assert words in verdict.line

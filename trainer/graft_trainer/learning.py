@@ -89,12 +89,14 @@ def loss_test(ev: Evidence, min_drop: float) -> tuple[bool | None, str]:
 
 
 def judge(ev: Evidence, check: LearningCheck) -> Verdict:
-    """The verdict on one stage: a finding when either test failed."""
-    results = [accuracy_test(ev, check.significance), loss_test(ev, check.min_loss_drop)]
-    line = "; ".join(text for _, text in results)
-    failed = [text for ok, text in results if ok is False]
-    if not failed:
+    """The verdict on one stage: a finding when the accuracy test failed, or when it could not be judged and the loss
+    test failed. The accuracy is the direct evidence; the loss only stands in for it on a split too small to tell (a
+    Head chosen for its strong weight decay or label smoothing keeps a high training loss and still classifies)."""
+    (acc_ok, acc_line), (loss_ok, loss_line) = accuracy_test(ev, check.significance), loss_test(ev, check.min_loss_drop)
+    line = f"{acc_line}; {loss_line}"
+    if acc_ok or (acc_ok is None and loss_ok is not False):
         return Verdict(line)
+    failed = [text for ok, text in ((acc_ok, acc_line), (loss_ok, loss_line)) if ok is False]
     message = (f"did not learn: {'; '.join(failed)}. Check the labels, the learning rate and the data; "
                "spec.checks.learning.action: Warn goes on with the finding")
     return Verdict(line, {"kind": NOT_LEARNING, "message": message})
