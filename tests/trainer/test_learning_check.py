@@ -4,6 +4,12 @@ nothing fails the job before the export (the default), or, with `action: Warn`, 
 
 from __future__ import annotations
 
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -20,6 +26,7 @@ from graft_trainer.executors import LocalExecutor
 TEN = np.repeat(np.arange(10), 20)  # 200 validation labels, 10 balanced classes
 SKEWED = np.array([0] * 140 + [1] * 60)  # 70% one class: chance is 0.7, not 0.5
 LEARNED_LOSS = [2.2, 1.4, 0.9]
+GRAFT = str(Path(sys.executable).with_name("graft"))
 
 
 def _ev(acc, labels=TEN, classes=10, candidates=1, losses=LEARNED_LOSS):
@@ -97,3 +104,27 @@ def test_with_warn_a_stage_that_learned_nothing_goes_on_and_its_export_says_so(t
     meta = storage.read_json(storage.join(ledger.model_uri, "model.json"))
     assert meta["findings"] == {"Pretrain": rec.finding["message"]}
     assert ledger.export["warning"].startswith("stage Pretrain did not learn: ")
+
+
+@pytest.mark.slow
+def test_graft_run_of_a_job_that_learns_nothing_exits_non_zero_and_says_why(tmp_path):
+    # A from-scratch network whose learning rate (1e-8) leaves it where it started, on Ray's two workers as a user's
+    # `graft run` has it; the FullFineTune after it never starts, and nothing is exported.
+    doc = job_doc("learns-nothing", {
+        "model": {"backbone": "smallcnn", "numClasses": 10},
+        "data": {"train": "builtin:digits-noisy", "imageSize": 8, "shotsPerClass": 5},
+        "stages": [{"type": "Pretrain", "data": "builtin:digits-clean", "numClasses": 10, "epochs": 2, "lr": 1e-8},
+                   {"type": "FullFineTune", "epochs": 2}],
+        "workers": {"replicas": 2, "cpus": "1", "memory": "2Gi"},
+    })
+    manifest = tmp_path / "job.yaml"
+    manifest.write_text(json.dumps(doc))
+    done = subprocess.run([GRAFT, "run", str(manifest), "--storage", "runs"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=400)
+    out = done.stdout + done.stderr
+    assert done.returncode == 1, out[-3000:]
+    assert re.search(r"^Pretrain did not learn: validation accuracy 0\.\d+ on \d+ images", done.stdout, re.M), out
+    assert "error: stage Pretrain failed: did not learn: " in out
+    ledger = Ledger.load(str(tmp_path / "runs" / "learns-nothing"))
+    assert ledger.stage("Pretrain").finding["kind"] == "NotLearning"
+    assert ledger.stage("FullFineTune").state == StageState.PENDING and ledger.model_uri is None

@@ -9,7 +9,7 @@ import hashlib
 import json
 
 import pytest
-from support.trainer_data import job_doc
+from support.trainer_data import SMOKE_CHECKS, job_doc
 
 from graft.api.models import StageState, TransferJob, TransferJobSpec
 from graft.ledger import Ledger, job_root
@@ -27,6 +27,7 @@ SPEC = {
         {"type": "Head", "epochs": 2},
         {"type": "FullFineTune", "epochs": 1, "batchSize": 16, "lr": 0.003},
     ],
+    "checks": SMOKE_CHECKS,
 }
 
 
