@@ -221,6 +221,9 @@ def test_graft_run_example_ctrl_c_resumes_then_exports_plots_and_predicts(tmp_pa
     ledger = Ledger.load(root)
     assert ledger.done and ledger.stage("Pretrain").end_time == pretrain_end
     assert "digits-lpft: 4/4 stages" in out and "curves:" in out
+    # The demo learns: every training stage passed the learning check (at its default, Fail), and said how.
+    assert [s.finding for s in ledger.stages] == [None] * 4 and "did not learn" not in out
+    assert all("against chance" in ledger.stage(t).learning for t in ("Pretrain", "Head", "FullFineTune"))
     png = Path(root) / "curves.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     meta = json.loads((Path(root) / "model" / "model.json").read_text())
