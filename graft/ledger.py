@@ -133,6 +133,11 @@ class StageRecord(BaseModel):
     #: data, compute, checkpoints and reports, teardown, the driver's own work): written as the stage runs, `driver`
     #: when it ends. Empty in ledgers written before 2026-12.
     timing: dict[str, float] = Field(default_factory=dict)
+    #: The learning check's account (`graft_trainer/learning.py`): the accuracy against chance and the training loss,
+    #: or why either was not judged. None for a stage that trains nothing, or one recorded before 2026-12.
+    learning: str | None = None
+    #: What the checks found wrong with the result: {"kind": "NotLearning", "message": ...}; None when nothing.
+    finding: dict[str, str] | None = None
 
     def timing_text(self) -> str:
         """`startup 14.2s, data 1.1s, ...`: the parts of at least 0.05 s, in order (one line for `graft status`)."""
@@ -326,7 +331,8 @@ class Ledger(BaseModel):
         stages = []
         for s in self.stages:
             known = {"start_time": s.start_time, "end_time": s.end_time, "epoch": s.epoch or None, "epochs": s.epochs,
-                     "metrics": dict(s.metrics) or None, "checkpoint": s.checkpoint, "message": s.message}
+                     "metrics": dict(s.metrics) or None, "checkpoint": s.checkpoint, "message": s.message,
+                     "finding": s.finding}
             stages.append(StageStatus(type=s.type, state=s.state, **{k: v for k, v in known.items() if v is not None}))
         cur = self.current
         projection = TransferJobStatus(stages=stages, stage=cur.type if cur else None, progress=self.progress(),

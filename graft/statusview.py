@@ -54,14 +54,20 @@ def print_ledger(ledger: Any, run: str) -> None:
             typer.echo(f"{s.type}: {s.stop}")
         for note in s.notes:
             typer.echo(f"{s.type}: {note}")
+        if s.learning:
+            typer.echo(f"{s.type}: learning check: {s.learning}")
+        if s.finding and s.state.value != "Failed":  # a failed stage's message is the finding, said below
+            typer.echo(f"{s.type} {s.finding['message']}")
         if s.sweep:
             console().print(sweep_table(s))
     for line in ledger.leakage or []:
         typer.echo(f"warning: leakage: {line}")
     if ledger.model_uri:
         typer.echo(f"model: {ledger.model_uri}")
-        if ledger.export:
+        if ledger.export and ledger.export.get("stage"):
             typer.echo(f"exported: {ledger.export['stage']}: {ledger.export['reason']}")
+        if ledger.export and ledger.export.get("warning"):
+            typer.echo(f"warning: exported although {ledger.export['warning']}")
         if line := serving_line(ledger.model_uri):
             typer.echo(line)
     if ledger.tracking:

@@ -694,6 +694,36 @@ class RunPolicy(_Model):
     finishes and the RayJob stays."""
 
 
+class LearningCheck(_Model):
+    """After each training stage (Pretrain, Head, FullFineTune): did it learn? The first test failing, or the second
+    failing where the first could not be judged, is the finding `NotLearning` (docs/learning-check.md says why).
+
+    1. Validation accuracy against chance: the one-sided Wilson (score) test that the accuracy exceeds
+       max(1/classes, the largest class's share of the validation split) at `significance`, divided by the number of
+       validation scores the stage chose its result from (epochs, and the Head sweep's settings: Bonferroni), so that
+       a best-of-many score is not taken for learning. Judged only when the validation split could tell: when an
+       accuracy halfway between chance and 1 would pass; otherwise recorded as not judged.
+    2. Training loss: the last epoch's must be at most (1 - `minLossDrop`) times its start, the larger of the first
+       epoch's and ln(classes) (the loss of a uniform guess)."""
+
+    significance: float = Field(default=0.05, gt=0.0, le=0.5)
+    """The one-sided test's level: the chance that a stage that learned nothing passes it. Default 0.05."""
+
+    min_loss_drop: float = Field(default=0.1, ge=0.0, lt=1.0)
+    """The fraction by which the training loss must fall below its start (0: the loss test is off). Default 0.1."""
+
+    action: Literal["Fail", "Warn"] = "Fail"
+    """What a stage that did not learn does: `Fail` (default) fails the stage and the job before anything is
+    exported; `Warn` goes on, and the export and the job's status carry the finding."""
+
+
+class ChecksSpec(_Model):
+    """Checks of the job's results."""
+
+    learning: LearningCheck = Field(default_factory=LearningCheck)
+    """Whether each training stage learned anything (against chance, and its training loss)."""
+
+
 class Toleration(_Model):
     """A Kubernetes toleration (core/v1 Toleration)."""
 
@@ -1121,6 +1151,9 @@ class TransferJobSpec(_Model):
     tracking: TrackingSpec | None = None
     """Experiment tracking and model registry (MLflow)."""
 
+    checks: ChecksSpec = Field(default_factory=ChecksSpec)
+    """Checks of the results: by default a training stage that learned nothing fails the job before the export."""
+
     scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec)
     """Pod scheduling pass-through: the workers' node selector and tolerations, the head pod's own (`head`),
     priority class and Kueue queue."""
@@ -1212,6 +1245,16 @@ class StageState(StrEnum):
     SKIPPED = "Skipped"
 
 
+class StageFinding(_StatusModel):
+    """A check's finding on a stage's result (`spec.checks`)."""
+
+    kind: str
+    """What was found, one CamelCase word: NotLearning."""
+
+    message: str
+    """The evidence, in words (accuracy against chance with its interval, the training loss)."""
+
+
 class StageStatus(_StatusModel):
     """Progress of one stage, projected from the ledger."""
 
@@ -1242,6 +1285,10 @@ class StageStatus(_StatusModel):
 
     message: str | None = None
     """Why the stage failed, when it did."""
+
+    finding: StageFinding | None = None
+    """What the checks found wrong with the stage's result (`spec.checks`): e.g. kind NotLearning, when the stage did
+    not learn beyond chance."""
 
 
 class TrackingStatus(_StatusModel):

@@ -23,6 +23,9 @@ class ConditionType(StrEnum):
     #: Present once a ledger read has failed: False while reads fail (the progress fields are stale), True once one
     #: answers again. Absent (the API conventions' Unknown) while every read has answered.
     LEDGER_READABLE = "LedgerReadable"
+    #: Present once a stage's result has a finding (`findings.py`): True, its reason the finding's kind (NotLearning).
+    #: Absent while no stage has one.
+    DEGRADED = "Degraded"
 
 
 class Reason(StrEnum):
@@ -56,6 +59,8 @@ class Reason(StrEnum):
     LEDGER_UNAVAILABLE = "LedgerUnavailable"
     LEDGER_DAMAGED = "LedgerDamaged"
     LEDGER_TIMEOUT = "LedgerTimeout"
+    # the results' checks (findings.py): Degraded's reason, and Failed's when the job stopped for it
+    NOT_LEARNING = "NotLearning"
     # Events
     RAYJOB_CREATED = "RayJobCreated"
     RAYJOB_RECREATED = "RayJobRecreated"

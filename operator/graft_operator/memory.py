@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import kopf
 
 from graft.api.models import API_VERSION, KIND
-from graft_operator import client, ledgers, metrics, status
+from graft_operator import client, findings, ledgers, metrics, status
 from graft_operator.conditions import Reason
 
 
@@ -128,7 +128,8 @@ class Memory:
             self.statuses[uid] = response.get("status") or merged
             metrics.STATUS_WRITES.inc()
             moved = status.transition(current, new)
-            if moved:
-                event(body, *moved)
+            for posted in (moved, findings.event(current, new, moved)):
+                if posted:
+                    event(body, *posted)
             return self.statuses[uid]
 

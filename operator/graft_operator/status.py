@@ -14,7 +14,7 @@ from typing import Any
 
 from graft import joblogs
 from graft.api.models import Condition, Phase, TransferJobSpec, TransferJobStatus
-from graft_operator import projection
+from graft_operator import findings, projection
 from graft_operator.builder import LABEL_QUEUE
 from graft_operator.conditions import JDS, PENDING_PROBLEMS, STARTING, SUSPENDED, ConditionType, Reason
 
@@ -113,7 +113,10 @@ def _finished_state(rj_status: dict[str, Any], ledger: dict[str, Any] | None, sp
         model = ledger.get("modelURI")
         return State(Phase.SUCCEEDED, Reason.SUCCEEDED, f"all stages succeeded; model at {model}" if model else
                      "all stages succeeded")
-    return State(Phase.FAILED, _failure_reason(rj_status, spec), _failure_message(rj_status, ledger, spec))
+    reason = _failure_reason(rj_status, spec)
+    if reason != Reason.DEADLINE_EXCEEDED:  # the stage that stopped the job for a finding says why (NotLearning)
+        reason = findings.failure_reason(ledger) or reason
+    return State(Phase.FAILED, reason, _failure_message(rj_status, ledger, spec))
 
 
 def derive_state(
@@ -265,8 +268,8 @@ def build_status(
     current = current or {}
     conds = conditions_for(state, created=created, created_message=f"RayJob {rayjob_name} created")
     readable = ledger_condition(current, problem=ledger_problem, answered=ledger_answered)
-    if readable is not None:
-        conds.append(readable)
+    shown = ledger or projection.last(current)
+    conds += [c for c in (readable, findings.degraded_condition(shown)) if c is not None]
     phase = phase_of(conds)
     # reason/message mirror the latest transition: they change only when the phase or its reason does, so a
     # refusal recorded between transitions (an immutable field) stays visible until the next one.
@@ -300,11 +303,11 @@ def refresh_ledger(
     if answered and ledger is not None:
         new |= dump(TransferJobStatus(**projection.fields(ledger, current)))
     old = current.get("conditions") or []
-    conds = [c for c in old if c.get("type") != LEDGER_CONDITION]
+    conds = [c for c in old if c.get("type") not in (LEDGER_CONDITION, C.DEGRADED)]
     readable = ledger_condition(current, problem=problem, answered=answered)
-    if readable is not None:
-        conds += dump(TransferJobStatus(conditions=stamp([readable], old, now=now, generation=generation)))[
-            "conditions"]
+    extra = [c for c in (readable, findings.degraded_condition(new)) if c is not None]
+    if extra:
+        conds += dump(TransferJobStatus(conditions=stamp(extra, old, now=now, generation=generation)))["conditions"]
     new["conditions"] = conds
     return new
 

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.trainer_data import SMOKE_CHECKS
 from typer.testing import CliRunner
 
 from graft import storage
@@ -37,6 +38,7 @@ def _spec(tmp_path: Path) -> dict:
                   "weights": str(weights if weights.exists() else smallcnn_weights(weights))},
         "data": {"train": "builtin:digits-noisy", "imageSize": 8, "shotsPerClass": 2},
         "stages": [{"type": "FrozenFeatures"}, {"type": "Head", "epochs": 2}],
+        "checks": SMOKE_CHECKS,
     }
 
 

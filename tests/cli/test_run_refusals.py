@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from support.trainer_data import SMOKE_CHECKS
+
 from graft.api.models import StageState, TransferJob
 from graft.ledger import Ledger
 
@@ -22,6 +24,7 @@ SPEC = {
         {"type": "Head", "epochs": 2},
         {"type": "FullFineTune", "epochs": 1, "lr": 0.003},
     ],
+    "checks": SMOKE_CHECKS,
 }
 
 

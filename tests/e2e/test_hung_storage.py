@@ -22,6 +22,7 @@ from support.fake_kuberay import FakeKubeRay
 from support.kube import emulated_api
 from support.operator_proc import OperatorProcess
 from support.s3 import TEST_CREDENTIALS, hung_endpoint
+from support.trainer_data import SMOKE_CHECKS
 
 pytestmark = pytest.mark.slow
 
@@ -90,6 +91,7 @@ class Jobs:
             "model": {"backbone": "smallcnn", "numClasses": 10, "weights": f"{storage['uri']}/weights.pt"},
             "data": {"train": "builtin:digits", "imageSize": 8},
             "stages": [{"type": "FrozenFeatures"}, {"type": "Head", "epochs": 1}],
+            "checks": SMOKE_CHECKS,
             "storage": storage,
         }
         self.co.create_namespaced_custom_object(G, V, NS, P, {"apiVersion": f"{G}/{V}", "kind": "TransferJob",

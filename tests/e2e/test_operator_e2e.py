@@ -33,6 +33,7 @@ from support.fake_kuberay import FakeKubeRay
 from support.kube import emulated_api
 from support.operator_proc import OPERATOR_USER, OperatorProcess
 from support.s3 import TEST_CREDENTIALS, make_bucket
+from support.trainer_data import SMOKE_CHECKS
 
 pytestmark = pytest.mark.slow
 
@@ -63,6 +64,7 @@ class Cluster:
             "model": {"backbone": "smallcnn", "numClasses": 10, "weights": f"{self.bucket}/weights/smallcnn.pt"},
             "data": {"train": "builtin:digits", "imageSize": 8, "shotsPerClass": 10},
             "stages": [{"type": "FrozenFeatures"}, {"type": "Head", "epochs": 3, "lr": 0.05}],
+            "checks": SMOKE_CHECKS,
             "workers": {"replicas": 2, "cpus": "0.5", "memory": "1Gi"},
             "storage": {"uri": f"{self.bucket}/jobs", "endpoint": self.endpoint, "region": "us-east-1",
                         "credentialsSecret": {"name": "s3-credentials", "accessKeyIdKey": "access-key",

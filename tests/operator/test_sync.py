@@ -264,3 +264,40 @@ def test_kuberays_own_starting_step_is_not_written_alone_but_carried_by_the_next
         assert (len(job.writes), job.stored["phase"], job.stored["jobDeploymentStatus"]) == (3, "Running", "Running")
 
     asyncio.run(scenario())
+
+
+NOT_LEARNING = {"kind": "NotLearning", "message": "did not learn: validation accuracy 0.110 on 200 images ..."}
+
+
+@pytest.mark.parametrize(("jds", "job_status", "head", "phase", "reason", "warnings"), [
+    # spec.checks.learning.action Fail: the Failed transition's own Warning says it (once)
+    ("Failed", "FAILED", "Failed", "Failed", "NotLearning", [("Warning", "NotLearning", "{message}")]),
+    # Warn: the job succeeded, and a Warning Event says what it found beside the Normal one
+    ("Complete", "SUCCEEDED", "Succeeded", "Succeeded", "Succeeded",
+     [("Warning", "NotLearning", f"stage Head {NOT_LEARNING['message']}")]),
+], ids=["fail", "warn"])
+def test_a_stage_that_learned_nothing_is_said_in_the_status_and_a_warning_event(job, jds, job_status, head, phase,
+                                                                                 reason, warnings):
+    ledger = {"stages": [{"type": "FrozenFeatures", "state": "Succeeded"},
+                         {"type": "Head", "state": head, "finding": NOT_LEARNING,
+                          "message": NOT_LEARNING["message"] if head == "Failed" else None}],
+              "stage": "Head", "progress": "1/2" if head == "Failed" else "2/2", "modelURI": None}
+
+    async def scenario():
+        await job.look("Running", jobStatus="RUNNING")
+        job.reads.answer(ledgers.Outcome(ledger=RUNNING_LEDGER))
+        await job.look("Running", jobStatus="RUNNING")
+        await job.look(jds, jobStatus=job_status)
+        job.reads.answer(ledgers.Outcome(ledger=ledger))
+        await job.look(jds, jobStatus=job_status)
+        done = job.stored
+        assert (done["phase"], done["reason"]) == (phase, reason)
+        assert {k: _cond(done, "Degraded").get(k) for k in ("status", "reason")} == {"status": "True",
+                                                                                      "reason": "NotLearning"}
+        assert done["stages"][1]["finding"] == NOT_LEARNING
+        said = [(t, r, m.format(message=done["message"])) for t, r, m in warnings]
+        assert [e for e in job.events if e[0] == "Warning"] == said
+        await job.look(jds, jobStatus=job_status)  # nothing new: nothing said again
+        assert [e for e in job.events if e[0] == "Warning"] == said
+
+    asyncio.run(scenario())

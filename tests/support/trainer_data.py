@@ -34,6 +34,12 @@ def smallcnn_weights(path: Path, seed: int = 0) -> Path:
     return path
 
 
+#: `spec.checks` of the tests' smoke-sized jobs (an epoch or two, a random or barely pretrained backbone, a couple of
+#: labels per class): they learn next to nothing by design, so the learning check (graft_trainer/learning.py) warns
+#: instead of failing them. tests/trainer/test_learning_check.py tests the check itself, at its default (Fail).
+SMOKE_CHECKS = {"learning": {"action": "Warn"}}
+
+
 def job_doc(name: str, spec: dict, uid: str | None = None) -> dict:
     meta = {"name": name}
     if uid:

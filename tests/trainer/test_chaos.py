@@ -26,7 +26,7 @@ import pytest
 import yaml
 from support.driver_proc import DriverProcess, cmdline, pids_with_env
 from support.flaky_s3 import flaky_s3
-from support.trainer_data import job_doc, write_job
+from support.trainer_data import SMOKE_CHECKS, job_doc, write_job
 
 from graft import storage
 from graft.api.models import StageState
@@ -64,6 +64,7 @@ SPEC = {
         {"type": "FullFineTune", "epochs": 4, "batchSize": 16, "lr": 0.003, "augment": False},
     ],
     "workers": {"replicas": 2, "cpus": "1"},
+    "checks": SMOKE_CHECKS,
 }
 
 

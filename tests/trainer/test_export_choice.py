@@ -28,6 +28,8 @@ def test_a_fine_tune_that_made_things_worse_is_not_exported(tmp_path, one_thread
         "stages": [{"type": "FrozenFeatures"}, {"type": "Head", "epochs": 30},
                    {"type": "FullFineTune", "epochs": 2, "batchSize": 16, "lr": 5.0, "backboneLrScale": 1.0,
                     "augment": False, "gradClipNorm": None}],
+        # The wrecked FullFineTune is at chance: the learning check warns, and the export choice is what is tested.
+        "checks": {"learning": {"action": "Warn"}},
     }
     job = TransferJob.model_validate(job_doc("worse", spec))
     ledger = Driver(job, str(tmp_path / "runs"), executor=LocalExecutor()).run()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from support.trainer_data import job_doc, smallcnn_weights
+from support.trainer_data import SMOKE_CHECKS, job_doc, smallcnn_weights
 
 from graft import storage
 from graft.api.models import DataSpec, TransferJob
@@ -47,6 +47,7 @@ def test_every_stage_reports_the_test_score_apart_and_it_matches_the_exported_mo
         "data": {"train": "builtin:digits-noisy", "imageSize": 8, "testFraction": 0.2, "shotsPerClass": 5},
         "stages": [{"type": "FrozenFeatures"}, {"type": "Head", "epochs": 20},
                    {"type": "FullFineTune", "epochs": 2, "batchSize": 16, "augment": False}],
+        "checks": SMOKE_CHECKS,
     }
     job = TransferJob.model_validate(job_doc("held-out", spec))
     ledger = Driver(job, str(tmp_path / "runs"), executor=LocalExecutor()).run()

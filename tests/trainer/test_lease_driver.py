@@ -8,6 +8,7 @@ import json
 import socket
 
 import pytest
+from support.trainer_data import SMOKE_CHECKS
 
 from graft import lease, storage
 from graft.api.models import StageState, TransferJob
@@ -23,6 +24,7 @@ SPEC = {
         {"type": "FrozenFeatures"},
         {"type": "Head", "epochs": 2},
     ],
+    "checks": SMOKE_CHECKS,
 }
 OTHER = lease.Holder("node-7", 4242, "token-of-the-other-driver")
 

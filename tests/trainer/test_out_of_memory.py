@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from support.trainer_data import job_doc
+from support.trainer_data import SMOKE_CHECKS, job_doc
 
 from graft.api.models import TransferJob
 from graft.ledger import Ledger, job_root
@@ -17,6 +17,7 @@ SPEC = {"model": {"backbone": "smallcnn", "numClasses": 10},
         "data": {"train": "builtin:digits-noisy", "imageSize": 8, "shotsPerClass": 2},
         "stages": [{"type": "Pretrain", "data": "builtin:digits-clean", "numClasses": 10, "epochs": 1,
                     "batchSize": 128}],
+        "checks": SMOKE_CHECKS,
         "workers": {"replicas": 2, "memory": "2Gi"}}
 
 

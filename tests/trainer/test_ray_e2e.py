@@ -18,7 +18,7 @@ import pytest
 import yaml
 from support.driver_proc import DriverProcess, cmdline, pids_with_env
 from support.s3 import TEST_CREDENTIALS
-from support.trainer_data import job_doc, smallcnn_weights, state_dict_bytes, write_job, write_png
+from support.trainer_data import SMOKE_CHECKS, job_doc, smallcnn_weights, state_dict_bytes, write_job, write_png
 
 from graft import storage
 from graft.api.models import StageState
@@ -63,7 +63,7 @@ def test_s3_two_workers_driver_killed_mid_stage_resumes_from_checkpoint(tmp_path
             {"type": "FullFineTune", "epochs": 6, "batchSize": 32, "augment": False},
         ],
         "workers": {"replicas": 2, "cpus": "1"},
-        "storage": {"uri": f"{s3_bucket}/jobs", "endpoint": s3_endpoint},
+        "storage": {"uri": f"{s3_bucket}/jobs", "endpoint": s3_endpoint},        "checks": SMOKE_CHECKS,
     }
     job = write_job(tmp_path / "job.json", job_doc("s3-resume", spec, uid=uid))
     # The pod gets only the keys (from the Secret) and the job (in GRAFT_JOB, as the operator's RayJob hands it to
@@ -131,6 +131,7 @@ def test_worker_killed_mid_epoch_is_restarted_from_the_latest_checkpoint(tmp_pat
         "data": {"train": "builtin:digits-noisy", "imageSize": 32},
         "stages": [{"type": "FullFineTune", "epochs": 6, "batchSize": 32, "augment": False}],
         "workers": {"replicas": 2, "cpus": "1"},
+        "checks": SMOKE_CHECKS,
     }
     job = write_job(tmp_path / "job.json", job_doc("worker-kill", spec, uid="worker-kill-1"))
     store = tmp_path / "store"
@@ -160,6 +161,7 @@ def test_a_driver_killed_mid_sweep_resumes_the_head_sweep_from_its_checkpoint(tm
         "model": {"backbone": "smallcnn", "numClasses": 10, "weights": str(smallcnn_weights(tmp_path / "w.pt"))},
         "data": {"train": "builtin:digits-noisy", "imageSize": 8},
         "stages": [{"type": "FrozenFeatures"}, {"type": "Head", "epochs": 3000, "patience": None}],
+        "checks": SMOKE_CHECKS,
         "workers": {"replicas": 2, "cpus": "1"},
         "storage": {"uri": str(tmp_path / "jobs")},
     }
@@ -219,6 +221,9 @@ def test_graft_run_example_ctrl_c_resumes_then_exports_plots_and_predicts(tmp_pa
     ledger = Ledger.load(root)
     assert ledger.done and ledger.stage("Pretrain").end_time == pretrain_end
     assert "digits-lpft: 4/4 stages" in out and "curves:" in out
+    # The demo learns: every training stage passed the learning check (at its default, Fail), and said how.
+    assert [s.finding for s in ledger.stages] == [None] * 4 and "did not learn" not in out
+    assert all("against chance" in ledger.stage(t).learning for t in ("Pretrain", "Head", "FullFineTune"))
     png = Path(root) / "curves.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     meta = json.loads((Path(root) / "model" / "model.json").read_text())
@@ -254,6 +259,7 @@ def test_a_streamed_image_folder_trains_on_two_workers_and_its_corrupt_image_fai
             "data": {"train": str(folder), "imageSize": 16},
             "stages": stages,
             "workers": {"replicas": 2, "cpus": "1", "memory": "4Ki"},
+            "checks": SMOKE_CHECKS,
         }
         job = write_job(tmp_path / f"{uid}.json", job_doc(uid, spec, uid=uid))
         cmd = [sys.executable, "-m", "graft_trainer", "--job", str(job), "--storage", str(store)]

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from support.trainer_data import job_doc, state_dict_bytes
+from support.trainer_data import SMOKE_CHECKS, job_doc, state_dict_bytes
 
 from graft import storage
 from graft.api.models import FullFineTuneStage, TransferJob
@@ -165,7 +165,7 @@ def test_export_predicts_and_loads_into_plain_timm_with_the_same_logits(tmp_path
     spec = {"model": {"backbone": f"timm:{name}", "numClasses": 3, "weights": weights},
             "data": {"train": str(image_folder), "imageSize": 32, "validationSplit": 0.34},
             "stages": [{"type": "FrozenFeatures"}, {"type": "Head", "epochs": 20},
-                       {"type": "FullFineTune", "epochs": 1, "batchSize": 6}]}
+                       {"type": "FullFineTune", "epochs": 1, "batchSize": 6}], "checks": SMOKE_CHECKS}
     ledger = Driver(TransferJob.model_validate(job_doc("exp", spec)), str(tmp_path / "runs"),
                     executor=LocalExecutor()).run()
     model = Path(ledger.model_uri)

@@ -10,7 +10,7 @@ import json
 import pytest
 import timm
 import torch
-from support.trainer_data import job_doc
+from support.trainer_data import SMOKE_CHECKS, job_doc
 
 from graft import storage
 from graft.api.models import StageState, TransferJob
@@ -49,6 +49,7 @@ def test_every_stage_on_ray_with_safetensors_weights_from_s3(name, s3_endpoint, 
             "data": {"train": "builtin:digits", "imageSize": 32, "shotsPerClass": 6, "validationSplit": 0.1},
             "workers": {"replicas": 2, "cpus": "1", "memory": "2Gi"},
             "storage": {"uri": f"{s3_bucket}/jobs", "endpoint": s3_endpoint}}
+    base["checks"] = SMOKE_CHECKS
 
     # LP-FT from the weights on S3.
     spec = {**base, "stages": [{"type": "FrozenFeatures"}, {"type": "Head", "epochs": 20},

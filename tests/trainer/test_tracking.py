@@ -7,7 +7,7 @@ import copy
 
 import pytest
 from mlflow import MlflowClient
-from support.trainer_data import job_doc
+from support.trainer_data import SMOKE_CHECKS, job_doc
 
 from graft.api.models import StageState, TransferJob
 from graft.ledger import Ledger, job_root
@@ -24,6 +24,7 @@ SPEC = {
         {"type": "Head", "epochs": 3},
         {"type": "FullFineTune", "epochs": 2, "batchSize": 16, "lr": 0.003},
     ],
+    "checks": SMOKE_CHECKS,
 }
 
 

@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 from support.driver_proc import DriverProcess
 from support.mlflow_server import MlflowServer
 from support.s3 import TEST_CREDENTIALS
-from support.trainer_data import job_doc, state_dict_bytes, write_job
+from support.trainer_data import SMOKE_CHECKS, job_doc, state_dict_bytes, write_job
 
 from graft import storage
 from graft.api.models import StageState
@@ -33,6 +33,7 @@ def _spec(weights: str, storage_uri: str, mlflow_url: str, epochs: int, model: s
         ],
         "workers": {"replicas": 2, "cpus": "1"},
         "storage": {"uri": storage_uri},
+        "checks": SMOKE_CHECKS,
         "tracking": {"mlflow": {"trackingURI": mlflow_url, "experiment": "graft-ray",
                                 "registeredModelName": model}},
     }

@@ -4,7 +4,7 @@ unloadable weights fail the job in seconds, not after Pretrain (issue 11, proble
 from __future__ import annotations
 
 import pytest
-from support.trainer_data import job_doc, smallcnn_weights
+from support.trainer_data import SMOKE_CHECKS, job_doc, smallcnn_weights
 
 from graft.api.models import StageState, TransferJob
 from graft.ledger import Ledger, job_root
@@ -36,7 +36,8 @@ class Recording(LocalExecutor):
 
 
 def _run(store, model, data, stages=None, executor=None):
-    spec = {"model": model, "data": {"imageSize": 8, "shotsPerClass": 2, **data}, "stages": stages or [PRETRAIN, *LPFT]}
+    spec = {"model": model, "data": {"imageSize": 8, "shotsPerClass": 2, **data}, "stages": stages or [PRETRAIN, *LPFT],
+            "checks": SMOKE_CHECKS}
     job = TransferJob.model_validate(job_doc("late", spec))
     return Driver(job, str(store), executor=executor or Recording()).run()
 

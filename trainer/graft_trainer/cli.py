@@ -131,6 +131,9 @@ def _summary(ledger, console) -> None:
             console.print(f"{rec.type}: {rec.stop}", markup=False)
     for line in warnings(ledger):
         console.print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)
+    for rec in ledger.stages:  # the learning check's findings (graft_trainer/learning.py): never a quiet success
+        if rec.finding:
+            console.print(f"{rec.type} {rec.finding['message']}", style="bold red", markup=False, soft_wrap=True)
 
 
 def run(
@@ -291,8 +294,11 @@ def _show_results(root: str, console) -> None:
         console.print(f"[yellow]could not write the plot[/]: {exc}")
     if ledger.model_uri:
         console.print(f"model: {ledger.model_uri}   (try: graft predict {ledger.model_uri} IMAGE...)")
-        if ledger.export:
+        if ledger.export and ledger.export.get("stage"):
             console.print(f"exported: {ledger.export['stage']}: {ledger.export['reason']}", markup=False)
+        if ledger.export and ledger.export.get("warning"):
+            console.print(f"warning: exported although {ledger.export['warning']} (spec.checks.learning.action: "
+                          "Warn)", style="bold red", markup=False, soft_wrap=True)
     if ledger.tracking:
         console.print(ledger.tracking.describe(), highlight=False, markup=False)
     if line := joblogs.pointer(root):

@@ -22,7 +22,19 @@ from graft import joblogs, lease, storage
 from graft.api.models import StageState, TransferJob
 from graft.ledger import DamagedLedger, Ledger, StageRecord, now
 from graft_trainer import data as data_mod
-from graft_trainer import export_choice, identity, leakage, logship, models, registry, serving, splits, timing, tracking
+from graft_trainer import (
+    export_choice,
+    identity,
+    leakage,
+    learning,
+    logship,
+    models,
+    registry,
+    serving,
+    splits,
+    timing,
+    tracking,
+)
 from graft_trainer.config import StageConfig, run_name
 from graft_trainer.context import StageContext
 from graft_trainer.errors import InputError, out_of_memory, user_message
@@ -317,6 +329,50 @@ class Driver:
         except Exception:  # storage down as well: the run's own error (if any) is the one to raise
             return None
 
+    def _run_stage(self, ledger: Ledger, index: int, stage) -> Ledger:
+        """Run one stage and record its end: Succeeded, or Failed (StageFailed) when it raised or did not learn
+        (`learning.py`, with `spec.checks.learning.action: Fail`)."""
+        rec = ledger.stage(stage.type)
+        rec.state = StageState.RUNNING
+        rec.start_time = rec.start_time or now()
+        rec.end_time = rec.message = rec.finding = rec.learning = None
+        rec.timing = {}  # this attempt's (graft_trainer/timing.py)
+        rec.run_name = rec.run_name or run_name(self.uid, stage.type)
+        rec.spec_hash = self.hashes[index]
+        rec.epochs = getattr(stage, "epochs", 1)
+        if self.tracker is not None:
+            self.tracker.started()
+        self._save(ledger)
+        t0 = time.monotonic()
+        with logship.capture(self.root, stage.type, joblogs.DRIVER) as log:
+            log.line(f"stage {stage.type} ({index + 1} of {len(self.spec.stages)}), attempt {ledger.attempt}")
+            try:
+                kind = registry.kind(stage.type)
+                cfg = StageConfig(self.spec, index, self.root, rec.run_name,
+                                  **kind.inputs(self.context, ledger), lease=self.holder)
+                result = kind.scored(self.context, cfg, kind.run(self.context, cfg))
+                verdict = learning.verdict(kind, self.context, cfg, result, self.spec.checks.learning)
+            except Exception as exc:
+                message = out_of_memory(exc, index, self.spec) or user_message(exc)
+                self._finish(stage.type, t0, f"{stage.type}: {message}", state=StageState.FAILED, message=message)
+                log.line(f"stage {stage.type} failed: {message}")
+                raise StageFailed(stage.type, message) from exc
+            # The result's fields (metrics, output, checkpoint, ...) are ledger fields of the same names; a stage
+            # that stopped early says at which epoch, the others ran all of them.
+            fields = {**vars(result), "epoch": result.epoch or rec.epochs, **learning.ledger_fields(verdict)}
+            if verdict is not None and verdict.finding and self.spec.checks.learning.action == "Fail":
+                message = verdict.finding["message"]  # never exported: the job stops here
+                self._finish(stage.type, t0, f"{stage.type}: {message}", **fields, state=StageState.FAILED,
+                             message=message)
+                log.line(f"stage {stage.type} failed: {message}")
+                raise StageFailed(stage.type, message)
+            ledger = self._finish(stage.type, t0, None, state=StageState.SUCCEEDED, **fields)
+            log.line(f"stage {stage.type} succeeded in {time.monotonic() - t0:.1f}s: "
+                     f"{logship.metrics_text(result.metrics)}")
+            if verdict is not None and verdict.finding:
+                log.line(f"stage {stage.type} {verdict.finding['message']}")
+        return ledger
+
     def _run(self, ledger: Ledger) -> Ledger:
         self._save(ledger)
         self._check_inputs(ledger)
@@ -325,39 +381,8 @@ class Driver:
         if not ledger.done:
             self._record_splits(ledger)
         for index, stage in enumerate(self.spec.stages):
-            rec = ledger.stage(stage.type)
-            if rec.state in (StageState.SUCCEEDED, StageState.SKIPPED):
-                continue
-            rec.state = StageState.RUNNING
-            rec.start_time = rec.start_time or now()
-            rec.end_time = None
-            rec.message = None
-            rec.timing = {}  # this attempt's (graft_trainer/timing.py)
-            rec.run_name = rec.run_name or run_name(self.uid, stage.type)
-            rec.spec_hash = self.hashes[index]
-            rec.epochs = getattr(stage, "epochs", 1)
-            if self.tracker is not None:
-                self.tracker.started()
-            self._save(ledger)
-            t0 = time.monotonic()
-            with logship.capture(self.root, stage.type, joblogs.DRIVER) as log:
-                log.line(f"stage {stage.type} ({index + 1} of {len(self.spec.stages)}), attempt {ledger.attempt}")
-                try:
-                    kind = registry.kind(stage.type)
-                    cfg = StageConfig(self.spec, index, self.root, rec.run_name,
-                                      **kind.inputs(self.context, ledger), lease=self.holder)
-                    result = kind.scored(self.context, cfg, kind.run(self.context, cfg))
-                except Exception as exc:
-                    message = out_of_memory(exc, index, self.spec) or user_message(exc)
-                    self._finish(stage.type, t0, f"{stage.type}: {message}", state=StageState.FAILED, message=message)
-                    log.line(f"stage {stage.type} failed: {message}")
-                    raise StageFailed(stage.type, message) from exc
-                # The result's fields (metrics, output, checkpoint, ...) are ledger fields of the same names; a stage
-                # that stopped early says at which epoch, the others ran all of them.
-                fields = {**vars(result), "epoch": result.epoch or rec.epochs}
-                ledger = self._finish(stage.type, t0, None, state=StageState.SUCCEEDED, **fields)
-                log.line(f"stage {stage.type} succeeded in {time.monotonic() - t0:.1f}s: "
-                         f"{logship.metrics_text(result.metrics)}")
+            if ledger.stage(stage.type).state not in (StageState.SUCCEEDED, StageState.SKIPPED):
+                ledger = self._run_stage(ledger, index, stage)
         if ledger.model_uri is None:
             try:
                 uri = export_choice.export_job(self.context, {"name": self.job.metadata.name, "uid": self.uid},

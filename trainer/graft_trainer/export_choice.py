@@ -33,6 +33,7 @@ def export_job(ctx: StageContext, job: dict[str, str], ledger: Ledger) -> str:
         return ""
     state, classes, num_classes = made
     meta = _meta(ctx, job, num_classes, classes, metrics)
+    _mark_findings(ledger, meta)
     extra = _timm_files(ctx, state, meta) if timm_backbone.is_timm(ctx.spec.model.backbone) else {}
     if block:
         meta["selection"] = block
@@ -40,6 +41,17 @@ def export_job(ctx: StageContext, job: dict[str, str], ledger: Ledger) -> str:
         # Fitted on validation logits of the exported weights; `graft predict` divides logits by it.
         meta["temperature"] = metrics["temperature"]
     return export.export_model(ctx.root, state, meta, extra)
+
+
+def _mark_findings(ledger: Ledger, meta: dict[str, Any]) -> None:
+    """A job that goes on past a stage that did not learn (`spec.checks.learning.action: Warn`) never exports
+    silently: model.json's `findings` and the ledger's `export.warning` name each such stage."""
+    findings = {r.type: r.finding["message"] for r in ledger.stages if r.finding}
+    if not findings:
+        return
+    meta["findings"] = findings
+    warning = "; ".join(f"stage {stage} {message.split('.')[0]}" for stage, message in findings.items())
+    ledger.export = {**(ledger.export or {}), "warning": warning}
 
 
 def _meta(ctx: StageContext, job: dict[str, str], num_classes: int, classes: list[str],

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 from graft import storage
 from graft.ledger import Ledger
 from graft_trainer import data as data_mod
-from graft_trainer import interpolate, loops, models, scoring, sweep
+from graft_trainer import interpolate, learning, loops, models, scoring, sweep
 from graft_trainer.config import StageConfig, run_name
 from graft_trainer.context import StageContext, verify_up_front
 from graft_trainer.errors import InputError
@@ -46,6 +46,17 @@ class NetworkStage(StageType):
         return StageResult({**metrics, "best_epoch": float(epoch)}, out, checkpoint, stop=stop, epoch=last)
 
 
+    def evidence(self, ctx: StageContext, cfg: StageConfig, result: StageResult) -> learning.Evidence:
+        history = ctx.ledger().stage(self.type).history
+        labels, classes = self.validation(ctx, cfg)
+        return learning.Evidence(result.metrics.get("val_accuracy"), labels, classes, len(history),
+                                 [h["train_loss"] for h in history if "train_loss" in h])
+
+    def validation(self, ctx: StageContext, cfg: StageConfig) -> tuple[Any, int]:
+        """(the validation split's labels, the number of classes) the stage was scored on."""
+        return ctx.target_data()[1].labels, ctx.spec.model.num_classes
+
+
 class Pretrain(NetworkStage):
     """Trains the backbone on a labelled source set: from `spec.model.weights` when given, else from scratch."""
 
@@ -69,6 +80,10 @@ class Pretrain(NetworkStage):
 
     def inputs(self, ctx: StageContext, ledger: Ledger) -> dict[str, Any]:
         return {"init_backbone": ctx.weights()}
+
+    def validation(self, ctx: StageContext, cfg: StageConfig) -> tuple[Any, int]:
+        stage, data = cfg.stage, ctx.spec.data
+        return data_mod.train_val(stage.data, None, data.validation_split, data.seed)[1].labels, stage.num_classes
 
     def model(self, ctx: StageContext, ledger: Ledger) -> tuple[dict, list[str], int] | None:
         stage = ctx.stage(self.type)
@@ -134,6 +149,14 @@ class Head(StageType):
 
     def check(self, ctx: StageContext, stage: Any) -> None:
         pass  # reads only the stored features
+
+    def evidence(self, ctx: StageContext, cfg: StageConfig, result: StageResult) -> learning.Evidence:
+        history = ctx.ledger().stage(self.type).history
+        found = scoring.stored_features(cfg.features, "val") if cfg.features else None
+        # Every setting's validation score was looked at after every epoch: the result is the best of all of them.
+        return learning.Evidence(result.metrics.get("val_accuracy"), found[1].numpy() if found else None,
+                                 ctx.spec.model.num_classes, len(result.sweep or [None]) * max(1, len(history)),
+                                 [h["train_loss"] for h in history if "train_loss" in h])
 
     def inputs(self, ctx: StageContext, ledger: Ledger) -> dict[str, Any]:
         return {"features": ledger.stage("FrozenFeatures").output}

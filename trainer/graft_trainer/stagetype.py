@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 from graft import storage
 from graft.ledger import Ledger
-from graft_trainer import scoring
+from graft_trainer import learning, scoring
 from graft_trainer.config import StageConfig
 from graft_trainer.context import StageContext
 
@@ -80,6 +80,10 @@ class StageType:
     def logits(self, ctx: StageContext, cfg: StageConfig, output: str, split: str) -> tuple[Any, Any] | None:
         """(logits, labels) of the stage's result on the `val` or `test` set, or None (no such set, or a stage whose
         result is not a classifier of the target classes)."""
+        return None
+
+    def evidence(self, ctx: StageContext, cfg: StageConfig, result: StageResult) -> learning.Evidence | None:
+        """What tells whether the stage learned anything (`learning.py`); None for a stage that trains nothing."""
         return None
 
     def scored(self, ctx: StageContext, cfg: StageConfig, result: StageResult) -> StageResult:
