@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from support.trainer_data import SMOKE_CHECKS
 
 from graft.api.models import TransferJob
 from graft.ledger import Ledger
@@ -30,6 +31,7 @@ SPEC = {
         {"type": "Head", "epochs": 2},
         {"type": "FullFineTune", "epochs": 1, "lr": 0.003},
     ],
+    "checks": SMOKE_CHECKS,  # one epoch each: next to chance, which is not what these tests are about
 }
 #: Job name -> its validationSplit.
 JOBS = {"small": 0.05, "large": 0.2}

@@ -180,7 +180,7 @@ def test_the_entrypoint_resumes_the_same_spec_and_refuses_a_changed_one(store, c
 
 def test_the_status_projection_is_unchanged_by_the_new_fields(store):
     status = Ledger.load(str(store / "digits")).to_status()
-    assert set(status) == {"stages", "stage", "progress", "modelURI"}
+    assert set(status) == {"stages", "stage", "progress", "modelURI", "model"}  # model: issue 26, status.model
     # `finding` (issue 27) is a status field of its own: a smoke job's stage may have one (SMOKE_CHECKS warns).
     assert all(set(s) <= {"type", "state", "startTime", "endTime", "epoch", "epochs", "checkpoint", "message",
                           "metrics", "finding"} for s in status["stages"])
