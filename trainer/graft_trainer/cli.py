@@ -4,14 +4,13 @@
 from __future__ import annotations
 
 import sys
-import threading
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from graft_trainer import model_cli
-from graft_trainer.progress_lines import LinesWatcher
+from graft_trainer.progress_lines import LedgerPoller, LinesWatcher
 
 DEFAULT_RUNS = "./graft-runs"
 
@@ -50,13 +49,13 @@ def _stage_time(rec) -> str:
     return f"{minutes}:{secs:02d}"
 
 
-class _ProgressWatcher:
-    """Polls the ledger (workers write it after every epoch) and drives one progress bar per stage."""
+class _ProgressWatcher(LedgerPoller):
+    """One progress bar per stage, from the ledger (`LedgerPoller`)."""
 
     def __init__(self, root: str, stage_types: list[str], console):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-        self.root = root
+        super().__init__(root)
         self.progress = Progress(
             TextColumn("{task.description:<15}"),
             BarColumn(),
@@ -67,18 +66,8 @@ class _ProgressWatcher:
         )
         self.tasks = {t: self.progress.add_task(t, total=None, state="Pending", metrics="", time="")
                       for t in stage_types}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
 
-    def update(self) -> None:
-        from graft.ledger import Ledger
-
-        try:
-            ledger = Ledger.load(self.root)
-        except Exception:  # a half-visible write on some stores; the next poll sees it
-            return
-        if ledger is None:
-            return
+    def show(self, ledger) -> None:
         for rec in ledger.stages:
             task = self.tasks.get(rec.type)
             if task is None:
@@ -92,19 +81,12 @@ class _ProgressWatcher:
                 time=_stage_time(rec),
             )
 
-    def _loop(self) -> None:
-        while not self._stop.wait(0.5):
-            self.update()
-
     def __enter__(self):
         self.progress.start()
-        self._thread.start()
-        return self
+        return super().__enter__()
 
     def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join(timeout=2)
-        self.update()
+        super().__exit__(*exc)
         self.progress.stop()
 
 
@@ -250,7 +232,7 @@ def _run_shown(driver, stage_types: list[str], console, verbose: bool) -> int:
     stopping.install()
     try:
         with (_ProgressWatcher(driver.root, stage_types, console) if console.is_terminal
-              else LinesWatcher(driver.root, console, _fmt_metrics, _stage_time)):
+              else LinesWatcher(driver.root, console, _stage_metrics, _stage_time)):
             driver.run()
     except (KeyboardInterrupt, SystemExit) as exc:  # Ctrl-C or SIGTERM: the stage stays Running, resumable
         signum = stopping.signal_of(exc)

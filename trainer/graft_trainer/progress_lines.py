@@ -22,18 +22,17 @@ def epoch_line(stage: str, entry: dict[str, float], epochs: int | None, elapsed:
     return f"{stage:<15} epoch {int(entry['epoch'])}{total}  {figures}  {elapsed}".rstrip()
 
 
-class LinesWatcher:
-    """Polls the ledger while the job runs and prints what is new since the last poll, each line once: the epochs
-    a stage finished (all of them, however many ended between two polls) and a stage's end."""
+class LedgerPoller:
+    """Reads the ledger every `POLL_S` while the job runs (workers write it after every epoch) and hands each
+    version read to `show`; once more at the end. A subclass shows it: bars on a terminal, lines elsewhere."""
 
-    def __init__(self, root: str, console: Any, metrics_text: Callable[[dict[str, float]], str],
-                 stage_time: Callable[[Any], str]):
-        self.root, self.console = root, console
-        self.metrics_text, self.stage_time = metrics_text, stage_time
-        self._printed: dict[str, int] = {}  # stage -> last epoch said
-        self._ended: set[str] = set()
+    def __init__(self, root: str):
+        self.root = root
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def show(self, ledger: Any) -> None:
+        raise NotImplementedError
 
     def update(self) -> None:
         from graft.ledger import Ledger
@@ -42,12 +41,40 @@ class LinesWatcher:
             ledger = Ledger.load(self.root)
         except Exception:  # a half-visible write on some stores; the next poll sees it
             return
-        if ledger is None:
-            return
-        for rec in ledger.stages:
-            self._say(rec)
+        if ledger is not None:
+            self.show(ledger)
 
-    def _say(self, rec: Any) -> None:
+    def _loop(self) -> None:
+        while not self._stop.wait(POLL_S):
+            self.update()
+
+    def __enter__(self) -> LedgerPoller:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        self.update()
+
+
+class LinesWatcher(LedgerPoller):
+    """Prints what is new since the last poll, each line once: the epochs a stage finished (all of them, however
+    many ended between two polls) and a stage's end. `metrics_text(ledger, rec)` and `stage_time(rec)` format as the
+    summary table does."""
+
+    def __init__(self, root: str, console: Any, metrics_text: Callable[[Any, Any], str],
+                 stage_time: Callable[[Any], str]):
+        super().__init__(root)
+        self.console, self.metrics_text, self.stage_time = console, metrics_text, stage_time
+        self._printed: dict[str, int] = {}  # stage -> last epoch said
+        self._ended: set[str] = set()
+
+    def show(self, ledger: Any) -> None:
+        for rec in ledger.stages:
+            self._say(ledger, rec)
+
+    def _say(self, ledger: Any, rec: Any) -> None:
         last = self._printed.get(rec.type, 0)
         for entry in rec.history:
             epoch = int(entry.get("epoch", 0))
@@ -58,23 +85,14 @@ class LinesWatcher:
         state = rec.state.value
         if state in _ENDED and rec.type not in self._ended and (rec.start_time or state != "Skipped"):
             self._ended.add(rec.type)
-            metrics = self.metrics_text(rec.metrics)
+            metrics = self.metrics_text(ledger, rec)
             self._print(f"{rec.type:<15} {state.lower()} in {self.stage_time(rec)}" + (f": {metrics}" if metrics
                                                                                         else ""))
 
     def _print(self, line: str) -> None:
         self.console.print(line, markup=False, highlight=False, soft_wrap=True)
 
-    def _loop(self) -> None:
-        while not self._stop.wait(POLL_S):
-            self.update()
-
     def __enter__(self) -> LinesWatcher:
-        self.update()  # a resumed job's earlier epochs are not this run's: said once, at the start, like the bars
-        self._thread.start()
+        self.update()  # a resumed job's earlier epochs, said once at the start (the bars show them too)
+        super().__enter__()
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=2)
-        self.update()
