@@ -65,7 +65,8 @@ def use_endpoint(endpoint: str | None, region: str | None = None, uri: str = "s3
     """The job's endpoint and region (`spec.storage`) for this process's operations on the scheme of its storage
     `uri`. For S3 the endpoint goes over the environment's `AWS_ENDPOINT_URL` (an `AWS_ENDPOINT_URL_S3`, the SDKs'
     S3-only override, still wins), the region under the environment's `AWS_REGION`. None: the environment's alone."""
-    SETTINGS.scheme, SETTINGS.endpoint, SETTINGS.region = backend(uri).scheme, endpoint or None, region or None
+    SETTINGS.scheme = storage_backends.for_endpoint(uri).scheme
+    SETTINGS.endpoint, SETTINGS.region = endpoint or None, region or None
 
 
 def worker_env() -> dict[str, str]:

@@ -21,9 +21,16 @@ def for_uri(uri: str) -> Backend:
     return next((b for b in _BACKENDS if b.owns(uri)), LOCAL)
 
 
+def for_endpoint(storage_uri: str) -> Backend:
+    """The backend a job's `spec.storage.endpoint` and `region` are for: its storage's scheme, S3 when its storage is
+    local (an endpoint then serves the job's s3:// data, as before gs:// existed)."""
+    backend = for_uri(storage_uri)
+    return backend if backend.remote else for_uri("s3://")
+
+
 def remote_prefixes() -> tuple[str, ...]:
     """The object stores' URI prefixes (`s3://`, `gs://`)."""
     return tuple(b.prefix for b in _BACKENDS)
 
 
-__all__ = ["LOCAL", "SETTINGS", "Backend", "Settings", "for_uri", "remote_prefixes"]
+__all__ = ["LOCAL", "SETTINGS", "Backend", "Settings", "for_endpoint", "for_uri", "remote_prefixes"]

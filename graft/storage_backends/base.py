@@ -79,14 +79,18 @@ class Backend:
         return False
 
     def secret_keys(self, ref: Mapping[str, Any]) -> dict[str, str]:
-        """The keys a credentials Secret (`spec.storage.credentialsSecret`, camelCase fields) must hold, by role;
-        empty when this scheme takes no keys from a Secret."""
+        """The keys a credentials Secret (`spec.storage.credentialsSecret`, camelCase fields) must hold, by the
+        environment variable the pods get each one as; empty when this scheme takes no keys from a Secret."""
+        return {}
+
+    def pod_env(self, endpoint: str | None, region: str | None) -> dict[str, str]:
+        """The environment variables that carry a job's `spec.storage` endpoint and region to its Ray pods."""
         return {}
 
     def options(self, endpoint: str | None, region: str | None, secret: Mapping[str, str] | None = None,
                 deadline: float | None = None, from_env: bool = False) -> Any:
         """Explicit settings for reading a job's storage from outside the job (the operator, `graft logs`): the
-        spec's endpoint and region, the Secret's values by role (`secret_keys`); with `deadline` (seconds) a silent
+        spec's endpoint and region, the Secret's values by variable (`secret_keys`); with `deadline` (seconds) a silent
         endpoint is given up on a little after it, in one attempt; `from_env` fills what is missing from the
         environment's settings."""
         return None

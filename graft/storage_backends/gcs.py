@@ -85,7 +85,9 @@ class GcsBackend(Backend):
         return path, fs
 
     def worker_env(self) -> dict[str, str]:
-        endpoint = env_gcs_options().endpoint
+        return self.pod_env(env_gcs_options().endpoint, None)
+
+    def pod_env(self, endpoint: str | None, region: str | None) -> dict[str, str]:
         return {EMULATOR_ENV: endpoint} if endpoint else {}
 
     def check_uri(self, uri: str) -> None:

@@ -124,8 +124,7 @@ class S3Backend(Backend):
 
     def worker_env(self) -> dict[str, str]:
         options = env_s3_options()
-        named = {"AWS_ENDPOINT_URL": options.endpoint, "AWS_REGION": options.region}
-        return {name: value for name, value in named.items() if value}
+        return self.pod_env(options.endpoint, options.region)
 
     def check_uri(self, uri: str) -> None:
         bucket = uri[len(self.prefix) :].split("/", 1)[0]
@@ -142,8 +141,12 @@ class S3Backend(Backend):
         return bool(os.environ.get("AWS_ACCESS_KEY_ID"))
 
     def secret_keys(self, ref: Mapping[str, Any]) -> dict[str, str]:
-        return {"access_key_id": ref.get("accessKeyIdKey") or "AWS_ACCESS_KEY_ID",
-                "secret_access_key": ref.get("secretAccessKeyKey") or "AWS_SECRET_ACCESS_KEY"}
+        return {"AWS_ACCESS_KEY_ID": ref.get("accessKeyIdKey") or "AWS_ACCESS_KEY_ID",
+                "AWS_SECRET_ACCESS_KEY": ref.get("secretAccessKeyKey") or "AWS_SECRET_ACCESS_KEY"}
+
+    def pod_env(self, endpoint: str | None, region: str | None) -> dict[str, str]:
+        named = {"AWS_ENDPOINT_URL": endpoint, "AWS_REGION": region}
+        return {name: value for name, value in named.items() if value}
 
     def options(self, endpoint: str | None, region: str | None, secret: Mapping[str, str] | None = None,
                 deadline: float | None = None, from_env: bool = False) -> S3Options:
@@ -154,8 +157,8 @@ class S3Backend(Backend):
             limits = {"connect_timeout": deadline, "request_timeout": deadline, "max_attempts": 1}
         return S3Options(
             endpoint=endpoint or env.endpoint, region=region or env.region,
-            access_key_id=keys.get("access_key_id", env.access_key_id),
-            secret_access_key=keys.get("secret_access_key", env.secret_access_key),
+            access_key_id=keys.get("AWS_ACCESS_KEY_ID", env.access_key_id),
+            secret_access_key=keys.get("AWS_SECRET_ACCESS_KEY", env.secret_access_key),
             session_token=None if keys else env.session_token, **limits,
         )
 
