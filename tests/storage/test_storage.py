@@ -158,3 +158,14 @@ def test_concurrent_reader_never_sees_a_partial_ledger(root):
     assert len(seen) >= 5, "the reader hardly ran; the test proved nothing"
     assert seen == sorted(seen)
     assert Ledger.load(jr).stages[0].epoch == writes
+
+
+def test_gs_writes_land_in_the_emulators_bucket(gcs_endpoint, gcs_bucket):
+    """What graft.storage writes to gs:// is in the bucket as the emulator's own JSON API lists it (not a local
+    folder named `gs:`), and what is put there by that API is read back."""
+    from support.gcs import object_names
+
+    storage.write_json(f"{gcs_bucket}/jobs/uid/ledger.json", {"ok": True})
+    bucket = gcs_bucket[len("gs://"):]
+    assert object_names(gcs_endpoint, bucket, "jobs/") == {"jobs/uid/ledger.json"}
+    assert storage.list_dir(f"{gcs_bucket}/jobs", recursive=True) == [f"{gcs_bucket}/jobs/uid/ledger.json"]
