@@ -8,7 +8,6 @@ works where the user may read that Secret, as `kubectl get secret` would.
 from __future__ import annotations
 
 import base64
-import os
 from typing import Any
 
 from graft import joblogs, storage
@@ -37,8 +36,9 @@ def _get(client, resource, name: str, namespace: str, what: str) -> dict[str, An
         raise LookupError(f"{what} {namespace}/{name}: the API server did not answer: {exc}") from None
 
 
-def job_storage(namespace: str, name: str) -> tuple[str, storage.S3Options | None]:
-    """The job root of TransferJob `namespace/name` (`<storage.uri>/<uid>`) and the S3 settings to read it."""
+def job_storage(namespace: str, name: str) -> tuple[str, Any]:
+    """The job root of TransferJob `namespace/name` (`<storage.uri>/<uid>`) and the settings to read it (its
+    storage scheme's: S3Options, GcsOptions; None for local storage)."""
     from lightkube.generic_resource import create_namespaced_resource
 
     client = _client()
@@ -47,24 +47,17 @@ def job_storage(namespace: str, name: str) -> tuple[str, storage.S3Options | Non
     root = joblogs.root_of_logs(status["logsURI"]) if status.get("logsURI") else status.get("storageURI")
     if not root:
         raise LookupError(f"TransferJob {namespace}/{name} has not started yet: its status names no storage")
-    if not storage.is_s3(root):
+    backend = storage.backend(root)
+    if not backend.remote:
         return root, None
-    keys: dict[str, str | None] = {}
+    keys: dict[str, str] | None = None
     ref = st.get("credentialsSecret")
-    if not os.environ.get("AWS_ACCESS_KEY_ID") and ref:
+    wanted = backend.secret_keys(ref) if ref else {}
+    if wanted and not backend.env_credentials():
         secret = create_namespaced_resource("", "v1", "Secret", "secrets")
         data = _get(client, secret, ref["name"], namespace, "Secret").get("data") or {}
-        wanted = ref.get("accessKeyIdKey", "AWS_ACCESS_KEY_ID"), ref.get("secretAccessKeyKey", "AWS_SECRET_ACCESS_KEY")
-        missing = [k for k in wanted if k not in data]
+        missing = [k for k in wanted.values() if k not in data]
         if missing:
             raise LookupError(f"Secret {namespace}/{ref['name']} has no key(s) {', '.join(missing)}")
-        keys = {"access_key_id": base64.b64decode(data[wanted[0]]).decode(),
-                "secret_access_key": base64.b64decode(data[wanted[1]]).decode()}
-    env = storage.env_s3_options()
-    options = storage.S3Options(
-        endpoint=st.get("endpoint") or env.endpoint, region=st.get("region") or env.region,
-        access_key_id=keys.get("access_key_id", env.access_key_id),
-        secret_access_key=keys.get("secret_access_key", env.secret_access_key),
-        session_token=None if keys else env.session_token,
-    )
-    return root, options
+        keys = {role: base64.b64decode(data[key]).decode() for role, key in wanted.items()}
+    return root, backend.options(st.get("endpoint"), st.get("region"), keys, from_env=True)

@@ -11,6 +11,8 @@ import pytest
 # any test module imports them): a test that would fetch weights from the Hugging Face Hub fails instead.
 os.environ["HF_HUB_OFFLINE"] = "1"
 
+from support.gcs import EMULATOR_ENV, fake_gcs_server
+from support.gcs import make_bucket as make_gcs_bucket
 from support.kube import emulated_api
 from support.s3 import TEST_CREDENTIALS, make_bucket, moto_server
 
@@ -26,6 +28,26 @@ def s3_endpoint():
             yield endpoint
         finally:
             mp.undo()
+
+
+@pytest.fixture(scope="session")
+def gcs_endpoint():
+    """A fake-gcs-server on 127.0.0.1 for the whole session; STORAGE_EMULATOR_HOST points at it."""
+    with fake_gcs_server() as endpoint:
+        mp = pytest.MonkeyPatch()
+        mp.setenv(EMULATOR_ENV, endpoint)
+        try:
+            yield endpoint
+        finally:
+            mp.undo()
+
+
+@pytest.fixture()
+def gcs_bucket(gcs_endpoint):
+    """A fresh, empty GCS bucket on the emulator; returns its `gs://name` URI."""
+    name = f"graft-test-{uuid.uuid4().hex[:12]}"
+    make_gcs_bucket(gcs_endpoint, name)
+    return f"gs://{name}"
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,8 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from graft import storage_backends
+
 GROUP = "graft.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -78,10 +80,12 @@ def check_backbone(value: str) -> str:
     raise ValueError(f"must be one of {', '.join(BACKBONES)} or timm:<name> (got {value!r}){hint}")
 
 
-#: URI schemes accepted for data, weights and storage. A bare path is a local path.
-DATA_SCHEMES = ("s3://", "file://", "builtin:")
-WEIGHTS_SCHEMES = ("s3://", "file://", "torchvision:")
-STORAGE_SCHEMES = ("s3://", "file://")
+#: URI schemes accepted for data, weights and storage: the object stores of graft.storage_backends (`s3://`,
+#: `gs://`), `file://` and a few of Graft's own. A bare path is a local path.
+OBJECT_STORE_SCHEMES = storage_backends.remote_prefixes()
+DATA_SCHEMES = (*OBJECT_STORE_SCHEMES, "file://", "builtin:")
+WEIGHTS_SCHEMES = (*OBJECT_STORE_SCHEMES, "file://", "torchvision:")
+STORAGE_SCHEMES = (*OBJECT_STORE_SCHEMES, "file://")
 BUILTIN_DATASETS = ("digits", "digits-noisy", "digits-clean")
 
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -96,7 +100,6 @@ _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*):")
 _SECRET_KEY = r"^[-._a-zA-Z0-9]+$"  # noqa: S105 (the grammar of a Secret's key names)
 # `scheme://user:password@host` and `scheme://token@host`: anything before '@' in the authority.
 _URI_USERINFO = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^/@?#]*@")
-_S3_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 # Things that look like secrets wherever they appear in a spec: AWS key ids, PEM private keys, signed-URL
 # and token query parameters, `SECRET_NAME=value` assignments.
 _SECRET_VALUE = re.compile(
@@ -159,23 +162,6 @@ class _StatusModel(_Model):
     model_config = ConfigDict(strict=False)
 
 
-def _check_s3(value: str) -> None:
-    bucket = value[len("s3://") :].split("/", 1)[0]
-    if not bucket:
-        raise ValueError(f"{value!r} has no bucket; expected s3://<bucket>/<prefix>")
-    if (
-        not _S3_BUCKET.match(bucket)
-        or ".." in bucket
-        or re.match(r"^\d+\.\d+\.\d+\.\d+$", bucket)
-        or bucket.startswith("xn--")
-        or bucket.endswith("-s3alias")
-    ):
-        raise ValueError(
-            f"{bucket!r} in {value!r} is not a valid S3 bucket name: 3-63 lower-case letters, digits, '.' and "
-            "'-', starting and ending with a letter or digit"
-        )
-
-
 def _check_uri(value: str, schemes: tuple[str, ...], *, allow_local: bool = True) -> str:
     """Accept a URI with one of `schemes`, or a local path when `allow_local`; never credentials."""
     allowed = ", ".join(f"{s}..." for s in schemes) + (" or a local path" if allow_local else "")
@@ -187,8 +173,8 @@ def _check_uri(value: str, schemes: tuple[str, ...], *, allow_local: bool = True
         raise ValueError(f"credentials must not be inline in a URI ('user:key@' found); {CREDENTIALS_HINT}")
     scheme = _SCHEME.match(value)
     if scheme and any(value.startswith(s) for s in schemes):
-        if value.startswith("s3://"):
-            _check_s3(value)
+        if value.startswith(OBJECT_STORE_SCHEMES):
+            storage_backends.for_uri(value).check_uri(value)
         elif value.startswith("file://") and not value.startswith("file:///"):
             raise ValueError(f"{value!r}: a file:// URI needs an absolute path (file:///data/train)")
         elif value.startswith("builtin:") and value[len("builtin:") :] not in BUILTIN_DATASETS:
@@ -593,16 +579,20 @@ class StorageSpec(_Model):
     """Where checkpoints, features, the ledger and the final model are written."""
 
     uri: str = Field(min_length=1, max_length=MAX_URI_LENGTH)
-    """Root URI (`s3://bucket/prefix` or a local path / `file://`); the job writes under `<uri>/<job uid>/`."""
+    """Root URI (`s3://bucket/prefix`, `gs://bucket/prefix`, or a local path / `file://`); the job writes under
+    `<uri>/<job uid>/`."""
 
     endpoint: str | None = Field(default=None, max_length=MAX_URI_LENGTH)
-    """S3 endpoint URL for S3-compatible stores (MinIO, Ceph); AWS when empty."""
+    """S3 endpoint URL for S3-compatible stores (MinIO, Ceph); AWS when empty. For `gs://`, a GCS emulator's URL
+    (fake-gcs-server), reached without credentials; Google Cloud Storage when empty."""
 
     region: str | None = Field(default=None, pattern=_REGION)
     """S3 region; the client's default when empty."""
 
     credentials_secret: SecretReference | None = None
-    """Secret with the S3 credentials. Credentials are never accepted inline in the spec."""
+    """Secret with the S3 credentials. Credentials are never accepted inline in the spec. Not for `gs://`, which
+    uses Google's Application Default Credentials (GKE Workload Identity, or a service-account key file named by
+    GOOGLE_APPLICATION_CREDENTIALS)."""
 
     retry_seconds: int = Field(default=120, ge=0, le=3600)
     """How long a storage operation is retried after a transient fault (5xx answers, throttling, dropped
@@ -613,6 +603,16 @@ class StorageSpec(_Model):
     @classmethod
     def _storage_uri(cls, v: str) -> str:
         return _check_uri(v, STORAGE_SCHEMES)
+
+    @model_validator(mode="after")
+    def _secret_for_the_scheme(self) -> StorageSpec:
+        backend = storage_backends.for_uri(self.uri)
+        if self.credentials_secret is not None and backend.remote and not backend.secret_keys({}):
+            raise ValueError(
+                f"credentialsSecret: {backend.prefix} storage reads no keys from a Secret; it uses the cloud's default "
+                "credentials (GKE Workload Identity, or a service-account key file named by "
+                "GOOGLE_APPLICATION_CREDENTIALS): remove credentialsSecret")
+        return self
 
     @field_validator("endpoint")
     @classmethod

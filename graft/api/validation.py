@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from graft import storage
 from graft.api.models import (
     API_VERSION,
     KIND,
@@ -176,8 +177,9 @@ def validate_document(doc: Any) -> tuple[TransferJob | None, list[Problem]]:
 
 # ------------------------------------------------------------------------------------------------ cluster
 
-# URIs every pod of a cluster can read; anything else (a path, file://) is read on the pod's own filesystem.
-_SHARED_SCHEMES = ("s3://", "builtin:", "torchvision:")
+# URIs every pod of a cluster can read (object storage too); anything else (a path, file://) is read on the pod's
+# own filesystem.
+_SHARED_SCHEMES = ("builtin:", "torchvision:")
 _LOCAL_HINT = (
     "a local path: on a cluster it is each pod's own filesystem, so it exists there only when the image carries it "
     "or every Ray pod mounts the same volume at that path; use s3://"
@@ -200,7 +202,7 @@ def cluster_problems(spec: TransferJobSpec) -> list[Problem]:
 def cluster_warnings(spec: TransferJobSpec) -> list[Problem]:
     """Valid on a cluster, but probably not what the user means: local paths that the pods may not share."""
     warnings = []
-    if spec.storage is not None and not spec.storage.uri.startswith("s3://"):
+    if spec.storage is not None and not storage.is_remote(spec.storage.uri):
         warnings.append(
             Problem(
                 "spec.storage.uri",
@@ -214,7 +216,8 @@ def cluster_warnings(spec: TransferJobSpec) -> list[Problem]:
              ("spec.data.validation", spec.data.validation)]
     reads += [(f"spec.stages[{i}].data", getattr(s, "data", None)) for i, s in enumerate(spec.stages)]
     warnings += [Problem(path, _LOCAL_HINT) for path, uri in reads
-                 if uri and not uri.startswith(_SHARED_SCHEMES) and not _on_a_pod_volume(spec, uri)]
+                 if uri and not uri.startswith(_SHARED_SCHEMES) and not storage.is_remote(uri)
+                 and not _on_a_pod_volume(spec, uri)]
     return warnings
 
 

@@ -10,6 +10,7 @@ import hashlib
 import json
 from typing import Any
 
+from graft import storage_backends
 from graft.api.models import API_VERSION, KIND, PodSpec, TransferJobSpec
 
 RAYJOB_API_VERSION = "ray.io/v1"
@@ -88,21 +89,16 @@ def _env(spec: TransferJobSpec) -> list[dict[str, Any]]:
     storage = spec.storage
     if storage is None:
         return env
+    backend = storage_backends.for_endpoint(storage.uri)  # the scheme's own variables (AWS_*, STORAGE_EMULATOR_HOST)
     secret = storage.credentials_secret
     if secret is not None:
-        for var, key in (
-            ("AWS_ACCESS_KEY_ID", secret.access_key_id_key),
-            ("AWS_SECRET_ACCESS_KEY", secret.secret_access_key_key),
-        ):
+        for var, key in backend.secret_keys(secret.model_dump(by_alias=True)).items():
             env.append({"name": var, "valueFrom": {"secretKeyRef": {"name": secret.name, "key": key}}})
         if spec.model.weights == "hub" or spec.model.backbone.startswith("timm:hf-hub:"):
             # A private Hugging Face repository's token, read by huggingface_hub itself; optional (public models).
             env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": secret.name, "key": "HF_TOKEN",
                                                                             "optional": True}}})
-    if storage.endpoint:
-        env.append({"name": "AWS_ENDPOINT_URL", "value": storage.endpoint})
-    if storage.region:
-        env.append({"name": "AWS_REGION", "value": storage.region})
+    env += [{"name": var, "value": value} for var, value in backend.pod_env(storage.endpoint, storage.region).items()]
     return env
 
 

@@ -71,29 +71,25 @@ class Secrets:
 
 
 async def s3_options(secrets: Secrets, namespace: str, spec: TransferJobSpec, deadline: float | None = None
-                     ) -> storage.S3Options | None:
-    """Explicit S3 settings for a job's storage (None for local storage).
+                     ) -> Any:
+    """Explicit settings for a job's storage, its scheme's (S3Options, GcsOptions; None for local storage).
 
     With a `deadline` (seconds), pyarrow gives up on a silent endpoint a little after it (`pyarrow_timeout`), in one
     attempt (the operator's next poll is its retry), so that a hung read frees its thread soon after it is reported."""
     st = spec.storage
-    if st is None or not storage.is_s3(st.uri):
+    if st is None or not (backend := storage.backend(st.uri)).remote:
         return None
-    key_id = secret_key = None
+    keys = None
     ref = st.credentials_secret
-    if ref is not None:
+    wanted = backend.secret_keys(ref.model_dump(by_alias=True)) if ref is not None else {}
+    if wanted:
         data = await secrets.data(namespace, ref.name)
-        missing = [k for k in (ref.access_key_id_key, ref.secret_access_key_key) if k not in data]
+        missing = [k for k in wanted.values() if k not in data]
         if missing:
             raise LedgerUnavailable(f"Secret {namespace}/{ref.name} has no key(s) {', '.join(missing)}")
-        key_id, secret_key = data[ref.access_key_id_key], data[ref.secret_access_key_key]
-    limits: dict[str, Any] = {}
-    if deadline is not None:
-        late = pyarrow_timeout(deadline)
-        limits = {"connect_timeout": late, "request_timeout": late, "max_attempts": 1}
-    return storage.S3Options(
-        endpoint=st.endpoint, region=st.region, access_key_id=key_id, secret_access_key=secret_key, **limits
-    )
+        keys = {role: data[key] for role, key in wanted.items()}
+    late = pyarrow_timeout(deadline) if deadline is not None else None
+    return backend.options(st.endpoint, st.region, keys, deadline=late)
 
 
 def pyarrow_timeout(deadline: float) -> float:
@@ -117,12 +113,10 @@ def storage_root(spec: TransferJobSpec, uid: str) -> str | None:
 def endpoint_of(spec: TransferJobSpec) -> str:
     """The storage endpoint a job's reads go to: what one hung server can take down."""
     st = spec.storage
-    if st is None or not storage.is_s3(st.uri):
-        return "local"
-    return f"s3 {st.endpoint or 'aws'} {st.region or ''}".rstrip()
+    return storage.backend(st.uri).endpoint_label(st.endpoint, st.region) if st is not None else "local"
 
 
-def _load(root: str, options: storage.S3Options | None) -> dict[str, Any] | None:
+def _load(root: str, options: Any) -> dict[str, Any] | None:
     """On a reader thread: the ledger's status projection (Ledger.to_status()), None when there is none yet."""
     try:
         ledger = Ledger.load(root, options)

@@ -153,6 +153,7 @@ STORAGE_ENV = [
     {"name": "AWS_ENDPOINT_URL", "value": "http://minio.storage:9000"},
     {"name": "AWS_REGION", "value": "eu-west-1"},
 ]
+GCS_ENV = [{"name": "STORAGE_EMULATOR_HOST", "value": "http://fake-gcs.storage:4443"}]
 MLFLOW = {"trackingURI": "http://mlflow.mlflow:5000", "registeredModelName": "flowers",
           "credentialsSecret": {"name": "mlflow-creds", "tokenKey": "token"}}
 # MLflow's own variables from the Secret, each key optional (basic auth, a token, or both); the URI stays in the spec.
@@ -197,6 +198,14 @@ CASES = [
         rayjob(head=pod("ray-head", "1", "2Gi", head=True, env=STORAGE_ENV),
                worker=pod("ray-worker", "1", "4Gi", head=False, env=STORAGE_ENV)),
         id="credentials-only-by-secret-reference",
+    ),
+    pytest.param(
+        # gs://: no keys from a Secret (Application Default Credentials); an endpoint is an emulator, reached as the
+        # Google client libraries reach one, through STORAGE_EMULATOR_HOST; no AWS variable.
+        {"storage": {"uri": "gs://bucket-a/jobs", "endpoint": "http://fake-gcs.storage:4443"}},
+        rayjob(head=pod("ray-head", "1", "2Gi", head=True, env=GCS_ENV),
+               worker=pod("ray-worker", "1", "4Gi", head=False, env=GCS_ENV)),
+        id="gs-storage-emulator-endpoint-no-aws-variables",
     ),
     pytest.param(
         {"tracking": {"mlflow": MLFLOW}, "storage": STORAGE},

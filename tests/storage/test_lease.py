@@ -19,11 +19,13 @@ from graft.ledger import Ledger
 ELSEWHERE = lease.Holder("node-7", 4242, "token-of-the-other-driver")
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", "s3", "gs"])
 def root(request, tmp_path):
+    """A job root on each store: local (flock), moto S3 (conditional writes), fake-gcs-server (read-back writes:
+    graft/leasestore.py ReadBackStore)."""
     if request.param == "local":
         return str(tmp_path / "store" / "job-uid")
-    return request.getfixturevalue("s3_bucket") + "/runs/job-uid"
+    return request.getfixturevalue({"s3": "s3_bucket", "gs": "gcs_bucket"}[request.param]) + "/runs/job-uid"
 
 
 def _record(root: str) -> dict:

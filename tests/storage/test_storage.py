@@ -1,4 +1,5 @@
-"""Storage and ledger round trips against a real S3 protocol server (moto on 127.0.0.1) and a local folder."""
+"""Storage and ledger round trips against a real S3 protocol server (moto on 127.0.0.1), a real GCS emulator
+(fake-gcs-server on 127.0.0.1) and a local folder."""
 
 from __future__ import annotations
 
@@ -12,12 +13,22 @@ from graft import storage
 from graft.api.models import StageState
 from graft.ledger import Ledger, job_root
 
+#: The object stores by scheme: the fixture that starts each one's server, and the one that makes a bucket there.
+STORES = {"s3": ("s3_endpoint", "s3_bucket"), "gs": ("gcs_endpoint", "gcs_bucket")}
 
-@pytest.fixture(params=["local", "s3"])
+
+@pytest.fixture(params=["local", "s3", "gs"])
 def root(request, tmp_path):
     if request.param == "local":
         return str(tmp_path / "store")
-    return request.getfixturevalue("s3_bucket") + "/prefix"
+    return request.getfixturevalue(STORES[request.param][1]) + "/prefix"
+
+
+@pytest.fixture(params=list(STORES))
+def scheme(request):
+    """An object store's scheme, its server running."""
+    request.getfixturevalue(STORES[request.param][0])
+    return request.param
 
 
 def test_bytes_json_and_listing_round_trip(root):
@@ -49,27 +60,34 @@ def test_missing_object_is_file_not_found_naming_the_uri(root):
     assert Ledger.load(storage.join(root, "missing")) is None
 
 
-def test_missing_bucket_names_uri_and_cause(s3_endpoint):
-    uri = "s3://graft-no-such-bucket-x1/job/ledger.json"
+def test_missing_bucket_names_uri_and_cause(scheme):
+    uri = f"{scheme}://graft-no-such-bucket-x1/job/ledger.json"
     with pytest.raises(storage.StorageError) as info:
         storage.write_bytes(uri, b"x")
     assert str(info.value).startswith(f"{uri}: ")
     assert "bucket" in info.value.cause, info.value.cause
 
 
-def test_reading_from_a_missing_bucket_is_an_error_not_an_empty_job(s3_endpoint):
-    uri = "s3://graft-no-such-bucket-x2/job"
+def test_reading_from_a_missing_bucket_is_an_error_not_an_empty_job(scheme):
+    uri = f"{scheme}://graft-no-such-bucket-x2/job"
     with pytest.raises(storage.StorageError) as info:
         Ledger.load(uri)
     assert str(info.value) == f"{uri}/ledger.json: bucket does not exist"
 
 
-def test_unreachable_endpoint_names_uri_and_cause(s3_bucket, monkeypatch):
-    """A wrong endpoint (nothing listens on the discard port) fails fast with the URI and the cause."""
-    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
-    uri = f"{s3_bucket}/x.json"
-    with pytest.raises(storage.StorageError) as info:
-        storage.read_bytes(uri)
+@pytest.mark.parametrize(("bucket", "variable"), [("s3_bucket", "AWS_ENDPOINT_URL"),
+                                                  ("gcs_bucket", "STORAGE_EMULATOR_HOST")], ids=["s3", "gs"])
+def test_unreachable_endpoint_names_uri_and_cause(bucket, variable, request, monkeypatch):
+    """A wrong endpoint (nothing listens on the discard port) fails with the URI and the cause (after the retry
+    budget, here 2 s: a refused connection is retried like any dropped one)."""
+    uri = f"{request.getfixturevalue(bucket)}/x.json"
+    monkeypatch.setenv(variable, "http://127.0.0.1:9")
+    storage.configure(2)
+    try:
+        with pytest.raises(storage.StorageError) as info:
+            storage.read_bytes(uri)
+    finally:
+        storage.configure(storage.DEFAULT_RETRY_SECONDS)
     assert info.value.uri == uri and str(info.value).startswith(f"{uri}: ")
     assert info.value.cause
 
@@ -109,7 +127,7 @@ def test_concurrent_reader_never_sees_a_partial_ledger(root):
     led = _ledger("uid-race")
     led.stages[0].history = [{"loss": float(i), "acc": i / 1000} for i in range(2000)]  # ~100 KB documents
     led.save(jr)
-    writes = 60 if storage.is_s3(root) else 300
+    writes = 60 if storage.is_remote(root) else 300
     done = threading.Event()
     seen: list[int] = []
     errors: list[BaseException] = []
@@ -140,3 +158,14 @@ def test_concurrent_reader_never_sees_a_partial_ledger(root):
     assert len(seen) >= 5, "the reader hardly ran; the test proved nothing"
     assert seen == sorted(seen)
     assert Ledger.load(jr).stages[0].epoch == writes
+
+
+def test_gs_writes_land_in_the_emulators_bucket(gcs_endpoint, gcs_bucket):
+    """What graft.storage writes to gs:// is in the bucket as the emulator's own JSON API lists it (not a local
+    folder named `gs:`), and what is put there by that API is read back."""
+    from support.gcs import object_names
+
+    storage.write_json(f"{gcs_bucket}/jobs/uid/ledger.json", {"ok": True})
+    bucket = gcs_bucket[len("gs://"):]
+    assert object_names(gcs_endpoint, bucket, "jobs/") == {"jobs/uid/ledger.json"}
+    assert storage.list_dir(f"{gcs_bucket}/jobs", recursive=True) == [f"{gcs_bucket}/jobs/uid/ledger.json"]

@@ -121,7 +121,7 @@ def _summary(ledger, console) -> None:
 def run(
     file: Annotated[Path, typer.Argument(help="TransferJob manifest (YAML or JSON).")],
     storage: Annotated[
-        str, typer.Option("--storage", help="Storage root when the manifest names none (local folder or s3://).")
+        str, typer.Option("--storage", help="Storage root when the manifest names none (local folder, s3:// or gs://).")
     ] = DEFAULT_RUNS,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Ray's own output (worker logs, Ray Data, "
                                           "its C++ logs); without it they go to ray.log in the run folder.")] = False,
@@ -297,7 +297,7 @@ def _native_output_to(root: str) -> Path:
 
     from graft import storage
 
-    folder = Path(root) if not storage.is_s3(root) else Path(tempfile.mkdtemp(prefix="graft-run-"))
+    folder = Path(root) if not storage.is_remote(root) else Path(tempfile.mkdtemp(prefix="graft-run-"))
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError:  # read-only or full storage: the first ledger write says so, in one line naming the path

@@ -150,14 +150,14 @@ class ImageSet:
 
 
 def list_images(uri: str) -> list[str]:
-    """The image files under a folder (local or an `s3://` prefix), recursively, sorted, hidden ones left out as
+    """The image files under a folder (local or an object-store prefix), recursively, sorted, hidden ones left out as
     an ImageFolder's are; a URI that is not a folder is returned as it is (a file, or a path that may not exist)."""
     if not storage.is_dir(uri):
         return [uri]
     base = uri.rstrip("/")
     found = []
     for file in storage.list_dir(uri, recursive=True):
-        parts = file[len(base) + 1 :].split("/") if storage.is_s3(base) else Path(file).relative_to(base).parts
+        parts = file[len(base) + 1 :].split("/") if storage.is_remote(base) else Path(file).relative_to(base).parts
         if parts[-1].lower().endswith(IMAGE_EXTENSIONS) and not any(p.startswith(".") for p in parts):
             found.append(file)
     return found

@@ -110,7 +110,7 @@ def ensure_ray(workers: WorkersSpec, log_to_driver: bool = True) -> float:
     # worker computes. Set the variable to choose otherwise.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.05")
     runtime_env = {"env_vars": {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"],
-                                **storage.worker_env()}}  # the job's S3 endpoint, for workers and Ray Data tasks
+                                **storage.worker_env()}}  # the job's storage endpoint, for workers and Ray Data tasks
     # ray.init puts its own SIGTERM handler (sys.exit) in place of ours as it starts: a SIGTERM during its start-up
     # is a stop like any other, and ours goes back once it is up.
     try:
@@ -179,9 +179,8 @@ def read_back(result: Any, cfg: StageConfig, score: str, latest: bool) -> tuple[
         if checkpoint.path in seen:
             continue
         seen.add(checkpoint.path)
-        # Ray Train gives the path on its storage filesystem: an S3 one without the scheme.
-        uri = checkpoint.path if checkpoint.path.startswith("s3://") or not storage.is_s3(cfg.root) \
-            else f"s3://{checkpoint.path}"
+        # Ray Train gives the path on its storage filesystem: an object store's without the scheme.
+        uri = storage.from_ray_path(cfg.root, checkpoint.path)
         try:  # read through graft.storage, whose reads retry a flaky store (Ray's download does not)
             state = checkpoints.load_uri(uri)
         except checkpoints.Incomplete as exc:

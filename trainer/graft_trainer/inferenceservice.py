@@ -29,7 +29,7 @@ KSERVE_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 def storage_uri(repository: str) -> str:
     """`storageUri` of a repository: the S3 URI as it is, a local folder as `file://` (for a cluster, copy it
     to a bucket or a PVC first; KServe's storage initializer reads `file://` inside its own container)."""
-    if storage.is_s3(repository):
+    if storage.is_remote(repository):  # KServe's storage initializer reads s3:// and gs:// itself
         return repository
     from pathlib import Path
 
@@ -98,7 +98,7 @@ def documents(name: str, repository: str, job: Any | None = None, job_ids: dict[
                 if keys != KSERVE_KEYS:
                     notes.append(f"Secret {secret} keeps its keys as {keys[0]}/{keys[1]}; KServe reads "
                                  f"{KSERVE_KEYS[0]}/{KSERVE_KEYS[1]} unless its inferenceservice-config says otherwise")
-    if not storage.is_s3(repository):
+    if not storage.is_remote(repository):
         notes.append("storageUri is a local folder: copy it to a bucket or PVC the cluster reads, and change "
                      "storageUri to that")
     docs: list[dict[str, Any]] = []

@@ -29,7 +29,7 @@ def resolve_root(job: TransferJob, storage_uri: str | None) -> str:
 
 def absolute(uri: str | None) -> str | None:
     """A local path made absolute: Ray workers run in their own working directory."""
-    if not uri or uri == "hub" or uri.startswith(("s3://", "file://", "builtin:", "torchvision:")):
+    if not uri or uri == "hub" or "://" in uri or uri.startswith(("builtin:", "torchvision:")):
         return uri
     return str(Path(uri).expanduser().resolve())
 
@@ -39,7 +39,7 @@ def apply_storage_env(job: TransferJob) -> None:
     endpoint and region, with the job's retry budget; keys come only from the environment."""
     st = job.spec.storage
     storage.configure(st.retry_seconds if st else storage.DEFAULT_RETRY_SECONDS)
-    storage.use_endpoint(st.endpoint if st else None, st.region if st else None)
+    storage.use_endpoint(st.endpoint if st else None, st.region if st else None, st.uri if st else "")
 
 
 def take_lease(job: TransferJob, storage_uri: str | None, force: bool = False, wait: float = 0.0) -> lease.Lease:

@@ -103,7 +103,7 @@ def evaluate(
     except (OSError, StorageError) as exc:
         typer.echo(f"error: {png}: cannot write the confusion matrix: {exc}", err=True)
         raise typer.Exit(1) from exc
-    report["png"] = png if storage.is_s3(png) else str(Path(png).expanduser().resolve())
+    report["png"] = png if storage.is_remote(png) else str(Path(png).expanduser().resolve())
     if output == "json":
         typer.echo(json.dumps(report, indent=2))
         return

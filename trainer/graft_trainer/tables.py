@@ -77,7 +77,7 @@ def list_table(uri: str, path_column: str, label_column: str, classes: list[str]
             problems.append(f"row {i}: {path}: unknown label {label!r} (the training labels: "
                             f"{', '.join(classes[:10])}{' ...' if len(classes) > 10 else ''})")
         else:
-            full = path if path.startswith(("s3://", "file://", "/")) else storage.join(base, path)
+            full = path if "://" in path or path.startswith("/") else storage.join(base, path)
             rows.append((i, path, full))
     with ThreadPoolExecutor(max_workers=8) as pool:
         found = list(pool.map(lambda r: storage.exists(r[2]), rows))
