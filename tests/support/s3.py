@@ -27,32 +27,36 @@ def free_port() -> int:
 
 
 @contextmanager
-def moto_server() -> Iterator[str]:
-    """Run `moto.server` in a child process; yields its endpoint URL."""
-    port = free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+def child_server(argv: list[str], probe: str, name: str, timeout: float, poll: float) -> Iterator[None]:
+    """Run a test server as a child process until `probe` (a URL) answers; stop it on exit (terminate, then kill)."""
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + timeout
         while True:
             try:
-                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1)  # noqa: S310 (loopback)
+                urllib.request.urlopen(probe, timeout=1)  # noqa: S310 (loopback)
                 break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("moto server did not start") from None
-                time.sleep(0.2)
-        yield endpoint
+                    raise RuntimeError(f"{name} did not start") from None
+                time.sleep(poll)
+        yield
     finally:
         proc.terminate()
         try:
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@contextmanager
+def moto_server() -> Iterator[str]:
+    """Run `moto.server` in a child process; yields its endpoint URL."""
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    with child_server([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                      f"{endpoint}/moto-api/", "moto server", timeout=60, poll=0.2):
+        yield endpoint
 
 
 def s3_env(endpoint: str) -> dict[str, str]:
