@@ -19,6 +19,21 @@ def write_png(path: Path, value: int, size: int = 12) -> None:
     Image.fromarray(arr).save(path)
 
 
+def write_manifest(tmp_path: Path, base: str, per_class: int) -> str:
+    """A CSV manifest (columns `file`, `kind`) at `<base>/train.csv` listing `per_class` PNGs of each of cat, dog and
+    owl, written beside it under `<base>/img/` through graft.storage (any scheme); returns the CSV's URI."""
+    from graft import storage
+
+    lines = ["file,kind"]
+    for kind, value in (("cat", 40), ("dog", 130), ("owl", 220)):
+        for i in range(per_class):
+            write_png(tmp_path / "img.png", value + i)
+            storage.write_bytes(f"{base}/img/{kind}-{i}.png", (tmp_path / "img.png").read_bytes())
+            lines.append(f"img/{kind}-{i}.png,{kind}")
+    storage.write_bytes(f"{base}/train.csv", ("\n".join(lines) + "\n").encode())
+    return f"{base}/train.csv"
+
+
 def state_dict_bytes(state: dict[str, torch.Tensor]) -> bytes:
     buf = io.BytesIO()
     torch.save(state, buf)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from support.driver_proc import DriverProcess
 from support.gcs import EMULATOR_ENV, object_names
-from support.trainer_data import job_doc, smallcnn_weights, write_job, write_png
+from support.trainer_data import job_doc, smallcnn_weights, write_job, write_manifest
 
 from graft import storage
 from graft.api.models import StageState
@@ -23,18 +23,6 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 GRAFT = str(Path(sys.executable).with_name("graft"))
 EPOCHS = 12
-
-
-def _manifest(tmp_path: Path, base: str) -> str:
-    """A CSV on gs:// listing 3 x 24 PNGs beside it; returns its URI."""
-    lines = ["file,kind"]
-    for kind, value in (("cat", 40), ("dog", 130), ("owl", 220)):
-        for i in range(24):
-            write_png(tmp_path / "img.png", value + i)
-            storage.write_bytes(f"{base}/img/{kind}-{i}.png", (tmp_path / "img.png").read_bytes())
-            lines.append(f"img/{kind}-{i}.png,{kind}")
-    storage.write_bytes(f"{base}/train.csv", ("\n".join(lines) + "\n").encode())
-    return f"{base}/train.csv"
 
 
 def _epoch(root: str, stage: str) -> int:
@@ -58,9 +46,10 @@ def test_gs_two_workers_manifest_driver_killed_mid_stage_resumes_from_checkpoint
     weights = f"{gcs_bucket}/weights/smallcnn.pt"
     storage.write_bytes(weights, smallcnn_weights(tmp_path / "w.pt").read_bytes())
     uid = "7c4e-gs-resume"
+    manifest = write_manifest(tmp_path, f"{gcs_bucket}/birds", 24)  # a CSV on gs:// listing 3 x 24 PNGs beside it
     spec = {
         "model": {"backbone": "smallcnn", "numClasses": 3, "weights": weights},
-        "data": {"train": _manifest(tmp_path, f"{gcs_bucket}/birds"), "pathColumn": "file", "labelColumn": "kind",
+        "data": {"train": manifest, "pathColumn": "file", "labelColumn": "kind",
                  "imageSize": 16, "validationSplit": 0.25},
         "stages": [{"type": "FrozenFeatures"},
                    {"type": "FullFineTune", "epochs": EPOCHS, "batchSize": 8, "augment": False}],

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from support.trainer_data import SMOKE_CHECKS, job_doc, smallcnn_weights, write_png
+from support.trainer_data import SMOKE_CHECKS, job_doc, smallcnn_weights, write_manifest
 
 from graft import storage
 from graft.api.models import StageState, TransferJob
@@ -27,13 +27,7 @@ def ray_local():
 
 
 def test_csv_and_images_on_s3_on_ray(tmp_path, s3_endpoint, s3_bucket, ray_local, shared_ray):
-    lines = ["file,kind"]
-    for kind, value in (("cat", 40), ("dog", 130), ("owl", 220)):
-        for i in range(8):
-            write_png(tmp_path / "img.png", value + i)
-            storage.write_bytes(f"{s3_bucket}/birds/img/{kind}-{i}.png", (tmp_path / "img.png").read_bytes())
-            lines.append(f"img/{kind}-{i}.png,{kind}")
-    storage.write_bytes(f"{s3_bucket}/birds/train.csv", ("\n".join(lines) + "\n").encode())
+    write_manifest(tmp_path, f"{s3_bucket}/birds", 8)
     weights = f"{s3_bucket}/w/smallcnn.pt"
     storage.write_bytes(weights, smallcnn_weights(tmp_path / "w.pt").read_bytes())
     spec = {"model": {"backbone": "smallcnn", "numClasses": 3, "weights": weights},
