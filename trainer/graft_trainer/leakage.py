@@ -80,10 +80,9 @@ def job_splits(context, spec) -> tuple[dict[str, Source], list[tuple[str, str]]]
     and the pairs that must not share an image: the target's among themselves, and a stage's own set against the
     target's validation and test (a Pretrain on the target's own folder has seen the images it is scored on)."""
     from graft_trainer import data as data_mod
+    from graft_trainer.splits import target_splits
 
-    train, val = context.target_data()
-    test = context.test_data()
-    splits = {"train": train, "validation": val, **({"test": test} if test is not None else {})}
+    splits = target_splits(context)
     pairs = list(TARGET_PAIRS)
     for stage in spec.stages:
         uri = getattr(stage, "data", None)

@@ -12,11 +12,16 @@ from graft_trainer import registry
 from graft_trainer.context import StageContext
 
 
-def target_sizes(ctx: StageContext) -> dict[str, int]:
-    """{"train", "validation", "test"} image counts of the job's target data (no "test" without a test set)."""
+def target_splits(ctx: StageContext) -> dict[str, data_mod.Source]:
+    """The job's target data by split: "train", "validation" and (with a test set) "test", as the stages use them."""
     train, val = ctx.target_data()
     test = ctx.test_data()
-    return {"train": len(train), "validation": len(val), **({"test": len(test)} if test is not None else {})}
+    return {"train": train, "validation": val, **({"test": test} if test is not None else {})}
+
+
+def target_sizes(ctx: StageContext) -> dict[str, int]:
+    """{"train", "validation", "test"} image counts of the job's target data (no "test" without a test set)."""
+    return {name: len(source) for name, source in target_splits(ctx).items()}
 
 
 def own_sizes(ctx: StageContext) -> dict[str, dict[str, int]]:
