@@ -19,6 +19,24 @@ def _pod_security_allow(values: list[str] | None) -> list[str]:
         raise typer.BadParameter(str(exc)) from None
 
 
+def _trainer_image(value: str | None) -> str | None:
+    """`--trainer-image`, checked as spec.image is (graft/api/models.py `_IMAGE`)."""
+    from graft.api.models import image_problem
+
+    if value is not None and (problem := image_problem(value)):
+        raise typer.BadParameter(problem)
+    return value
+
+
+#: `--trainer-image`, as `graft render` and `graft operator` take it (the chart's `trainerImage`).
+TrainerImageOption = Annotated[
+    str | None,
+    typer.Option("--trainer-image", callback=_trainer_image, metavar="IMAGE",
+                 help="The Ray pods' image for TransferJobs that set no spec.image (e.g. a registry mirror). "
+                      "Default: the image this Graft version was released with."),
+]
+
+
 #: `--allow`, as `graft validate`, `graft render` and `graft operator` take it.
 AllowOption = Annotated[
     list[str] | None,

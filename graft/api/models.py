@@ -1119,6 +1119,14 @@ _STAGE_RULES = [
 ]
 
 DEFAULT_IMAGE = "ghcr.io/graft-dev/graft-trainer:0.1.0"
+MAX_IMAGE_LENGTH = 512
+
+
+def image_problem(image: str) -> str | None:
+    """Why `image` cannot be a `spec.image` (what `--trainer-image` is checked against too); None when it can."""
+    if len(image) > MAX_IMAGE_LENGTH or not re.match(_IMAGE, image):
+        return f"must be {PATTERN_HELP[_IMAGE]}, at most {MAX_IMAGE_LENGTH} characters (got {image!r})"
+    return None
 
 
 class TransferJobSpec(_Model):
@@ -1138,7 +1146,7 @@ class TransferJobSpec(_Model):
     workers: WorkersSpec = Field(default_factory=WorkersSpec)
     """The Ray Train workers."""
 
-    image: str = Field(default=DEFAULT_IMAGE, min_length=1, max_length=512, pattern=_IMAGE)
+    image: str = Field(default=DEFAULT_IMAGE, min_length=1, max_length=MAX_IMAGE_LENGTH, pattern=_IMAGE)
     """Container image of the Ray head and workers (the Graft trainer image)."""
 
     storage: StorageSpec | None = None

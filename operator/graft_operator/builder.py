@@ -276,6 +276,14 @@ def build_rayjob(name: str, namespace: str | None, uid: str, spec: TransferJobSp
     return {"apiVersion": RAYJOB_API_VERSION, "kind": "RayJob", "metadata": metadata, "spec": rayjob_spec}
 
 
+def with_default_image(spec: TransferJobSpec, image: str | None) -> TransferJobSpec:
+    """The spec with the operator's default trainer image (`graft operator --trainer-image`, the chart's
+    `trainerImage`: a registry mirror, a pinned digest) when the job names no `spec.image` of its own."""
+    if image is None or "image" in spec.model_fields_set:
+        return spec
+    return spec.model_copy(update={"image": image})
+
+
 def build_owned_rayjob(body: dict[str, Any], spec: TransferJobSpec) -> dict[str, Any]:
     """The RayJob for a TransferJob body, owned by it (what the operator creates).
 

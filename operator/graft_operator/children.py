@@ -37,7 +37,8 @@ async def create_or_adopt(mem: Memory, obj: dict[str, Any], owner_uid: str) -> t
 
 async def create_rayjob(mem: Memory, body: Any, spec: TransferJobSpec) -> tuple[dict[str, Any], bool]:
     """Create (or adopt) the job's RayJob. Returns (RayJob, created)."""
-    return await create_or_adopt(mem, builder.build_owned_rayjob(dict(body), spec), body["metadata"]["uid"])
+    rayjob = builder.build_owned_rayjob(dict(body), builder.with_default_image(spec, mem.trainer_image))
+    return await create_or_adopt(mem, rayjob, body["metadata"]["uid"])
 
 
 def rayjob_seen(mem: Memory, follower: Any, namespace: str, name: str) -> dict[str, Any] | None:

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 import yaml
 
-from graft.cliopts import AllowOption
+from graft.cliopts import AllowOption, TrainerImageOption
 
 #: What `graft render` uses when the manifest has no metadata.uid (the API server assigns one on create).
 PLACEHOLDER_UID = "00000000-0000-0000-0000-000000000000"
@@ -34,6 +34,7 @@ def run_operator(
                      "could not be read (its conditions never wait for storage)."),
     ] = 5.0,  # ledgers.DEFAULT_TIMEOUT (not imported here: it would load kopf for every graft command)
     allow: AllowOption = None,
+    trainer_image: TrainerImageOption = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
     """Run the operator: watch TransferJobs, run each as a KubeRay RayJob, mirror progress into its status.
@@ -55,7 +56,8 @@ def run_operator(
     kopf.run(
         settings=settings,
         # read by the startup handler
-        memo=kopf.Memo(ledger_timeout=ledger_timeout, metrics_port=metrics_port, pod_security_allow=allow or []),
+        memo=kopf.Memo(ledger_timeout=ledger_timeout, metrics_port=metrics_port, pod_security_allow=allow or [],
+                       trainer_image=trainer_image),
         standalone=True,
         clusterwide=not namespace,
         namespaces=list(namespace or []),
@@ -92,7 +94,9 @@ def _load(file: Path) -> dict[str, Any]:
         for p in problems:
             typer.echo(f"{name}: {p}", err=True)
         raise typer.Exit(1) from exc
-    return job.model_dump(mode="json", by_alias=True, exclude_none=True)
+    # What was written, not the defaults filled in: the operator gets the body as applied (a job with no spec.image
+    # takes the operator's --trainer-image).
+    return job.model_dump(mode="json", by_alias=True, exclude_none=True, exclude_unset=True)
 
 
 def render(
@@ -101,10 +105,11 @@ def render(
         str | None, typer.Option(help="The job's uid (default: metadata.uid, else a placeholder).")
     ] = None,
     allow: AllowOption = None,
+    trainer_image: TrainerImageOption = None,
 ) -> None:
     """Print the RayJob the operator would create for a TransferJob (same builder, no cluster)."""
     from graft.api.validation import cluster_warnings, validate_for_cluster
-    from graft_operator.builder import build_owned_rayjob
+    from graft_operator.builder import build_owned_rayjob, with_default_image
 
     doc = _load(file)
     meta = doc["metadata"]
@@ -119,7 +124,8 @@ def render(
         raise typer.Exit(1)
     for w in cluster_warnings(spec):
         typer.echo(f"{file}: warning: {w}", err=True)
-    typer.echo(yaml.safe_dump(build_owned_rayjob(doc, spec), sort_keys=False, width=120), nl=False)
+    rayjob = build_owned_rayjob(doc, with_default_image(spec, trainer_image))
+    typer.echo(yaml.safe_dump(rayjob, sort_keys=False, width=120), nl=False)
 
 
 def rbac(

@@ -64,7 +64,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: lo
     settings.watching.server_timeout = 300
     settings.networking.error_backoffs = [1, 2, 4]
     mem = Memory(client.Kube(), memo.get("ledger_timeout", ledgers.DEFAULT_TIMEOUT), rayjobs=rayjobs,
-                 pod_security_allow=frozenset(memo.get("pod_security_allow", ())))
+                 pod_security_allow=frozenset(memo.get("pod_security_allow", ())),
+                 trainer_image=memo.get("trainer_image"))
     # The mirror loop and the relist sweep are kopf's `memo` too: the handlers below are what drive them, while the
     # steps they call get only the loop's small `memory.Mirror` face.
     mem.supervisor = memo.supervisor = Supervisor(mem)

@@ -77,6 +77,8 @@ class Memory:
     ledger_timeout: float = ledgers.DEFAULT_TIMEOUT  # seconds a ledger read may take before the status says so
     #: The pod security exceptions `spec.pod` may ask for (`graft operator --allow`; graft/api/podsecurity.py).
     pod_security_allow: frozenset[str] = frozenset()
+    #: The Ray pods' image for jobs with no `spec.image` (`graft operator --trainer-image`); None: DEFAULT_IMAGE.
+    trainer_image: str | None = None
     rayjobs: Any = None  # kopf's index of our RayJobs by (namespace, name), handed over by the startup handler
     statuses: dict[str, dict[str, Any]] = field(default_factory=dict)  # uid -> status as last written
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)

@@ -1,8 +1,9 @@
-"""Pod security exceptions end to end: the real `graft operator` process against the emulated API server (the
-committed CRD and KubeRay's real RayJob CRD installed through the API). An operator started without `--allow`
+"""The operator's cluster-wide options end to end: the real `graft operator` process against the emulated API server
+(the committed CRD and KubeRay's real RayJob CRD installed through the API). An operator started without `--allow`
 refuses a TransferJob with a hostPath volume (Failed/InvalidSpec naming the field, no RayJob); one started with
 `--allow hostPath` (what the chart's podSecurity.allow passes) creates its RayJob with the volume on the head and the
-workers. No KubeRay and no training: the verdict is the RayJob, or its absence."""
+workers. The second also has `--trainer-image` (the chart's trainerImage): a job with no spec.image runs that image.
+No KubeRay and no training: the verdict is the RayJob, or its absence."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ pytestmark = pytest.mark.slow
 G, V, P = "graft.dev", "v1alpha1", "transferjobs"
 NS_DEFAULT, NS_ALLOW = "graft-restricted", "graft-hostpath"
 WAIT = 60.0
+MIRROR = "registry.internal:5000/ml/graft-trainer:0.1.0"
 HOST_PATH = {"name": "nvme", "hostPath": {"path": "/mnt/nvme", "type": "Directory"}}
 
 
@@ -49,7 +51,8 @@ def cluster(tmp_path_factory):
     with emulated_api(namespaces=[NS_DEFAULT, NS_ALLOW]) as api:
         api.apply_crd(COMMITTED_CRD)
         operators = [OperatorProcess(api, NS_DEFAULT, work / "restricted", metrics=False),
-                     OperatorProcess(api, NS_ALLOW, work / "hostpath", metrics=False, args=("--allow", "hostPath"))]
+                     OperatorProcess(api, NS_ALLOW, work / "hostpath", metrics=False,
+                                     args=("--allow", "hostPath", "--trainer-image", MIRROR))]
         client = api.client()
         try:
             for op in operators:
@@ -90,3 +93,29 @@ def test_a_hostpath_job_is_refused_by_default_and_runs_where_the_operator_allows
     named = _wait("the allowed job's status naming its RayJob", lambda: (co.get_namespaced_custom_object(
         G, V, NS_ALLOW, P, "nvme-data").get("status") or {}).get("rayJobName"), allowing)
     assert named == rayjob["metadata"]["name"]
+
+
+def _images(rayjob: dict[str, Any]) -> set[str]:
+    cluster = rayjob["spec"]["rayClusterSpec"]
+    templates = [cluster["headGroupSpec"]["template"], *(g["template"] for g in cluster["workerGroupSpecs"])]
+    return {c["image"] for t in templates for c in t["spec"]["containers"]}
+
+
+def test_a_job_with_no_image_runs_the_operators_trainer_image_and_one_with_its_own_keeps_it(cluster):
+    from graft.api.models import DEFAULT_IMAGE
+
+    co, (restricted, allowing), work = cluster
+    own = "ghcr.io/acme/graft-trainer-cuda12:2"
+    for ns in (NS_DEFAULT, NS_ALLOW):
+        for name, image in (("no-image", None), ("own-image", own)):
+            job = _job(name, f"file://{work}/{ns}")
+            del job["spec"]["pod"]  # no hostPath: both operators create it
+            if image:
+                job["spec"]["image"] = image
+            co.create_namespaced_custom_object(G, V, ns, P, job)
+    expected = {(NS_ALLOW, "no-image"): MIRROR, (NS_DEFAULT, "no-image"): DEFAULT_IMAGE,
+                (NS_ALLOW, "own-image"): own, (NS_DEFAULT, "own-image"): own}
+    for (ns, name), image in expected.items():
+        operator = allowing if ns == NS_ALLOW else restricted
+        rayjob = _wait(f"the RayJob of {ns}/{name}", lambda ns=ns, name=name: _rayjobs(co, ns, name), operator)[0]
+        assert _images(rayjob) == {image}, (ns, name)

@@ -159,6 +159,15 @@ def test_pod_security_exceptions_reach_the_operator_as_its_allow_flag(tmp_path):
     assert schema["properties"]["podSecurity"]["properties"]["allow"]["items"]["enum"] == list(EXCEPTIONS)
 
 
+def test_the_trainer_image_reaches_the_operator_as_its_flag_and_is_checked_as_spec_image_is(tmp_path):
+    from graft.api.models import image_problem
+
+    assert not [a for a in _operator_args() if a.startswith("--trainer-image")]  # the default: the released image
+    mirror = "registry.internal:5000/ml/graft-trainer@sha256:" + "a" * 64
+    (flag,) = [a for a in _operator_args({"trainerImage": mirror}, tmp_path) if a.startswith("--trainer-image")]
+    assert flag == f"--trainer-image={mirror}" and image_problem(mirror) is None  # one argv element, no shell
+
+
 def test_metrics_service_selects_the_operator_pod():
     objects = render()
     service = one(objects, "Service")
@@ -199,6 +208,7 @@ BAD_VALUES = {
     "bad-quantity": ({"resources": {"limits": {"memory": "lots"}}}, "/resources/limits/memory"),
     "bad-interval": ({"metrics": {"serviceMonitor": {"interval": "often"}}}, "/metrics/serviceMonitor/interval"),
     "unknown-pod-security-exception": ({"podSecurity": {"allow": ["hostpath"]}}, "/podSecurity/allow/0"),
+    "trainer-image-with-space": ({"trainerImage": "graft trainer:1"}, "/trainerImage"),
 }
 
 
