@@ -9,6 +9,7 @@ import pytest
 
 from graft import storage
 from graft.api.models import TransferJob
+from graft.storage_backends import gcs
 from graft_trainer.jobroot import apply_storage_env
 
 
@@ -28,6 +29,8 @@ def spec_endpoint_only(s3_endpoint, monkeypatch):
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
     monkeypatch.delenv("AWS_REGION", raising=False)
+    # Nor another scheme's settings: a session's GCS emulator (the gcs_endpoint fixture) would go to workers too.
+    monkeypatch.delenv(gcs.EMULATOR_ENV, raising=False)
     yield s3_endpoint
     storage.use_endpoint(None)
     storage.configure(storage.DEFAULT_RETRY_SECONDS)
