@@ -38,15 +38,20 @@ sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "trainer")]
 import test_recipe  # noqa: E402
 import torch  # noqa: E402
 
+from graft.api.models import TransferJob  # noqa: E402
 from graft_trainer import loops, models, scoring, stages, sweep  # noqa: E402
 
 FF = {"type": "FrozenFeatures"}
-WIDE = {"type": "Head", "sweep": {"lr": [3e-3, 1e-2, 3e-2, 1e-1, 3e-1], "weightDecay": [0.0, 1e-2, 1e-1, 1.0, 3.0, 10.0]}}
+#: Weight decays beyond the API's cap of 1 (`HeadSweep.weightDecay`): the job is validated with `WIDE_DECAY`'s first
+#: four and the whole list set on the parsed stage (`_beyond_the_cap`).
+WIDE_DECAY = [0.0, 1e-2, 1e-1, 1.0, 3.0, 10.0]
+WIDE = {"type": "Head", "sweep": {"lr": [3e-3, 1e-2, 3e-2, 1e-1, 3e-1], "weightDecay": WIDE_DECAY[:4]}}
 VARIANTS = {
     "b-vl": [FF, {"type": "Head", "monitor": "val_loss"}, test_recipe.FT],
     "b-wide": [FF, WIDE, test_recipe.FT],
-    "b-wd": [FF, {"type": "Head", "sweep": {"weightDecay": [0.0, 1e-2, 1e-1, 1.0, 3.0, 10.0]}}, test_recipe.FT],
+    "b-wd": [FF, {"type": "Head", "sweep": {"weightDecay": WIDE_DECAY[:4]}}, test_recipe.FT],
 }
+BEYOND_THE_CAP = ("b-wide", "b-wd")
 #: smallcnn's three conv blocks (conv and batch norm) by their `features.<i>` indices (models.SmallCNN).
 BLOCKS = {1: ("0", "1"), 2: ("3", "4"), 3: ("7", "8")}
 
@@ -93,9 +98,25 @@ def _surgical(block: int):
         yield
 
 
+@contextmanager
+def _beyond_the_cap():
+    """Jobs named after (b-wide) and (b-wd) get the Head's weight decays `WIDE_DECAY` after validation."""
+    validate = TransferJob.model_validate
+
+    def widened(doc, *args, **kwargs):
+        job = validate(doc, *args, **kwargs)
+        if job.metadata.name.rsplit("-", 1)[0] in BEYOND_THE_CAP:
+            next(s for s in job.spec.stages if s.type == "Head").sweep.weight_decay = list(WIDE_DECAY)
+        return job
+
+    with mock.patch.object(TransferJob, "model_validate", widened):
+        yield
+
+
 def measure_all(tmp: Path, seeds, data) -> dict[str, list[dict]]:
     """(a), (b), (b+i), the spec variants, the soup, and surgical fine-tuning (best block per seed by validation)."""
-    results = test_recipe.measure(tmp / "spec", {**test_recipe.RECIPES, **VARIANTS}, seeds, data)
+    with _beyond_the_cap():
+        results = test_recipe.measure(tmp / "spec", {**test_recipe.RECIPES, **VARIANTS}, seeds, data)
     with _soup():
         results.update(test_recipe.measure(tmp / "soup", {"b-soup": test_recipe.RECIPES["b"]}, seeds, data))
     blocks = {}
@@ -110,7 +131,7 @@ def measure_all(tmp: Path, seeds, data) -> dict[str, list[dict]]:
     return results
 
 
-def summary(results: dict[str, list[dict]]) -> str:
+def summary(results: dict[str, list[dict]], seeds) -> str:
     """One row per variant: mean validation and test of LP, FullFineTune and the exported model, and the exported
     model's gain over (a) (mean, worst seed)."""
     lines = ["| variant | LP val | LP test | FT val | FT test | exported val | exported test | gain over (a) "
@@ -125,11 +146,11 @@ def summary(results: dict[str, list[dict]]) -> str:
                      f"{statistics.mean(gains):+.3f}; {min(gains):+.3f} | "
                      f"{mean('test_accuracy') - mean('head_test'):+.3f} |")
     for name, rs in results.items():
-        for i, r in enumerate(rs):
+        for seed, r in zip(seeds, rs, strict=True):
             h = r["head_row"]
-            lines.append(f"({name}) #{i}: LP val {r['head_val']:.3f} test {r['head_test']:.3f}; FT val {r['fft_val']:.3f}"
-                         f" test {r['fft_test']:.3f}; exported {r['exported']} {r['test_accuracy']:.3f}; head lr "
-                         f"{h['lr']} wd {h['weight_decay']} ls {h['label_smoothing']}"
+            lines.append(f"({name}) seed {seed}: LP val {r['head_val']:.3f} test {r['head_test']:.3f}; FT val "
+                         f"{r['fft_val']:.3f} test {r['fft_test']:.3f}; exported {r['exported']} "
+                         f"{r['test_accuracy']:.3f}; head lr {h['lr']} wd {h['weight_decay']} ls {h['label_smoothing']}"
                          + (f"; block {r['block']}" if "block" in r else ""))
     return "\n".join(lines)
 
@@ -147,7 +168,7 @@ def main() -> None:
         results = measure_all(Path(tmp), seeds, data)
     test_recipe.SEEDS = seeds  # report() labels its rows with them
     print(test_recipe.report({k: results[k] for k in ("a", "b", "b+i")}))
-    print(f"\nshotsPerClass {args.shots}, seeds {args.seeds}\n" + summary(results))
+    print(f"\nshotsPerClass {args.shots}, seeds {args.seeds}\n" + summary(results, seeds))
     print(f"{time.perf_counter() - t0:.0f} s")
 
 

@@ -361,7 +361,7 @@ class FrozenFeaturesStage(_Model):
 
 
 _LR = Annotated[float, Field(gt=0, le=10, description="A learning rate.")]
-_WEIGHT_DECAY = Annotated[float, Field(ge=0, le=100, description="A weight decay.")]
+_WEIGHT_DECAY = Annotated[float, Field(ge=0, le=1, description="A weight decay.")]
 _SMOOTHING = Annotated[float, Field(ge=0, lt=1, description="A label smoothing.")]
 
 
