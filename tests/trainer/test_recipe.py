@@ -43,6 +43,16 @@ its exported mean test accuracy is not lower than (b)'s. Part 7's check: on the 
 seeds 5-7 (the second test below), the exported model's mean test accuracy is not below the Head (LP)
 candidate's by more than 1 point.
 
+Amendment 3 (2026-12-07, written after amendment 2's variants were measured and before this was): a paired test
+that uses each validation image's confidence, not only whether it is right. In amendment 2's runs (b-wide) seed 0's
+fine-tuning fell to 0.372 on validation against LP's 0.414 (6 images) and was kept (not significant under McNemar),
+13 points worse than LP on test. The rule measured beside the current one on the same runs (bench/recipe_variants.py,
+column "loss rule"): each candidate's validation logits get their own temperature (fitted on validation, as the
+export's calibration does), then the per-image cross-entropy differences FullFineTune - LP get a one-sided sign-flip
+randomisation test of their mean (20,000 flips, seed 0); LP is exported when p < 0.05, else FullFineTune. It replaces
+the McNemar test only if, on the 5 seeds and at shotsPerClass 2 with seeds 5-7, for (b) and for every variant of
+amendment 2, its exported mean test accuracy is not lower than the current rule's, and the test's bounds hold.
+
 Each job runs through the `Driver` with the `LocalExecutor` (the stage loops Ray Train runs, in this process), as
 tests/trainer/test_transfer.py does.
 """
@@ -95,6 +105,7 @@ def measure(tmp_path, recipes=RECIPES, seeds=SEEDS, data=DATA) -> dict[str, list
             # What the plain rule (the best by validation accuracy, then loss; LP on an exact tie) would export.
             plain = max(meta["selection"]["candidates"], key=lambda c: (c["val_accuracy"], -c["val_loss"]))
             row = head.sweep[head.chosen]
+            outputs = {"Head": head.output, "FullFineTune": fft.output}
             out[name].append({"test_accuracy": m["test_accuracy"], "val_accuracy": m["val_accuracy"],
                               "test_ece": m["test_ece"],
                               "test_ece_calibrated": m["test_ece_calibrated"], "exported": exported,
@@ -102,7 +113,7 @@ def measure(tmp_path, recipes=RECIPES, seeds=SEEDS, data=DATA) -> dict[str, list
                               "tests": {t["stage"]: t for t in meta["selection"]["tests"]},
                               "head_val": head.metrics["val_accuracy"], "fft_val": fft.metrics["val_accuracy"],
                               "head_test": head.metrics["test_accuracy"], "fft_test": fft.metrics["test_accuracy"],
-                              "head_row": row, "fft_best_epoch": fft.metrics["best_epoch"]})
+                              "head_row": row, "fft_best_epoch": fft.metrics["best_epoch"], "outputs": outputs})
     return out
 
 
