@@ -113,8 +113,55 @@ def _beyond_the_cap():
         yield
 
 
+@contextmanager
+def _logits_kept():
+    """Each candidate's validation logits are kept beside its predictions (for `loss_rule`)."""
+    save = scoring.save_predictions
+
+    def keeping(output, logits, labels):
+        save(output, logits, labels)
+        models.save_tensors(output.removesuffix(".pt") + ".val-logits.pt", {"logits": logits.float().cpu()})
+
+    with mock.patch.object(scoring, "save_predictions", keeping):
+        yield
+
+
+def sign_flip_p(d: torch.Tensor, flips: int = 20_000) -> float:
+    """One-sided randomisation test of mean(d) > 0 for paired differences `d`: the share of random sign flips whose
+    mean is at least the observed one (the observed one counted, so p > 0)."""
+    signs = torch.randint(0, 2, (flips, len(d)), generator=torch.Generator().manual_seed(0)).float() * 2 - 1
+    return float(((signs * d).mean(1) >= d.mean()).sum() + 1) / (flips + 1)
+
+
+def loss_rule(record: dict) -> tuple[str, float]:
+    """Amendment 3's rule on one run: (the stage it exports, p): LP when its temperature-scaled per-image validation
+    loss is lower than FullFineTune's beyond the noise (sign-flip test, p < 0.05), else FullFineTune."""
+    nll = {}
+    for stage, output in record["outputs"].items():
+        logits = models.read_tensors(output.removesuffix(".pt") + ".val-logits.pt")["logits"]
+        labels = models.read_tensors(scoring.predictions_uri(output))["labels"]
+        t = scoring.fit_temperature(logits, labels)
+        nll[stage] = torch.nn.functional.cross_entropy(logits / t, labels, reduction="none")
+    p = sign_flip_p(nll["FullFineTune"] - nll["Head"])
+    return ("Head" if p < 0.05 else "FullFineTune"), p
+
+
+def _with_loss_rule(results: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    for rs in results.values():
+        for r in rs:
+            r["loss_rule"], r["loss_p"] = loss_rule(r)
+            r["loss_rule_test"] = r["head_test"] if r["loss_rule"] == "Head" else r["fft_test"]
+    return results
+
+
 def measure_all(tmp: Path, seeds, data) -> dict[str, list[dict]]:
-    """(a), (b), (b+i), the spec variants, the soup, and surgical fine-tuning (best block per seed by validation)."""
+    """(a), (b), (b+i), the spec variants, the soup, and surgical fine-tuning (best block per seed by validation);
+    each run also with what amendment 3's loss rule would export."""
+    with _logits_kept():
+        return _with_loss_rule(_measure_all(tmp, seeds, data))
+
+
+def _measure_all(tmp: Path, seeds, data) -> dict[str, list[dict]]:
     with _beyond_the_cap():
         results = test_recipe.measure(tmp / "spec", {**test_recipe.RECIPES, **VARIANTS}, seeds, data)
     with _soup():
@@ -135,7 +182,8 @@ def summary(results: dict[str, list[dict]], seeds) -> str:
     """One row per variant: mean validation and test of LP, FullFineTune and the exported model, and the exported
     model's gain over (a) (mean, worst seed)."""
     lines = ["| variant | LP val | LP test | FT val | FT test | exported val | exported test | gain over (a) "
-             "(mean; worst seed) | exported - LP (test) |", "|---|---|---|---|---|---|---|---|---|"]
+             "(mean; worst seed) | exported - LP (test) | loss rule: exported test (LP taken) | loss rule - LP |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, rs in results.items():
         def mean(key, rs=rs):
             return statistics.mean(r[key] for r in rs)
@@ -144,14 +192,17 @@ def summary(results: dict[str, list[dict]], seeds) -> str:
         lines.append(f"| ({name}) | {mean('head_val'):.3f} | {mean('head_test'):.3f} | {mean('fft_val'):.3f} | "
                      f"{mean('fft_test'):.3f} | {mean('val_accuracy'):.3f} | {mean('test_accuracy'):.3f} | "
                      f"{statistics.mean(gains):+.3f}; {min(gains):+.3f} | "
-                     f"{mean('test_accuracy') - mean('head_test'):+.3f} |")
+                     f"{mean('test_accuracy') - mean('head_test'):+.3f} | {mean('loss_rule_test'):.3f} "
+                     f"({sum(r['loss_rule'] == 'Head' for r in rs)}/{len(rs)}) | "
+                     f"{mean('loss_rule_test') - mean('head_test'):+.3f} |")
     for name, rs in results.items():
         for seed, r in zip(seeds, rs, strict=True):
             h = r["head_row"]
             lines.append(f"({name}) seed {seed}: LP val {r['head_val']:.3f} test {r['head_test']:.3f}; FT val "
                          f"{r['fft_val']:.3f} test {r['fft_test']:.3f}; exported {r['exported']} "
                          f"{r['test_accuracy']:.3f}; head lr {h['lr']} wd {h['weight_decay']} ls {h['label_smoothing']}"
-                         + (f"; block {r['block']}" if "block" in r else ""))
+                         + (f"; block {r['block']}" if "block" in r else "")
+                         + f"; loss rule {r['loss_rule']} (p {r['loss_p']:.3g})")
     return "\n".join(lines)
 
 

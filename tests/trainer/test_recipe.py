@@ -46,7 +46,7 @@ candidate's by more than 1 point.
 Amendment 3 (2026-12-07, written after amendment 2's variants were measured and before this was): a paired test
 that uses each validation image's confidence, not only whether it is right. In amendment 2's runs (b-wide) seed 0's
 fine-tuning fell to 0.372 on validation against LP's 0.414 (6 images) and was kept (not significant under McNemar),
-13 points worse than LP on test. The rule measured beside the current one on the same runs (bench/recipe_variants.py,
+12 points worse than LP on test. The rule measured beside the current one on the same runs (bench/recipe_variants.py,
 column "loss rule"): each candidate's validation logits get their own temperature (fitted on validation, as the
 export's calibration does), then the per-image cross-entropy differences FullFineTune - LP get a one-sided sign-flip
 randomisation test of their mean (20,000 flips, seed 0); LP is exported when p < 0.05, else FullFineTune. It replaces
