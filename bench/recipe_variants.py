@@ -5,6 +5,8 @@ which, written before measuring).
 
     .venv/bin/python bench/recipe_variants.py                       # the 5 seeds: about 3 minutes on 2 cores
     .venv/bin/python bench/recipe_variants.py --shots 2 --seeds 5,6,7   # the check that a choice generalises
+    .venv/bin/python bench/recipe_variants.py --only-b --shots 3 --seeds 8,9,10,11,12 [--ft-defaults]
+        [--pretrain-in-job]       # recipe (b) alone: LP, FullFineTune and the export at other shots and seeds
 
 (b-vl): the new defaults with the Head's `monitor: val_loss` (the sweep's setting and each setting's best epoch
 chosen by validation loss, a proper scoring rule with less noise than accuracy on ~145 images, instead of
@@ -38,6 +40,7 @@ sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "trainer")]
 import test_recipe  # noqa: E402
 import torch  # noqa: E402
 
+from graft import storage  # noqa: E402
 from graft.api.models import TransferJob  # noqa: E402
 from graft_trainer import loops, models, scoring, stages, sweep  # noqa: E402
 
@@ -206,15 +209,46 @@ def summary(results: dict[str, list[dict]], seeds) -> str:
     return "\n".join(lines)
 
 
+def scan(tmp: Path, seeds, data, ft_defaults: bool, in_job: bool) -> None:
+    """Recipe (b) alone: LP, FullFineTune and the exported model on test per seed, and their means. `ft_defaults`:
+    FullFineTune at the API's defaults instead of the protocol's settings; `in_job`: the Pretrain stage in each job
+    (seeded by the job, as the demo's manifest runs), not one shared backbone."""
+    ft = {"type": "FullFineTune"} if ft_defaults else test_recipe.FT
+    rows = []
+    if in_job:
+        for seed in seeds:
+            ledger = test_recipe._run(f"b-{seed}", [test_recipe.PRETRAIN, FF, {"type": "Head"}, ft], seed, tmp,
+                                      data=data)
+            meta = storage.read_json(storage.join(ledger.model_uri, "model.json"))
+            rows.append((ledger.stage("Head").metrics["test_accuracy"],
+                         ledger.stage("FullFineTune").metrics["test_accuracy"], meta["metrics"]["test_accuracy"],
+                         meta["selection"]["stage"]))
+    else:
+        for r in test_recipe.measure(tmp, {"b": [FF, {"type": "Head"}, ft]}, seeds, data)["b"]:
+            rows.append((r["head_test"], r["fft_test"], r["test_accuracy"], r["exported"]))
+    for seed, (lp, fft, exported, stage) in zip(seeds, rows, strict=True):
+        print(f"seed {seed}: LP test {lp:.3f}, FullFineTune test {fft:.3f}, exported {stage} {exported:.3f}")
+    lp, fft, exported = (statistics.mean(r[i] for r in rows) for i in range(3))
+    print(f"mean: LP {lp:.3f}, FullFineTune {fft:.3f}, exported {exported:.3f}, exported - LP {exported - lp:+.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shots", type=int, default=test_recipe.DATA["shotsPerClass"])
     parser.add_argument("--seeds", default=",".join(map(str, test_recipe.SEEDS)))
+    parser.add_argument("--only-b", action="store_true", help="recipe (b) alone: LP, FT and the export per seed")
+    parser.add_argument("--ft-defaults", action="store_true", help="with --only-b: FullFineTune at its defaults")
+    parser.add_argument("--pretrain-in-job", action="store_true", help="with --only-b: Pretrain in each job")
     args = parser.parse_args()
     seeds = tuple(int(s) for s in args.seeds.split(","))
     data = {**test_recipe.DATA, "shotsPerClass": args.shots}
     torch.set_num_threads(1)  # as the test's one_thread fixture: same floating-point order every run
     t0 = time.perf_counter()
+    if args.only_b:
+        with tempfile.TemporaryDirectory() as tmp:
+            scan(Path(tmp), seeds, data, args.ft_defaults, args.pretrain_in_job)
+        print(f"{time.perf_counter() - t0:.0f} s")
+        return
     with tempfile.TemporaryDirectory() as tmp:
         results = measure_all(Path(tmp), seeds, data)
     test_recipe.SEEDS = seeds  # report() labels its rows with them

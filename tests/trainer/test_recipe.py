@@ -73,6 +73,8 @@ DATA = {"train": "builtin:digits-noisy", "imageSize": 8, "shotsPerClass": 5, "te
 FT = {"type": "FullFineTune", "epochs": 20, "batchSize": 16, "lr": 3e-3, "backboneLrScale": 0.1, "augment": False}
 FIXED_HEAD = {"type": "Head", "epochs": 100, "lr": 0.01, "weightDecay": 1e-4, "labelSmoothing": 0.0,
               "patience": None}
+PRETRAIN = {"type": "Pretrain", "data": "builtin:digits-clean", "numClasses": 10, "epochs": 15, "batchSize": 64,
+            "lr": 0.05}
 RECIPES = {
     "a": [{"type": "FrozenFeatures"}, FIXED_HEAD, FT],
     "b": [{"type": "FrozenFeatures"}, {"type": "Head"}, FT],
@@ -88,9 +90,7 @@ def _run(name, stages, seed, store, weights=None, data=None):
 
 def measure(tmp_path, recipes=RECIPES, seeds=SEEDS, data=DATA) -> dict[str, list[dict[str, float]]]:
     """Per recipe, per seed: the exported model's test accuracy and test ECE before / after calibration."""
-    pretrain = [{"type": "Pretrain", "data": "builtin:digits-clean", "numClasses": 10, "epochs": 15,
-                 "batchSize": 64, "lr": 0.05}]
-    source = _run("pretrain", pretrain, 0, tmp_path, data={"train": "builtin:digits-noisy", "imageSize": 8})
+    source = _run("pretrain", [PRETRAIN], 0, tmp_path, data={"train": "builtin:digits-noisy", "imageSize": 8})
     weights = source.stage("Pretrain").output
     out: dict[str, list[dict[str, float]]] = {name: [] for name in recipes}
     for seed in seeds:
@@ -152,7 +152,8 @@ def test_the_tuned_recipe_against_the_fixed_one_on_held_out_test(tmp_path, one_t
     than 1, is NOT met: the new defaults export a model +1.9 points better on mean test accuracy, no seed worse. The
     claim asserted: (b) at least 1 point better on mean, no seed worse by more than 1 point (the issue's bound); the
     export is never worse on test than FullFineTune alone by more than 2 points (about 3 of ~180 test images: the
-    plain best-by-validation choice was 6 points worse for a seed); temperature scaling lowers mean test ECE."""
+    plain best-by-validation choice was 6 points worse for a seed); its mean is not below the Head (LP) candidate's by
+    more than 1 point (issue 27); temperature scaling lowers mean test ECE."""
     results = measure(tmp_path)
     print(report(results))
     pairs = list(zip(results["a"], results["b"], strict=True))
