@@ -24,6 +24,36 @@ exact one-sided McNemar test on per-image validation correctness at p < 0.05 sha
 (`graft_trainer/selection.py`). The level 0.05 is the textbook one, fixed before measuring and not tuned on test. The
 table also shows what the plain best-by-validation rule would have exported from the same runs, for comparison.
 
+Amendment 2 (2026-12-07, issue 27 parts 6 and 7, written before these variants were measured; bench/recipe_variants.py
+runs them beside (a), (b) and (b+i) on the same seeds). Each variant is tried for a reason other than its test score:
+- (b-wide): the Head grid widened where (b)'s chosen setting sat on its edge (lr 0.1 in 4 of 5 seeds, weight decay
+  1.0 in 4 of 5): lr adds 0.3, weight decay adds 3 and 10 (the API's cap of 1 on weight decay lifted for it).
+- (b-soup): the Head exports the uniform soup (Wortsman et al. 2022) of the settings whose best validation accuracy is
+  within one binomial standard error of the best one's (those validation cannot tell from the best), instead of the
+  single best; for linear heads on the same features the weight average is the average of their logits.
+- (b-surg): surgical fine-tuning (Lee et al., ICLR 2023): FullFineTune trains one of smallcnn's three conv blocks
+  (the others and the head frozen), the block chosen per seed by FullFineTune's validation accuracy. Lee et al. find
+  the first block best for input-level shifts, which Gaussian noise is.
+- (b-wd), added after (b-wide) was measured and before (b-wd) was: (b-wide)'s weight decays with (b)'s learning
+  rates. In (b-wide) seed 0 the sweep chose lr 0.3 with weight decay 0.01, a head with validation loss 4.3, and the
+  fine-tuning that started from it ended 20 points below (a)'s on test: the wider lr, not the decay, lets a head grow
+  large.
+A variant becomes a default only if its mean gain over (a) on the 5 seeds is larger than (b)'s, no seed is worse
+than (a) by more than 1 point, and on the check that it generalises (shotsPerClass 2, seeds 5-7, never used to choose)
+its exported mean test accuracy is not lower than (b)'s. Part 7's check: on the 5 seeds and on shotsPerClass 2 with
+seeds 5-7 (the second test below), the exported model's mean test accuracy is not below the Head (LP)
+candidate's by more than 1 point.
+
+Amendment 3 (2026-12-07, written after amendment 2's variants were measured and before this was): a paired test
+that uses each validation image's confidence, not only whether it is right. In amendment 2's runs (b-wide) seed 0's
+fine-tuning fell to 0.372 on validation against LP's 0.414 (6 images) and was kept (not significant under McNemar),
+12 points worse than LP on test. The rule measured beside the current one on the same runs (bench/recipe_variants.py,
+column "loss rule"): each candidate's validation logits get their own temperature (fitted on validation, as the
+export's calibration does), then the per-image cross-entropy differences FullFineTune - LP get a one-sided sign-flip
+randomisation test of their mean (20,000 flips, seed 0); LP is exported when p < 0.05, else FullFineTune. It replaces
+the McNemar test only if, on the 5 seeds and at shotsPerClass 2 with seeds 5-7, for (b) and for every variant of
+amendment 2, its exported mean test accuracy is not lower than the current rule's, and the test's bounds hold.
+
 Each job runs through the `Driver` with the `LocalExecutor` (the stage loops Ray Train runs, in this process), as
 tests/trainer/test_transfer.py does.
 """
@@ -44,6 +74,8 @@ DATA = {"train": "builtin:digits-noisy", "imageSize": 8, "shotsPerClass": 5, "te
 FT = {"type": "FullFineTune", "epochs": 20, "batchSize": 16, "lr": 3e-3, "backboneLrScale": 0.1, "augment": False}
 FIXED_HEAD = {"type": "Head", "epochs": 100, "lr": 0.01, "weightDecay": 1e-4, "labelSmoothing": 0.0,
               "patience": None}
+PRETRAIN = {"type": "Pretrain", "data": "builtin:digits-clean", "numClasses": 10, "epochs": 15, "batchSize": 64,
+            "lr": 0.05}
 RECIPES = {
     "a": [{"type": "FrozenFeatures"}, FIXED_HEAD, FT],
     "b": [{"type": "FrozenFeatures"}, {"type": "Head"}, FT],
@@ -57,16 +89,14 @@ def _run(name, stages, seed, store, weights=None, data=None):
     return Driver(TransferJob.model_validate(job_doc(name, spec)), str(store), executor=LocalExecutor()).run()
 
 
-def measure(tmp_path, recipes=RECIPES) -> dict[str, list[dict[str, float]]]:
+def measure(tmp_path, recipes=RECIPES, seeds=SEEDS, data=DATA) -> dict[str, list[dict[str, float]]]:
     """Per recipe, per seed: the exported model's test accuracy and test ECE before / after calibration."""
-    pretrain = [{"type": "Pretrain", "data": "builtin:digits-clean", "numClasses": 10, "epochs": 15,
-                 "batchSize": 64, "lr": 0.05}]
-    source = _run("pretrain", pretrain, 0, tmp_path, data={"train": "builtin:digits-noisy", "imageSize": 8})
+    source = _run("pretrain", [PRETRAIN], 0, tmp_path, data={"train": "builtin:digits-noisy", "imageSize": 8})
     weights = source.stage("Pretrain").output
     out: dict[str, list[dict[str, float]]] = {name: [] for name in recipes}
-    for seed in SEEDS:
+    for seed in seeds:
         for name, stages in recipes.items():
-            ledger = _run(f"{name.replace('+', '-')}-{seed}", stages, seed, tmp_path, weights=weights)
+            ledger = _run(f"{name.replace('+', '-')}-{seed}", stages, seed, tmp_path, weights=weights, data=data)
             head, fft = ledger.stage("Head"), ledger.stage("FullFineTune")
             meta = storage.read_json(storage.join(ledger.model_uri, "model.json"))
             if name == "a":  # before this change, the last stage's best checkpoint was exported
@@ -76,13 +106,15 @@ def measure(tmp_path, recipes=RECIPES) -> dict[str, list[dict[str, float]]]:
             # What the plain rule (the best by validation accuracy, then loss; LP on an exact tie) would export.
             plain = max(meta["selection"]["candidates"], key=lambda c: (c["val_accuracy"], -c["val_loss"]))
             row = head.sweep[head.chosen]
-            out[name].append({"test_accuracy": m["test_accuracy"], "test_ece": m["test_ece"],
+            outputs = {"Head": head.output, "FullFineTune": fft.output}
+            out[name].append({"test_accuracy": m["test_accuracy"], "val_accuracy": m["val_accuracy"],
+                              "test_ece": m["test_ece"],
                               "test_ece_calibrated": m["test_ece_calibrated"], "exported": exported,
                               "plain_test": plain["test_accuracy"], "plain": plain["stage"],
                               "tests": {t["stage"]: t for t in meta["selection"]["tests"]},
                               "head_val": head.metrics["val_accuracy"], "fft_val": fft.metrics["val_accuracy"],
                               "head_test": head.metrics["test_accuracy"], "fft_test": fft.metrics["test_accuracy"],
-                              "head_row": row, "fft_best_epoch": fft.metrics["best_epoch"]})
+                              "head_row": row, "fft_best_epoch": fft.metrics["best_epoch"], "outputs": outputs})
     return out
 
 
@@ -121,7 +153,8 @@ def test_the_tuned_recipe_against_the_fixed_one_on_held_out_test(tmp_path, one_t
     than 1, is NOT met: the new defaults export a model +1.9 points better on mean test accuracy, no seed worse. The
     claim asserted: (b) at least 1 point better on mean, no seed worse by more than 1 point (the issue's bound); the
     export is never worse on test than FullFineTune alone by more than 2 points (about 3 of ~180 test images: the
-    plain best-by-validation choice was 6 points worse for a seed); temperature scaling lowers mean test ECE."""
+    plain best-by-validation choice was 6 points worse for a seed); its mean is not below the Head (LP) candidate's by
+    more than 1 point (issue 27); temperature scaling lowers mean test ECE."""
     results = measure(tmp_path)
     print(report(results))
     pairs = list(zip(results["a"], results["b"], strict=True))
@@ -132,7 +165,29 @@ def test_the_tuned_recipe_against_the_fixed_one_on_held_out_test(tmp_path, one_t
     for name in ("b", "b+i"):
         behind = [r["fft_test"] - r["test_accuracy"] for r in results[name]]
         assert max(behind) <= 0.02, (name, behind)
+        # Issue 27's bound against the linear probe (amendment 2): not below LP's mean test by more than 1 point.
+        lp = statistics.mean(r["head_test"] for r in results[name])
+        assert statistics.mean(r["test_accuracy"] for r in results[name]) >= lp - 0.01, (name, lp)
     for name in results:
         before = statistics.mean(r["test_ece"] for r in results[name])
         after = statistics.mean(r["test_ece_calibrated"] for r in results[name])
         assert after < before, (name, before, after)
+
+
+#: Amendment 2's check at another shot count, on seeds the test above never uses.
+FEW_SHOT_SEEDS, FEW_SHOT_DATA = (5, 6, 7), {**DATA, "shotsPerClass": 2}
+
+
+def test_the_export_is_not_worse_than_the_linear_probe_at_two_shots_on_new_seeds(tmp_path, one_thread):
+    """Recipe (b) with 2 labels per class on seeds 5-7 (about 15 s here: one Pretrain, then 3 jobs): the exported
+    model's mean test accuracy is not below the Head (LP) candidate's by more than 1 point (issue 27's bound; the
+    figures are in bench/RESULTS.md). Here LP and FullFineTune are level on mean test (0.280 each), so the bound does
+    not judge the choice between them: it fails when the job exports a model worse than LP, a fine-tuning that fell
+    without the export rule or the learning check (spec.checks.learning) stopping it."""
+    results = measure(tmp_path, {"b": RECIPES["b"]}, FEW_SHOT_SEEDS, FEW_SHOT_DATA)["b"]
+    for seed, r in zip(FEW_SHOT_SEEDS, results, strict=True):
+        print(f"seed {seed}: LP test {r['head_test']:.3f}, FullFineTune test {r['fft_test']:.3f}, exported "
+              f"{r['exported']} {r['test_accuracy']:.3f}")
+    exported = statistics.mean(r["test_accuracy"] for r in results)
+    lp = statistics.mean(r["head_test"] for r in results)
+    assert exported >= lp - 0.01, (exported, lp)
