@@ -41,8 +41,11 @@ runs them beside (a), (b) and (b+i) on the same seeds). Each variant is tried fo
 A variant becomes a default only if its mean gain over (a) on the 5 seeds is larger than (b)'s, no seed is worse
 than (a) by more than 1 point, and on the check that it generalises (shotsPerClass 2, seeds 5-7, never used to choose)
 its exported mean test accuracy is not lower than (b)'s. Part 7's check: on the 5 seeds and on shotsPerClass 2 with
-seeds 5-7 (the second test below), the exported model's mean test accuracy is not below the Head (LP)
-candidate's by more than 1 point.
+seeds 5-7, the exported model's mean test accuracy is not below the Head (LP) candidate's by more than 1 point (the
+5 seeds in the test below; the 2-shot seeds in bench/recipe_variants.py only: there LP and FullFineTune are level
+on test, 0.280 each, so exporting either passes and a test of it could not fail through the export rule; with the
+rule broken to export the worse-by-validation candidate, or to keep FullFineTune with its backbone's learning rate
+x100, it stayed green).
 
 Amendment 3 (2026-12-07, written after amendment 2's variants were measured and before this was): a paired test
 that uses each validation image's confidence, not only whether it is right. In amendment 2's runs (b-wide) seed 0's
@@ -172,22 +175,3 @@ def test_the_tuned_recipe_against_the_fixed_one_on_held_out_test(tmp_path, one_t
         before = statistics.mean(r["test_ece"] for r in results[name])
         after = statistics.mean(r["test_ece_calibrated"] for r in results[name])
         assert after < before, (name, before, after)
-
-
-#: Amendment 2's check at another shot count, on seeds the test above never uses.
-FEW_SHOT_SEEDS, FEW_SHOT_DATA = (5, 6, 7), {**DATA, "shotsPerClass": 2}
-
-
-def test_the_export_is_not_worse_than_the_linear_probe_at_two_shots_on_new_seeds(tmp_path, one_thread):
-    """Recipe (b) with 2 labels per class on seeds 5-7 (about 15 s here: one Pretrain, then 3 jobs): the exported
-    model's mean test accuracy is not below the Head (LP) candidate's by more than 1 point (issue 27's bound; the
-    figures are in bench/RESULTS.md). Here LP and FullFineTune are level on mean test (0.280 each), so the bound does
-    not judge the choice between them: it fails when the job exports a model worse than LP, a fine-tuning that fell
-    without the export rule or the learning check (spec.checks.learning) stopping it."""
-    results = measure(tmp_path, {"b": RECIPES["b"]}, FEW_SHOT_SEEDS, FEW_SHOT_DATA)["b"]
-    for seed, r in zip(FEW_SHOT_SEEDS, results, strict=True):
-        print(f"seed {seed}: LP test {r['head_test']:.3f}, FullFineTune test {r['fft_test']:.3f}, exported "
-              f"{r['exported']} {r['test_accuracy']:.3f}")
-    exported = statistics.mean(r["test_accuracy"] for r in results)
-    lp = statistics.mean(r["head_test"] for r in results)
-    assert exported >= lp - 0.01, (exported, lp)
