@@ -1,9 +1,11 @@
-"""A flaky S3 endpoint: an HTTP proxy on 127.0.0.1 in front of the moto server that answers a share of requests with
-503 and drops another share of connections, and forwards the rest unchanged.
+"""A flaky object store endpoint: an HTTP proxy on 127.0.0.1 in front of the moto server (or fake-gcs-server) that
+answers a share of requests with 503 and drops another share of connections, and forwards the rest unchanged.
 
-What it answers is what S3 answers when it sheds load: `503 Slow Down` with the S3 error document
-(`<Error><Code>SlowDown</Code>...`), or `503 Service Unavailable` (`ServiceUnavailable`), per the S3 API reference's
-"Error responses" page (docs.aws.amazon.com/AmazonS3/latest/API/ErrorResponses.html, "List of error codes"). A
+What it answers is what the store answers when it sheds load. S3 (`S3_FAULTS`): `503 Slow Down` with the S3 error
+document (`<Error><Code>SlowDown</Code>...`), or `503 Service Unavailable` (`ServiceUnavailable`), per the S3 API
+reference's "Error responses" page (docs.aws.amazon.com/AmazonS3/latest/API/ErrorResponses.html, "List of error
+codes"). GCS (`GCS_FAULTS`): `503` with the JSON API's error document, reason `backendError`, per "HTTP status and
+error codes for JSON" (cloud.google.com/storage/docs/json_api/v1/status-codes, "503 Service Unavailable"). A
 dropped connection is a TCP reset after the request was read (SO_LINGER 0), as a load balancer losing a backend
 gives. Requests are forwarded byte for byte (the Host header too, so a SigV4 signature stays valid), chunked bodies
 included.
@@ -21,10 +23,17 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlparse
 
-_ERROR = ('<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{message}</Message>'
-          "<RequestId>graft-flaky-proxy</RequestId></Error>")
-_FAULTS = (("SlowDown", "Slow Down", "Please reduce your request rate."),
-           ("ServiceUnavailable", "Service Unavailable", "Service is unable to handle request."))
+_S3_ERROR = ('<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{message}</Message>'
+             "<RequestId>graft-flaky-proxy</RequestId></Error>")
+_GCS_ERROR = ('{{"error": {{"code": 503, "message": "{message}", "errors": [{{"message": "{message}", '
+              '"domain": "global", "reason": "{code}"}}]}}}}')
+#: (reason phrase, content type, body) of each 503 a store gives when it sheds load.
+S3_FAULTS = tuple(("Slow Down" if code == "SlowDown" else "Service Unavailable", "application/xml",
+                   _S3_ERROR.format(code=code, message=message))
+                  for code, message in (("SlowDown", "Please reduce your request rate."),
+                                        ("ServiceUnavailable", "Service is unable to handle request.")))
+GCS_FAULTS = (("Service Unavailable", "application/json; charset=UTF-8",
+               _GCS_ERROR.format(code="backendError", message="Backend Error")),)
 _HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "expect", "te", "upgrade"}
 
 
@@ -38,8 +47,10 @@ class FlakyS3:
 
 
 @contextmanager
-def flaky_s3(upstream: str, fail: float = 0.3, reset: float = 0.05, seed: int = 0) -> Iterator[FlakyS3]:
-    """Proxy `upstream` (the moto endpoint): a `fail` share of requests get a 503, a `reset` share a TCP reset."""
+def flaky_s3(upstream: str, fail: float = 0.3, reset: float = 0.05, seed: int = 0,
+             faults: tuple[tuple[str, str, str], ...] = S3_FAULTS) -> Iterator[FlakyS3]:
+    """Proxy `upstream` (the moto endpoint, or fake-gcs-server's with `faults=GCS_FAULTS`): a `fail` share of requests
+    get a 503 (one of `faults`), a `reset` share a TCP reset."""
     target = urlparse(upstream)
     rng = random.Random(seed)
 
@@ -78,14 +89,14 @@ def flaky_s3(upstream: str, fail: float = 0.3, reset: float = 0.05, seed: int = 
                 self.connection.close()
                 return
             if roll < reset + fail:
-                return self._fail(rng.choice(_FAULTS))
+                return self._fail(rng.choice(faults))
             self._forward(body)
 
         def _fail(self, fault: tuple[str, str, str]) -> None:
-            code, reason, message = fault
-            data = b"" if self.command == "HEAD" else _ERROR.format(code=code, message=message).encode()
+            reason, content_type, body = fault
+            data = b"" if self.command == "HEAD" else body.encode()
             self.send_response(503, reason)
-            self.send_header("Content-Type", "application/xml")
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
@@ -115,7 +126,7 @@ def flaky_s3(upstream: str, fail: float = 0.3, reset: float = 0.05, seed: int = 
             finally:
                 conn.close()
 
-        do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
+        do_GET = do_PUT = do_POST = do_PATCH = do_DELETE = do_HEAD = _handle
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
