@@ -220,11 +220,15 @@ def _read_whole(uri: str, fs: pafs.FileSystem, path: str, info: pafs.FileInfo) -
     pyarrow reads an S3 object as one ranged GET sized by an earlier HEAD, so an object replaced in between by a
     longer version comes back as that version cut to the old length (checked on every object store alike). The
     read counts only when the object's size and modification time are the same before and after it (and the
-    length matches); otherwise it is read again."""
+    length matches); otherwise it is read again.
+
+    The stream is read with a length (one byte more than the object had: a longer version shows as a length that
+    does not match): pyarrow's `read()` with none was 60x slower on S3 (5 s for a 45 MB checkpoint from a local S3
+    server, 0.08 s with the length)."""
     before = info
     for _ in range(_CONSISTENT_READ_TRIES):
         with fs.open_input_stream(path) as f:
-            data = f.read()
+            data = f.read(before.size + 1)
         after = fs.get_file_info(path)
         if after.type == pafs.FileType.NotFound:
             raise FileNotFoundError(path)

@@ -87,6 +87,10 @@ def _s3_filesystem(options: S3Options) -> pafs.S3FileSystem:
     # retry mode) is spent, which a store shedding load for a while spends, and it waited ~3x longer per 503 here.
     kwargs["retry_strategy"] = pafs.AwsDefaultS3RetryStrategy(max_attempts=options.max_attempts)
     kwargs["connect_timeout"] = options.connect_timeout
+    # An object smaller than a part (10 MB; the ledger, a manifest, a small checkpoint) goes up as one PutObject
+    # when its stream closes, not as a multipart upload's three requests (s3fs.h, `allow_delayed_open`: "may also
+    # allow usage of more efficient S3 APIs for small files"); a missing bucket then shows at close, in write_bytes.
+    kwargs["allow_delayed_open"] = True
     kwargs["request_timeout"] = options.request_timeout
     return _S3FileSystem(options, **kwargs)
 
