@@ -194,7 +194,7 @@ def test_graft_run_example_ctrl_c_resumes_then_exports_plots_and_predicts(tmp_pa
     """The README's example (epochs cut down for CI), interrupted with Ctrl-C during FullFineTune (the Head sweep,
     in-process, takes about a second), rerun to the end."""
     doc = yaml.safe_load((REPO / "examples" / "digits-lpft.yaml").read_text())
-    epochs = {"Pretrain": 3, "Head": 40, "FullFineTune": 8}  # FullFineTune: Ctrl-C lands after its epoch 1
+    epochs = {"Pretrain": 3, "Head": 40, "FullFineTune": 20}
     for stage in doc["spec"]["stages"]:
         if stage["type"] in epochs:
             stage["epochs"] = epochs[stage["type"]]
