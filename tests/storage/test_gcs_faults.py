@@ -9,19 +9,10 @@ figure Graft does not set."""
 
 from __future__ import annotations
 
-import pytest
 from support.flaky_s3 import GCS_FAULTS, flaky_s3
 
-from graft import storage
 from graft.ledger import Ledger
 from graft.storage_backends import gcs
-
-
-@pytest.fixture()
-def budget():
-    """Set this process's retry budget for a test, and put the default back after it."""
-    yield storage.configure
-    storage.configure(storage.DEFAULT_RETRY_SECONDS)
 
 
 def test_a_flaky_gcs_endpoint_is_retried_until_every_write_and_read_succeeds(gcs_endpoint, gcs_bucket, monkeypatch,

@@ -22,13 +22,6 @@ from graft.ledger import Ledger
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture()
-def budget():
-    """Set this process's retry budget for a test, and put the default back after it."""
-    yield storage.configure
-    storage.configure(storage.DEFAULT_RETRY_SECONDS)
-
-
 def test_a_flaky_endpoint_is_retried_until_every_write_and_read_succeeds(s3_bucket, s3_endpoint, monkeypatch, budget):
     budget(60)
     root = s3_bucket + "/job"

@@ -28,10 +28,11 @@ _S3_ERROR = ('<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code>
 _GCS_ERROR = ('{{"error": {{"code": 503, "message": "{message}", "errors": [{{"message": "{message}", '
               '"domain": "global", "reason": "{code}"}}]}}}}')
 #: (reason phrase, content type, body) of each 503 a store gives when it sheds load.
-S3_FAULTS = tuple(("Slow Down" if code == "SlowDown" else "Service Unavailable", "application/xml",
-                   _S3_ERROR.format(code=code, message=message))
-                  for code, message in (("SlowDown", "Please reduce your request rate."),
-                                        ("ServiceUnavailable", "Service is unable to handle request.")))
+S3_FAULTS = (
+    ("Slow Down", "application/xml", _S3_ERROR.format(code="SlowDown", message="Please reduce your request rate.")),
+    ("Service Unavailable", "application/xml",
+     _S3_ERROR.format(code="ServiceUnavailable", message="Service is unable to handle request.")),
+)
 GCS_FAULTS = (("Service Unavailable", "application/json; charset=UTF-8",
                _GCS_ERROR.format(code="backendError", message="Backend Error")),)
 _HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "expect", "te", "upgrade"}
