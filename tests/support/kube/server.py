@@ -252,6 +252,8 @@ class EmulatedKubernetes(kmock.KubernetesScaffold):
                     event = await asyncio.wait_for(watcher.queue.get(), wait)
                 except TimeoutError:
                     continue
+                if event is None:  # the server is shutting down (api.py `_serve`): end the stream now
+                    break
                 if watcher.user in self.cut_off:  # the connection is gone: this event never reaches the client
                     break
                 await response.write(json.dumps(event).encode() + b"\n")
