@@ -724,6 +724,16 @@ class ChecksSpec(_Model):
     """Whether each training stage learned anything (against chance, and its training loss)."""
 
 
+class ServingSpec(_Model):
+    """The serving hand-off written after the job (docs/serving.md)."""
+
+    export: bool = True
+    """Write the serving files after the export: the model as ONNX, a Triton model repository and a KServe
+    InferenceService manifest (`status.model` says where). `false`: the job ends at the PyTorch model folder
+    (model.pt, model.json), e.g. when another stack serves the model or the ONNX exporter cannot trace the network;
+    `graft export <model folder>` writes the same files later. Default true."""
+
+
 class Toleration(_Model):
     """A Kubernetes toleration (core/v1 Toleration)."""
 
@@ -1161,6 +1171,9 @@ class TransferJobSpec(_Model):
 
     checks: ChecksSpec = Field(default_factory=ChecksSpec)
     """Checks of the results: by default a training stage that learned nothing fails the job before the export."""
+
+    serving: ServingSpec = Field(default_factory=ServingSpec)
+    """The serving hand-off after the job (ONNX, Triton repository, KServe InferenceService manifest)."""
 
     scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec)
     """Pod scheduling pass-through: the workers' node selector and tolerations, the head pod's own (`head`),

@@ -175,3 +175,33 @@ def test_a_failed_onnx_export_leaves_the_job_its_model_and_says_how_to_retry(tmp
     assert serving.export_after_job(uri, None) is None
     assert f"Retry with: graft export {uri}" in caplog.text
     assert "onnx" not in storage.read_json(storage.join(uri, "model.json"))
+
+
+@pytest.mark.parametrize("export_serving", [True, False], ids=["default", "export-false"])
+def test_a_job_writes_its_serving_files_unless_spec_serving_export_is_false(tmp_path, one_thread, export_serving):
+    """By default a finished job's model folder has the ONNX graph, the Triton repository and the InferenceService
+    manifest, and the ledger (hence `status.model`) names them; with `spec.serving.export: false` it ends at the
+    PyTorch model, which `graft predict` reads and `graft export` can give the serving files later."""
+    from support.trainer_data import SMOKE_CHECKS, job_doc
+
+    from graft.api.models import TransferJob
+    from graft_trainer.driver import Driver
+    from graft_trainer.executors import LocalExecutor
+
+    spec = {"model": {"backbone": "smallcnn", "numClasses": 10},
+            "data": {"train": "builtin:digits", "imageSize": 8, "shotsPerClass": 2},
+            "stages": [{"type": "Pretrain", "data": "builtin:digits", "numClasses": 10, "epochs": 1}],
+            "checks": SMOKE_CHECKS}
+    if not export_serving:
+        spec["serving"] = {"export": False}
+    job = TransferJob.model_validate(job_doc("served", spec))
+    ledger = Driver(job, str(tmp_path), executor=LocalExecutor()).run()
+    uri = ledger.model_uri
+    assert storage.exists(storage.join(uri, "model.pt"))
+    files = [storage.join(uri, "inferenceservice.yaml"), storage.join(uri, "triton", "served", "config.pbtxt")]
+    assert [storage.exists(f) for f in files] == [export_serving] * 2
+    model = ledger.to_status()["model"]  # what the operator writes to status.model
+    assert model["uri"] == uri and ("onnx" in model, "inferenceService" in model) == (export_serving,) * 2, model
+    if not export_serving:
+        with pytest.raises(serving.NoOnnx):
+            serving.onnx_path(uri)

@@ -391,7 +391,7 @@ class Driver:
                 ledger.message = f"export: {user_message(exc)}"
                 self._save(ledger)
                 raise StageFailed("export", user_message(exc)) from exc
-            if uri:  # ONNX, Triton repository, InferenceService (never fails the job)
+            if uri and self.spec.serving.export:  # ONNX, Triton repository, InferenceService (never fails the job)
                 ledger.serving = serving.status_of(uri, serving.export_after_job(uri, self.job))
             ledger.model_uri = uri or None
             self._save(ledger)
