@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from support.trainer_data import SMOKE_CHECKS
+from support.trainer_data import NO_SERVING, SMOKE_CHECKS
 
 from graft.api.models import StageState, TransferJob
 from graft.ledger import Ledger
@@ -25,6 +25,7 @@ SPEC = {
         {"type": "FullFineTune", "epochs": 1, "lr": 0.003},
     ],
     "checks": SMOKE_CHECKS,
+    "serving": NO_SERVING,
 }
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from support.trainer_data import SMOKE_CHECKS
+from support.trainer_data import NO_SERVING, SMOKE_CHECKS
 
 from graft.api.models import TransferJob
 from graft.ledger import Ledger
@@ -31,6 +31,7 @@ SPEC = {
         {"type": "Head", "epochs": 2},
         {"type": "FullFineTune", "epochs": 1, "lr": 0.003},
     ],
+    "serving": NO_SERVING,
     "checks": SMOKE_CHECKS,  # one epoch each: next to chance, which is not what these tests are about
 }
 #: Job name -> its validationSplit.

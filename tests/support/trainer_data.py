@@ -53,6 +53,11 @@ def smallcnn_weights(path: Path, seed: int = 0) -> Path:
 #: labels per class): they learn next to nothing by design, so the learning check (graft_trainer/learning.py) warns
 #: instead of failing them. tests/trainer/test_learning_check.py tests the check itself, at its default (Fail).
 SMOKE_CHECKS = {"learning": {"action": "Warn"}}
+#: `spec.serving` for a job whose test is not about serving: it ends at the PyTorch model (model.pt, model.json),
+#: without the ONNX graph, Triton repository and InferenceService manifest. The exporter's first run in a process is
+#: ~3 s on 2 cores (its imports), seconds every test that finishes a job would pay for files it never looks at; the
+#: serving files have their own tests (test_serving_files.py, test_onnx_export.py, test_serve.py, the operator e2e).
+NO_SERVING = {"export": False}
 
 
 def job_doc(name: str, spec: dict, uid: str | None = None) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from support.trainer_data import job_doc, smallcnn_weights
+from support.trainer_data import NO_SERVING, job_doc, smallcnn_weights
 
 from graft import storage
 from graft.api.models import TransferJob
@@ -47,6 +47,7 @@ def test_stages_report_calibration_and_predict_uses_the_temperature(tmp_path, on
                    {"type": "FullFineTune", "epochs": 3, "batchSize": 16, "augment": False}],
         # 3 epochs from a random backbone leave FullFineTune near chance: the learning check warns, the job goes on.
         "checks": {"learning": {"action": "Warn"}},
+        "serving": NO_SERVING,
     }
     job = TransferJob.model_validate(job_doc("calibrated", spec))
     ledger = Driver(job, str(tmp_path / "runs"), executor=LocalExecutor()).run()

@@ -4,7 +4,7 @@ the exported model is the best epoch by the monitored validation metric."""
 from __future__ import annotations
 
 import pytest
-from support.trainer_data import job_doc
+from support.trainer_data import NO_SERVING, job_doc
 
 from graft import storage
 from graft.api.models import TransferJob
@@ -20,6 +20,7 @@ def _run(tmp_path, stage: dict):
         "data": {"train": "builtin:digits-noisy", "imageSize": 8, "shotsPerClass": 2},
         "stages": [{"type": "FullFineTune", "epochs": 60, "batchSize": 16, "lr": 3e-3, "backboneLrScale": 1.0,
                     "augment": False, **stage}],
+        "serving": NO_SERVING,
     }
     job = TransferJob.model_validate(job_doc("stops", spec))
     return job, Driver(job, str(tmp_path), executor=LocalExecutor()).run()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from support.trainer_data import job_doc, smallcnn_weights
+from support.trainer_data import NO_SERVING, job_doc, smallcnn_weights
 from typer.testing import CliRunner
 
 from graft import storage
@@ -30,6 +30,7 @@ def test_a_fine_tune_that_made_things_worse_is_not_exported(tmp_path, one_thread
                     "augment": False, "gradClipNorm": None}],
         # The wrecked FullFineTune is at chance: the learning check warns, and the export choice is what is tested.
         "checks": {"learning": {"action": "Warn"}},
+        "serving": NO_SERVING,
     }
     job = TransferJob.model_validate(job_doc("worse", spec))
     ledger = Driver(job, str(tmp_path / "runs"), executor=LocalExecutor()).run()

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from support.dying_session import DyingSession, Killed
-from support.trainer_data import SMOKE_CHECKS, job_doc
+from support.trainer_data import NO_SERVING, SMOKE_CHECKS, job_doc
 
 from graft import storage
 from graft.api.models import HeadStage, TransferJob, TransferJobSpec
@@ -183,6 +183,7 @@ def test_head_runs_in_the_driver_only_when_the_features_fit_in_memory(tmp_path, 
         "stages": [{"type": "FrozenFeatures"}, {"type": "Head", "epochs": 5}],
         "workers": {"memory": memory},
         "checks": SMOKE_CHECKS,
+        "serving": NO_SERVING,
     }
     executor = Recording()
     ledger = Driver(TransferJob.model_validate(job_doc("where", spec)), str(tmp_path / "runs"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from support.trainer_data import SMOKE_CHECKS, job_doc, smallcnn_weights
+from support.trainer_data import NO_SERVING, SMOKE_CHECKS, job_doc, smallcnn_weights
 
 from graft import storage
 from graft.api.models import DataSpec, TransferJob
@@ -48,6 +48,7 @@ def test_every_stage_reports_the_test_score_apart_and_it_matches_the_exported_mo
         "stages": [{"type": "FrozenFeatures"}, {"type": "Head", "epochs": 20},
                    {"type": "FullFineTune", "epochs": 2, "batchSize": 16, "augment": False}],
         "checks": SMOKE_CHECKS,
+        "serving": NO_SERVING,
     }
     job = TransferJob.model_validate(job_doc("held-out", spec))
     ledger = Driver(job, str(tmp_path / "runs"), executor=LocalExecutor()).run()

@@ -4,7 +4,7 @@ validation an export candidate."""
 from __future__ import annotations
 
 import pytest
-from support.trainer_data import SMOKE_CHECKS, job_doc, smallcnn_weights
+from support.trainer_data import NO_SERVING, SMOKE_CHECKS, job_doc, smallcnn_weights
 
 from graft import storage
 from graft.api.models import TransferJob, TransferJobSpec
@@ -20,6 +20,7 @@ def _run(tmp_path, fft: dict):
         "stages": [{"type": "FrozenFeatures"}, {"type": "Head", "epochs": 30},
                    {"type": "FullFineTune", "epochs": 4, "batchSize": 16, "augment": False, **fft}],
         "checks": SMOKE_CHECKS,
+        "serving": NO_SERVING,
     }
     return Driver(TransferJob.model_validate(job_doc("wise", spec)), str(tmp_path / "runs"),
                   executor=LocalExecutor()).run()

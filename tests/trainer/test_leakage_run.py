@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from support.trainer_data import SMOKE_CHECKS, job_doc, smallcnn_weights, write_job
+from support.trainer_data import NO_SERVING, SMOKE_CHECKS, job_doc, smallcnn_weights, write_job
 
 GRAFT = str(Path(sys.executable).with_name("graft"))
 
@@ -20,7 +20,7 @@ def test_a_validation_set_that_is_the_training_set_is_said_and_kept(tmp_path):
     spec = {"model": {"backbone": "smallcnn", "numClasses": 10, "weights": str(smallcnn_weights(tmp_path / "w.pt"))},
             "data": {"train": "builtin:digits-noisy", "validation": "builtin:digits-noisy", "imageSize": 8,
                      "shotsPerClass": 5},
-            "stages": [{"type": "FrozenFeatures"}, {"type": "Head", "epochs": 2}],
+            "stages": [{"type": "FrozenFeatures"}, {"type": "Head", "epochs": 2}], "serving": NO_SERVING,
             "checks": SMOKE_CHECKS}  # 2 epochs of heads on a random backbone learn next to nothing
     manifest = write_job(tmp_path / "job.yaml", job_doc("leaky", spec))
     env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}

@@ -8,7 +8,7 @@ import json
 import socket
 
 import pytest
-from support.trainer_data import SMOKE_CHECKS
+from support.trainer_data import NO_SERVING, SMOKE_CHECKS
 
 from graft import lease, storage
 from graft.api.models import StageState, TransferJob
@@ -25,6 +25,7 @@ SPEC = {
         {"type": "Head", "epochs": 2},
     ],
     "checks": SMOKE_CHECKS,
+    "serving": NO_SERVING,
 }
 OTHER = lease.Holder("node-7", 4242, "token-of-the-other-driver")
 

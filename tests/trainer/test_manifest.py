@@ -11,7 +11,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from support.trainer_data import SMOKE_CHECKS, job_doc, smallcnn_weights, write_png
+from support.trainer_data import NO_SERVING, SMOKE_CHECKS, job_doc, smallcnn_weights, write_png
 
 from graft import storage
 from graft.api.models import StageState, TransferJob
@@ -43,7 +43,8 @@ def _spec(train: str, weights: str, **data) -> dict:
     return {"model": {"backbone": "smallcnn", "numClasses": 3, "weights": weights},
             "data": {"train": train, "imageSize": 8, **data},
             "stages": [{"type": "FrozenFeatures"}, {"type": "Head", "epochs": 5},
-                       {"type": "FullFineTune", "epochs": 1, "batchSize": 8}], "checks": SMOKE_CHECKS}
+                       {"type": "FullFineTune", "epochs": 1, "batchSize": 8}],
+            "checks": SMOKE_CHECKS, "serving": NO_SERVING}
 
 
 def test_csv_on_s3_with_images_on_s3_runs_end_to_end(tmp_path, s3_bucket):

@@ -65,7 +65,7 @@ from __future__ import annotations
 
 import statistics
 
-from support.trainer_data import job_doc
+from support.trainer_data import NO_SERVING, job_doc
 
 from graft import storage
 from graft.api.models import TransferJob
@@ -88,7 +88,7 @@ RECIPES = {
 
 def _run(name, stages, seed, store, weights=None, data=None):
     spec = {"model": {"backbone": "smallcnn", "numClasses": 10, "weights": weights},
-            "data": {**(data or DATA), "seed": seed}, "stages": stages}
+            "data": {**(data or DATA), "seed": seed}, "stages": stages, "serving": NO_SERVING}
     return Driver(TransferJob.model_validate(job_doc(name, spec)), str(store), executor=LocalExecutor()).run()
 
 

@@ -9,7 +9,7 @@ import hashlib
 import json
 
 import pytest
-from support.trainer_data import SMOKE_CHECKS, job_doc
+from support.trainer_data import NO_SERVING, SMOKE_CHECKS, job_doc
 
 from graft.api.models import StageState, TransferJob, TransferJobSpec
 from graft.ledger import Ledger, job_root
@@ -28,6 +28,7 @@ SPEC = {
         {"type": "FullFineTune", "epochs": 1, "batchSize": 16, "lr": 0.003},
     ],
     "checks": SMOKE_CHECKS,
+    "serving": NO_SERVING,
 }
 
 
