@@ -33,7 +33,7 @@ from support.fake_kuberay import FakeKubeRay
 from support.kube import emulated_api
 from support.operator_proc import OPERATOR_USER, OperatorProcess
 from support.s3 import TEST_CREDENTIALS, make_bucket
-from support.trainer_data import SMOKE_CHECKS
+from support.trainer_data import NO_SERVING, SMOKE_CHECKS
 
 pytestmark = pytest.mark.slow
 
@@ -65,6 +65,7 @@ class Cluster:
             "data": {"train": "builtin:digits", "imageSize": 8, "shotsPerClass": 10},
             "stages": [{"type": "FrozenFeatures"}, {"type": "Head", "epochs": 3, "lr": 0.05}],
             "checks": SMOKE_CHECKS,
+            "serving": NO_SERVING,  # but the happy job's: its status.model is checked
             "workers": {"replicas": 2, "cpus": "0.5", "memory": "1Gi"},
             "storage": {"uri": f"{self.bucket}/jobs", "endpoint": self.endpoint, "region": "us-east-1",
                         "credentialsSecret": {"name": "s3-credentials", "accessKeyIdKey": "access-key",
@@ -194,7 +195,7 @@ def _clusters_of(c: Cluster, rayjob_name: str) -> list[dict[str, Any]]:
 
 
 def scenario_succeeds_then_ttl(c: Cluster) -> dict[str, Any]:
-    c.create("happy", runPolicy={"ttlSecondsAfterFinished": TTL})
+    c.create("happy", runPolicy={"ttlSecondsAfterFinished": TTL}, serving={"export": True})
     st = c.wait_phase("happy", "Succeeded")
     rayjob_name = st.get("rayJobName")
     # The Ray cluster stays up for the TTL after the finish (to exec in and look), then KubeRay deletes it and

@@ -27,7 +27,7 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 from support.operator_proc import OPERATOR_USER, OperatorProcess
 from support.s3 import TEST_CREDENTIALS
-from support.trainer_data import SMOKE_CHECKS
+from support.trainer_data import NO_SERVING, SMOKE_CHECKS
 
 pytestmark = pytest.mark.slow
 
@@ -77,6 +77,7 @@ def transferjob(name: str, bucket: str, endpoint: str) -> dict[str, Any]:
         "data": {"train": "builtin:digits", "imageSize": 8, "shotsPerClass": 10},
         "stages": [{"type": "FrozenFeatures"}, {"type": "Head", "epochs": 3, "lr": 0.05}],
         "checks": SMOKE_CHECKS,
+        "serving": NO_SERVING,
         "workers": {"replicas": 2, "cpus": "0.5", "memory": "1Gi"},
         "storage": {"uri": f"{bucket}/jobs", "endpoint": endpoint, "region": "us-east-1",
                     "credentialsSecret": {"name": "s3-credentials", "accessKeyIdKey": "access-key",
