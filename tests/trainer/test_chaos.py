@@ -4,7 +4,8 @@ as Kubernetes does to a RayJob's submitter on preemption, eviction or node drain
 
 Kills, in turn: SIGTERM to the driver (what the kubelet sends first), SIGKILL to the driver's whole process group
 (the grace period ran out: driver and its Ray die together), SIGKILL to one Ray Train worker (a worker pod lost;
-Ray Train restarts the worker group, `FailureConfig.max_failures`). After every kill: the ledger is whole JSON; a
+Ray Train restarts the worker group, `FailureConfig.max_failures`: once the new group has reported an epoch, the same
+driver goes on to the next kill, as a job does after a lost worker). After every kill: the ledger is whole JSON; a
 SIGTERMed driver said where it resumes and exited 143 (never SIGABRT); no stage that had finished is run again.
 The job always ends with a model.
 
@@ -103,11 +104,16 @@ def _finished(root: str) -> dict[str, tuple[str | None, str | None]]:
     return {s.type: (s.end_time, s.output) for s in ledger.stages if s.state == StageState.SUCCEEDED}
 
 
+def _workers(driver: DriverProcess) -> set[int]:
+    """The Ray Train worker processes of the driver's Ray."""
+    return {p for p in pids_with_env("RAY_TMPDIR", str(driver.ray_tmp)) if "RayTrainWorker" in cmdline(p)}
+
+
 def _kill(driver: DriverProcess, kind: str) -> str:
     """Kill as `kind` says; returns what was killed (a worker kill falls back to the driver's SIGTERM when no
     training worker is up at that moment, e.g. during FrozenFeatures or the in-driver Head sweep)."""
     if kind == "sigkill-worker":
-        workers = [p for p in pids_with_env("RAY_TMPDIR", str(driver.ray_tmp)) if "RayTrainWorker" in cmdline(p)]
+        workers = sorted(_workers(driver))
         if workers:
             os.kill(workers[0], signal.SIGKILL)
             return "sigkill-worker"
@@ -139,55 +145,96 @@ def _reached(root: str, target: tuple[str, int], attempt: int) -> bool:
     return at > wanted or (at == wanted and current.state == StageState.RUNNING and current.epoch >= epoch)
 
 
-def _recovered(driver: DriverProcess, root: str, stage: str, epoch: int) -> None:
-    """Wait until the stage has gone past `epoch` (a new worker group reported) or ended."""
-    deadline = time.monotonic() + 240
+def _recovered(driver: DriverProcess, root: str, stage: str, old: set[int]) -> None:
+    """Wait until a new worker group (none of the `old` group's processes) has reported an epoch past the one the
+    ledger had when it came up, or the stage has ended. The epoch at the kill is no mark: the old group's rank 0 may
+    report one more after the kill, and the ledger may have moved on between reading it and the kill."""
+    deadline, epoch = time.monotonic() + 240, None
     while time.monotonic() < deadline and driver.proc.poll() is None:
         rec = Ledger.load(root).stage(stage)
-        if rec.state != StageState.RUNNING or rec.epoch > epoch:
+        if rec.state != StageState.RUNNING or (epoch is not None and rec.epoch > epoch):
             return
-        time.sleep(0.2)
-    raise AssertionError(f"{stage} did not go past epoch {epoch} after a worker was killed:\n{driver.output()[-3000:]}")
+        if epoch is None and _workers(driver) - old:  # Ray Train shuts the old group down before it starts the next
+            epoch = rec.epoch
+        time.sleep(0.1)
+    raise AssertionError(f"no new worker group of {stage} reported an epoch after a worker was killed (new group "
+                         f"seen at epoch {epoch}):\n{driver.output()[-3000:]}")
+
+
+class _Run:
+    """One driver of the storm, from its start to its exit, with what was finished before it and its ledger watch."""
+
+    def __init__(self, cmd: list[str], tmp_path: Path, env: dict[str, str], root: str):
+        self.before, self.attempt = _finished(root), _attempt(root)
+        self.watch = LedgerWatch(root)
+        self.driver = DriverProcess(cmd, tmp_path, env)
+        self.started = time.monotonic()
+
+    def reach(self, root: str, target: tuple[str, int]) -> bool:
+        """Wait until this driver is at or past `target`, or has exited (300 s at most)."""
+        deadline = time.monotonic() + 300
+        while (not _reached(root, target, self.attempt) and self.driver.proc.poll() is None
+               and time.monotonic() < deadline):
+            time.sleep(0.1)
+        return _reached(root, target, self.attempt)
+
+    def end(self) -> None:
+        self.watch.stop()
+        self.driver.kill()
+
+
+def _check_exit(n: int, run: _Run, root: str, done: str, code: int) -> None:
+    """What must hold once a killed driver has exited: a whole ledger throughout, no SIGABRT, a SIGTERM's exit 143
+    with its line and no traceback of ours, no finished stage run again."""
+    out = run.driver.output()
+    assert not run.watch.bad, f"kill {n} ({done}): the ledger was read damaged: {run.watch.bad}"
+    assert code not in (-signal.SIGABRT, 128 + signal.SIGABRT), f"kill {n}: SIGABRT\n{out[-3000:]}"
+    if done.endswith("sigterm") and code != 0:
+        assert code == 143, f"kill {n}: SIGTERM gave exit {code}\n{out[-3000:]}"
+        own = [line for line in out.splitlines() if not _RAY_PREFIX.match(line)]  # not Ray's processes' output
+        assert "stopped by SIGTERM" in out and not any("Traceback" in line for line in own), out[-3000:]
+    after = _finished(root)
+    redone = [t for t, v in run.before.items() if after.get(t) != v]
+    assert not redone, f"kill {n}: finished stages {redone} were run again ({run.before} -> {after})"
 
 
 def _storm(tmp_path: Path, job_storage: dict, root: str, env: dict[str, str]) -> list[str]:
     job = write_job(tmp_path / "job.json", job_doc("chaos", {**SPEC, "storage": job_storage}, uid="chaos-uid"))
     cmd = [sys.executable, "-m", "graft_trainer", "--job", str(job)]
     log: list[str] = []
+    run: _Run | None = None
     for n, (target, kind) in enumerate(STORM, 1):
-        before, attempt = _finished(root), _attempt(root)
-        watch = LedgerWatch(root)
-        driver = DriverProcess(cmd, tmp_path, env)
+        run = run or _Run(cmd, tmp_path, env, root)
+        going_on = False
         try:
-            deadline = time.monotonic() + 300
-            while not _reached(root, target, attempt) and driver.proc.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.2)
-            reached = _reached(root, target, attempt)
-            if driver.proc.poll() is not None:  # finished before this kill: the storm is over early
-                log.append(f"kill {n}: the job had finished (exit {driver.proc.returncode})")
+            reached = run.reach(root, target)
+            if run.driver.proc.poll() is not None:  # finished before this kill: the storm is over early
+                log.append(f"kill {n}: the job had finished (exit {run.driver.proc.returncode})")
+                assert run.driver.proc.returncode == 0, \
+                    f"kill {n}: the driver exited {run.driver.proc.returncode} before it\n{run.driver.output()[-3000:]}"
                 break
-            stage = Ledger.load(root).current
-            done = _kill(driver, kind)
-            if done == "sigkill-worker":  # Ray Train replaces the worker group and goes on: once it has, stop it too
-                _recovered(driver, root, stage.type, stage.epoch)
-                done += " + " + _kill(driver, "sigterm")
-            code = driver.wait(180)
+            assert reached, f"kill {n}: {target} not reached in 300 s"
+            stage, at = Ledger.load(root).current, time.monotonic() - run.started
+            group = _workers(run.driver)
+            done = _kill(run.driver, kind)
+            killed = time.monotonic()
+            if done == "sigkill-worker":  # Ray Train replaces the worker group and goes on: once it has, the same
+                _recovered(run.driver, root, stage.type, group)  # driver goes on to the next kill
+                log.append(f"kill {n}: {done} during {stage.type} epoch {stage.epoch} ({at:.1f} s after the driver "
+                           f"started), a new worker group went on {time.monotonic() - killed:.1f} s later")
+                if n < KILLS:
+                    going_on = True
+                    continue
+                done += " + " + _kill(run.driver, "sigterm")
+                killed = time.monotonic()
+            code = run.driver.wait(180)
         finally:
-            watch.stop()
-            driver.kill()
-        assert reached, f"kill {n}: {target} not reached in 300 s"
-        out = driver.output()
-        log.append(f"kill {n}: {done} during {stage.type} epoch {stage.epoch}, exit {code}, "
-                   f"{watch.reads} ledger reads")
-        assert not watch.bad, f"kill {n} ({done}): the ledger was read damaged: {watch.bad}"
-        assert code not in (-signal.SIGABRT, 128 + signal.SIGABRT), f"kill {n}: SIGABRT\n{out[-3000:]}"
-        if done.endswith("sigterm") and code != 0:
-            assert code == 143, f"kill {n}: SIGTERM gave exit {code}\n{out[-3000:]}"
-            own = [line for line in out.splitlines() if not _RAY_PREFIX.match(line)]  # not Ray's processes' output
-            assert "stopped by SIGTERM" in out and not any("Traceback" in line for line in own), out[-3000:]
-        after = _finished(root)
-        redone = [t for t, v in before.items() if after.get(t) != v]
-        assert not redone, f"kill {n}: finished stages {redone} were run again ({before} -> {after})"
+            if not going_on:
+                run.end()
+        log.append(f"kill {n}: {done} during {stage.type} epoch {stage.epoch} ({at:.1f} s after the driver started), "
+                   f"exit {code} {time.monotonic() - killed:.1f} s later, {run.watch.reads} ledger reads")
+        _check_exit(n, run, root, done, code)
+        run = None
     final = DriverProcess(cmd, tmp_path, env)
     code = final.wait(400)
     assert code == 0, final.output()[-3000:]
