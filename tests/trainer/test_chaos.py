@@ -28,7 +28,7 @@ import pytest
 import yaml
 from support.driver_proc import DriverProcess, cmdline, pids_with_env
 from support.flaky_s3 import flaky_s3
-from support.trainer_data import SMOKE_CHECKS, job_doc, write_job
+from support.trainer_data import NO_SERVING, SMOKE_CHECKS, job_doc, write_job
 
 from graft import storage
 from graft.api.models import StageState
@@ -67,6 +67,7 @@ SPEC = {
     ],
     "workers": {"replicas": 2, "cpus": "1"},
     "checks": SMOKE_CHECKS,
+    "serving": NO_SERVING,
 }
 
 
