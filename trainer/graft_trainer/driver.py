@@ -32,6 +32,7 @@ from graft_trainer import (
     registry,
     serving,
     splits,
+    stopping,
     timing,
     tracking,
 )
@@ -332,6 +333,7 @@ class Driver:
     def _run_stage(self, ledger: Ledger, index: int, stage) -> Ledger:
         """Run one stage and record its end: Succeeded, or Failed (StageFailed) when it raised or did not learn
         (`learning.py`, with `spec.checks.learning.action: Fail`)."""
+        stopping.check()  # a stop whose exception was lost (stopping.install) ends the driver before more work
         rec = ledger.stage(stage.type)
         rec.state = StageState.RUNNING
         rec.start_time = rec.start_time or now()

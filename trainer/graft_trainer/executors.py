@@ -120,6 +120,7 @@ def ensure_ray(workers: WorkersSpec, log_to_driver: bool = True) -> float:
             raise stopping.Stopped(signal.SIGTERM) from exc
         raise
     stopping.install()
+    stopping.check()  # a SIGTERM while Ray started went to Ray's handler, whose exit can be lost
     return time.perf_counter() - t0
 
 

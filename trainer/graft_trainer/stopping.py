@@ -41,12 +41,50 @@ def _stop(signum: int, frame: FrameType | None) -> None:
     raise Stopped(signum)
 
 
+#: The read end of the pipe the interpreter writes each signal's number to as it arrives (`signal.set_wakeup_fd`),
+#: whichever Python handler then runs and whatever becomes of its exception.
+_arrived: int | None = None
+
+
 def install() -> None:
     """SIGTERM and SIGINT raise `Stopped` from now on. Called at start and again after `ray.init()`, which installs
-    its own SIGTERM handler (`sys.exit(signum)`, ray/_private/worker.py)."""
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _stop)
-        signal.signal(signal.SIGINT, _stop)
+    its own SIGTERM handler (`sys.exit(signum)`, ray/_private/worker.py) while it starts Ray.
+
+    A handler's exception can be lost: raised while the main thread runs a finaliser or a callback, it is printed
+    as "Exception ignored in ..." and the code goes on (seen in the kill storm: a driver SIGTERMed while `ray.init`
+    ran trained to the end and exited 0). So every arrival is also recorded below the handlers, and `check()` at
+    the driver's safe points stops a driver whose stop was lost."""
+    global _arrived
+    if threading.current_thread() is not threading.main_thread():
+        return
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    if _arrived is None:
+        read, write = os.pipe()
+        os.set_blocking(read, False)
+        os.set_blocking(write, False)
+        signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+        _arrived = read
+
+
+def check() -> None:
+    """Raise `Stopped` for a SIGTERM or SIGINT that arrived but whose exception did not stop the driver. Called
+    where the driver goes on to new work (Ray started, a stage starting), never while a stop is under way."""
+    global _received
+    if _arrived is None:
+        return
+    numbers = b""
+    while True:  # every number written since the last look (other signals' too: only these two count)
+        try:
+            chunk = os.read(_arrived, 4096)
+        except BlockingIOError:
+            break
+        numbers += chunk
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        if signum in numbers:
+            _log.warning("a %s arrived but its stop was lost; stopping now", signal.Signals(signum).name)
+            _received = signum
+            raise Stopped(signum)
 
 
 def signal_of(exc: BaseException) -> int | None:
