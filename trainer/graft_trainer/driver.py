@@ -386,6 +386,7 @@ class Driver:
             if ledger.stage(stage.type).state not in (StageState.SUCCEEDED, StageState.SKIPPED):
                 ledger = self._run_stage(ledger, index, stage)
         if ledger.model_uri is None:
+            stopping.check()  # a lost stop in the last stage: resumable, the export comes with the next attempt
             try:
                 uri = export_choice.export_job(self.context, {"name": self.job.metadata.name, "uid": self.uid},
                                                ledger)
