@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from support.trainer_data import SMOKE_CHECKS
+from support.trainer_data import NO_SERVING, SMOKE_CHECKS
 from typer.testing import CliRunner
 
 from graft import storage
@@ -39,6 +39,7 @@ def _spec(tmp_path: Path) -> dict:
         "data": {"train": "builtin:digits-noisy", "imageSize": 8, "shotsPerClass": 2},
         "stages": [{"type": "FrozenFeatures"}, {"type": "Head", "epochs": 2}],
         "checks": SMOKE_CHECKS,
+        "serving": NO_SERVING,
     }
 
 

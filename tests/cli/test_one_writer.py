@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 from support.driver_proc import DriverProcess
+from support.trainer_data import NO_SERVING
 
 from graft import lease, storage
 from graft.ledger import Ledger
@@ -28,6 +29,7 @@ def _manifest(tmp_path: Path, epochs: int) -> Path:
     doc = yaml.safe_load((REPO / "examples" / "digits-lpft.yaml").read_text())
     doc["spec"]["stages"] = [{**doc["spec"]["stages"][0], "epochs": epochs}]
     doc["spec"]["workers"]["cpus"] = "0.5"
+    doc["spec"]["serving"] = NO_SERVING
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path
