@@ -107,9 +107,10 @@ def test_with_warn_a_stage_that_learned_nothing_goes_on_and_its_export_says_so(t
 
 
 @pytest.mark.slow
-def test_graft_run_of_a_job_that_learns_nothing_exits_non_zero_and_says_why(tmp_path):
+def test_graft_run_of_a_job_that_learns_nothing_exits_non_zero_and_says_why(tmp_path, shared_ray):
     # A from-scratch network whose learning rate (1e-8) leaves it where it started, on Ray's two workers as a user's
-    # `graft run` has it; the FullFineTune after it never starts, and nothing is exported.
+    # `graft run` has it; the FullFineTune after it never starts, and nothing is exported. `graft run` joins the
+    # session's Ray cluster (RAY_ADDRESS, as in a RayJob): the finding is Graft's, not Ray's start-up's.
     doc = job_doc("learns-nothing", {
         "model": {"backbone": "smallcnn", "numClasses": 10},
         "data": {"train": "builtin:digits-noisy", "imageSize": 8, "shotsPerClass": 5},

@@ -81,6 +81,8 @@ def toy_spec(**stage) -> ToySpec:
 
 @pytest.fixture(scope="module")
 def ray_local():
+    """The driver joins the session's Ray cluster (the `shared_ray` fixture) from this process: disconnect at the end
+    (a joined cluster stays up)."""
     import ray
 
     yield
@@ -88,8 +90,10 @@ def ray_local():
 
 
 @pytest.mark.slow
-def test_a_toy_stage_type_runs_through_the_driver_on_two_ray_workers(tmp_path, toy, ray_local):
+def test_a_toy_stage_type_runs_through_the_driver_on_two_ray_workers(tmp_path, toy, ray_local, shared_ray):
     # Ray's workers import this module to run `toy_loop` (on the driver's sys.path): it imports no test helper.
+    # The session's Ray cluster, as a RayJob's driver joins its RayCluster: what this checks is the stage type's way
+    # through the Driver and Ray Train, not Ray's own start.
     job = TransferJob.model_validate({"apiVersion": "graft.dev/v1alpha1", "kind": "TransferJob",
                                       "metadata": {"name": "toy", "uid": "toy-1"},
                                       "spec": toy_spec(epochs=3, step=0.5)})
