@@ -79,6 +79,9 @@ def ray_cluster(s3_endpoint):
 def shared_ray(ray_cluster, monkeypatch):
     """RAY_ADDRESS of the session's Ray cluster for this test: drivers it starts, in this process or not, join it."""
     monkeypatch.setenv("RAY_ADDRESS", ray_cluster.address)
+    # What graft_trainer/executors.py sets for a Ray it starts itself (one process less per fit, ~1 CPU-second): a
+    # cluster on this machine is never drained. Ray Train takes it from the driver's environment.
+    monkeypatch.setenv("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     return ray_cluster.address
 
 

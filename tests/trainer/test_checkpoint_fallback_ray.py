@@ -10,7 +10,7 @@ import sys
 
 import pytest
 from support.driver_proc import DriverProcess
-from support.trainer_data import SMOKE_CHECKS, job_doc, smallcnn_weights, write_job
+from support.trainer_data import NO_SERVING, SMOKE_CHECKS, job_doc, smallcnn_weights, write_job
 
 from graft import joblogs, storage
 from graft.api.models import StageState
@@ -37,6 +37,7 @@ def test_a_cut_short_latest_checkpoint_is_passed_over_for_the_one_before(tmp_pat
         "data": {"train": "builtin:digits-noisy", "imageSize": 8},
         "stages": [{"type": "FullFineTune", "epochs": 5, "batchSize": 32, "augment": False}],
         "checks": SMOKE_CHECKS,
+        "serving": NO_SERVING,
         "workers": {"replicas": 2, "cpus": "1"},
         "storage": {"uri": str(tmp_path / "jobs")},
     }

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from support.driver_proc import DriverProcess
 from support.gcs import EMULATOR_ENV, object_names
-from support.trainer_data import job_doc, smallcnn_weights, write_job, write_manifest
+from support.trainer_data import NO_SERVING, job_doc, smallcnn_weights, write_job, write_manifest
 
 from graft import storage
 from graft.api.models import StageState
@@ -55,6 +55,7 @@ def test_gs_two_workers_manifest_driver_killed_mid_stage_resumes_from_checkpoint
                    {"type": "FullFineTune", "epochs": EPOCHS, "batchSize": 8, "augment": False}],
         "workers": {"replicas": 2, "cpus": "1"},
         "storage": {"uri": f"{gcs_bucket}/jobs", "endpoint": gcs_endpoint},
+        "serving": NO_SERVING,
     }
     job = write_job(tmp_path / "job.json", job_doc("gs-resume", spec, uid=uid))
     # The endpoint comes from the spec alone (the driver hands it to Ray's workers); no Google credentials at all.

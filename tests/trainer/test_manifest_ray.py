@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from support.trainer_data import SMOKE_CHECKS, job_doc, smallcnn_weights, write_manifest
+from support.trainer_data import NO_SERVING, SMOKE_CHECKS, job_doc, smallcnn_weights, write_manifest
 
 from graft import storage
 from graft.api.models import StageState, TransferJob
@@ -37,6 +37,7 @@ def test_csv_and_images_on_s3_on_ray(tmp_path, s3_endpoint, s3_bucket, ray_local
                        {"type": "FullFineTune", "epochs": 2, "batchSize": 8}],
             "workers": {"replicas": 2, "cpus": "1", "memory": "4Ki"},  # 4 KiB: the images are streamed
             "checks": SMOKE_CHECKS,
+            "serving": NO_SERVING,
             "storage": {"uri": f"{s3_bucket}/jobs", "endpoint": s3_endpoint}}
     ledger = Driver(TransferJob.model_validate(job_doc("birds", spec)), log_to_driver=False).run()
     assert [s.state for s in ledger.stages] == [StageState.SUCCEEDED] * 3, [s.message for s in ledger.stages]

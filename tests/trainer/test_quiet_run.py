@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from support.trainer_data import SMOKE_CHECKS, smallcnn_weights
+from support.trainer_data import NO_SERVING, SMOKE_CHECKS, smallcnn_weights
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -32,6 +32,7 @@ def test_a_piped_run_prints_no_ray_line_and_labels_stage_times_and_best_epochs(t
     # driver (executors.features_in_driver). Head's sweep then runs in the driver.
     doc["spec"]["stages"] = [{"type": "FrozenFeatures", "actors": 2}, {"type": "Head", "epochs": 4, "lr": 0.01}]
     doc["spec"]["model"]["weights"] = str(smallcnn_weights(tmp_path / "w.pt"))
+    doc["spec"]["serving"] = NO_SERVING
     doc["spec"]["checks"] = SMOKE_CHECKS  # 4 epochs of heads on a random backbone's features learn next to nothing
     manifest = tmp_path / "job.yaml"
     manifest.write_text(yaml.safe_dump(doc))

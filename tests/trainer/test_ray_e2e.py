@@ -18,7 +18,15 @@ import pytest
 import yaml
 from support.driver_proc import DriverProcess, cmdline, pids_with_env
 from support.s3 import TEST_CREDENTIALS
-from support.trainer_data import SMOKE_CHECKS, job_doc, smallcnn_weights, state_dict_bytes, write_job, write_png
+from support.trainer_data import (
+    NO_SERVING,
+    SMOKE_CHECKS,
+    job_doc,
+    smallcnn_weights,
+    state_dict_bytes,
+    write_job,
+    write_png,
+)
 
 from graft import storage
 from graft.api.models import StageState
@@ -63,7 +71,9 @@ def test_s3_two_workers_driver_killed_mid_stage_resumes_from_checkpoint(tmp_path
             {"type": "FullFineTune", "epochs": 6, "batchSize": 32, "augment": False},
         ],
         "workers": {"replicas": 2, "cpus": "1"},
-        "storage": {"uri": f"{s3_bucket}/jobs", "endpoint": s3_endpoint},        "checks": SMOKE_CHECKS,
+        "storage": {"uri": f"{s3_bucket}/jobs", "endpoint": s3_endpoint},
+        "checks": SMOKE_CHECKS,
+        "serving": NO_SERVING,
     }
     job = write_job(tmp_path / "job.json", job_doc("s3-resume", spec, uid=uid))
     # The pod gets only the keys (from the Secret) and the job (in GRAFT_JOB, as the operator's RayJob hands it to
@@ -140,6 +150,7 @@ def test_worker_killed_mid_epoch_is_restarted_from_the_latest_checkpoint(tmp_pat
         "stages": [{"type": "FullFineTune", "epochs": 6, "batchSize": 32, "augment": False}],
         "workers": {"replicas": 2, "cpus": "1"},
         "checks": SMOKE_CHECKS,
+        "serving": NO_SERVING,
     }
     job = write_job(tmp_path / "job.json", job_doc("worker-kill", spec, uid="worker-kill-1"))
     store = tmp_path / "store"
@@ -172,6 +183,7 @@ def test_a_driver_killed_mid_sweep_resumes_the_head_sweep_from_its_checkpoint(tm
         "data": {"train": "builtin:digits-noisy", "imageSize": 8},
         "stages": [{"type": "FrozenFeatures"}, {"type": "Head", "epochs": epochs, "patience": None}],
         "checks": SMOKE_CHECKS,
+        "serving": NO_SERVING,
         "workers": {"replicas": 2, "cpus": "1"},
         "storage": {"uri": str(tmp_path / "jobs")},
     }
@@ -271,6 +283,7 @@ def test_a_streamed_image_folder_trains_on_two_workers_and_its_corrupt_image_fai
             "stages": stages,
             "workers": {"replicas": 2, "cpus": "1", "memory": "4Ki"},
             "checks": SMOKE_CHECKS,
+            "serving": NO_SERVING,
         }
         job = write_job(tmp_path / f"{uid}.json", job_doc(uid, spec, uid=uid))
         cmd = [sys.executable, "-m", "graft_trainer", "--job", str(job), "--storage", str(store)]

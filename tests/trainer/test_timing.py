@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from support.trainer_data import SMOKE_CHECKS, job_doc, write_job, write_png
+from support.trainer_data import NO_SERVING, SMOKE_CHECKS, job_doc, write_job, write_png
 from typer.testing import CliRunner
 
 from graft.api.models import TransferJob
@@ -32,6 +32,7 @@ SPEC = {
     ],
     "workers": {"replicas": 2, "cpus": "1"},
     "checks": SMOKE_CHECKS,
+    "serving": NO_SERVING,
 }
 #: The parts each stage must have (more may be there: a part under 0.5 ms can round to 0).
 IN_PROCESS = {"data", "compute", "checkpoint", "driver"}
