@@ -124,8 +124,7 @@ class Driver:
         self.hashes = identity.hashes(self.view)
         self._prepared: Ledger | None = None
         self.tracker: tracking.Tracker | None = None
-        # One writer per job (graft/lease.py): who this driver is, and its lease while it holds one.
-        # `held`: the job's lease, taken already (`graft run` takes it before it loads the trainer).
+        # One writer per job (graft/lease.py). `held`: the lease `graft run` took before it loaded the trainer.
         self.lease: lease.Lease | None = held
         self.holder = held.holder if held is not None else lease.Holder.me()
         self.force_takeover, self.lease_wait = force_takeover, lease_wait
