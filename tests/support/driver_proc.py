@@ -81,3 +81,8 @@ def cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
+
+
+def ray_train_workers(ray_tmp: str | Path) -> set[int]:
+    """The Ray Train worker processes (`RayTrainWorker` actors) of the Ray whose RAY_TMPDIR is `ray_tmp`."""
+    return {p for p in pids_with_env("RAY_TMPDIR", str(ray_tmp)) if "RayTrainWorker" in cmdline(p)}

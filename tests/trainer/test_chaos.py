@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from support.driver_proc import DriverProcess, cmdline, pids_with_env
+from support.driver_proc import DriverProcess, ray_train_workers
 from support.flaky_s3 import flaky_s3
 from support.trainer_data import NO_SERVING, SMOKE_CHECKS, job_doc, write_job
 
@@ -105,16 +105,11 @@ def _finished(root: str) -> dict[str, tuple[str | None, str | None]]:
     return {s.type: (s.end_time, s.output) for s in ledger.stages if s.state == StageState.SUCCEEDED}
 
 
-def _workers(driver: DriverProcess) -> set[int]:
-    """The Ray Train worker processes of the driver's Ray."""
-    return {p for p in pids_with_env("RAY_TMPDIR", str(driver.ray_tmp)) if "RayTrainWorker" in cmdline(p)}
-
-
 def _kill(driver: DriverProcess, kind: str) -> str:
     """Kill as `kind` says; returns what was killed (a worker kill falls back to the driver's SIGTERM when no
     training worker is up at that moment, e.g. during FrozenFeatures or the in-driver Head sweep)."""
     if kind == "sigkill-worker":
-        workers = sorted(_workers(driver))
+        workers = sorted(ray_train_workers(driver.ray_tmp))
         if workers:
             os.kill(workers[0], signal.SIGKILL)
             return "sigkill-worker"
@@ -155,7 +150,8 @@ def _recovered(driver: DriverProcess, root: str, stage: str, old: set[int]) -> N
         rec = Ledger.load(root).stage(stage)
         if rec.state != StageState.RUNNING or (epoch is not None and rec.epoch > epoch):
             return
-        if epoch is None and _workers(driver) - old:  # Ray Train shuts the old group down before it starts the next
+        # Ray Train shuts the old group down before it starts the next
+        if epoch is None and ray_train_workers(driver.ray_tmp) - old:
             epoch = rec.epoch
         time.sleep(0.1)
     raise AssertionError(f"no new worker group of {stage} reported an epoch after a worker was killed (new group "
@@ -216,7 +212,7 @@ def _storm(tmp_path: Path, job_storage: dict, root: str, env: dict[str, str]) ->
                 break
             assert reached, f"kill {n}: {target} not reached in 300 s"
             stage, at = Ledger.load(root).current, time.monotonic() - run.started
-            group = _workers(run.driver)
+            group = ray_train_workers(run.driver.ray_tmp)
             done = _kill(run.driver, kind)
             killed = time.monotonic()
             if done == "sigkill-worker":  # Ray Train replaces the worker group and goes on: once it has, the same

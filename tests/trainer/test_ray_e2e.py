@@ -16,7 +16,7 @@ from pathlib import Path
 import boto3
 import pytest
 import yaml
-from support.driver_proc import DriverProcess, cmdline, pids_with_env
+from support.driver_proc import DriverProcess, ray_train_workers
 from support.s3 import TEST_CREDENTIALS
 from support.trainer_data import (
     NO_SERVING,
@@ -132,11 +132,6 @@ def test_s3_two_workers_driver_killed_mid_stage_resumes_from_checkpoint(tmp_path
     assert [line.rsplit(" ", 1)[1] for line in started] == ["1", "2"], "the killed attempt's driver log was lost"
     assert "stage FullFineTune succeeded" in shown.stdout
     assert TEST_CREDENTIALS["AWS_SECRET_ACCESS_KEY"] not in shown.stdout
-
-
-def ray_train_workers(ray_tmp: Path) -> set[int]:
-    """The Ray Train worker processes of the Ray whose RAY_TMPDIR is `ray_tmp`."""
-    return {p for p in pids_with_env("RAY_TMPDIR", str(ray_tmp)) if "RayTrainWorker" in cmdline(p)}
 
 
 def test_worker_killed_mid_epoch_is_restarted_from_the_latest_checkpoint(tmp_path, shared_ray, ray_cluster):
