@@ -16,6 +16,7 @@ import signal
 import sys
 import threading
 from types import FrameType
+from typing import Any
 
 from graft.ledger import Ledger
 
@@ -59,12 +60,37 @@ def install() -> None:
         return
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    if sys.unraisablehook is not _unraisable:
+        global _previous_hook
+        _previous_hook = sys.unraisablehook
+        sys.unraisablehook = _unraisable
     if _arrived is None:
         read, write = os.pipe()
         os.set_blocking(read, False)
         os.set_blocking(write, False)
         signal.set_wakeup_fd(write, warn_on_full_buffer=False)
         _arrived = read
+
+
+_previous_hook = sys.unraisablehook
+
+
+def _unraisable(hook: Any) -> None:  # sys.UnraisableHookArgs
+    """A stop lost inside a finaliser or callback is said in one line, not as the interpreter's "Exception ignored"
+    traceback: `check()` stops the driver at its next safe point. Every other unraisable exception goes to the
+    hook that was in place."""
+    exc = hook.exc_value
+    if isinstance(exc, Stopped) or (isinstance(exc, SystemExit) and exc.code in (signal.SIGTERM, signal.SIGINT)):
+        signum = exc.signum if isinstance(exc, Stopped) else int(exc.code)
+        _log.warning("a %s arrived inside %s and could not stop the driver there; it stops at its next safe point",
+                     signal.Signals(signum).name, _describe(hook.object))
+        return
+    _previous_hook(hook)
+
+
+def _describe(obj: object) -> str:
+    name = getattr(obj, "__qualname__", None) or type(obj).__qualname__
+    return name.replace("<locals>.", "")
 
 
 def check() -> None:
