@@ -55,13 +55,12 @@ def install() -> None:
     as "Exception ignored in ..." and the code goes on (seen in the kill storm: a driver SIGTERMed while `ray.init`
     ran trained to the end and exited 0). So every arrival is also recorded below the handlers, and `check()` at
     the driver's safe points stops a driver whose stop was lost."""
-    global _arrived
+    global _arrived, _previous_hook
     if threading.current_thread() is not threading.main_thread():
         return
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     if sys.unraisablehook is not _unraisable:
-        global _previous_hook
         _previous_hook = sys.unraisablehook
         sys.unraisablehook = _unraisable
     if _arrived is None:
@@ -79,9 +78,8 @@ def _unraisable(hook: Any) -> None:  # sys.UnraisableHookArgs
     """A stop lost inside a finaliser or callback is said in one line, not as the interpreter's "Exception ignored"
     traceback: `check()` stops the driver at its next safe point. Every other unraisable exception goes to the
     hook that was in place."""
-    exc = hook.exc_value
-    if isinstance(exc, Stopped) or (isinstance(exc, SystemExit) and exc.code in (signal.SIGTERM, signal.SIGINT)):
-        signum = exc.signum if isinstance(exc, Stopped) else int(exc.code)
+    signum = signal_of(hook.exc_value) if hook.exc_value is not None else None
+    if signum is not None:
         _log.warning("a %s arrived inside %s and could not stop the driver there; it stops at its next safe point",
                      signal.Signals(signum).name, _describe(hook.object))
         return
